@@ -1,0 +1,66 @@
+//! User-space conveniences for the shared types (feature `user`).
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::{FilterTuple, PacketMeta};
+
+// SAFETY: every field is plain integer data and the struct has no implicit padding.
+unsafe impl aya::Pod for PacketMeta {}
+// SAFETY: as above; `_pad` is explicit.
+unsafe impl aya::Pod for FilterTuple {}
+
+/// Turns a 16-byte record address into an `IpAddr` given the IP version.
+pub fn ip_from_bytes(version: u8, b: &[u8; 16]) -> IpAddr {
+    if version == 4 {
+        IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*b))
+    }
+}
+
+/// Turns an `IpAddr` into the 16-byte record form (IPv4 in the first 4 bytes).
+pub fn ip_to_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&v4.octets());
+            b
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl PacketMeta {
+    /// Source address.
+    pub fn src_ip(&self) -> IpAddr {
+        ip_from_bytes(self.ip_version, &self.src_addr)
+    }
+    /// Destination address.
+    pub fn dst_ip(&self) -> IpAddr {
+        ip_from_bytes(self.ip_version, &self.dst_addr)
+    }
+    /// Decodes a record from raw ring-buffer bytes (`None` if too short).
+    pub fn from_bytes(buf: &[u8]) -> Option<Self> {
+        if buf.len() < core::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: length checked; PacketMeta is Pod, read_unaligned copes with alignment.
+        Some(unsafe { core::ptr::read_unaligned(buf.as_ptr().cast::<Self>()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_roundtrip() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(ip_from_bytes(4, &ip_to_bytes(ip)), ip);
+    }
+
+    #[test]
+    fn decode_rejects_short_buffers() {
+        assert!(PacketMeta::from_bytes(&[0u8; 10]).is_none());
+    }
+}

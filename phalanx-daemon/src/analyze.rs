@@ -1,0 +1,1 @@
+//! `phalanx analyze`: offline analysis of capture files.

@@ -1,0 +1,1 @@
+//! pcap/pcapng reader producing `PacketMeta` records.

@@ -1,0 +1,5 @@
+//! Packet sources. Every source yields [`phalanx_common::PacketMeta`]
+//! records; the flow engine never knows which one produced them.
+
+pub mod file;
+pub mod parse;

@@ -1,0 +1,1 @@
+//! User-space frame parser (etherparse) producing `PacketMeta` records.

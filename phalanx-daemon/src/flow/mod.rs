@@ -1,0 +1,1 @@
+//! Flow table and per-flow TCP/UDP KPI estimators.

@@ -1,0 +1,10 @@
+//! Phalanx daemon library: capture -> flow -> rules -> export/api.
+//!
+//! The binary (`phalanx`) is a thin shell over these modules; tests and
+//! benchmarks drive the same code.
+
+pub mod analyze;
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod flow;
