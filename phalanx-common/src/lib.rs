@@ -24,8 +24,10 @@ pub const MAP_SETTINGS: &str = "PHX_SETTINGS";
 
 /// Name of the XDP ingress program.
 pub const PROG_XDP: &str = "phalanx_xdp";
-/// Name of the TC (tcx) program, attached on ingress and/or egress.
-pub const PROG_TC: &str = "phalanx_tc";
+/// Name of the TC (tcx) program for ingress.
+pub const PROG_TC_INGRESS: &str = "phalanx_tc_ingress";
+/// Name of the TC (tcx) program for egress.
+pub const PROG_TC_EGRESS: &str = "phalanx_tc_egress";
 
 /// Records between two forced consumer wake-ups (per CPU); the daemon also
 /// drains on a short timer so a quiet tail never waits for the next batch.

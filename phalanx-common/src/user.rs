@@ -2,12 +2,14 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::{FilterTuple, PacketMeta};
+use crate::{FilterPrefix, FilterTuple, PacketMeta};
 
 // SAFETY: every field is plain integer data and the struct has no implicit padding.
 unsafe impl aya::Pod for PacketMeta {}
 // SAFETY: as above; `_pad` is explicit.
 unsafe impl aya::Pod for FilterTuple {}
+// SAFETY: byte arrays only, no padding.
+unsafe impl aya::Pod for FilterPrefix {}
 
 /// Turns a 16-byte record address into an `IpAddr` given the IP version.
 pub fn ip_from_bytes(version: u8, b: &[u8; 16]) -> IpAddr {

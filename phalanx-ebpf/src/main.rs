@@ -1,1 +1,168 @@
-#![no_std] #![no_main]
+//! Phalanx kernel programs: XDP on ingress, TC (tcx) on ingress and egress.
+//!
+//! All three entry points share one bounded parser ([`parse`]) that reads
+//! headers through the load-bytes helpers, so it works the same on XDP
+//! buffers and on non-linear skbs (GSO super-packets on egress). The
+//! programs are passive: they never drop or alter a packet, and every
+//! outcome (parse error, ring buffer full, ...) is counted per CPU.
+#![no_std]
+#![no_main]
+
+mod filter;
+mod parse;
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::{classifier, map, xdp},
+    maps::{PerCpuArray, RingBuf},
+    programs::{TcContext, XdpContext},
+};
+use core::ffi::c_void;
+use phalanx_common::{Counter, Direction, PacketMeta, COUNTER_COUNT, WAKEUP_BATCH};
+
+/// Records to user space. Size is overridden at load time from the config.
+#[map(name = "PHX_EVENTS")]
+static PHX_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU outcome counters, indexed by `Counter`.
+#[map(name = "PHX_COUNTERS")]
+static PHX_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Per-CPU scratch record: the 176-byte record does not belong on the 512-byte stack.
+#[map(name = "PHX_SCRATCH")]
+static PHX_SCRATCH: PerCpuArray<PacketMeta> = PerCpuArray::with_max_entries(1, 0);
+
+/// Byte source the parser reads from.
+pub(crate) trait Packet {
+    /// Copies `len` bytes at `off` into `dst` (len ≤ dst size, checked by the helper).
+    fn load(&self, off: u32, dst: *mut c_void, len: u32) -> bool;
+    /// Length of the packet in bytes.
+    fn len(&self) -> u32;
+}
+
+struct XdpPacket<'a>(&'a XdpContext);
+
+impl Packet for XdpPacket<'_> {
+    #[inline(always)]
+    fn load(&self, off: u32, dst: *mut c_void, len: u32) -> bool {
+        // SAFETY: the helper checks `off + len` against the frame and writes at most `len` bytes.
+        unsafe { bpf_xdp_load_bytes(self.0.ctx, off, dst, len) == 0 }
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (self.0.data_end() - self.0.data()) as u32
+    }
+}
+
+struct SkbPacket<'a>(&'a TcContext);
+
+impl Packet for SkbPacket<'_> {
+    #[inline(always)]
+    fn load(&self, off: u32, dst: *mut c_void, len: u32) -> bool {
+        // SAFETY: as above; the skb helper also copes with non-linear data.
+        unsafe { bpf_skb_load_bytes(self.0.skb.skb as *const c_void, off, dst, len) == 0 }
+    }
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        self.0.len()
+    }
+}
+
+#[inline(always)]
+fn count(c: Counter) -> u64 {
+    match PHX_COUNTERS.get_ptr_mut(c as u32) {
+        Some(p) => {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe {
+                *p += 1;
+                *p
+            }
+        }
+        None => 0,
+    }
+}
+
+/// Parses, filters and submits one packet. Never fails the packet.
+#[inline(always)]
+fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32) {
+    count(Counter::Seen);
+    let Some(meta) = PHX_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU scratch slot, used only for the duration of this program run.
+    let meta = unsafe { &mut *meta };
+    *meta = PacketMeta::zeroed();
+    meta.ts_ns = unsafe { bpf_ktime_get_ns() };
+    meta.ifindex = ifindex;
+    meta.direction = direction as u8;
+    meta.wire_len = pkt.len();
+    meta.segs = if segs > 1 { segs.min(u16::MAX as u32) as u16 } else { 1 };
+    match parse::parse(pkt, meta) {
+        Ok(()) => {}
+        Err(parse::Error::NotIp) => {
+            count(Counter::NotIp);
+            return;
+        }
+        Err(parse::Error::Malformed) => {
+            count(Counter::ParseError);
+            return;
+        }
+    }
+    count(Counter::Parsed);
+    if !filter::matches(meta) {
+        return;
+    }
+    count(Counter::Matched);
+    let n = count(Counter::Submitted);
+    // Wake the consumer once per batch; its timer drains the tail.
+    let flags = if n % WAKEUP_BATCH as u64 == 0 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if PHX_EVENTS.output::<PacketMeta>(&*meta, flags as u64).is_err() {
+        count(Counter::RingFull);
+    }
+}
+
+/// XDP ingress program.
+#[xdp]
+pub fn phalanx_xdp(ctx: XdpContext) -> u32 {
+    // SAFETY: ctx points at a valid xdp_md for the duration of the call.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    capture(&XdpPacket(&ctx), ifindex, Direction::Ingress, 1);
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn tc(ctx: &TcContext, direction: Direction) -> i32 {
+    // SAFETY: ctx.skb points at a valid __sk_buff for the duration of the call.
+    let (ifindex, segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
+    capture(&SkbPacket(ctx), ifindex, direction, segs);
+    // TCX_NEXT / "unspecified": let the next program and the stack decide.
+    TC_ACT_UNSPEC
+}
+
+/// TC (tcx) ingress program.
+#[classifier]
+pub fn phalanx_tc_ingress(ctx: TcContext) -> i32 {
+    tc(&ctx, Direction::Ingress)
+}
+
+/// TC (tcx) egress program.
+#[classifier]
+pub fn phalanx_tc_egress(ctx: TcContext) -> i32 {
+    tc(&ctx, Direction::Egress)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the parser uses checked accessors only; no panic path is reachable.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,303 @@
+//! Loading and attaching the kernel programs, and their maps.
+
+use std::net::IpAddr;
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use phalanx_common::{
+    user::ip_to_bytes, Counter, FilterPrefix, FilterTuple, Setting, FILTER_PREFIX_HEAD_BITS,
+    MAP_COUNTERS, MAP_EVENTS, MAP_FILTER_PREFIXES, MAP_FILTER_TUPLES, MAP_SETTINGS, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_XDP,
+};
+use tracing::{debug, info};
+
+use crate::config::{AttachMode, CaptureConfig, FilterRule};
+
+/// The kernel object built by build.rs (empty when built with `AYA_BUILD_SKIP=1`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/phalanx"));
+
+/// Errors loading, attaching or talking to the kernel programs.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The binary was built without kernel programs.
+    #[error("this binary was built without the kernel programs (AYA_BUILD_SKIP); rebuild without it to capture live")]
+    NoObject,
+    /// Not enough privilege.
+    #[error("loading eBPF programs needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON); running as uid {0}")]
+    NotPrivileged(u32),
+    /// The kernel lacks a feature we need.
+    #[error("kernel lacks {0}; Phalanx needs a kernel with BTF and BPF ring buffers (Linux >= 5.8)")]
+    KernelFeature(&'static str),
+    /// An interface does not exist.
+    #[error("interface {0:?} does not exist (see `ip link`)")]
+    NoInterface(String),
+    /// Loading the object failed (verifier, map creation, ...).
+    #[error("loading the kernel programs failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    /// A program operation failed.
+    #[error("{what}: {source}")]
+    Program {
+        /// What we were doing.
+        what: String,
+        /// Underlying error.
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("{what}: {source}")]
+    Map {
+        /// What we were doing.
+        what: String,
+        /// Underlying error.
+        source: aya::maps::MapError,
+    },
+    /// The object is missing a map or program it should have.
+    #[error("kernel object has no {0}")]
+    Missing(&'static str),
+}
+
+fn map_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
+    let what = what.into();
+    move |source| CaptureError::Map { what, source }
+}
+
+fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError) -> CaptureError {
+    let what = what.into();
+    move |source| CaptureError::Program { what, source }
+}
+
+/// Checks the environment before anything is loaded, so the user gets one clear message.
+pub fn preflight(cfg: &CaptureConfig) -> Result<(), CaptureError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(CaptureError::NoObject);
+    }
+    for iface in &cfg.interfaces {
+        if ifindex(iface).is_none() {
+            return Err(CaptureError::NoInterface(iface.clone()));
+        }
+    }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid != 0 {
+        return Err(CaptureError::NotPrivileged(uid));
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Err(CaptureError::KernelFeature("BTF (/sys/kernel/btf/vmlinux)"));
+    }
+    use aya::util::KernelVersion;
+    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 8, 0)) {
+        return Err(CaptureError::KernelFeature("BPF ring buffers"));
+    }
+    Ok(())
+}
+
+/// Interface index of a name, `None` when it does not exist.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Loaded and attached programs. Dropping it detaches everything.
+pub struct Capture {
+    ebpf: Ebpf,
+    attached: Vec<String>,
+}
+
+impl Capture {
+    /// Loads the programs and attaches them to every configured interface.
+    pub fn load_and_attach(cfg: &CaptureConfig) -> Result<(Self, RingBuf<MapData>), CaptureError> {
+        preflight(cfg)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes.0)
+            .load(EBPF_OBJECT)?;
+        let ring = ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or(CaptureError::Missing("ring buffer map"))?;
+        let ring = RingBuf::try_from(ring).map_err(map_err("opening the ring buffer"))?;
+        let mut capture = Capture {
+            ebpf,
+            attached: Vec::new(),
+        };
+        capture.set_filters(&cfg.filters)?;
+        for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
+            let p: &mut SchedClassifier = capture
+                .ebpf
+                .program_mut(name)
+                .ok_or(CaptureError::Missing("tc program"))?
+                .try_into()
+                .map_err(prog_err(name))?;
+            p.load().map_err(prog_err(format!("loading {name}")))?;
+        }
+        if cfg.mode == AttachMode::Xdp {
+            let p: &mut Xdp = capture
+                .ebpf
+                .program_mut(PROG_XDP)
+                .ok_or(CaptureError::Missing("xdp program"))?
+                .try_into()
+                .map_err(prog_err(PROG_XDP))?;
+            p.load().map_err(prog_err(format!("loading {PROG_XDP}")))?;
+        }
+        for iface in &cfg.interfaces {
+            capture.attach(iface, cfg.mode)?;
+        }
+        Ok((capture, ring))
+    }
+
+    fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), CaptureError> {
+        let ingress_name = match mode {
+            AttachMode::Tcx => PROG_TC_INGRESS,
+            AttachMode::Xdp => PROG_XDP,
+        };
+        if mode == AttachMode::Xdp {
+            let p: &mut Xdp = self
+                .ebpf
+                .program_mut(PROG_XDP)
+                .ok_or(CaptureError::Missing("xdp program"))?
+                .try_into()
+                .map_err(prog_err(PROG_XDP))?;
+            p.attach(iface, XdpMode::default())
+                .map_err(prog_err(format!("attaching XDP to {iface}")))?;
+        } else {
+            let p: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(PROG_TC_INGRESS)
+                .ok_or(CaptureError::Missing("tc program"))?
+                .try_into()
+                .map_err(prog_err(PROG_TC_INGRESS))?;
+            p.attach(iface, TcAttachType::Ingress)
+                .map_err(prog_err(format!("attaching tcx ingress to {iface}")))?;
+        }
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_TC_EGRESS)
+            .ok_or(CaptureError::Missing("tc program"))?
+            .try_into()
+            .map_err(prog_err(PROG_TC_EGRESS))?;
+        p.attach(iface, TcAttachType::Egress)
+            .map_err(prog_err(format!("attaching tcx egress to {iface}")))?;
+        info!(iface, ingress = ingress_name, "attached");
+        self.attached.push(iface.to_string());
+        Ok(())
+    }
+
+    /// Interfaces the programs are attached to.
+    pub fn interfaces(&self) -> &[String] {
+        &self.attached
+    }
+
+    /// Replaces the scope filters atomically enough for a passive tool:
+    /// the mode flag is cleared first, so packets are briefly "all TCP"
+    /// rather than briefly "nothing".
+    pub fn set_filters(&mut self, rules: &[FilterRule]) -> Result<(), CaptureError> {
+        self.set_mode(0)?;
+        {
+            let mut tuples: HashMap<_, FilterTuple, u32> = HashMap::try_from(
+                self.ebpf
+                    .map_mut(MAP_FILTER_TUPLES)
+                    .ok_or(CaptureError::Missing("tuple filter map"))?,
+            )
+            .map_err(map_err("tuple filter map"))?;
+            let old: Vec<FilterTuple> = tuples.keys().filter_map(Result::ok).collect();
+            for k in old {
+                tuples.remove(&k).map_err(map_err("clearing tuple filters"))?;
+            }
+            for (id, rule) in rules.iter().enumerate() {
+                let Some(flow) = rule.flow else { continue };
+                for &proto in rule.proto.numbers() {
+                    let key = FilterTuple {
+                        src: ip_to_bytes(flow.a.ip()),
+                        dst: ip_to_bytes(flow.b.ip()),
+                        sport: flow.a.port(),
+                        dport: flow.b.port(),
+                        proto,
+                        _pad: [0; 3],
+                    };
+                    tuples
+                        .insert(key, id as u32, 0)
+                        .map_err(map_err("inserting a flow filter"))?;
+                }
+            }
+        }
+        {
+            let mut trie: LpmTrie<_, FilterPrefix, u32> = LpmTrie::try_from(
+                self.ebpf
+                    .map_mut(MAP_FILTER_PREFIXES)
+                    .ok_or(CaptureError::Missing("prefix filter map"))?,
+            )
+            .map_err(map_err("prefix filter map"))?;
+            let old: Vec<Key<FilterPrefix>> = trie.keys().filter_map(Result::ok).collect();
+            for k in old {
+                trie.remove(&k).map_err(map_err("clearing prefix filters"))?;
+            }
+            for (id, rule) in rules.iter().enumerate() {
+                if rule.flow.is_some() {
+                    continue;
+                }
+                for &proto in rule.proto.numbers() {
+                    for key in prefix_keys(proto, rule) {
+                        trie.insert(&key, id as u32, 0)
+                            .map_err(map_err("inserting a CIDR/port filter"))?;
+                    }
+                }
+            }
+        }
+        self.set_mode(u32::from(!rules.is_empty()))?;
+        debug!(rules = rules.len(), "filters installed");
+        Ok(())
+    }
+
+    fn set_mode(&mut self, mode: u32) -> Result<(), CaptureError> {
+        let mut settings: Array<_, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_SETTINGS)
+                .ok_or(CaptureError::Missing("settings map"))?,
+        )
+        .map_err(map_err("settings map"))?;
+        settings
+            .set(Setting::FilterMode as u32, mode, 0)
+            .map_err(map_err("setting filter mode"))
+    }
+
+    /// Current per-CPU counters summed, indexed like [`Counter::ALL`].
+    pub fn counters(&self) -> Result<[u64; Counter::ALL.len()], CaptureError> {
+        let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map(MAP_COUNTERS)
+                .ok_or(CaptureError::Missing("counter map"))?,
+        )
+        .map_err(map_err("counter map"))?;
+        let mut out = [0u64; Counter::ALL.len()];
+        for (slot, c) in out.iter_mut().zip(Counter::ALL) {
+            let v = arr.get(&(c as u32), 0).map_err(map_err("reading counters"))?;
+            *slot = v.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// LPM keys for a CIDR/port rule. A rule without an address matches both
+/// families (prefix covers protocol and port only).
+fn prefix_keys(proto: u8, rule: &FilterRule) -> Vec<Key<FilterPrefix>> {
+    let port = rule.port.unwrap_or(0);
+    match rule.cidr {
+        None => vec![Key::new(
+            FILTER_PREFIX_HEAD_BITS,
+            FilterPrefix::endpoint(proto, port, 6, &[0; 16]),
+        )],
+        Some(net) => {
+            let (version, extra) = match net.addr() {
+                IpAddr::V4(_) => (4, 96),
+                IpAddr::V6(_) => (6, 0),
+            };
+            let addr = ip_to_bytes(net.network());
+            vec![Key::new(
+                FILTER_PREFIX_HEAD_BITS + extra + u32::from(net.prefix_len()),
+                FilterPrefix::endpoint(proto, port, version, &addr),
+            )]
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Bounded header parser shared by every program.
+//!
+//! Every read goes through `Packet::load`, whose helper checks bounds at run
+//! time; every loop has a constant bound. Lengths come from the headers and
+//! are validated before use, so a malformed packet ends in
+//! `Error::Malformed` (counted) and never in a record with garbage.
+
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use phalanx_common::{
+    ipproto, tcp_opts, PacketMeta, RecordKind, IP_FLAG_DF, IP_FLAG_LATER_FRAGMENT, IP_FLAG_MF,
+    MAX_SACK_BLOCKS,
+};
+
+use crate::Packet;
+
+/// Why a packet produced no record.
+pub(crate) enum Error {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...), or more VLAN tags than we follow.
+    NotIp,
+    /// Truncated or inconsistent headers.
+    Malformed,
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_HLEN: u32 = 14;
+/// IPv6 extension headers followed before giving up on the transport header.
+const MAX_EXT_HEADERS: usize = 6;
+const TCP_MAX_OPTS: usize = 40;
+
+#[inline(always)]
+fn load<P: Packet, T: Copy>(pkt: &P, off: u32) -> Result<T, Error> {
+    let mut v = MaybeUninit::<T>::uninit();
+    if pkt.load(off, v.as_mut_ptr() as *mut c_void, core::mem::size_of::<T>() as u32) {
+        // SAFETY: the helper filled all size_of::<T>() bytes; T is plain bytes.
+        Ok(unsafe { v.assume_init() })
+    } else {
+        Err(Error::Malformed)
+    }
+}
+
+#[inline(always)]
+fn be16(b: &[u8], i: usize) -> u16 {
+    match (b.get(i), b.get(i + 1)) {
+        (Some(h), Some(l)) => u16::from_be_bytes([*h, *l]),
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn be32(b: &[u8], i: usize) -> u32 {
+    (be16(b, i) as u32) << 16 | be16(b, i + 2) as u32
+}
+
+/// Fills `meta` from the packet; `ts_ns`, `ifindex`, `direction`, `wire_len`
+/// and `segs` are already set by the caller.
+#[inline(always)]
+pub(crate) fn parse<P: Packet>(pkt: &P, meta: &mut PacketMeta) -> Result<(), Error> {
+    let eth: [u8; 14] = load(pkt, 0)?;
+    let mut ethertype = be16(&eth, 12);
+    let mut off = ETH_HLEN;
+    for _ in 0..2 {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let tag: [u8; 4] = load(pkt, off)?;
+        let vid = be16(&tag, 0) & 0x0fff;
+        if meta.vlan_count == 0 {
+            meta.outer_vlan = vid;
+        } else {
+            meta.inner_vlan = vid;
+        }
+        meta.vlan_count += 1;
+        ethertype = be16(&tag, 2);
+        off += 4;
+    }
+    let (l4_off, l3_end) = match ethertype {
+        ETH_P_IP => ipv4(pkt, off, meta)?,
+        ETH_P_IPV6 => ipv6(pkt, off, meta)?,
+        _ => return Err(Error::NotIp),
+    };
+    if meta.ip_flags & IP_FLAG_LATER_FRAGMENT != 0 {
+        meta.kind = RecordKind::OtherIp as u8;
+        return Ok(());
+    }
+    match meta.l4_proto {
+        ipproto::TCP => tcp(pkt, l4_off, l3_end, meta),
+        ipproto::UDP => {
+            let h: [u8; 8] = load(pkt, l4_off)?;
+            meta.kind = RecordKind::Udp as u8;
+            meta.sport = be16(&h, 0);
+            meta.dport = be16(&h, 2);
+            meta.payload_len = payload(pkt, meta, l4_off + 8, l3_end)?;
+            Ok(())
+        }
+        ipproto::ICMP | ipproto::ICMPV6 => icmp(pkt, l4_off, meta),
+        _ => {
+            meta.kind = RecordKind::OtherIp as u8;
+            Ok(())
+        }
+    }
+}
+
+/// Transport payload length: from the IP lengths, except for GSO
+/// super-packets whose IP length describes one segment (or is 0 with BIG TCP).
+#[inline(always)]
+fn payload<P: Packet>(pkt: &P, meta: &PacketMeta, data_off: u32, l3_end: u32) -> Result<u32, Error> {
+    let end = if meta.segs > 1 || meta.ip_len == 0 { pkt.len() } else { l3_end };
+    if end < data_off {
+        return Err(Error::Malformed);
+    }
+    Ok(end - data_off)
+}
+
+/// Returns (transport offset, end of the IP packet).
+#[inline(always)]
+fn ipv4<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(u32, u32), Error> {
+    let h: [u8; 20] = load(pkt, off)?;
+    if h[0] >> 4 != 4 {
+        return Err(Error::Malformed);
+    }
+    let ihl = ((h[0] & 0x0f) as u32) * 4;
+    let total = be16(&h, 2) as u32;
+    if ihl < 20 || (total != 0 && total < ihl) {
+        return Err(Error::Malformed);
+    }
+    meta.ip_version = 4;
+    meta.tos = h[1];
+    meta.ip_len = total as u16;
+    meta.ip_id = be16(&h, 4) as u32;
+    let frag = be16(&h, 6);
+    if frag & 0x4000 != 0 {
+        meta.ip_flags |= IP_FLAG_DF;
+    }
+    if frag & 0x2000 != 0 {
+        meta.ip_flags |= IP_FLAG_MF;
+    }
+    if frag & 0x1fff != 0 {
+        meta.ip_flags |= IP_FLAG_LATER_FRAGMENT;
+    }
+    meta.ttl = h[8];
+    meta.l4_proto = h[9];
+    meta.src_addr[..4].copy_from_slice(&h[12..16]);
+    meta.dst_addr[..4].copy_from_slice(&h[16..20]);
+    Ok((off + ihl, off + total))
+}
+
+#[inline(always)]
+fn ipv6<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(u32, u32), Error> {
+    let h: [u8; 40] = load(pkt, off)?;
+    if h[0] >> 4 != 6 {
+        return Err(Error::Malformed);
+    }
+    meta.ip_version = 6;
+    meta.tos = ((be16(&h, 0) >> 4) & 0xff) as u8;
+    meta.ip_id = be32(&h, 0) & 0x000f_ffff;
+    let plen = be16(&h, 4) as u32;
+    meta.ip_len = if plen == 0 { 0 } else { (plen + 40).min(u16::MAX as u32) as u16 };
+    meta.ttl = h[7];
+    meta.src_addr.copy_from_slice(&h[8..24]);
+    meta.dst_addr.copy_from_slice(&h[24..40]);
+    let mut next = h[6];
+    let mut l4 = off + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            // hop-by-hop, routing, destination options: (len + 1) * 8 bytes
+            0 | 43 | 60 => {
+                let e: [u8; 2] = load(pkt, l4)?;
+                next = e[0];
+                l4 += (e[1] as u32 + 1) * 8;
+            }
+            // fragment header: fixed 8 bytes
+            44 => {
+                let e: [u8; 8] = load(pkt, l4)?;
+                next = e[0];
+                let fo = be16(&e, 2);
+                if fo & 0xfff8 != 0 {
+                    meta.ip_flags |= IP_FLAG_LATER_FRAGMENT;
+                }
+                if fo & 1 != 0 {
+                    meta.ip_flags |= IP_FLAG_MF;
+                }
+                l4 += 8;
+            }
+            // authentication header: (len + 2) * 4 bytes
+            51 => {
+                let e: [u8; 2] = load(pkt, l4)?;
+                next = e[0];
+                l4 += (e[1] as u32 + 2) * 4;
+            }
+            _ => break,
+        }
+    }
+    meta.l4_proto = next;
+    Ok((l4, off + 40 + plen))
+}
+
+#[inline(always)]
+fn tcp<P: Packet>(pkt: &P, off: u32, l3_end: u32, meta: &mut PacketMeta) -> Result<(), Error> {
+    let h: [u8; 20] = load(pkt, off)?;
+    let doff = ((h[12] >> 4) as u32) * 4;
+    if doff < 20 {
+        return Err(Error::Malformed);
+    }
+    meta.kind = RecordKind::Tcp as u8;
+    meta.sport = be16(&h, 0);
+    meta.dport = be16(&h, 2);
+    meta.seq = be32(&h, 4);
+    meta.ack = be32(&h, 8);
+    meta.tcp_flags = h[13];
+    meta.window = be16(&h, 14);
+    meta.payload_len = payload(pkt, meta, off + doff, l3_end)?;
+    let opt_len = doff - 20;
+    if opt_len == 0 {
+        return Ok(());
+    }
+    let mut opts = [0u8; TCP_MAX_OPTS];
+    if opt_len > TCP_MAX_OPTS as u32 || !pkt.load(off + 20, opts.as_mut_ptr() as *mut c_void, opt_len) {
+        return Err(Error::Malformed);
+    }
+    tcp_options(&opts, opt_len as usize, meta);
+    Ok(())
+}
+
+/// Walks the option list; stops at the first inconsistency and flags it.
+#[inline(always)]
+fn tcp_options(opts: &[u8; TCP_MAX_OPTS], len: usize, meta: &mut PacketMeta) {
+    let mut i = 0usize;
+    for _ in 0..TCP_MAX_OPTS {
+        if i >= len {
+            return;
+        }
+        let kind = match opts.get(i) {
+            Some(k) => *k,
+            None => return,
+        };
+        match kind {
+            0 => return,
+            1 => {
+                i += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let olen = match opts.get(i + 1) {
+            Some(l) if i + 1 < len => *l as usize,
+            _ => {
+                meta.tcp_opts |= tcp_opts::MALFORMED;
+                return;
+            }
+        };
+        if olen < 2 || i + olen > len {
+            meta.tcp_opts |= tcp_opts::MALFORMED;
+            return;
+        }
+        match (kind, olen) {
+            (2, 4) => {
+                meta.tcp_opts |= tcp_opts::MSS;
+                meta.mss = be16(opts, i + 2);
+            }
+            (3, 3) => {
+                meta.tcp_opts |= tcp_opts::WSCALE;
+                meta.wscale = opts.get(i + 2).copied().unwrap_or(0);
+            }
+            (4, 2) => meta.tcp_opts |= tcp_opts::SACK_PERM,
+            (5, _) if olen >= 10 && (olen - 2) % 8 == 0 => {
+                meta.tcp_opts |= tcp_opts::SACK;
+                let mut n = 0usize;
+                for b in 0..MAX_SACK_BLOCKS {
+                    if 2 + b * 8 + 8 > olen {
+                        break;
+                    }
+                    let at = i + 2 + b * 8;
+                    if let Some(slot) = meta.sack.get_mut(2 * b) {
+                        *slot = be32(opts, at);
+                    }
+                    if let Some(slot) = meta.sack.get_mut(2 * b + 1) {
+                        *slot = be32(opts, at + 4);
+                    }
+                    n += 1;
+                }
+                meta.sack_count = n as u8;
+            }
+            (8, 10) => {
+                meta.tcp_opts |= tcp_opts::TIMESTAMPS;
+                meta.tsval = be32(opts, i + 2);
+                meta.tsecr = be32(opts, i + 6);
+            }
+            (2 | 3 | 4 | 5 | 8, _) => {
+                meta.tcp_opts |= tcp_opts::MALFORMED;
+                return;
+            }
+            _ => {}
+        }
+        i += olen;
+    }
+}
+
+/// ICMP/ICMPv6: errors carry the quoted packet's 5-tuple (and TCP seq), so a
+/// frag-needed can be tied to its flow; other messages are plain records.
+#[inline(always)]
+fn icmp<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(), Error> {
+    let h: [u8; 8] = load(pkt, off)?;
+    let (ty, code) = (h[0], h[1]);
+    let is_error = if meta.l4_proto == ipproto::ICMP {
+        matches!(ty, 3 | 11 | 12)
+    } else {
+        matches!(ty, 1..=4)
+    };
+    meta.kind = RecordKind::OtherIp as u8;
+    if !is_error {
+        return Ok(());
+    }
+    meta.icmp_type = ty;
+    meta.icmp_code = code;
+    meta.icmp_mtu = if meta.l4_proto == ipproto::ICMP {
+        if ty == 3 && code == 4 {
+            be16(&h, 6) as u32
+        } else {
+            0
+        }
+    } else if ty == 2 {
+        be32(&h, 4)
+    } else {
+        0
+    };
+    meta.kind = RecordKind::IcmpError as u8;
+    // The quoted packet is often cut short: take what is there.
+    let inner = off + 8;
+    let inner_l4 = if meta.l4_proto == ipproto::ICMP {
+        let Ok(q) = load::<P, [u8; 20]>(pkt, inner) else {
+            return Ok(());
+        };
+        meta.inner_proto = q[9];
+        meta.inner_src[..4].copy_from_slice(&q[12..16]);
+        meta.inner_dst[..4].copy_from_slice(&q[16..20]);
+        inner + ((q[0] & 0x0f) as u32) * 4
+    } else {
+        let Ok(q) = load::<P, [u8; 40]>(pkt, inner) else {
+            return Ok(());
+        };
+        meta.inner_proto = q[6];
+        meta.inner_src.copy_from_slice(&q[8..24]);
+        meta.inner_dst.copy_from_slice(&q[24..40]);
+        inner + 40
+    };
+    if meta.inner_proto == ipproto::TCP || meta.inner_proto == ipproto::UDP {
+        if let Ok(p) = load::<P, [u8; 8]>(pkt, inner_l4) {
+            meta.inner_sport = be16(&p, 0);
+            meta.inner_dport = be16(&p, 2);
+            if meta.inner_proto == ipproto::TCP {
+                meta.inner_seq = be32(&p, 4);
+            }
+        }
+    }
+    Ok(())
+}
