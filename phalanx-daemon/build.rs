@@ -20,7 +20,11 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .find(|cargo_metadata::Package { name, .. }| name.as_str() == "phalanx-ebpf")
         .ok_or_else(|| anyhow!("phalanx-ebpf package not found"))?;
-    let cargo_metadata::Package { name, manifest_path, .. } = ebpf_package;
+    let cargo_metadata::Package {
+        name,
+        manifest_path,
+        ..
+    } = ebpf_package;
     let root_dir = manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {manifest_path}"))?
@@ -32,9 +36,11 @@ fn main() -> anyhow::Result<()> {
     };
     aya_build::build_ebpf([ebpf_package], Toolchain::Custom(EBPF_TOOLCHAIN))?;
 
-    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?).join("phalanx");
+    let out =
+        std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?).join("phalanx");
     if !out.exists() {
-        std::fs::write(&out, []).with_context(|| format!("writing placeholder {}", out.display()))?;
+        std::fs::write(&out, [])
+            .with_context(|| format!("writing placeholder {}", out.display()))?;
     }
     Ok(())
 }

@@ -49,6 +49,8 @@ pub struct Config {
     pub capture: CaptureConfig,
     /// `[http]`: metrics and API server.
     pub http: HttpConfig,
+    /// `[flows]`: flow table bounds.
+    pub flows: crate::flow::FlowConfig,
 }
 
 /// How the kernel programs attach.
@@ -301,13 +303,19 @@ mod tests {
             ("[capture]\nring_buffer_bytes = 5000\n", "power of two"),
             ("[capture]\nmode = \"af_packet\"\n", "af_packet"),
             ("[[capture.filters]]\ncidr = \"10.0.0.0/33\"\n", "line 2"),
-            ("[[capture.filters]]\nflow = \"10.0.0.1:1 -> [::1]:2\"\n", "mixes"),
+            (
+                "[[capture.filters]]\nflow = \"10.0.0.1:1 -> [::1]:2\"\n",
+                "mixes",
+            ),
             ("[http]\nlisten = \"localhost\"\n", "line 2"),
         ] {
             let msg = Config::from_toml(text, "t.toml")
                 .expect_err(text)
                 .to_string();
-            assert!(msg.contains(needle), "{text:?}: expected {needle:?} in {msg}");
+            assert!(
+                msg.contains(needle),
+                "{text:?}: expected {needle:?} in {msg}"
+            );
         }
     }
 

@@ -4,7 +4,10 @@
 //! benchmarks drive the same code.
 
 pub mod analyze;
+pub mod api;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod export;
 pub mod flow;

@@ -1,1 +1,21 @@
-fn main(){}
+//! The `phalanx` binary: parses the command line and hands over to the library.
+
+use anyhow::Result;
+use clap::Parser as _;
+use phalanx_daemon::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Run(args) => rt.block_on(phalanx_daemon::daemon::run(args)),
+    }
+}

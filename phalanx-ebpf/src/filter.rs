@@ -32,7 +32,10 @@ const FULL_PREFIX: u32 = FILTER_PREFIX_HEAD_BITS + 128;
 
 #[inline(always)]
 fn endpoint_in_scope(proto: u8, port: u16, version: u8, addr: &[u8; 16]) -> bool {
-    let exact = Key::new(FULL_PREFIX, FilterPrefix::endpoint(proto, port, version, addr));
+    let exact = Key::new(
+        FULL_PREFIX,
+        FilterPrefix::endpoint(proto, port, version, addr),
+    );
     if PHX_FILTER_PREFIXES.get(&exact).is_some() {
         return true;
     }
@@ -55,11 +58,20 @@ fn tuple_in_scope(t: &mut FilterTuple) -> bool {
 #[inline(always)]
 pub(crate) fn matches(m: &PacketMeta) -> bool {
     let (proto, src, dst, sport, dport) = if m.kind == RecordKind::IcmpError as u8 {
-        (m.inner_proto, &m.inner_src, &m.inner_dst, m.inner_sport, m.inner_dport)
+        (
+            m.inner_proto,
+            &m.inner_src,
+            &m.inner_dst,
+            m.inner_sport,
+            m.inner_dport,
+        )
     } else {
         (m.l4_proto, &m.src_addr, &m.dst_addr, m.sport, m.dport)
     };
-    let mode = PHX_SETTINGS.get(Setting::FilterMode as u32).copied().unwrap_or(0);
+    let mode = PHX_SETTINGS
+        .get(Setting::FilterMode as u32)
+        .copied()
+        .unwrap_or(0);
     if mode == 0 {
         return proto == ipproto::TCP
             && (m.kind == RecordKind::Tcp as u8 || m.kind == RecordKind::IcmpError as u8);

@@ -97,7 +97,11 @@ fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32) {
     meta.ifindex = ifindex;
     meta.direction = direction as u8;
     meta.wire_len = pkt.len();
-    meta.segs = if segs > 1 { segs.min(u16::MAX as u32) as u16 } else { 1 };
+    meta.segs = if segs > 1 {
+        segs.min(u16::MAX as u32) as u16
+    } else {
+        1
+    };
     match parse::parse(pkt, meta) {
         Ok(()) => {}
         Err(parse::Error::NotIp) => {
@@ -121,7 +125,10 @@ fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32) {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    if PHX_EVENTS.output::<PacketMeta>(&*meta, flags as u64).is_err() {
+    if PHX_EVENTS
+        .output::<PacketMeta>(&*meta, flags as u64)
+        .is_err()
+    {
         count(Counter::RingFull);
     }
 }

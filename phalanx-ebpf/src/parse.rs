@@ -5,6 +5,7 @@
 //! are validated before use, so a malformed packet ends in
 //! `Error::Malformed` (counted) and never in a record with garbage.
 
+use aya_ebpf::helpers::bpf_loop;
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use phalanx_common::{
@@ -30,11 +31,18 @@ const ETH_HLEN: u32 = 14;
 /// IPv6 extension headers followed before giving up on the transport header.
 const MAX_EXT_HEADERS: usize = 6;
 const TCP_MAX_OPTS: usize = 40;
+/// Stack buffer for the options: the masked length (at most 60) must fit it
+/// for the verifier, although the header format caps options at 40 bytes.
+const TCP_OPT_BUF: usize = 64;
 
 #[inline(always)]
 fn load<P: Packet, T: Copy>(pkt: &P, off: u32) -> Result<T, Error> {
     let mut v = MaybeUninit::<T>::uninit();
-    if pkt.load(off, v.as_mut_ptr() as *mut c_void, core::mem::size_of::<T>() as u32) {
+    if pkt.load(
+        off,
+        v.as_mut_ptr() as *mut c_void,
+        core::mem::size_of::<T>() as u32,
+    ) {
         // SAFETY: the helper filled all size_of::<T>() bytes; T is plain bytes.
         Ok(unsafe { v.assume_init() })
     } else {
@@ -107,8 +115,17 @@ pub(crate) fn parse<P: Packet>(pkt: &P, meta: &mut PacketMeta) -> Result<(), Err
 /// Transport payload length: from the IP lengths, except for GSO
 /// super-packets whose IP length describes one segment (or is 0 with BIG TCP).
 #[inline(always)]
-fn payload<P: Packet>(pkt: &P, meta: &PacketMeta, data_off: u32, l3_end: u32) -> Result<u32, Error> {
-    let end = if meta.segs > 1 || meta.ip_len == 0 { pkt.len() } else { l3_end };
+fn payload<P: Packet>(
+    pkt: &P,
+    meta: &PacketMeta,
+    data_off: u32,
+    l3_end: u32,
+) -> Result<u32, Error> {
+    let end = if meta.segs > 1 || meta.ip_len == 0 {
+        pkt.len()
+    } else {
+        l3_end
+    };
     if end < data_off {
         return Err(Error::Malformed);
     }
@@ -158,7 +175,11 @@ fn ipv6<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(u32, u32
     meta.tos = ((be16(&h, 0) >> 4) & 0xff) as u8;
     meta.ip_id = be32(&h, 0) & 0x000f_ffff;
     let plen = be16(&h, 4) as u32;
-    meta.ip_len = if plen == 0 { 0 } else { (plen + 40).min(u16::MAX as u32) as u16 };
+    meta.ip_len = if plen == 0 {
+        0
+    } else {
+        (plen + 40).min(u16::MAX as u32) as u16
+    };
     meta.ttl = h[7];
     meta.src_addr.copy_from_slice(&h[8..24]);
     meta.dst_addr.copy_from_slice(&h[24..40]);
@@ -201,10 +222,11 @@ fn ipv6<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(u32, u32
 #[inline(always)]
 fn tcp<P: Packet>(pkt: &P, off: u32, l3_end: u32, meta: &mut PacketMeta) -> Result<(), Error> {
     let h: [u8; 20] = load(pkt, off)?;
-    let doff = ((h[12] >> 4) as u32) * 4;
-    if doff < 20 {
+    let words = (h[12] >> 4) as u32;
+    if words < 5 {
         return Err(Error::Malformed);
     }
+    let doff = words * 4;
     meta.kind = RecordKind::Tcp as u8;
     meta.sport = be16(&h, 0);
     meta.dport = be16(&h, 2);
@@ -213,90 +235,158 @@ fn tcp<P: Packet>(pkt: &P, off: u32, l3_end: u32, meta: &mut PacketMeta) -> Resu
     meta.tcp_flags = h[13];
     meta.window = be16(&h, 14);
     meta.payload_len = payload(pkt, meta, off + doff, l3_end)?;
-    let opt_len = doff - 20;
+    // The mask gives the verifier an unsigned bound (≤ 60) it can check
+    // against the buffer; for a valid header it changes nothing.
+    let opt_len = ((words - 5) * 4) & 0x3c;
     if opt_len == 0 {
         return Ok(());
     }
-    let mut opts = [0u8; TCP_MAX_OPTS];
-    if opt_len > TCP_MAX_OPTS as u32 || !pkt.load(off + 20, opts.as_mut_ptr() as *mut c_void, opt_len) {
+    let mut walk = OptWalk {
+        opts: [0u8; TCP_OPT_BUF],
+        len: opt_len.min(TCP_MAX_OPTS as u32),
+        pos: 0,
+        flags: 0,
+        wscale: 0,
+        sack_count: 0,
+        _pad: 0,
+        mss: 0,
+        _pad2: 0,
+        tsval: 0,
+        tsecr: 0,
+        sack: [0; 2 * MAX_SACK_BLOCKS],
+    };
+    if !pkt.load(off + 20, walk.opts.as_mut_ptr() as *mut c_void, opt_len) {
         return Err(Error::Malformed);
     }
-    tcp_options(&opts, opt_len as usize, meta);
+    tcp_options(&mut walk, meta);
     Ok(())
+}
+
+/// State of the option walk, on the caller's stack and handed to the
+/// `bpf_loop` callback: the verifier checks the callback body once instead
+/// of once per unrolled iteration (a plain loop exceeds its 1M-insn budget).
+#[repr(C)]
+struct OptWalk {
+    opts: [u8; TCP_OPT_BUF],
+    len: u32,
+    pos: u32,
+    flags: u8,
+    wscale: u8,
+    sack_count: u8,
+    _pad: u8,
+    mss: u16,
+    _pad2: u16,
+    tsval: u32,
+    tsecr: u32,
+    sack: [u32; 2 * MAX_SACK_BLOCKS],
 }
 
 /// Walks the option list; stops at the first inconsistency and flags it.
 #[inline(always)]
-fn tcp_options(opts: &[u8; TCP_MAX_OPTS], len: usize, meta: &mut PacketMeta) {
-    let mut i = 0usize;
-    for _ in 0..TCP_MAX_OPTS {
-        if i >= len {
-            return;
-        }
-        let kind = match opts.get(i) {
-            Some(k) => *k,
-            None => return,
-        };
-        match kind {
-            0 => return,
-            1 => {
-                i += 1;
-                continue;
-            }
-            _ => {}
-        }
-        let olen = match opts.get(i + 1) {
-            Some(l) if i + 1 < len => *l as usize,
-            _ => {
-                meta.tcp_opts |= tcp_opts::MALFORMED;
-                return;
-            }
-        };
-        if olen < 2 || i + olen > len {
-            meta.tcp_opts |= tcp_opts::MALFORMED;
-            return;
-        }
-        match (kind, olen) {
-            (2, 4) => {
-                meta.tcp_opts |= tcp_opts::MSS;
-                meta.mss = be16(opts, i + 2);
-            }
-            (3, 3) => {
-                meta.tcp_opts |= tcp_opts::WSCALE;
-                meta.wscale = opts.get(i + 2).copied().unwrap_or(0);
-            }
-            (4, 2) => meta.tcp_opts |= tcp_opts::SACK_PERM,
-            (5, _) if olen >= 10 && (olen - 2) % 8 == 0 => {
-                meta.tcp_opts |= tcp_opts::SACK;
-                let mut n = 0usize;
-                for b in 0..MAX_SACK_BLOCKS {
-                    if 2 + b * 8 + 8 > olen {
-                        break;
-                    }
-                    let at = i + 2 + b * 8;
-                    if let Some(slot) = meta.sack.get_mut(2 * b) {
-                        *slot = be32(opts, at);
-                    }
-                    if let Some(slot) = meta.sack.get_mut(2 * b + 1) {
-                        *slot = be32(opts, at + 4);
-                    }
-                    n += 1;
-                }
-                meta.sack_count = n as u8;
-            }
-            (8, 10) => {
-                meta.tcp_opts |= tcp_opts::TIMESTAMPS;
-                meta.tsval = be32(opts, i + 2);
-                meta.tsecr = be32(opts, i + 6);
-            }
-            (2 | 3 | 4 | 5 | 8, _) => {
-                meta.tcp_opts |= tcp_opts::MALFORMED;
-                return;
-            }
-            _ => {}
-        }
-        i += olen;
+fn tcp_options(walk: &mut OptWalk, meta: &mut PacketMeta) {
+    // SAFETY: bpf_loop calls `opt_step` with `walk` as its context, at most
+    // TCP_MAX_OPTS times, while `walk` lives on this stack frame.
+    unsafe {
+        bpf_loop(
+            TCP_MAX_OPTS as u32,
+            opt_step as *mut c_void,
+            walk as *mut OptWalk as *mut c_void,
+            0,
+        );
     }
+    meta.tcp_opts = walk.flags;
+    meta.mss = walk.mss;
+    meta.wscale = walk.wscale;
+    meta.tsval = walk.tsval;
+    meta.tsecr = walk.tsecr;
+    meta.sack_count = walk.sack_count;
+    meta.sack = walk.sack;
+}
+
+#[inline(always)]
+fn opt_byte(w: &OptWalk, i: usize) -> Option<u8> {
+    if i >= TCP_MAX_OPTS || i as u32 >= w.len {
+        return None;
+    }
+    w.opts.get(i).copied()
+}
+
+#[inline(always)]
+fn opt_be16(w: &OptWalk, i: usize) -> u16 {
+    u16::from_be_bytes([opt_byte(w, i).unwrap_or(0), opt_byte(w, i + 1).unwrap_or(0)])
+}
+
+#[inline(always)]
+fn opt_be32(w: &OptWalk, i: usize) -> u32 {
+    (opt_be16(w, i) as u32) << 16 | opt_be16(w, i + 2) as u32
+}
+
+/// One option per call; returns 1 to stop the loop.
+extern "C" fn opt_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the OptWalk passed to bpf_loop by `tcp_options`.
+    let w = unsafe { &mut *(ctx as *mut OptWalk) };
+    let i = w.pos as usize;
+    let Some(kind) = opt_byte(w, i) else {
+        return 1;
+    };
+    match kind {
+        0 => return 1,
+        1 => {
+            w.pos += 1;
+            return 0;
+        }
+        _ => {}
+    }
+    let Some(olen) = opt_byte(w, i + 1) else {
+        w.flags |= tcp_opts::MALFORMED;
+        return 1;
+    };
+    let olen = olen as usize;
+    if olen < 2 || i + olen > w.len as usize {
+        w.flags |= tcp_opts::MALFORMED;
+        return 1;
+    }
+    match (kind, olen) {
+        (2, 4) => {
+            w.flags |= tcp_opts::MSS;
+            w.mss = opt_be16(w, i + 2);
+        }
+        (3, 3) => {
+            w.flags |= tcp_opts::WSCALE;
+            w.wscale = opt_byte(w, i + 2).unwrap_or(0);
+        }
+        (4, 2) => w.flags |= tcp_opts::SACK_PERM,
+        (5, 10 | 18 | 26 | 34) => {
+            w.flags |= tcp_opts::SACK;
+            let blocks = ((olen - 2) / 8).min(MAX_SACK_BLOCKS);
+            for b in 0..MAX_SACK_BLOCKS {
+                if b >= blocks {
+                    break;
+                }
+                let at = i + 2 + b * 8;
+                let (l, r) = (opt_be32(w, at), opt_be32(w, at + 4));
+                if let Some(slot) = w.sack.get_mut(2 * b) {
+                    *slot = l;
+                }
+                if let Some(slot) = w.sack.get_mut(2 * b + 1) {
+                    *slot = r;
+                }
+            }
+            w.sack_count = blocks as u8;
+        }
+        (8, 10) => {
+            w.flags |= tcp_opts::TIMESTAMPS;
+            w.tsval = opt_be32(w, i + 2);
+            w.tsecr = opt_be32(w, i + 6);
+        }
+        (2 | 3 | 4 | 5 | 8, _) => {
+            w.flags |= tcp_opts::MALFORMED;
+            return 1;
+        }
+        _ => {}
+    }
+    w.pos += olen as u32;
+    0
 }
 
 /// ICMP/ICMPv6: errors carry the quoted packet's 5-tuple (and TCP seq), so a

@@ -29,7 +29,9 @@ pub enum CaptureError {
     #[error("loading eBPF programs needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON); running as uid {0}")]
     NotPrivileged(u32),
     /// The kernel lacks a feature we need.
-    #[error("kernel lacks {0}; Phalanx needs a kernel with BTF and BPF ring buffers (Linux >= 5.8)")]
+    #[error(
+        "kernel lacks {0}; Phalanx needs a kernel with BTF and BPF ring buffers (Linux >= 5.8)"
+    )]
     KernelFeature(&'static str),
     /// An interface does not exist.
     #[error("interface {0:?} does not exist (see `ip link`)")]
@@ -105,6 +107,14 @@ pub fn ifindex(name: &str) -> Option<u32> {
 pub struct Capture {
     ebpf: Ebpf,
     attached: Vec<String>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("interfaces", &self.attached)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Capture {
@@ -203,7 +213,9 @@ impl Capture {
             .map_err(map_err("tuple filter map"))?;
             let old: Vec<FilterTuple> = tuples.keys().filter_map(Result::ok).collect();
             for k in old {
-                tuples.remove(&k).map_err(map_err("clearing tuple filters"))?;
+                tuples
+                    .remove(&k)
+                    .map_err(map_err("clearing tuple filters"))?;
             }
             for (id, rule) in rules.iter().enumerate() {
                 let Some(flow) = rule.flow else { continue };
@@ -231,7 +243,8 @@ impl Capture {
             .map_err(map_err("prefix filter map"))?;
             let old: Vec<Key<FilterPrefix>> = trie.keys().filter_map(Result::ok).collect();
             for k in old {
-                trie.remove(&k).map_err(map_err("clearing prefix filters"))?;
+                trie.remove(&k)
+                    .map_err(map_err("clearing prefix filters"))?;
             }
             for (id, rule) in rules.iter().enumerate() {
                 if rule.flow.is_some() {
@@ -272,7 +285,9 @@ impl Capture {
         .map_err(map_err("counter map"))?;
         let mut out = [0u64; Counter::ALL.len()];
         for (slot, c) in out.iter_mut().zip(Counter::ALL) {
-            let v = arr.get(&(c as u32), 0).map_err(map_err("reading counters"))?;
+            let v = arr
+                .get(&(c as u32), 0)
+                .map_err(map_err("reading counters"))?;
             *slot = v.iter().sum();
         }
         Ok(out)

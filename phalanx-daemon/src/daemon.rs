@@ -1,0 +1,201 @@
+//! `phalanx run`: the live daemon.
+//!
+//! Order matters for the operator: the configuration is validated and the
+//! HTTP socket bound before the kernel is touched, so a bad config or a busy
+//! port never leaves programs attached. Shutdown (SIGINT/SIGTERM) drops the
+//! capture, which detaches every program and link.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use phalanx_common::PacketMeta;
+use prometheus_client::registry::Registry;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{error, info, info_span, warn, Instrument as _};
+
+use crate::{
+    api,
+    capture::{
+        ebpf::Capture,
+        ring::{self, RingStats},
+    },
+    config::Config,
+    export::metrics::CaptureCollector,
+    flow::FlowTable,
+};
+
+/// Batches of records buffered between the ring consumer and the flow task.
+const CHANNEL_BATCHES: usize = 256;
+/// How long shutdown waits for tasks to finish.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// Arguments of `phalanx run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML); defaults apply to every key it omits.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Interface to capture on (repeatable); replaces `capture.interfaces`.
+    #[arg(long = "iface", short = 'i', value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// Address of the metrics/API server; replaces `http.listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Attach mode; replaces `capture.mode`.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+}
+
+/// `--mode` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModeArg {
+    /// tcx on ingress and egress.
+    Tcx,
+    /// XDP on ingress, tcx on egress.
+    Xdp,
+}
+
+/// Defaults, then the file, then the command line.
+pub fn effective_config(args: &RunArgs) -> Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if !args.interfaces.is_empty() {
+        cfg.capture.interfaces = args.interfaces.clone();
+    }
+    if let Some(l) = args.listen {
+        cfg.http.listen = l;
+    }
+    if let Some(m) = args.mode {
+        cfg.capture.mode = match m {
+            ModeArg::Tcx => crate::config::AttachMode::Tcx,
+            ModeArg::Xdp => crate::config::AttachMode::Xdp,
+        };
+    }
+    cfg.validate()?;
+    if cfg.capture.interfaces.is_empty() {
+        anyhow::bail!("no interface to capture on: pass --iface IF or set capture.interfaces");
+    }
+    Ok(cfg)
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub async fn run(args: RunArgs) -> Result<()> {
+    let cfg = effective_config(&args)?;
+    crate::capture::ebpf::preflight(&cfg.capture)?;
+    let listener = api::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen)", cfg.http.listen))?;
+
+    let (capture, ringbuf) = Capture::load_and_attach(&cfg.capture)?;
+    info!(
+        interfaces = ?capture.interfaces(),
+        mode = %cfg.capture.mode,
+        listen = %cfg.http.listen,
+        "capturing"
+    );
+    let capture = Arc::new(Mutex::new(capture));
+    let ring_stats = Arc::new(RingStats::default());
+    let flows = Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone())));
+
+    let mut registry = Registry::default();
+    CaptureCollector::register(&mut registry, capture.clone(), ring_stats.clone());
+    let state = api::ApiState {
+        registry: Arc::new(registry),
+        flows: flows.clone(),
+    };
+
+    let (tx, rx) = mpsc::channel::<Vec<PacketMeta>>(CHANNEL_BATCHES);
+    let mut consumer = tokio::spawn(
+        ring::consume(ringbuf, tx, ring_stats.clone(), ring::ktime_offset_ns())
+            .instrument(info_span!("ring")),
+    );
+    let flow_task = tokio::spawn(flow_loop(rx, flows.clone()).instrument(info_span!("flow")));
+    let mut server = tokio::spawn(
+        async move { axum::serve(listener, api::router(state)).await }
+            .instrument(info_span!("http")),
+    );
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let outcome: Result<()> = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break Ok(()) }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break Ok(()) }
+            _ = sighup.recv() => reload_filters(&args, &capture),
+            r = &mut consumer => break Err(anyhow::anyhow!("ring-buffer consumer stopped: {}", joined(r))),
+            r = &mut server => break Err(anyhow::anyhow!("HTTP server stopped: {}", joined(r))),
+        }
+    };
+
+    consumer.abort();
+    server.abort();
+    let _ = tokio::time::timeout(GRACE, flow_task).await;
+    // Dropping the last reference detaches every program and link.
+    match Arc::try_unwrap(capture) {
+        Ok(m) => drop(m),
+        Err(still_shared) => {
+            warn!("capture still referenced at shutdown; detaching through the shared handle");
+            drop(still_shared);
+        }
+    }
+    info!("detached; bye");
+    outcome
+}
+
+fn joined<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "finished".to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn reload_filters(args: &RunArgs, capture: &Arc<Mutex<Capture>>) {
+    let cfg = match effective_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("SIGHUP: keeping the current filters, config is invalid: {e:#}");
+            return;
+        }
+    };
+    let result = match capture.lock() {
+        Ok(mut c) => c.set_filters(&cfg.capture.filters),
+        Err(_) => {
+            error!("SIGHUP: capture state poisoned");
+            return;
+        }
+    };
+    match result {
+        Ok(()) => info!(
+            filters = cfg.capture.filters.len(),
+            "SIGHUP: filters reloaded"
+        ),
+        Err(e) => error!("SIGHUP: reloading filters failed: {e}"),
+    }
+}
+
+/// Feeds record batches into the flow table; expires idle flows by record time.
+async fn flow_loop(mut rx: mpsc::Receiver<Vec<PacketMeta>>, flows: Arc<Mutex<FlowTable>>) {
+    while let Some(batch) = rx.recv().await {
+        let Ok(mut table) = flows.lock() else {
+            error!("flow table poisoned; stopping the flow task");
+            return;
+        };
+        for m in &batch {
+            table.ingest(m);
+        }
+        if let Some(last) = batch.last() {
+            table.expire(last.ts_ns);
+        }
+    }
+}

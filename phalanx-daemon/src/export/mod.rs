@@ -1,0 +1,3 @@
+//! Outputs: Prometheus metrics (and, later, webhooks and pcapng evidence).
+
+pub mod metrics;
