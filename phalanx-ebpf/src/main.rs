@@ -85,7 +85,7 @@ fn count(c: Counter) -> u64 {
 
 /// Parses, filters and submits one packet. Never fails the packet.
 #[inline(always)]
-fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32) {
+fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32, vlan: Option<u16>) {
     count(Counter::Seen);
     let Some(meta) = PHX_SCRATCH.get_ptr_mut(0) else {
         return;
@@ -102,6 +102,12 @@ fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32) {
     } else {
         1
     };
+    // A tag the NIC (or veth) keeps out of band counts as the outer tag; tags
+    // still in the bytes are parsed after it.
+    if let Some(vid) = vlan {
+        meta.vlan_count = 1;
+        meta.outer_vlan = vid;
+    }
     match parse::parse(pkt, meta) {
         Ok(()) => {}
         Err(parse::Error::NotIp) => {
@@ -114,6 +120,11 @@ fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32) {
         }
     }
     count(Counter::Parsed);
+    // Intact IP/TCP headers with a broken option list: the record is kept
+    // (its seq/ack matter to the flow) with no option values, and counted.
+    if meta.tcp_opts & phalanx_common::tcp_opts::MALFORMED != 0 {
+        count(Counter::ParseError);
+    }
     if !filter::matches(meta) {
         return;
     }
@@ -138,15 +149,25 @@ fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32) {
 pub fn phalanx_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: ctx points at a valid xdp_md for the duration of the call.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    capture(&XdpPacket(&ctx), ifindex, Direction::Ingress, 1);
+    capture(&XdpPacket(&ctx), ifindex, Direction::Ingress, 1, None);
     xdp_action::XDP_PASS
 }
 
 #[inline(always)]
 fn tc(ctx: &TcContext, direction: Direction) -> i32 {
     // SAFETY: ctx.skb points at a valid __sk_buff for the duration of the call.
-    let (ifindex, segs) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).gso_segs) };
-    capture(&SkbPacket(ctx), ifindex, direction, segs);
+    let skb = ctx.skb.skb;
+    // vlan_proto is non-zero exactly when the stack holds a tag out of band.
+    let (ifindex, segs, vlan_proto, vlan_tci) = unsafe {
+        (
+            (*skb).ifindex,
+            (*skb).gso_segs,
+            (*skb).vlan_proto,
+            (*skb).vlan_tci,
+        )
+    };
+    let vlan = (vlan_proto != 0).then_some((vlan_tci & 0x0fff) as u16);
+    capture(&SkbPacket(ctx), ifindex, direction, segs, vlan);
     // TCX_NEXT / "unspecified": let the next program and the stack decide.
     TC_ACT_UNSPEC
 }

@@ -294,6 +294,10 @@ fn tcp_options(walk: &mut OptWalk, meta: &mut PacketMeta) {
             0,
         );
     }
+    if walk.flags & tcp_opts::MALFORMED != 0 {
+        meta.tcp_opts = tcp_opts::MALFORMED;
+        return;
+    }
     meta.tcp_opts = walk.flags;
     meta.mss = walk.mss;
     meta.wscale = walk.wscale;

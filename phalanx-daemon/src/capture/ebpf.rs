@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use phalanx_common::{
@@ -103,6 +103,17 @@ pub fn ifindex(name: &str) -> Option<u32> {
     (idx != 0).then_some(idx)
 }
 
+/// Program to run in [`Capture::test_run`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestProgram {
+    /// The XDP program.
+    Xdp,
+    /// The tc ingress program.
+    TcIngress,
+    /// The tc egress program.
+    TcEgress,
+}
+
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
@@ -121,6 +132,19 @@ impl Capture {
     /// Loads the programs and attaches them to every configured interface.
     pub fn load_and_attach(cfg: &CaptureConfig) -> Result<(Self, RingBuf<MapData>), CaptureError> {
         preflight(cfg)?;
+        let (mut capture, ring) = Self::load(cfg)?;
+        for iface in &cfg.interfaces {
+            capture.attach(iface, cfg.mode)?;
+        }
+        Ok((capture, ring))
+    }
+
+    /// Loads the programs (through the verifier) and installs the filters,
+    /// without attaching anywhere: `attach` or `test_run` come next.
+    pub fn load(cfg: &CaptureConfig) -> Result<(Self, RingBuf<MapData>), CaptureError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(CaptureError::NoObject);
+        }
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, cfg.ring_buffer_bytes.0)
             .load(EBPF_OBJECT)?;
@@ -134,62 +158,68 @@ impl Capture {
         };
         capture.set_filters(&cfg.filters)?;
         for name in [PROG_TC_INGRESS, PROG_TC_EGRESS] {
-            let p: &mut SchedClassifier = capture
-                .ebpf
-                .program_mut(name)
-                .ok_or(CaptureError::Missing("tc program"))?
-                .try_into()
-                .map_err(prog_err(name))?;
-            p.load().map_err(prog_err(format!("loading {name}")))?;
+            capture
+                .classifier(name)?
+                .load()
+                .map_err(prog_err(format!("loading {name}")))?;
         }
-        if cfg.mode == AttachMode::Xdp {
-            let p: &mut Xdp = capture
-                .ebpf
-                .program_mut(PROG_XDP)
-                .ok_or(CaptureError::Missing("xdp program"))?
-                .try_into()
-                .map_err(prog_err(PROG_XDP))?;
-            p.load().map_err(prog_err(format!("loading {PROG_XDP}")))?;
-        }
-        for iface in &cfg.interfaces {
-            capture.attach(iface, cfg.mode)?;
-        }
+        capture
+            .xdp()?
+            .load()
+            .map_err(prog_err(format!("loading {PROG_XDP}")))?;
         Ok((capture, ring))
     }
 
-    fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), CaptureError> {
-        let ingress_name = match mode {
-            AttachMode::Tcx => PROG_TC_INGRESS,
-            AttachMode::Xdp => PROG_XDP,
-        };
-        if mode == AttachMode::Xdp {
-            let p: &mut Xdp = self
-                .ebpf
-                .program_mut(PROG_XDP)
-                .ok_or(CaptureError::Missing("xdp program"))?
-                .try_into()
-                .map_err(prog_err(PROG_XDP))?;
-            p.attach(iface, XdpMode::default())
-                .map_err(prog_err(format!("attaching XDP to {iface}")))?;
-        } else {
-            let p: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(PROG_TC_INGRESS)
-                .ok_or(CaptureError::Missing("tc program"))?
-                .try_into()
-                .map_err(prog_err(PROG_TC_INGRESS))?;
-            p.attach(iface, TcAttachType::Ingress)
-                .map_err(prog_err(format!("attaching tcx ingress to {iface}")))?;
-        }
-        let p: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROG_TC_EGRESS)
+    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, CaptureError> {
+        self.ebpf
+            .program_mut(name)
             .ok_or(CaptureError::Missing("tc program"))?
             .try_into()
-            .map_err(prog_err(PROG_TC_EGRESS))?;
-        p.attach(iface, TcAttachType::Egress)
+            .map_err(prog_err(name))
+    }
+
+    fn xdp(&mut self) -> Result<&mut Xdp, CaptureError> {
+        self.ebpf
+            .program_mut(PROG_XDP)
+            .ok_or(CaptureError::Missing("xdp program"))?
+            .try_into()
+            .map_err(prog_err(PROG_XDP))
+    }
+
+    /// Runs one program on a packet with `BPF_PROG_TEST_RUN` (parser tests).
+    pub fn test_run(&mut self, prog: TestProgram, packet: &[u8]) -> Result<u32, CaptureError> {
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            ..TestRunOptions::new()
+        };
+        let result = match prog {
+            TestProgram::Xdp => self.xdp()?.test_run(opts),
+            TestProgram::TcIngress => self.classifier(PROG_TC_INGRESS)?.test_run(opts),
+            TestProgram::TcEgress => self.classifier(PROG_TC_EGRESS)?.test_run(opts),
+        };
+        result
+            .map(|r| r.return_value)
+            .map_err(prog_err("BPF_PROG_TEST_RUN"))
+    }
+
+    /// Attaches to one interface: ingress per `mode`, egress always tcx.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), CaptureError> {
+        match mode {
+            AttachMode::Xdp => {
+                self.xdp()?
+                    .attach(iface, XdpMode::default())
+                    .map_err(prog_err(format!("attaching XDP to {iface}")))?;
+            }
+            AttachMode::Tcx => {
+                self.classifier(PROG_TC_INGRESS)?
+                    .attach(iface, TcAttachType::Ingress)
+                    .map_err(prog_err(format!("attaching tcx ingress to {iface}")))?;
+            }
+        }
+        self.classifier(PROG_TC_EGRESS)?
+            .attach(iface, TcAttachType::Egress)
             .map_err(prog_err(format!("attaching tcx egress to {iface}")))?;
-        info!(iface, ingress = ingress_name, "attached");
+        info!(iface, %mode, "attached");
         self.attached.push(iface.to_string());
         Ok(())
     }

@@ -1,0 +1,324 @@
+//! Hosts made of network namespaces and veth pairs, for tests, the demo and
+//! the fault scenarios. Everything created is removed on drop, also when a
+//! test panics; traffic only ever goes to the namespaces' own addresses.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+/// Errors setting up a lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A command failed.
+    #[error("`{cmd}` failed: {stderr}")]
+    Command {
+        /// The command line.
+        cmd: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// An I/O error (spawning, setns).
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// Runs a command to completion; non-zero exit is an error with its stderr.
+pub fn sh(args: &[&str]) -> Result<Output, LabError> {
+    let (prog, rest) = args.split_first().ok_or_else(|| LabError::Command {
+        cmd: String::new(),
+        stderr: "empty command".into(),
+    })?;
+    let out = Command::new(prog)
+        .args(rest)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| LabError::Io(args.join(" "), e))?;
+    if !out.status.success() {
+        return Err(LabError::Command {
+            cmd: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Whether privileged tests can run here. Without root they skip, except
+/// under `CI=true`, where a skipped privileged test is a failure.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: needs root (netns, veth, eBPF) and CI=true forbids skipping it");
+    }
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call, within IFNAMSIZ.
+pub fn unique(prefix: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{n}", std::process::id() % 100_000)
+}
+
+/// A network namespace, deleted on drop (with every interface inside it).
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace with loopback up.
+    pub fn new(name: &str) -> Result<Self, LabError> {
+        sh(&["ip", "netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n NAME ARGS...`
+    pub fn ip(&self, args: &[&str]) -> Result<Output, LabError> {
+        let mut v = vec!["ip", "-n", &self.name];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// A command that will run inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Runs a command inside the namespace to completion.
+    pub fn exec(&self, args: &[&str]) -> Result<Output, LabError> {
+        let mut v = vec!["ip", "netns", "exec", &self.name];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// Runs `f` on a thread that has joined this namespace (sockets it opens live there).
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, LabError> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = File::open(&path).map_err(|e| LabError::Io(path.clone(), e))?;
+        let handle = std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a valid namespace fd.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(LabError::Io(path, std::io::Error::last_os_error()));
+            }
+            Ok(f())
+        });
+        match handle.join() {
+            Ok(r) => r,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// Reads an interface counter from sysfs inside the namespace.
+    pub fn if_stat(&self, iface: &str, stat: &str) -> Result<u64, LabError> {
+        let out = self.exec(&["cat", &format!("/sys/class/net/{iface}/statistics/{stat}")])?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| LabError::Command {
+                cmd: format!("read {iface}/{stat}"),
+                stderr: "not a number".into(),
+            })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Proc {
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Wraps a spawned child.
+    pub fn new(child: Child) -> Self {
+        Proc { child: Some(child) }
+    }
+
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal to the child.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill with a pid we own.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for it to exit; returns its output.
+    pub fn stop(mut self, timeout: std::time::Duration) -> Option<Output> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill with a pid we own.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().ok();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait_with_output().ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill with a pid we own.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Two hosts joined by a veth pair: `a` (10.X.0.1, fd00:X::1) and `b` (10.X.0.2, fd00:X::2).
+#[derive(Debug)]
+pub struct TwoHosts {
+    /// Client side.
+    pub a: Netns,
+    /// Server side.
+    pub b: Netns,
+    /// Interface name in `a`.
+    pub a_if: String,
+    /// Interface name in `b`.
+    pub b_if: String,
+    /// Second octet of the 10.X.0.0/24 subnet.
+    pub subnet: u8,
+}
+
+impl TwoHosts {
+    /// Creates both namespaces and the link; addresses come up without DAD delay.
+    pub fn new(prefix: &str) -> Result<Self, LabError> {
+        let a = Netns::new(&unique(&format!("{prefix}a")))?;
+        let b = Netns::new(&unique(&format!("{prefix}b")))?;
+        let subnet =
+            (100 + SEQ.fetch_add(1, Ordering::Relaxed) % 100 + std::process::id() % 50) as u8;
+        let a_if = "eth0".to_string();
+        let b_if = "eth0".to_string();
+        let tmp_a = unique("pxa");
+        let tmp_b = unique("pxb");
+        sh(&[
+            "ip", "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
+        ])?;
+        let hosts = TwoHosts {
+            a,
+            b,
+            a_if,
+            b_if,
+            subnet,
+        };
+        sh(&[
+            "ip",
+            "link",
+            "set",
+            &tmp_a,
+            "netns",
+            hosts.a.name(),
+            "name",
+            &hosts.a_if,
+        ])?;
+        sh(&[
+            "ip",
+            "link",
+            "set",
+            &tmp_b,
+            "netns",
+            hosts.b.name(),
+            "name",
+            &hosts.b_if,
+        ])?;
+        for (ns, ifn, host) in [(&hosts.a, &hosts.a_if, 1), (&hosts.b, &hosts.b_if, 2)] {
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("10.{subnet}.0.{host}/24"),
+                "dev",
+                ifn,
+            ])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("fd00:{subnet:x}::{host}/64"),
+                "dev",
+                ifn,
+                "nodad",
+            ])?;
+            ns.ip(&["link", "set", ifn, "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    /// IPv4 address of `a` (host 1) or `b` (host 2).
+    pub fn v4(&self, host: u8) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, self.subnet, 0, host)
+    }
+
+    /// IPv6 address of `a` (host 1) or `b` (host 2).
+    pub fn v6(&self, host: u8) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0xfd00, self.subnet as u16, 0, 0, 0, 0, 0, host as u16)
+    }
+
+    /// Adds VLAN `vid` on both ends with 10.X.VID%256.{1,2}/24 addresses; returns the subinterface name.
+    pub fn add_vlan(&self, vid: u16) -> Result<String, LabError> {
+        let name = format!("vl{vid}");
+        for (ns, parent, host) in [(&self.a, &self.a_if, 1), (&self.b, &self.b_if, 2)] {
+            ns.ip(&[
+                "link",
+                "add",
+                "link",
+                parent,
+                "name",
+                &name,
+                "type",
+                "vlan",
+                "id",
+                &vid.to_string(),
+            ])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("10.{}.{}.{host}/24", self.subnet, vid % 256),
+                "dev",
+                &name,
+            ])?;
+            ns.ip(&["link", "set", &name, "up"])?;
+        }
+        Ok(name)
+    }
+}

@@ -1,0 +1,674 @@
+//! Live capture on veth pairs between network namespaces, with real TCP
+//! traffic of known size: the records must match the packets on the wire.
+//! Needs root; skips without it, except under CI=true.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use phalanx_common::{Counter, PacketMeta, RecordKind};
+use phalanx_daemon::{
+    capture::ebpf::Capture,
+    config::{AttachMode, CaptureConfig, FilterRule, FlowSpec},
+};
+use phalanx_lab::{privileged, sh, Netns, Proc, TwoHosts};
+
+/// Attach/detach and the interface counters must not interleave across tests.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const UP: usize = 50_000;
+const DOWN: usize = 120_000;
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Loads and attaches inside `ns`, so the interface name resolves there.
+fn attach(
+    ns: &Netns,
+    iface: &str,
+    mode: AttachMode,
+    filters: Vec<FilterRule>,
+) -> (Capture, RingBuf<MapData>) {
+    let cfg = CaptureConfig {
+        filters,
+        ..CaptureConfig::default()
+    };
+    let iface = iface.to_string();
+    ns.run(move || {
+        let (mut c, ring) = Capture::load(&cfg).expect("load kernel programs");
+        c.attach(&iface, mode).expect("attach");
+        (c, ring)
+    })
+    .expect("enter namespace")
+}
+
+fn drain(ring: &mut RingBuf<MapData>) -> Vec<PacketMeta> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(PacketMeta::from_bytes(&item).expect("record size"));
+    }
+    out
+}
+
+/// Server in `b` echoing `DOWN` bytes after reading `UP`; client in `a` from `cport`.
+fn transfer(hosts: &TwoHosts, server: IpAddr, client: IpAddr, sport: u16, cport: u16) {
+    let listen = SocketAddr::new(server, sport);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let srv = {
+        let b_name = hosts.b.name().to_string();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(format!("/var/run/netns/{b_name}")).expect("netns b");
+            // SAFETY: joins this thread only to the namespace.
+            assert_eq!(
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) },
+                0
+            );
+            let l = TcpListener::bind(listen).expect("bind server");
+            ready_tx.send(()).expect("ready");
+            let (mut s, _) = l.accept().expect("accept");
+            let mut buf = vec![0u8; UP];
+            s.read_exact(&mut buf).expect("read upload");
+            s.write_all(&vec![7u8; DOWN]).expect("write download");
+        })
+    };
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server ready");
+    hosts
+        .a
+        .run(move || {
+            let sock = socket2_bind(client, cport);
+            let mut s = sock.connect(listen);
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(&vec![1u8; UP]).expect("upload");
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).expect("download");
+            assert_eq!(got.len(), DOWN, "download size");
+        })
+        .expect("client namespace");
+    srv.join().expect("server thread");
+}
+
+/// A client socket bound to a fixed port (std has no bind-before-connect).
+struct Bound(i32);
+
+fn socket2_bind(ip: IpAddr, port: u16) -> Bound {
+    let fam = if ip.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket syscalls on a fresh fd with correctly sized sockaddrs.
+    unsafe {
+        let fd = libc::socket(fam, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let one: i32 = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const i32).cast(),
+            4,
+        );
+        let (sa, len) = sockaddr(SocketAddr::new(ip, port));
+        assert_eq!(
+            libc::bind(fd, sa.as_ptr().cast(), len),
+            0,
+            "bind client port {port}"
+        );
+        Bound(fd)
+    }
+}
+
+fn sockaddr(a: SocketAddr) -> (Vec<u8>, u32) {
+    match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let p = (&sin as *const libc::sockaddr_in).cast::<u8>();
+            // SAFETY: reading the bytes of a plain C struct.
+            (
+                unsafe { std::slice::from_raw_parts(p, std::mem::size_of_val(&sin)) }.to_vec(),
+                std::mem::size_of_val(&sin) as u32,
+            )
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            let p = (&sin6 as *const libc::sockaddr_in6).cast::<u8>();
+            // SAFETY: as above.
+            (
+                unsafe { std::slice::from_raw_parts(p, std::mem::size_of_val(&sin6)) }.to_vec(),
+                std::mem::size_of_val(&sin6) as u32,
+            )
+        }
+    }
+}
+
+impl Bound {
+    fn connect(self, to: SocketAddr) -> TcpStream {
+        let (sa, len) = sockaddr(to);
+        // SAFETY: connect on our fd; ownership then moves into TcpStream.
+        unsafe {
+            assert_eq!(
+                libc::connect(self.0, sa.as_ptr().cast(), len),
+                0,
+                "connect to {to}"
+            );
+            let s = <TcpStream as std::os::fd::FromRawFd>::from_raw_fd(self.0);
+            std::mem::forget(self);
+            s
+        }
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn flow_records(recs: &[PacketMeta], port: u16) -> Vec<PacketMeta> {
+    recs.iter()
+        .copied()
+        .filter(|r| r.kind == RecordKind::Tcp as u8 && (r.sport == port || r.dport == port))
+        .collect()
+}
+
+/// Payload bytes per direction (client->server, server->client) counted from records.
+fn payload_by_direction(recs: &[PacketMeta], server_port: u16) -> (u64, u64) {
+    let mut up = 0;
+    let mut down = 0;
+    for r in recs {
+        if r.dport == server_port {
+            up += u64::from(r.payload_len);
+        } else {
+            down += u64::from(r.payload_len);
+        }
+    }
+    (up, down)
+}
+
+/// Starts tcpdump and returns once it says it is listening.
+fn start_tcpdump(ns: &Netns, iface: &str, pcap: &std::path::Path) -> Proc {
+    let mut child = ns
+        .command("tcpdump")
+        // -Z root: Debian's tcpdump otherwise drops to a user that cannot write the temp dir;
+        // --immediate-mode: without it packets wait in a kernel block (1 s timeout) and a
+        // prompt stop loses them.
+        .args([
+            "-Z",
+            "root",
+            "--immediate-mode",
+            "-i",
+            iface,
+            "-s",
+            "128",
+            "-U",
+            "-nn",
+            "-w",
+        ])
+        .arg(pcap)
+        .arg("tcp")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn tcpdump");
+    let stderr = child.stderr.take().expect("tcpdump stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep reading stderr until tcpdump exits, so its final report never hits a closed pipe.
+    std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut r, &mut line);
+        let _ = tx.send(line);
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("tcpdump started");
+    assert!(line.contains("listening"), "tcpdump: {line}");
+    Proc::new(child)
+}
+
+fn tcpdump_count(pcap: &std::path::Path, filter: &str) -> usize {
+    let out =
+        sh(&["tcpdump", "-nn", "-r", &pcap.display().to_string(), filter]).expect("tcpdump -r");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn records_match_the_wire(mode: AttachMode) {
+    let _g = serial();
+    let hosts = TwoHosts::new("lc").expect("lab");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("wire.pcap");
+    let dump = start_tcpdump(&hosts.a, &hosts.a_if, &pcap);
+    let (cap, mut ring) = attach(&hosts.a, &hosts.a_if, mode, Vec::new());
+    let rx0 = hosts.a.if_stat(&hosts.a_if, "rx_packets").expect("rx");
+    let tx0 = hosts.a.if_stat(&hosts.a_if, "tx_packets").expect("tx");
+    let seen0 = cap.counters().expect("counters")[Counter::Seen as usize];
+
+    transfer(&hosts, hosts.v4(2).into(), hosts.v4(1).into(), 9000, 40001);
+    std::thread::sleep(Duration::from_millis(300));
+
+    let seen = cap.counters().expect("counters")[Counter::Seen as usize] - seen0;
+    let wire = hosts.a.if_stat(&hosts.a_if, "rx_packets").expect("rx") - rx0
+        + hosts.a.if_stat(&hosts.a_if, "tx_packets").expect("tx")
+        - tx0;
+    let recs = flow_records(&drain(&mut ring), 9000);
+    let counters = cap.counters().expect("counters");
+    drop(cap);
+    dump.stop(Duration::from_secs(3));
+    let dumped = tcpdump_count(&pcap, "tcp port 9000");
+    let size = std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0);
+    eprintln!("pcap {} bytes", size);
+    let (up, down) = payload_by_direction(&recs, 9000);
+    eprintln!(
+        "{mode}: records {} tcpdump {dumped} | kernel seen {seen} wire {wire} | payload up {up} down {down} | counters {counters:?}",
+        recs.len()
+    );
+    assert_eq!(
+        seen, wire,
+        "{mode}: programs ran on every packet the interface counted"
+    );
+    assert_eq!(
+        recs.len(),
+        dumped,
+        "{mode}: one record per packet tcpdump saw on the same interface"
+    );
+    assert_eq!(
+        (up, down),
+        (UP as u64, DOWN as u64),
+        "{mode}: payload bytes per direction"
+    );
+    assert_eq!(
+        counters[Counter::RingFull as usize],
+        0,
+        "no ring-full drops"
+    );
+    assert_eq!(
+        counters[Counter::ParseError as usize],
+        0,
+        "no parse errors on clean traffic"
+    );
+    let syn = recs
+        .iter()
+        .find(|r| r.tcp_flags == phalanx_common::tcp_flags::SYN)
+        .expect("SYN record");
+    assert_eq!(syn.sport, 40001);
+    assert_eq!(syn.src_ip(), IpAddr::from(hosts.v4(1)));
+    assert!(
+        syn.mss > 0 && syn.tcp_opts & phalanx_common::tcp_opts::MSS != 0,
+        "SYN carries MSS"
+    );
+    assert!(
+        syn.tcp_opts & phalanx_common::tcp_opts::TIMESTAMPS != 0,
+        "Linux SYN carries timestamps"
+    );
+}
+
+#[test]
+fn tcx_records_match_the_wire() {
+    if privileged("tcx_records_match_the_wire") {
+        records_match_the_wire(AttachMode::Tcx);
+    }
+}
+
+#[test]
+fn xdp_records_match_the_wire() {
+    if privileged("xdp_records_match_the_wire") {
+        records_match_the_wire(AttachMode::Xdp);
+    }
+}
+
+#[test]
+fn filter_scopes_one_flow() {
+    if !privileged("filter_scopes_one_flow") {
+        return;
+    }
+    let _g = serial();
+    let hosts = TwoHosts::new("lf").expect("lab");
+    let spec: FlowSpec = format!("{}:40011 -> {}:9001", hosts.v4(1), hosts.v4(2))
+        .parse()
+        .expect("flow spec");
+    let rule = FilterRule {
+        flow: Some(spec),
+        ..FilterRule::default()
+    };
+    let (cap, mut ring) = attach(&hosts.a, &hosts.a_if, AttachMode::Tcx, vec![rule]);
+    transfer(&hosts, hosts.v4(2).into(), hosts.v4(1).into(), 9001, 40011);
+    transfer(&hosts, hosts.v4(2).into(), hosts.v4(1).into(), 9002, 40012);
+    std::thread::sleep(Duration::from_millis(200));
+    let recs = drain(&mut ring);
+    let matched = cap.counters().expect("counters")[Counter::Matched as usize];
+    drop(cap);
+    assert!(!recs.is_empty(), "the scoped flow produced records");
+    for r in &recs {
+        let ports = (r.sport.min(r.dport), r.sport.max(r.dport));
+        assert_eq!(
+            ports,
+            (9001, 40011),
+            "record outside the scoped flow: {r:?}"
+        );
+    }
+    assert_eq!(
+        matched as usize,
+        recs.len(),
+        "matched counter equals records"
+    );
+    let (up, down) = payload_by_direction(&recs, 9001);
+    assert_eq!(
+        (up, down),
+        (UP as u64, DOWN as u64),
+        "both directions of the scoped flow"
+    );
+}
+
+/// Sends hand-built frames from `b` onto the link with an AF_PACKET socket.
+fn inject(hosts: &TwoHosts, frames: Vec<Vec<u8>>) {
+    let ifname = hosts.b_if.clone();
+    hosts
+        .b
+        .run(move || {
+            let c = std::ffi::CString::new(ifname).expect("ifname");
+            // SAFETY: packet socket syscalls with a correctly sized sockaddr_ll.
+            unsafe {
+                let ifindex = libc::if_nametoindex(c.as_ptr());
+                assert!(ifindex > 0, "ifindex");
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                assert!(fd >= 0, "AF_PACKET socket (root)");
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_ifindex = ifindex as i32;
+                sll.sll_halen = 6;
+                for f in &frames {
+                    let n = libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&sll as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert_eq!(n, f.len() as isize, "sendto");
+                }
+                libc::close(fd);
+            }
+        })
+        .expect("namespace b");
+}
+
+fn mac(ns: &Netns, iface: &str) -> [u8; 6] {
+    let out = ns
+        .exec(&["cat", &format!("/sys/class/net/{iface}/address")])
+        .expect("mac");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut m = [0u8; 6];
+    for (slot, part) in m.iter_mut().zip(text.split(':')) {
+        *slot = u8::from_str_radix(part, 16).expect("hex");
+    }
+    m
+}
+
+/// A TCP SYN with MSS/SACK-permitted/timestamps/window-scale options, under `tags` VLAN tags.
+fn tagged_syn(src_mac: [u8; 6], dst_mac: [u8; 6], tags: &[u16], sport: u16) -> Vec<u8> {
+    use etherparse::{PacketBuilder, TcpOptionElement as O};
+    let eth = PacketBuilder::ethernet2(src_mac, dst_mac);
+    let opts = [
+        O::MaximumSegmentSize(1460),
+        O::SelectiveAcknowledgementPermitted,
+        O::Timestamp(1000, 0),
+        O::Noop,
+        O::WindowScale(7),
+    ];
+    let ip = |b: etherparse::PacketBuilderStep<etherparse::VlanHeader>| {
+        b.ipv4([10, 250, 0, 2], [10, 250, 0, 1], 64)
+    };
+    let mut out = Vec::new();
+    let payload: [u8; 0] = [];
+    match tags {
+        [outer] => {
+            let b = ip(eth.single_vlan((*outer).try_into().expect("vid")))
+                .tcp(sport, 9005, 1_000_000, 64240)
+                .syn()
+                .options(&opts)
+                .expect("options");
+            b.write(&mut out, &payload).expect("frame");
+        }
+        [outer, inner] => {
+            let b = ip(eth.double_vlan(
+                (*outer).try_into().expect("vid"),
+                (*inner).try_into().expect("vid"),
+            ))
+            .tcp(sport, 9005, 1_000_000, 64240)
+            .syn()
+            .options(&opts)
+            .expect("options");
+            b.write(&mut out, &payload).expect("frame");
+        }
+        _ => unreachable!("one or two tags"),
+    }
+    out
+}
+
+fn vlan_frames_parse(mode: AttachMode) {
+    let _g = serial();
+    let hosts = TwoHosts::new("lv").expect("lab");
+    let (cap, mut ring) = attach(&hosts.a, &hosts.a_if, mode, Vec::new());
+    let (a_mac, b_mac) = (mac(&hosts.a, &hosts.a_if), mac(&hosts.b, &hosts.b_if));
+    let mut frames = Vec::new();
+    for i in 0..5 {
+        frames.push(tagged_syn(b_mac, a_mac, &[100], 41000 + i));
+        frames.push(tagged_syn(b_mac, a_mac, &[10, 20], 42000 + i));
+    }
+    inject(&hosts, frames);
+    std::thread::sleep(Duration::from_millis(200));
+    let recs: Vec<PacketMeta> = drain(&mut ring)
+        .into_iter()
+        .filter(|r| r.dport == 9005)
+        .collect();
+    drop(cap);
+    let single: Vec<_> = recs
+        .iter()
+        .filter(|r| (41000..41005).contains(&r.sport))
+        .collect();
+    let double: Vec<_> = recs
+        .iter()
+        .filter(|r| (42000..42005).contains(&r.sport))
+        .collect();
+    assert_eq!(
+        (single.len(), double.len()),
+        (5, 5),
+        "{mode}: one record per injected frame"
+    );
+    for r in single {
+        assert_eq!(
+            (r.vlan_count, r.outer_vlan, r.inner_vlan),
+            (1, 100, 0),
+            "{mode}: 802.1Q tag: {r:?}"
+        );
+    }
+    for r in &double {
+        assert_eq!(
+            (r.vlan_count, r.outer_vlan, r.inner_vlan),
+            (2, 10, 20),
+            "{mode}: QinQ tags: {r:?}"
+        );
+    }
+    let r = double[0];
+    assert_eq!(
+        (r.mss, r.wscale, r.tsval),
+        (1460, 7, 1000),
+        "{mode}: options behind two tags"
+    );
+    assert_eq!(r.src_ip(), IpAddr::from([10, 250, 0, 2]));
+}
+
+#[test]
+fn vlan_frames_parse_tcx() {
+    if privileged("vlan_frames_parse_tcx") {
+        vlan_frames_parse(AttachMode::Tcx);
+    }
+}
+
+#[test]
+fn vlan_frames_parse_xdp() {
+    if privileged("vlan_frames_parse_xdp") {
+        vlan_frames_parse(AttachMode::Xdp);
+    }
+}
+
+#[test]
+fn ipv6_traffic_parses() {
+    if !privileged("ipv6_traffic_parses") {
+        return;
+    }
+    let _g = serial();
+    let hosts = TwoHosts::new("l6").expect("lab");
+    let (cap, mut ring) = attach(&hosts.a, &hosts.a_if, AttachMode::Tcx, Vec::new());
+    transfer(&hosts, hosts.v6(2).into(), hosts.v6(1).into(), 9004, 40022);
+    std::thread::sleep(Duration::from_millis(200));
+    let recs = drain(&mut ring);
+    drop(cap);
+    let v6 = flow_records(&recs, 9004);
+    assert!(!v6.is_empty(), "IPv6 flow produced records");
+    let (c, s): (IpAddr, IpAddr) = (hosts.v6(1).into(), hosts.v6(2).into());
+    for r in &v6 {
+        assert_eq!(r.ip_version, 6, "IPv6 record: {r:?}");
+        let pair = (r.src_ip(), r.dst_ip());
+        assert!(pair == (c, s) || pair == (s, c), "IPv6 addresses: {pair:?}");
+    }
+    assert_eq!(
+        payload_by_direction(&v6, 9004),
+        (UP as u64, DOWN as u64),
+        "IPv6 payload"
+    );
+}
+
+/// BPF links (tcx and others) whose program is one of ours.
+fn links_of_ours() -> usize {
+    let json = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = sh(args).expect("bpftool");
+        serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+    };
+    let ours: Vec<u64> = json(&["bpftool", "-j", "prog", "show"])
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("phalanx_"))
+        })
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    json(&["bpftool", "-j", "link", "show"])
+        .iter()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|id| ours.contains(&id)))
+        .count()
+}
+
+#[test]
+fn daemon_detaches_everything_on_sigterm() {
+    if !privileged("daemon_detaches_everything_on_sigterm") {
+        return;
+    }
+    let _g = serial();
+    let hosts = TwoHosts::new("ld").expect("lab");
+    for mode in ["tcx", "xdp"] {
+        let before = links_of_ours();
+        let daemon = Proc::new(
+            hosts
+                .a
+                .command(env!("CARGO_BIN_EXE_phalanx"))
+                .args([
+                    "run",
+                    "--iface",
+                    &hosts.a_if,
+                    "--mode",
+                    mode,
+                    "--listen",
+                    "127.0.0.1:19741",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn phalanx"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let healthy = loop {
+            let ok = hosts
+                .a
+                .run(|| {
+                    TcpStream::connect("127.0.0.1:19741")
+                        .and_then(|mut s| {
+                            s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+                            let mut r = String::new();
+                            s.read_to_string(&mut r)?;
+                            Ok(r.contains("200 OK"))
+                        })
+                        .unwrap_or(false)
+                })
+                .unwrap_or(false);
+            if ok || Instant::now() > deadline {
+                break ok;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(healthy, "{mode}: daemon answered /healthz");
+        let link = String::from_utf8_lossy(
+            &hosts
+                .a
+                .ip(&["link", "show", &hosts.a_if])
+                .expect("ip link")
+                .stdout,
+        )
+        .to_string();
+        assert_eq!(
+            link.contains("xdp"),
+            mode == "xdp",
+            "{mode}: xdp attached only in xdp mode: {link}"
+        );
+        let during = links_of_ours();
+        // tcx: ingress + egress links; xdp: the XDP link + the tcx egress link.
+        assert_eq!(during - before, 2, "{mode}: our BPF links while running");
+        let out = daemon.stop(Duration::from_secs(10)).expect("daemon output");
+        assert!(
+            out.status.success(),
+            "{mode}: clean exit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let link = String::from_utf8_lossy(
+            &hosts
+                .a
+                .ip(&["link", "show", &hosts.a_if])
+                .expect("ip link")
+                .stdout,
+        )
+        .to_string();
+        assert!(!link.contains("xdp"), "{mode}: no XDP program left: {link}");
+        assert_eq!(
+            links_of_ours(),
+            before,
+            "{mode}: no tcx link of ours left (bpftool link show)"
+        );
+    }
+}
