@@ -9,8 +9,8 @@
 
 use etherparse::{
     icmpv4::DestUnreachableHeader, Ethernet2Slice, Icmpv4Slice, Icmpv4Type, Icmpv6Slice,
-    Icmpv6Type, Ipv6ExtensionSlice, LaxIpSlice, LenSource, SingleVlanSlice, TcpHeaderSlice,
-    TcpOptionElement, TcpOptionReadError, TcpOptionsIterator, UdpHeaderSlice,
+    Icmpv6Type, Ipv6ExtensionSlice, LaxIpSlice, SingleVlanSlice, TcpHeaderSlice, TcpOptionElement,
+    TcpOptionReadError, TcpOptionsIterator, UdpHeaderSlice,
 };
 use phalanx_common::{
     ipproto, tcp_flags, tcp_opts, Direction, PacketMeta, RecordKind, IP_FLAG_DF,
@@ -139,6 +139,8 @@ pub fn parse_frame(
     direction: Direction,
     wire_len: u32,
 ) -> Result<PacketMeta, ParseError> {
+    // A zero or too small original length means "unknown": use what was captured.
+    let wire_len = wire_len.max(u32::try_from(frame.len()).unwrap_or(u32::MAX));
     let mut meta = PacketMeta::zeroed();
     meta.ts_ns = ts_ns;
     meta.ifindex = ifindex;
@@ -195,10 +197,14 @@ pub fn parse_frame(
             (ethertype, rest)
         }
     };
-    let ip = link_chain(&mut meta, ethertype, rest)?;
-    // Offset of the IP header in the frame: every slice above is a suffix.
-    let ip_offset = frame.len() - ip.len();
-    parse_ip(&mut meta, ip, wire_len.saturating_sub(ip_offset as u32))?;
+    let (ip, link_limit) = link_chain(&mut meta, ethertype, rest)?;
+    // Offset of the IP header in the frame: every slice above is a prefix of a suffix.
+    let ip_offset = (ip.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize);
+    let mut ip_len_limit = wire_len.saturating_sub(ip_offset as u32);
+    if let Some(limit) = link_limit {
+        ip_len_limit = ip_len_limit.min(limit);
+    }
+    parse_ip(&mut meta, ip, ip_len_limit)?;
     Ok(meta)
 }
 
@@ -223,14 +229,17 @@ fn set_sll_direction(meta: &mut PacketMeta, packet_type: u16) {
 }
 
 /// Walks VLAN tags and a PPPoE session header down to the IP header.
+/// Returns the IP bytes and, when the link layer states it, how many bytes
+/// of IP packet it carries.
 fn link_chain<'a>(
     meta: &mut PacketMeta,
     mut ethertype: u16,
     mut rest: &'a [u8],
-) -> Result<&'a [u8], ParseError> {
+) -> Result<(&'a [u8], Option<u32>), ParseError> {
+    let mut limit = None;
     loop {
         match ethertype {
-            ETH_IPV4 | ETH_IPV6 => return Ok(rest),
+            ETH_IPV4 | ETH_IPV6 => return Ok((rest, limit)),
             ETH_VLAN | ETH_QINQ | ETH_QINQ_OLD1 | ETH_QINQ_OLD2 => {
                 let tag = SingleVlanSlice::from_slice(rest).map_err(|_| truncated("VLAN"))?;
                 let id = tag.vlan_identifier().value();
@@ -266,6 +275,12 @@ fn link_chain<'a>(
                     other => return Err(ParseError::NotIp(other)),
                 };
                 rest = rest.get(hdr_len..).unwrap_or_default();
+                // The PPPoE length bounds the IP packet: some access routers
+                // leave a stale IP total length and the frame tail is padding.
+                let ip_len =
+                    usize::from(u16::from_be_bytes([hdr[4], hdr[5]])).saturating_sub(hdr_len - 6);
+                rest = rest.get(..ip_len).unwrap_or(rest);
+                limit = Some(ip_len as u32);
             }
             other => return Err(ParseError::NotIp(other)),
         }
@@ -279,7 +294,9 @@ struct IpInfo {
     later_fragment: bool,
 }
 
-fn parse_ip(meta: &mut PacketMeta, ip_bytes: &[u8], wire_ip_len: u32) -> Result<(), ParseError> {
+/// `ip_len_limit` is the most IP bytes the frame can hold: its original
+/// length past the link headers, or less when the link layer says so.
+fn parse_ip(meta: &mut PacketMeta, ip_bytes: &[u8], ip_len_limit: u32) -> Result<(), ParseError> {
     let (ip, _ext_err) = LaxIpSlice::from_slice(ip_bytes).map_err(|e| match e {
         etherparse::err::ip::LaxHeaderSliceError::Len(_) => truncated("IP"),
         etherparse::err::ip::LaxHeaderSliceError::Content(c) => malformed("IP", c),
@@ -301,13 +318,12 @@ fn parse_ip(meta: &mut PacketMeta, ip_bytes: &[u8], wire_ip_len: u32) -> Result<
                 | flag(later, IP_FLAG_LATER_FRAGMENT);
             let hdr_len = u32::from(h.ihl()) * 4;
             let exts_len = v4.extensions().auth.map_or(0, |a| a.slice().len() as u32);
-            let ip_payload = if payload.len_source == LenSource::Ipv4HeaderTotalLen
-                || u32::from(h.total_len()) > hdr_len
-            {
-                u32::from(h.total_len()).saturating_sub(hdr_len)
+            let total = u32::from(h.total_len());
+            let ip_payload = if total >= hdr_len {
+                total.min(ip_len_limit).saturating_sub(hdr_len)
             } else {
                 // total_len unset (segmentation offload): trust the frame length.
-                wire_ip_len.saturating_sub(hdr_len)
+                ip_len_limit.saturating_sub(hdr_len)
             };
             IpInfo {
                 l4_len: ip_payload.saturating_sub(exts_len),
@@ -333,10 +349,10 @@ fn parse_ip(meta: &mut PacketMeta, ip_bytes: &[u8], wire_ip_len: u32) -> Result<
             meta.ip_flags |= flag(later, IP_FLAG_LATER_FRAGMENT);
             let exts_len = v6.extensions().slice().len() as u32;
             let ip_payload = if h.payload_length() != 0 {
-                u32::from(h.payload_length())
+                u32::from(h.payload_length()).min(ip_len_limit.saturating_sub(40))
             } else {
                 // Jumbogram or offloaded segment: trust the frame length.
-                wire_ip_len.saturating_sub(40)
+                ip_len_limit.saturating_sub(40)
             };
             IpInfo {
                 l4_len: ip_payload.saturating_sub(exts_len),
