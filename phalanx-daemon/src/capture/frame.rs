@@ -603,3 +603,382 @@ impl<W: Write> PcapWriter<W> {
         self.inner.into_writer()
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::capture::parse::{parse_frame, payload_hash};
+    use proptest::prelude::*;
+
+    /// TCP option bytes `build_frame` lays out for a record.
+    fn opt_space(o: u8, sack_count: u8) -> usize {
+        let mut n = 0;
+        if o & tcp_opts::MSS != 0 {
+            n += 4;
+        }
+        if o & tcp_opts::SACK_PERM != 0 {
+            n += 2;
+        }
+        if o & tcp_opts::TIMESTAMPS != 0 {
+            n += 10;
+        }
+        if o & tcp_opts::WSCALE != 0 {
+            n += 4;
+        }
+        if sack_count > 0 {
+            n += 4 + 8 * usize::from(sack_count);
+        }
+        n
+    }
+
+    fn addr(v6: bool, bytes: [u8; 16]) -> [u8; 16] {
+        let mut a = bytes;
+        if !v6 {
+            a[4..].fill(0);
+        }
+        a
+    }
+
+    prop_compose! {
+        fn arb_ip()(v6 in any::<bool>(), src in any::<[u8; 16]>(), dst in any::<[u8; 16]>(),
+                    ttl in any::<u8>(), tos in any::<u8>(), id in any::<u32>(),
+                    df in any::<bool>(), mf in any::<bool>(),
+                    vlan_count in 0u8..=2, outer in 0u16..4096, inner in 0u16..4096,
+                    ts_ns in any::<u64>(), ifindex in any::<u32>(), dir in 0u8..=2)
+                    -> PacketMeta {
+            let mut m = PacketMeta::zeroed();
+            m.ts_ns = ts_ns;
+            m.ifindex = ifindex;
+            m.direction = dir;
+            m.ip_version = if v6 { 6 } else { 4 };
+            m.src_addr = addr(v6, src);
+            m.dst_addr = addr(v6, dst);
+            m.ttl = ttl;
+            m.tos = tos;
+            m.ip_id = if v6 { id & 0xf_ffff } else { id & 0xffff };
+            m.ip_flags = if v6 { 0 } else { if df { IP_FLAG_DF } else { 0 } }
+                | if mf { IP_FLAG_MF } else { 0 };
+            m.vlan_count = vlan_count;
+            m.outer_vlan = if vlan_count > 0 { outer } else { 0 };
+            m.inner_vlan = if vlan_count > 1 { inner } else { 0 };
+            m
+        }
+    }
+
+    prop_compose! {
+        fn arb_tcp()(base in arb_ip(), ports in any::<(u16, u16)>(), seq in any::<u32>(),
+                     ack in any::<u32>(), window in any::<u16>(), flags in any::<u8>(),
+                     opts in 0u8..16, mss in any::<u16>(), ws in any::<u8>(),
+                     ts in any::<(u32, u32)>(), sacks in proptest::collection::vec(any::<(u32, u32)>(), 0..=3),
+                     payload_len in 0u32..3000)
+                     -> PacketMeta {
+            let mut m = base;
+            m.kind = RecordKind::Tcp as u8;
+            m.l4_proto = ipproto::TCP;
+            (m.sport, m.dport) = ports;
+            m.seq = seq;
+            m.ack = ack;
+            m.window = window;
+            m.tcp_flags = flags;
+            m.tcp_opts = opts;
+            let mut n = sacks.len() as u8;
+            while opt_space(opts, n) > 40 {
+                n -= 1;
+            }
+            if opts & tcp_opts::MSS != 0 { m.mss = mss; }
+            if opts & tcp_opts::WSCALE != 0 { m.wscale = ws; }
+            if opts & tcp_opts::TIMESTAMPS != 0 { (m.tsval, m.tsecr) = ts; }
+            for (i, (l, r)) in sacks.iter().take(usize::from(n)).enumerate() {
+                m.sack[2 * i] = *l;
+                m.sack[2 * i + 1] = *r;
+            }
+            m.sack_count = n;
+            if n > 0 { m.tcp_opts |= tcp_opts::SACK; }
+            m.payload_len = payload_len;
+            m
+        }
+    }
+
+    prop_compose! {
+        fn arb_udp()(base in arb_ip(), ports in any::<(u16, u16)>(), payload_len in 0u32..3000)
+                     -> PacketMeta {
+            let mut m = base;
+            m.kind = RecordKind::Udp as u8;
+            m.l4_proto = ipproto::UDP;
+            (m.sport, m.dport) = ports;
+            m.payload_len = payload_len;
+            m
+        }
+    }
+
+    prop_compose! {
+        fn arb_icmp_error()(base in arb_ip(), which in 0usize..5, code in 0u8..16,
+                            mtu in any::<u32>(), inner_proto in prop::sample::select(vec![6u8, 17, 1, 58, 47]),
+                            isrc in any::<[u8; 16]>(), idst in any::<[u8; 16]>(),
+                            iports in any::<(u16, u16)>(), iseq in any::<u32>(), extra in 0u32..600)
+                            -> PacketMeta {
+            let mut m = base;
+            let v6 = m.ip_version == 6;
+            m.kind = RecordKind::IcmpError as u8;
+            m.l4_proto = if v6 { ipproto::ICMPV6 } else { ipproto::ICMP };
+            let (ty, code) = if v6 {
+                [(1, code % 7), (2, 0), (3, code % 2), (4, code % 3), (1, 4)][which]
+            } else {
+                [(3, code), (3, 4), (11, code % 2), (12, 0), (5, code % 4)][which]
+            };
+            m.icmp_type = ty;
+            m.icmp_code = code;
+            m.icmp_mtu = match (v6, ty, code) {
+                (true, 2, _) => mtu,
+                (false, 3, 4) => mtu & 0xffff,
+                _ => 0,
+            };
+            m.inner_proto = inner_proto;
+            m.inner_src = addr(v6, isrc);
+            m.inner_dst = addr(v6, idst);
+            if matches!(inner_proto, 6 | 17) {
+                (m.inner_sport, m.inner_dport) = iports;
+            }
+            if inner_proto == 6 {
+                m.inner_seq = iseq;
+            }
+            m.payload_len = if v6 { 48 } else { 28 } + extra;
+            m
+        }
+    }
+
+    prop_compose! {
+        fn arb_other()(base in arb_ip(), echo in any::<bool>(), reply in any::<bool>(),
+                       proto in prop::sample::select(vec![47u8, 89, 132, 253]),
+                       later in any::<bool>(), any_proto in any::<u8>(), payload_len in 0u32..2000)
+                       -> PacketMeta {
+            let mut m = base;
+            let v6 = m.ip_version == 6;
+            m.kind = RecordKind::OtherIp as u8;
+            if later {
+                // A non-first fragment of anything; IPv6 needs the fragment header.
+                m.ip_flags |= IP_FLAG_LATER_FRAGMENT;
+                m.l4_proto = if v6 && matches!(any_proto, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254) {
+                    6
+                } else if !v6 && any_proto == 51 {
+                    6
+                } else {
+                    any_proto
+                };
+            } else if echo {
+                m.l4_proto = if v6 { ipproto::ICMPV6 } else { ipproto::ICMP };
+                m.icmp_type = match (v6, reply) {
+                    (false, false) => 8,
+                    (false, true) => 0,
+                    (true, false) => 128,
+                    (true, true) => 129,
+                };
+            } else {
+                m.l4_proto = proto;
+            }
+            m.payload_len = payload_len;
+            m
+        }
+    }
+
+    fn arb_record() -> impl Strategy<Value = PacketMeta> {
+        prop_oneof![arb_tcp(), arb_udp(), arb_icmp_error(), arb_other()]
+    }
+
+    fn reparse(frame: &[u8], m: &PacketMeta, wire_len: u32) -> PacketMeta {
+        let dir = Direction::try_from(m.direction).unwrap_or(Direction::Unknown);
+        match parse_frame(LinkType::Ethernet, frame, m.ts_ns, m.ifindex, dir, wire_len) {
+            Ok(p) => p,
+            Err(e) => panic!("built frame must parse: {e} for {m:?}"),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn parse_inverts_build(m in arb_record()) {
+            let frame = build_frame(&m, PayloadMode::Zeroed);
+            let link_len = 14 + 4 * usize::from(m.vlan_count);
+            prop_assert_eq!(frame.len(), full_frame_len(&m), "full length");
+            let got = reparse(&frame, &m, frame.len() as u32);
+            let mut want = m;
+            want.wire_len = frame.len() as u32;
+            want.ip_len = (frame.len() - link_len) as u16;
+            want.payload_hash = got.payload_hash;
+            prop_assert_eq!(got, want);
+            if m.payload_len == 0 {
+                prop_assert_eq!(got.payload_hash, 0, "no payload, no hash");
+            } else {
+                prop_assert_ne!(got.payload_hash, 0, "payload bytes were captured");
+            }
+
+            // Headers only: same record, lengths still from the IP header, no payload hash
+            // (ICMP errors keep their quote, which is hashed).
+            let short = build_frame(&m, PayloadMode::HeadersOnly);
+            let got_short = reparse(&short, &m, frame.len() as u32);
+            let mut want_short = want;
+            want_short.payload_hash = got_short.payload_hash;
+            prop_assert_eq!(got_short, want_short);
+            if m.kind != RecordKind::IcmpError as u8 {
+                prop_assert_eq!(got_short.payload_hash, 0);
+                prop_assert!(short.len() + m.payload_len as usize == frame.len());
+            }
+        }
+    }
+
+    #[test]
+    fn icmp_frag_needed_quotes_the_tcp_flow() {
+        let mut m = PacketMeta::zeroed();
+        m.kind = RecordKind::IcmpError as u8;
+        m.ip_version = 4;
+        m.l4_proto = ipproto::ICMP;
+        m.src_addr[..4].copy_from_slice(&[192, 168, 1, 1]);
+        m.dst_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        m.ttl = 63;
+        m.icmp_type = 3;
+        m.icmp_code = 4;
+        m.icmp_mtu = 1492;
+        m.inner_proto = ipproto::TCP;
+        m.inner_src[..4].copy_from_slice(&[10, 0, 0, 1]);
+        m.inner_dst[..4].copy_from_slice(&[10, 0, 0, 2]);
+        m.inner_sport = 40000;
+        m.inner_dport = 443;
+        m.inner_seq = 0xdead_beef;
+        m.payload_len = 28;
+        let frame = build_frame(&m, PayloadMode::Zeroed);
+        let s = etherparse::SlicedPacket::from_ethernet(&frame).expect("etherparse reads it");
+        let Some(etherparse::TransportSlice::Icmpv4(icmp)) = s.transport else {
+            panic!("expected ICMPv4");
+        };
+        assert!(
+            matches!(
+                icmp.icmp_type(),
+                Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                        next_hop_mtu: 1492
+                    }
+                )
+            ),
+            "frag-needed with MTU 1492"
+        );
+        let sum = Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload()).checksum;
+        assert_eq!(icmp.checksum(), sum, "ICMP checksum");
+        assert_eq!(payload_hash(&[]), 0);
+    }
+
+    #[test]
+    fn checksums_are_valid() {
+        let mut m = PacketMeta::zeroed();
+        m.kind = RecordKind::Tcp as u8;
+        m.ip_version = 6;
+        m.l4_proto = ipproto::TCP;
+        m.src_addr = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        m.dst_addr = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        m.tcp_opts = tcp_opts::TIMESTAMPS | tcp_opts::SACK;
+        m.sack_count = 3;
+        m.sack = [1, 2, 3, 4, 5, 6];
+        m.payload_len = 100;
+        let frame = build_frame(&m, PayloadMode::Zeroed);
+        let s = etherparse::SlicedPacket::from_ethernet(&frame).expect("etherparse reads it");
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = s.transport else {
+            panic!("expected TCP");
+        };
+        let sum = tcp
+            .calc_checksum_ipv6(m.src_addr, m.dst_addr)
+            .expect("checksum computes");
+        assert_eq!(tcp.checksum(), sum, "TCP checksum over IPv6 pseudo-header");
+
+        m.ip_version = 4;
+        m.src_addr = [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        m.dst_addr = [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let frame = build_frame(&m, PayloadMode::Zeroed);
+        let s = etherparse::SlicedPacket::from_ethernet(&frame).expect("etherparse reads it");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else {
+            panic!("expected IPv4");
+        };
+        let h = ip.header().to_header();
+        assert_eq!(
+            h.header_checksum,
+            h.calc_header_checksum(),
+            "IPv4 header checksum"
+        );
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = s.transport else {
+            panic!("expected TCP");
+        };
+        let sum = tcp
+            .calc_checksum_ipv4([10, 0, 0, 1], [10, 0, 0, 2])
+            .expect("checksum computes");
+        assert_eq!(tcp.checksum(), sum, "TCP checksum over IPv4 pseudo-header");
+    }
+
+    #[test]
+    fn too_many_sack_blocks_are_dropped_to_fit() {
+        let mut m = PacketMeta::zeroed();
+        m.kind = RecordKind::Tcp as u8;
+        m.ip_version = 4;
+        m.l4_proto = ipproto::TCP;
+        m.tcp_opts = tcp_opts::MSS | tcp_opts::WSCALE | tcp_opts::TIMESTAMPS | tcp_opts::SACK;
+        m.sack_count = 3;
+        m.sack = [1, 2, 3, 4, 5, 6];
+        let frame = build_frame(&m, PayloadMode::Zeroed);
+        let got = parse_frame(LinkType::Ethernet, &frame, 0, 0, Direction::Unknown, 0)
+            .expect("frame parses");
+        // MSS 4 + NOP/WS 4 + TS 10 leave 22 bytes: NOP, NOP, kind, len and two blocks.
+        assert_eq!(got.sack_count, 2, "the last block is dropped to fit");
+        assert_eq!(&got.sack[..4], &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn writer_output_reads_back() {
+        let mut m = PacketMeta::zeroed();
+        m.kind = RecordKind::Udp as u8;
+        m.ip_version = 4;
+        m.l4_proto = ipproto::UDP;
+        m.ts_ns = 1_700_000_000_123_456_789;
+        m.payload_len = 10;
+        m.direction = Direction::Egress as u8;
+        let mut w = PcapngWriter::new(Vec::new()).expect("header");
+        let a = w.add_interface("hop-a").expect("idb");
+        let b = w.add_interface("hop-b").expect("idb");
+        w.write_record(a, &m, PayloadMode::Zeroed, Some("first"))
+            .expect("write");
+        w.write_record(b, &m, PayloadMode::HeadersOnly, None)
+            .expect("write");
+        assert!(matches!(
+            w.write_record(7, &m, PayloadMode::Zeroed, None),
+            Err(WriteError::UnknownInterface(7))
+        ));
+        let bytes = w.into_inner();
+        let recs: Vec<PacketMeta> = crate::capture::file::from_reader(std::io::Cursor::new(bytes))
+            .expect("opens")
+            .collect::<Result<_, _>>()
+            .expect("reads");
+        assert_eq!(recs.len(), 2);
+        for (i, r) in recs.iter().enumerate() {
+            assert_eq!(r.ts_ns, m.ts_ns, "nanosecond timestamps survive");
+            assert_eq!(r.ifindex, i as u32, "interface id becomes ifindex");
+            assert_eq!(
+                r.direction,
+                Direction::Egress as u8,
+                "epb_flags carry direction"
+            );
+            assert_eq!(r.payload_len, 10);
+            assert_eq!(
+                r.wire_len,
+                14 + 20 + 8 + 10,
+                "original length is the full frame"
+            );
+        }
+
+        let mut p = PcapWriter::new(Vec::new()).expect("header");
+        p.write_record(&m, PayloadMode::Zeroed).expect("write");
+        let recs: Vec<PacketMeta> =
+            crate::capture::file::from_reader(std::io::Cursor::new(p.into_inner()))
+                .expect("opens")
+                .collect::<Result<_, _>>()
+                .expect("reads");
+        assert_eq!(recs.len(), 1);
+        assert_eq!(recs[0].ts_ns, m.ts_ns);
+    }
+}
