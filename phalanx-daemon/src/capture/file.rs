@@ -774,3 +774,68 @@ impl Iterator for CaptureReader {
 }
 
 impl std::iter::FusedIterator for CaptureReader {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Drains a reader, checking that an error, if any, comes last and alone.
+    fn drain(r: CaptureReader) -> (usize, Option<FileError>) {
+        let mut n = 0;
+        let mut err = None;
+        for item in r {
+            assert!(err.is_none(), "nothing may follow an error");
+            match item {
+                Ok(_) => n += 1,
+                Err(e) => err = Some(e),
+            }
+        }
+        (n, err)
+    }
+
+    #[test]
+    fn ticks_to_ns() {
+        assert_eq!(pcapng_ticks_to_ns(1_500_000, 6), 1_500_000_000);
+        assert_eq!(pcapng_ticks_to_ns(7, 9), 7);
+        assert_eq!(pcapng_ticks_to_ns(12_345, 12), 12);
+        // 2^-10 s units: 1024 ticks are one second.
+        assert_eq!(pcapng_ticks_to_ns(1024, 0x80 | 10), 1_000_000_000);
+        assert_eq!(pcapng_ticks_to_ns(u64::MAX, 0), u64::MAX, "saturates");
+        assert_eq!(pcapng_ticks_to_ns(5, 127), 0);
+    }
+
+    #[test]
+    fn empty_and_unknown_inputs() {
+        let err = from_reader(Cursor::new(Vec::new())).expect_err("empty input");
+        assert!(matches!(err, FileError::UnknownFormat { .. }), "{err}");
+        let err = from_reader(Cursor::new(b"GIF89a....".to_vec())).expect_err("not a capture");
+        assert!(
+            err.to_string().contains("not a pcap or pcapng file"),
+            "{err}"
+        );
+        let err = from_reader(Cursor::new(vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0])).expect_err("short");
+        assert!(
+            matches!(&err, FileError::Truncated { at, .. } if at.offset == 0),
+            "a cut file header is truncation at offset 0: {err}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            magic in prop::sample::select(vec![
+                PCAPNG_MAGIC, PCAP_MAGICS[0], PCAP_MAGICS[1], PCAP_MAGICS[2], PCAP_MAGICS[3], [0, 0, 0, 0],
+            ]),
+            body in proptest::collection::vec(any::<u8>(), 0..600),
+        ) {
+            let mut bytes = magic.to_vec();
+            bytes.extend_from_slice(&body);
+            if let Ok(r) = from_reader(Cursor::new(bytes)) {
+                let _ = drain(r);
+            }
+        }
+    }
+}

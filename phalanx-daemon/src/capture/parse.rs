@@ -763,4 +763,50 @@ mod tests {
         assert_eq!(payload_hash(&[]), 0);
         assert_eq!(payload_hash(&[1; 100]), payload_hash(&[1; 64]));
     }
+
+    const LINKS: [LinkType; 8] = [
+        LinkType::Ethernet,
+        LinkType::LinuxSll,
+        LinkType::LinuxSll2,
+        LinkType::RawIp,
+        LinkType::Ipv4,
+        LinkType::Ipv6,
+        LinkType::Null,
+        LinkType::Loop,
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            link in 0usize..8,
+            wire_len in proptest::prelude::any::<u32>(),
+        ) {
+            let _ = parse_frame(LINKS[link], &bytes, 0, 0, Direction::Unknown, wire_len);
+        }
+
+        #[test]
+        fn mutated_frames_never_panic(
+            opts in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..=40),
+            flips in proptest::collection::vec((0usize..200, proptest::prelude::any::<u8>()), 1..8),
+            cut in 0usize..200,
+            ethertype in proptest::sample::select(vec![ETH_IPV4, ETH_IPV6, ETH_VLAN, ETH_QINQ, ETH_PPPOE_SESSION]),
+        ) {
+            // A valid frame with random TCP option bytes, then damaged: the
+            // parser must return a record or an error, never panic.
+            let mut opts = opts;
+            opts.truncate(opts.len() / 4 * 4);
+            let mut frame = eth(ethertype, &ipv4_tcp(&opts, 20, 0));
+            for (at, val) in flips {
+                let len = frame.len();
+                if let Some(b) = frame.get_mut(at % len) {
+                    *b = val;
+                }
+            }
+            frame.truncate(cut.max(1));
+            let _ = parse_frame(LinkType::Ethernet, &frame, 0, 0, Direction::Unknown, 0);
+        }
+    }
 }
