@@ -758,13 +758,13 @@ pub(crate) mod tests {
             if later {
                 // A non-first fragment of anything; IPv6 needs the fragment header.
                 m.ip_flags |= IP_FLAG_LATER_FRAGMENT;
-                m.l4_proto = if v6 && matches!(any_proto, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254) {
-                    6
-                } else if !v6 && any_proto == 51 {
-                    6
+                // Protocols etherparse reads as extension headers would not be the payload.
+                let ext = if v6 {
+                    matches!(any_proto, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
                 } else {
-                    any_proto
+                    any_proto == 51
                 };
+                m.l4_proto = if ext { ipproto::TCP } else { any_proto };
             } else if echo {
                 m.l4_proto = if v6 { ipproto::ICMPV6 } else { ipproto::ICMP };
                 m.icmp_type = match (v6, reply) {
