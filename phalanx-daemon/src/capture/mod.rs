@@ -3,5 +3,6 @@
 
 pub mod ebpf;
 pub mod file;
+pub mod frame;
 pub mod parse;
 pub mod ring;

@@ -1,1 +1,122 @@
 //! Flow table and per-flow TCP/UDP KPI estimators.
+//!
+//! One engine serves the live daemon and `phalanx analyze`: it consumes
+//! [`phalanx_common::PacketMeta`] records and never looks at a wall clock.
+//! Time is the records' own (`ts_ns`), so idle timeouts and every estimator
+//! behave identically on a ring buffer and on a capture file.
+//!
+//! # Flows
+//!
+//! A flow is keyed by the canonical 5-tuple (addresses, ports, protocol)
+//! **and the VLAN ids**: the same 5-tuple on two VLANs is two flows. VLAN ids
+//! are held per direction, so a capture point that tags only one direction
+//! still yields one flow (the untagged reverse direction attaches to the
+//! flow that has not yet seen that direction). `src` is the side that sent
+//! the SYN (or, without a SYN, the first packet). The table is bounded by
+//! [`FlowConfig::max_flows`]; flows leave after an idle timeout that
+//! depends on their state, or, when the table is full, the flow idle the
+//! longest leaves to make room; both are counted ([`TableStats`]). A new SYN
+//! with a different ISN on a closed (FIN or RST) flow starts a new flow.
+//!
+//! # Directions and the vantage point
+//!
+//! Every per-direction figure is named by the sender of the packets. An RTT
+//! sample of direction *X* measures *vantage point -> receiver of X ->
+//! vantage point*: the part of the round trip on the receiver's side of the
+//! capture point.
+//!
+//! # KPI definitions
+//!
+//! - **packets / bytes**: packets and frame bytes as seen, per direction
+//!   and summed. A GSO record with `segs > 1` counts as `segs` packets, and
+//!   its bytes are expanded by repeating the headers for every segment.
+//! - **goodput_bytes**: payload bytes that advanced the highest sequence
+//!   number seen (first transmissions; retransmissions excluded).
+//!   `goodput_bps` divides it by the flow's duration.
+//! - **RTT samples**: one probe outstanding per direction. With TCP
+//!   timestamps (both sides send the option): a packet carrying a new TSval
+//!   starts a probe that ends at the first packet of the other direction
+//!   whose TSecr equals that TSval (passive ping; an echo of a newer TSval
+//!   abandons the probe). Without timestamps: a segment carrying new
+//!   sequence space starts a probe that ends at the first ACK covering it;
+//!   Karn's rule: a retransmission of probed data abandons the probe. The
+//!   handshake counts: SYN -> SYN/ACK is a sample of the client's
+//!   direction, SYN/ACK -> ACK of the server's.
+//! - **handshake**: `downstream_ms` = SYN -> SYN/ACK (vantage point to
+//!   server and back), `upstream_ms` = SYN/ACK -> ACK (vantage point to
+//!   client and back), `total_ms` their sum, the client-to-server RTT.
+//! - **rtt** (flow): the end-to-end estimate from the two parts: the
+//!   component-wise sum of the two directions' figures (`min`, `avg`,
+//!   `p50`, `p99`, `max`; `samples` is the total sample count); when only one
+//!   direction has samples, that direction's figures. Quantiles are nearest
+//!   rank over exact samples for the first 64 samples per direction, then a
+//!   log-bucket sketch with 1% relative accuracy. Per-direction figures are
+//!   in `src_to_dst.rtt` / `dst_to_src.rtt`.
+//! - **retransmissions**: a segment carrying sequence space that passed the
+//!   vantage point before, or that fills a hole *late*. A hole is a range
+//!   skipped by a segment starting above the highest sequence seen; a fill
+//!   is late when it comes at least the other direction's minimum RTT
+//!   (vantage point -> sender -> vantage point) after the hole opened, i.e.
+//!   the sender could have learnt of the loss and re-sent (loss upstream of
+//!   the vantage point); without any RTT sample, a fill is late when the
+//!   receiver has sent 3 duplicate ACKs. Classes (per segment):
+//!   *fast* when the receiver had sent >= 3 duplicate ACKs or SACKed data
+//!   above its ACK before it, or while in the fast recovery the first one
+//!   started (until the receiver ACKs the highest sequence at that time);
+//!   *timeout* otherwise; *spurious* (a subset of either) when the vantage
+//!   point had already seen all of its data acknowledged, or when a later
+//!   D-SACK (RFC 2883) reports the latest retransmission as a duplicate.
+//!   `late_fills` counts the retransmissions detected as late fills.
+//!   Keep-alives (<= 1 byte at highest-1) and zero-window probes are not
+//!   retransmissions.
+//! - **out_of_order**: a segment filling a hole that is not late
+//!   (reordering, not loss). `reorder_extent_max` is the largest RFC 4737
+//!   reorder extent: packets of the direction that arrived between the
+//!   first later segment (which opened the hole) and the late one.
+//! - **dup_acks**: RFC 5681 duplicate ACKs: ACK flag, no data, no SYN/FIN,
+//!   same ACK number and same window as the sender's previous ACK, while
+//!   the other side has unacknowledged data (or its sequence state is unknown).
+//! - **zero_windows**: zero-window episodes (the first zero window
+//!   advertisement after a non-zero one); `zero_window_packets` counts every
+//!   packet advertising zero. **window_full**: segments whose end reaches the
+//!   receiver's ACK + scaled window (only when both SYNs were seen, so the
+//!   scale is known).
+//! - **mss / wscale**: the options of each side's SYN.
+//! - **jitter_ms**: RFC 3550 interarrival jitter `J += (|D| - J) / 16`.
+//!   TCP: `D` is the difference of consecutive RTT samples of a direction
+//!   (a transit time measured on one clock, the vantage point's, so no
+//!   clock rates or offsets have to be guessed). UDP and other protocols:
+//!   `D` is an arrival spacing minus the mean spacing so far (assumes a
+//!   constant-rate sender). The flow value is the larger direction's.
+//! - **state**: `syn_sent` (SYN unanswered; also `syn_unanswered`),
+//!   `syn_received`, `established` (also picked up mid-stream), `closing`
+//!   (FIN one way), `closed` (FIN both ways), `reset` (RST, `rst_from`
+//!   names the sender); `active` for UDP and other protocols.
+//! - **icmp**: ICMP/ICMPv6 errors (`kind` IcmpError) are attached to the
+//!   flow of the packet they quote, with type, code, MTU and the reporting
+//!   address (first 8 kept; `icmp_errors` counts all).
+//!
+//! # Memory
+//!
+//! An idle tracked flow costs `size_of::<Flow>()` (248 bytes on x86_64)
+//! plus about 5.7 bytes of hash index: under 256 bytes. RTT sketches,
+//! sequence holes, rare counters and ICMP events live in one lazily
+//! allocated block (about 550 bytes, plus up to 256 bytes of exact RTT
+//! samples per direction, then a sparse sketch of a few hundred bytes).
+
+pub mod config;
+pub mod jitter;
+pub mod key;
+pub mod loss;
+pub mod report;
+pub mod rtt;
+pub mod seq;
+pub mod stats;
+pub mod table;
+pub mod tcp;
+pub mod window;
+
+pub use config::FlowConfig;
+pub use key::FlowKey;
+pub use report::{DirReport, FlowSummary, HandshakeReport, PerSide, RttReport};
+pub use table::{Flow, FlowReport, FlowTable, TableStats};

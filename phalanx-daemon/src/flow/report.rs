@@ -1,0 +1,353 @@
+//! Serializable per-flow summaries (the `flows[]` entries of `--json`).
+//!
+//! Orientation: `src` is the side that opened the flow (the SYN sender for
+//! TCP, else the sender of the first packet seen); `src_to_dst` and
+//! `dst_to_src` hold the per-direction figures.
+
+use std::net::IpAddr;
+
+use phalanx_common::{ipproto, user::ip_from_bytes};
+use serde::Serialize;
+
+use super::stats::Summary;
+use super::table::Flow;
+use super::tcp::{
+    Dir, DirExtra, IcmpEvent, TcpState, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN, F_SYNACK, F_TS, F_WS,
+};
+
+/// RTT figures in milliseconds (`null` without samples).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct RttReport {
+    /// Number of samples.
+    pub samples: u64,
+    /// Minimum.
+    pub min_ms: Option<f64>,
+    /// Mean.
+    pub avg_ms: Option<f64>,
+    /// Median (nearest rank).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile (nearest rank).
+    pub p99_ms: Option<f64>,
+    /// Maximum.
+    pub max_ms: Option<f64>,
+}
+
+fn round_us(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+impl From<Option<Summary>> for RttReport {
+    fn from(s: Option<Summary>) -> Self {
+        match s {
+            None => Self::default(),
+            Some(s) => Self {
+                samples: s.samples,
+                min_ms: Some(round_us(s.min_ms)),
+                avg_ms: Some(round_us(s.avg_ms)),
+                p50_ms: Some(round_us(s.p50_ms)),
+                p99_ms: Some(round_us(s.p99_ms)),
+                max_ms: Some(round_us(s.max_ms)),
+            },
+        }
+    }
+}
+
+/// A value per direction, named by the sender side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PerSide<T> {
+    /// As sent by `src`.
+    pub src: T,
+    /// As sent by `dst`.
+    pub dst: T,
+}
+
+/// Handshake RTT split at the vantage point.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct HandshakeReport {
+    /// SYN -> SYN/ACK: vantage point -> server -> vantage point.
+    pub downstream_ms: Option<f64>,
+    /// SYN/ACK -> ACK: vantage point -> client -> vantage point.
+    pub upstream_ms: Option<f64>,
+    /// Sum of both parts (client-to-server RTT), when both are known.
+    pub total_ms: Option<f64>,
+}
+
+/// Figures of one direction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DirReport {
+    /// Packets (GSO records count their segments).
+    pub packets: u64,
+    /// Frame bytes.
+    pub bytes: u64,
+    /// Unique payload bytes (first transmissions).
+    pub goodput_bytes: u64,
+    /// Retransmitted segments.
+    pub retransmissions: u32,
+    /// ... of which fast retransmissions.
+    pub retrans_fast: u32,
+    /// ... of which timeout retransmissions.
+    pub retrans_timeout: u32,
+    /// ... of which spurious.
+    pub retrans_spurious: u32,
+    /// ... of which late hole fills (loss upstream of the vantage point).
+    pub late_fills: u32,
+    /// Retransmitted payload bytes.
+    pub retrans_bytes: u64,
+    /// Reordered segments.
+    pub out_of_order: u32,
+    /// Largest reorder extent (RFC 4737), packets.
+    pub reorder_extent_max: u32,
+    /// Duplicate ACKs sent.
+    pub dup_acks: u32,
+    /// Zero-window episodes advertised.
+    pub zero_windows: u32,
+    /// Packets advertising a zero window.
+    pub zero_window_packets: u32,
+    /// Segments that filled the peer's window.
+    pub window_full: u32,
+    /// Keep-alives.
+    pub keepalives: u32,
+    /// Zero-window probes.
+    pub zero_window_probes: u32,
+    /// MSS option of this side's SYN.
+    pub mss: Option<u16>,
+    /// Window-scale option of this side's SYN.
+    pub wscale: Option<u8>,
+    /// VLAN ids (outer, inner; 0 = none).
+    pub vlan: [u16; 2],
+    /// RTT of this direction's packets: vantage -> receiver -> vantage.
+    pub rtt: RttReport,
+    /// RFC 3550 jitter (ms) of this direction.
+    pub jitter_ms: Option<f64>,
+    /// SYN, FIN, RST seen from this side.
+    pub syn: bool,
+    /// FIN seen.
+    pub fin: bool,
+    /// RST seen.
+    pub rst: bool,
+}
+
+/// One flow as reported (field names are a contract; see DESIGN.md).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlowSummary {
+    /// Initiator address.
+    pub src: IpAddr,
+    /// Responder address.
+    pub dst: IpAddr,
+    /// Initiator port.
+    pub sport: u16,
+    /// Responder port.
+    pub dport: u16,
+    /// "tcp", "udp", "icmp", "icmpv6" or the protocol number.
+    pub proto: String,
+    /// VLAN ids of the src -> dst direction (outer, inner; 0 = none).
+    pub vlan: [u16; 2],
+    /// First packet time (ns; capture time since the epoch for files).
+    pub first_ts_ns: u64,
+    /// Last packet time (ns).
+    pub last_ts_ns: u64,
+    /// Seconds between first and last packet.
+    pub duration_s: f64,
+    /// Packets, both directions.
+    pub packets: u64,
+    /// Frame bytes, both directions.
+    pub bytes: u64,
+    /// Unique payload bytes, both directions.
+    pub goodput_bytes: u64,
+    /// Goodput over the flow's duration, bits/s.
+    pub goodput_bps: Option<f64>,
+    /// End-to-end RTT estimate: per-direction parts summed.
+    pub rtt: RttReport,
+    /// Retransmitted segments, both directions.
+    pub retransmissions: u32,
+    /// ... fast.
+    pub retrans_fast: u32,
+    /// ... timeout.
+    pub retrans_timeout: u32,
+    /// ... spurious.
+    pub retrans_spurious: u32,
+    /// ... late hole fills.
+    pub late_fills: u32,
+    /// Duplicate ACKs, both directions.
+    pub dup_acks: u32,
+    /// Reordered segments, both directions.
+    pub out_of_order: u32,
+    /// Largest reorder extent.
+    pub reorder_extent_max: u32,
+    /// Zero-window episodes, both directions.
+    pub zero_windows: u32,
+    /// Window-full segments, both directions.
+    pub window_full: u32,
+    /// MSS per side.
+    pub mss: PerSide<Option<u16>>,
+    /// Window scale per side.
+    pub wscale: PerSide<Option<u8>>,
+    /// Largest per-direction jitter, ms.
+    pub jitter_ms: Option<f64>,
+    /// Handshake RTT parts (TCP with a seen handshake).
+    pub handshake: Option<HandshakeReport>,
+    /// Connection state.
+    pub state: &'static str,
+    /// A SYN was seen and never answered.
+    pub syn_unanswered: bool,
+    /// Side that sent RST ("src"/"dst"), if any.
+    pub rst_from: Option<&'static str>,
+    /// Both sides sent the timestamp option.
+    pub timestamps: bool,
+    /// Both SYNs offered SACK.
+    pub sack_permitted: bool,
+    /// ICMP errors quoting this flow.
+    pub icmp_errors: u32,
+    /// The first of them.
+    pub icmp: Vec<IcmpEvent>,
+    /// Per-direction figures.
+    pub src_to_dst: DirReport,
+    /// Per-direction figures.
+    pub dst_to_src: DirReport,
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        ipproto::TCP => "tcp".into(),
+        ipproto::UDP => "udp".into(),
+        ipproto::ICMP => "icmp".into(),
+        ipproto::ICMPV6 => "icmpv6".into(),
+        n => n.to_string(),
+    }
+}
+
+fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool) -> DirReport {
+    let g = |f: fn(&DirExtra) -> u32| x.map_or(0, f);
+    let fast = g(|x| x.retrans_fast);
+    DirReport {
+        packets: d.packets,
+        bytes: d.bytes,
+        goodput_bytes: d.goodput,
+        retransmissions: d.retrans,
+        retrans_fast: fast,
+        retrans_timeout: d.retrans.saturating_sub(fast),
+        retrans_spurious: g(|x| x.retrans_spurious),
+        late_fills: g(|x| x.late_fills),
+        retrans_bytes: x.map_or(0, |x| x.retrans_bytes),
+        out_of_order: d.out_of_order,
+        reorder_extent_max: g(|x| x.reorder_extent_max),
+        dup_acks: d.dup_acks,
+        zero_windows: g(|x| x.zero_windows),
+        zero_window_packets: g(|x| x.zero_window_packets),
+        window_full: g(|x| x.window_full),
+        keepalives: g(|x| x.keepalives),
+        zero_window_probes: g(|x| x.zero_window_probes),
+        mss: (d.flags & F_MSS != 0).then_some(d.mss),
+        wscale: (d.flags & F_WS != 0).then_some(d.wscale),
+        vlan: [(vlan >> 16) as u16, vlan as u16],
+        rtt: x.and_then(|x| x.rtt.summary()).into(),
+        jitter_ms: x
+            .and_then(|x| {
+                if tcp {
+                    x.rtt_jitter.ms()
+                } else {
+                    x.arrival.jitter.ms()
+                }
+            })
+            .map(round_us),
+        syn: d.flags & F_SYN != 0,
+        fin: d.flags & F_FIN != 0,
+        rst: d.flags & F_RST != 0,
+    }
+}
+
+impl FlowSummary {
+    /// Summarises a flow.
+    pub fn of(f: &Flow) -> Self {
+        let s = usize::from(f.initiator & 1);
+        let r = s ^ 1;
+        let k = &f.key;
+        let tcp = k.proto == ipproto::TCP;
+        let ex = f.extra.as_deref();
+        let a = dir_report(&f.dir[s], ex.map(|x| &x.dir[s]), f.vlan[s], tcp);
+        let b = dir_report(&f.dir[r], ex.map(|x| &x.dir[r]), f.vlan[r], tcp);
+        let rtt = {
+            let sa = ex.and_then(|x| x.dir[s].rtt.summary());
+            let sb = ex.and_then(|x| x.dir[r].rtt.summary());
+            match (sa, sb) {
+                (Some(x), Some(y)) => Some(x.plus(y)),
+                (x, y) => x.or(y),
+            }
+        };
+        let duration_ns = f.last_ts.saturating_sub(f.first_ts);
+        let goodput = a.goodput_bytes + b.goodput_bytes;
+        let st = TcpState::from_u8(f.state);
+        let state = if tcp { st.name() } else { "active" };
+        let handshake = ex.and_then(|x| {
+            let ms = |v: Option<u32>| v.map(|u| f64::from(u) / 1000.0);
+            (x.hs_down_us.is_some() || x.hs_up_us.is_some()).then(|| HandshakeReport {
+                downstream_ms: ms(x.hs_down_us),
+                upstream_ms: ms(x.hs_up_us),
+                total_ms: match (x.hs_down_us, x.hs_up_us) {
+                    (Some(p), Some(q)) => Some((f64::from(p) + f64::from(q)) / 1000.0),
+                    _ => None,
+                },
+            })
+        });
+        let rst_from = if f.dir[s].flags & F_RST != 0 {
+            Some("src")
+        } else if f.dir[r].flags & F_RST != 0 {
+            Some("dst")
+        } else {
+            None
+        };
+        let both = |bit: u16| f.dir[0].flags & bit != 0 && f.dir[1].flags & bit != 0;
+        let icmp = ex.map_or_else(Vec::new, |x| x.icmp.clone());
+        let jitter_ms = match (a.jitter_ms, b.jitter_ms) {
+            (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        Self {
+            src: ip_from_bytes(k.ip_version, &k.addr[s]),
+            dst: ip_from_bytes(k.ip_version, &k.addr[r]),
+            sport: k.port[s],
+            dport: k.port[r],
+            proto: proto_name(k.proto),
+            vlan: a.vlan,
+            first_ts_ns: f.first_ts,
+            last_ts_ns: f.last_ts,
+            duration_s: duration_ns as f64 / 1e9,
+            packets: a.packets + b.packets,
+            bytes: a.bytes + b.bytes,
+            goodput_bytes: goodput,
+            goodput_bps: (duration_ns > 0).then(|| goodput as f64 * 8e9 / duration_ns as f64),
+            rtt: rtt.into(),
+            retransmissions: a.retransmissions + b.retransmissions,
+            retrans_fast: a.retrans_fast + b.retrans_fast,
+            retrans_timeout: a.retrans_timeout + b.retrans_timeout,
+            retrans_spurious: a.retrans_spurious + b.retrans_spurious,
+            late_fills: a.late_fills + b.late_fills,
+            dup_acks: a.dup_acks + b.dup_acks,
+            out_of_order: a.out_of_order + b.out_of_order,
+            reorder_extent_max: a.reorder_extent_max.max(b.reorder_extent_max),
+            zero_windows: a.zero_windows + b.zero_windows,
+            window_full: a.window_full + b.window_full,
+            mss: PerSide {
+                src: a.mss,
+                dst: b.mss,
+            },
+            wscale: PerSide {
+                src: a.wscale,
+                dst: b.wscale,
+            },
+            jitter_ms,
+            handshake,
+            state,
+            syn_unanswered: tcp
+                && f.dir[s].flags & F_SYN != 0
+                && f.dir[r].flags & F_SYNACK == 0,
+            rst_from,
+            timestamps: both(F_TS),
+            sack_permitted: both(F_SACK_PERM),
+            icmp_errors: ex.map_or(0, |x| x.icmp_count),
+            icmp,
+            src_to_dst: a,
+            dst_to_src: b,
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Passive RTT probes: one outstanding probe per direction.
+//!
+//! A probe starts on a packet that carries a new TSval (timestamp mode,
+//! passive-ping style) and/or new sequence space (seq/ack mode). It ends on
+//! the first packet of the other direction that echoes that TSval in its
+//! TSecr, or that acknowledges the probe's sequence end. Karn's rule: a
+//! retransmission covering the probed data voids the seq/ack half of the
+//! probe; a timestamp probe survives because the echo names the exact
+//! transmission (RFC 7323 RTTM). An echo of a newer TSval than the probe's
+//! voids the timestamp half (the probed transmission will never be echoed).
+
+use super::seq;
+
+const P_TS: u8 = 1;
+const P_SEQ: u8 = 2;
+/// The probe was started by a SYN (its echo gives the downstream handshake part).
+pub const P_SYN: u8 = 4;
+/// The probe was started by a SYN/ACK (its echo gives the upstream handshake part).
+pub const P_SYNACK: u8 = 8;
+
+/// One direction's outstanding probe.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Probe {
+    /// When the probed packet passed the vantage point: microseconds since
+    /// the flow's first packet, wrapping (a probe never lives 71 minutes).
+    pub t_us: u32,
+    seq_end: u32,
+    tsval: u32,
+    flags: u8,
+}
+
+impl Probe {
+    /// Whether a probe is outstanding.
+    #[inline]
+    pub fn active(&self) -> bool {
+        self.flags & (P_TS | P_SEQ) != 0
+    }
+
+    /// Starts (or replaces) the probe.
+    #[inline]
+    pub fn start(&mut self, now_us: u32, tsval: Option<u32>, seq_end: Option<u32>, kind: u8) {
+        self.flags = kind;
+        self.t_us = now_us;
+        if let Some(v) = tsval {
+            self.tsval = v;
+            self.flags |= P_TS;
+        }
+        if let Some(e) = seq_end {
+            self.seq_end = e;
+            self.flags |= P_SEQ;
+        }
+        if !self.active() {
+            self.flags = 0;
+        }
+    }
+
+    /// Karn's rule: a retransmission starting at `seq_start` voids the
+    /// seq/ack half when it re-sends probed data.
+    #[inline]
+    pub fn karn(&mut self, seq_start: u32) {
+        if self.flags & P_SEQ != 0 && seq::lt(seq_start, self.seq_end) {
+            self.flags &= !P_SEQ;
+            if !self.active() {
+                self.flags = 0;
+            }
+        }
+    }
+
+    /// Offers a packet of the other direction: `tsecr` when it carries a
+    /// timestamp option and ACK, `ack` when it has ACK set, `has_ts` whether
+    /// it carries the timestamp option at all. Returns the sample (ns) and
+    /// the probe's kind bits when this packet completes the probe (us).
+    #[inline]
+    pub fn echo(
+        &mut self,
+        now_us: u32,
+        tsecr: Option<u32>,
+        ack: Option<u32>,
+        has_ts: bool,
+    ) -> Option<(u32, u8)> {
+        if !self.active() {
+            return None;
+        }
+        let mut hit = false;
+        if self.flags & P_TS != 0 {
+            match tsecr {
+                Some(e) if e == self.tsval => hit = true,
+                Some(e) if seq::gt(e, self.tsval) => self.flags &= !P_TS,
+                Some(_) => {}
+                // The peer sends no timestamps: this TSval will never be echoed.
+                None if !has_ts => self.flags &= !P_TS,
+                None => {}
+            }
+        }
+        if !hit && self.flags & P_SEQ != 0 {
+            if let Some(a) = ack {
+                hit = seq::ge(a, self.seq_end);
+            }
+        }
+        if hit {
+            let kind = self.flags & (P_SYN | P_SYNACK);
+            self.flags = 0;
+            return Some((now_us.wrapping_sub(self.t_us), kind));
+        }
+        if !self.active() {
+            self.flags = 0;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_echo_gives_first_match_only() {
+        let mut p = Probe::default();
+        p.start(1_000, Some(77), None, 0);
+        assert_eq!(p.echo(1_500, Some(76), Some(1), true), None, "older echo waits");
+        assert_eq!(p.echo(3_000, Some(77), Some(1), true), Some((2_000, 0)));
+        assert_eq!(p.echo(4_000, Some(77), Some(1), true), None, "second echo ignored");
+    }
+
+    #[test]
+    fn newer_echo_voids_timestamp_probe() {
+        let mut p = Probe::default();
+        p.start(0, Some(5), None, 0);
+        assert_eq!(p.echo(10, Some(6), None, true), None);
+        assert!(!p.active());
+    }
+
+    #[test]
+    fn karn_voids_seq_probe() {
+        let mut p = Probe::default();
+        p.start(0, None, Some(1000), P_SYN);
+        p.karn(900);
+        assert!(!p.active(), "retransmitted probe data is ambiguous");
+        p.start(0, None, Some(1000), P_SYN);
+        p.karn(1000);
+        assert_eq!(p.echo(50, None, Some(1000), false), Some((50, P_SYN)));
+    }
+
+    #[test]
+    fn peer_without_timestamps_falls_back_to_ack() {
+        let mut p = Probe::default();
+        p.start(0, Some(9), Some(1), P_SYN);
+        assert_eq!(p.echo(70, None, Some(1), false), Some((70, P_SYN)));
+    }
+}

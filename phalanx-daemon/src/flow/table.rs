@@ -1,0 +1,549 @@
+//! The bounded flow table: slab of flows, hash index, idle eviction.
+//!
+//! Flows live in a slab (`Vec<Flow>`) addressed by `u32`. The hash index
+//! maps a canonical 5-tuple to the first flow of a short chain: one flow per
+//! VLAN combination the 5-tuple was seen on. Each flow also sits on one of
+//! four LRU lists, one per timeout class, so expiry walks only flows that
+//! are due and the longest-idle flow is found in O(1) when the table is full.
+
+use hashbrown::HashTable;
+use phalanx_common::{ipproto, PacketMeta, RecordKind};
+use serde::Serialize;
+
+use super::config::FlowConfig;
+use super::jitter::ArrivalJitter;
+use super::key::{vlan_of, FlowKey, VlanTag};
+use super::report::FlowSummary;
+use super::tcp::{self, Dir, Extra, IcmpEvent, TcpState, MAX_ICMP_EVENTS};
+
+const NIL: u32 = u32::MAX;
+/// Marks a free slab slot.
+const VACANT: u8 = u8::MAX;
+/// Record-time interval between expiry sweeps.
+const EXPIRE_EVERY_NS: u64 = 100_000_000;
+
+/// Which idle timeout applies to a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TimeoutClass {
+    /// TCP handshake in progress.
+    Syn = 0,
+    /// TCP established (or picked up mid-stream, or closing).
+    Established = 1,
+    /// TCP closed by FIN both ways or RST.
+    Closed = 2,
+    /// UDP and other IP protocols.
+    Udp = 3,
+}
+
+const CLASSES: [TimeoutClass; 4] = [
+    TimeoutClass::Syn,
+    TimeoutClass::Established,
+    TimeoutClass::Closed,
+    TimeoutClass::Udp,
+];
+
+/// One tracked flow. Hot state is inline; RTT sketches, holes and rare
+/// counters are in `extra`, allocated on first need.
+#[derive(Debug)]
+pub struct Flow {
+    /// Canonical 5-tuple.
+    pub key: FlowKey,
+    /// [`TcpState`] tag.
+    pub state: u8,
+    /// Side that opened the flow (SYN sender, else first packet's sender).
+    pub initiator: u8,
+    /// [`TimeoutClass`] tag, or `VACANT`.
+    class: u8,
+    /// VLAN tags per direction.
+    pub vlan: [VlanTag; 2],
+    /// First record time (ns).
+    pub first_ts: u64,
+    /// Latest record time (ns).
+    pub last_ts: u64,
+    prev: u32,
+    next: u32,
+    /// Next flow with the same 5-tuple on other VLANs.
+    chain: u32,
+    /// Per-direction hot state (index = side of the canonical key).
+    pub dir: [Dir; 2],
+    /// Lazily allocated state.
+    pub extra: Option<Box<Extra>>,
+}
+
+impl Flow {
+    fn new(key: FlowKey, vlan: VlanTag, d: usize, ts: u64, class: TimeoutClass) -> Self {
+        Self {
+            key,
+            state: TcpState::None as u8,
+            initiator: d as u8,
+            class: class as u8,
+            vlan: [vlan; 2],
+            first_ts: ts,
+            last_ts: ts,
+            prev: NIL,
+            next: NIL,
+            chain: NIL,
+            dir: Default::default(),
+            extra: None,
+        }
+    }
+
+    /// The lazily allocated state, allocating it now if needed.
+    #[inline]
+    pub fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn timeout_class(&self) -> TimeoutClass {
+        if self.key.proto != ipproto::TCP {
+            return TimeoutClass::Udp;
+        }
+        match TcpState::from_u8(self.state) {
+            TcpState::SynSent | TcpState::SynReceived => TimeoutClass::Syn,
+            TcpState::Closed | TcpState::Reset => TimeoutClass::Closed,
+            _ => TimeoutClass::Established,
+        }
+    }
+
+    /// Bytes this flow occupies: the slab entry plus its heap state.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Self>() + self.extra.as_deref().map_or(0, Extra::heap_bytes)
+    }
+}
+
+/// Table counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TableStats {
+    /// Records offered to the table.
+    pub records: u64,
+    /// Records ignored (unknown kind or IP version).
+    pub ignored: u64,
+    /// Flows created.
+    pub flows_created: u64,
+    /// Flows evicted after their idle timeout.
+    pub flows_expired: u64,
+    /// Flows evicted because the table was full.
+    pub flows_evicted_full: u64,
+    /// Flows finished because a new SYN reused the closed connection's ports.
+    pub flows_restarted: u64,
+    /// ICMP errors attached to the flow they quote.
+    pub icmp_matched: u64,
+    /// ICMP errors quoting no tracked flow.
+    pub icmp_unmatched: u64,
+    /// Largest number of flows tracked at once.
+    pub peak_flows: u64,
+}
+
+/// Why a flow left the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    Expired,
+    Full,
+    Restart,
+}
+
+/// The bounded flow table.
+pub struct FlowTable {
+    cfg: FlowConfig,
+    flows: Vec<Flow>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+    lru: [(u32, u32); 4],
+    live: usize,
+    now: u64,
+    next_expire: u64,
+    stats: TableStats,
+    keep_finished: bool,
+    finished: Vec<FlowSummary>,
+}
+
+impl FlowTable {
+    /// An empty table with the given settings.
+    pub fn new(cfg: FlowConfig) -> Self {
+        Self {
+            cfg,
+            flows: Vec::new(),
+            free: Vec::new(),
+            index: HashTable::new(),
+            lru: [(NIL, NIL); 4],
+            live: 0,
+            now: 0,
+            next_expire: 0,
+            stats: TableStats::default(),
+            keep_finished: false,
+            finished: Vec::new(),
+        }
+    }
+
+    /// Keep a summary of every flow that leaves the table (expired, evicted
+    /// or restarted), for [`Self::take_finished`] and [`Self::into_report`].
+    /// Off by default: the daemon exports live state and drops evicted flows.
+    pub fn keep_finished(&mut self, on: bool) {
+        self.keep_finished = on;
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FlowConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &TableStats {
+        &self.stats
+    }
+
+    /// Flows currently tracked.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Whether no flow is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Latest record time seen (the table's virtual clock).
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Applies one record. Never panics, whatever the record holds.
+    #[inline]
+    pub fn ingest(&mut self, rec: &PacketMeta) {
+        self.stats.records += 1;
+        if rec.ts_ns > self.now {
+            self.now = rec.ts_ns;
+        }
+        if self.now >= self.next_expire {
+            self.expire(self.now);
+            self.next_expire = self.now.saturating_add(EXPIRE_EVERY_NS);
+        }
+        if rec.ip_version != 4 && rec.ip_version != 6 {
+            self.stats.ignored += 1;
+            return;
+        }
+        match RecordKind::try_from(rec.kind) {
+            Ok(RecordKind::Tcp) => self.on_packet(rec, ipproto::TCP, true),
+            Ok(RecordKind::Udp) => self.on_packet(rec, ipproto::UDP, true),
+            Ok(RecordKind::OtherIp) => self.on_packet(rec, rec.l4_proto, false),
+            Ok(RecordKind::IcmpError) => self.on_icmp_error(rec),
+            Err(_) => self.stats.ignored += 1,
+        }
+    }
+
+    fn on_packet(&mut self, rec: &PacketMeta, proto: u8, ports: bool) {
+        let (mut key, d) = FlowKey::of_record(rec, ports);
+        key.proto = proto;
+        let vlan = vlan_of(rec);
+        let hash = key.hash64();
+        let mut i = match self.lookup(&key, hash, d, vlan, true) {
+            Some(i) => i,
+            None => self.create(key, hash, d, vlan, rec.ts_ns),
+        };
+        if proto == ipproto::TCP && tcp::is_new_connection(&self.flows[i as usize], d, rec) {
+            self.finish(i, Exit::Restart);
+            i = self.create(key, hash, d, vlan, rec.ts_ns);
+        }
+        let f = &mut self.flows[i as usize];
+        let segs = u64::from(rec.segs.max(1));
+        let first_in_dir = f.dir[d].packets == 0;
+        f.dir[d].packets += segs;
+        f.dir[d].bytes += tcp::frame_bytes(rec);
+        f.last_ts = f.last_ts.max(rec.ts_ns);
+        // Wrapping microseconds since the flow began: probe clock.
+        let now_us = (rec.ts_ns.saturating_sub(f.first_ts) / 1000) as u32;
+        if proto == ipproto::TCP {
+            tcp::on_segment(f, d, rec, rec.ts_ns, now_us);
+        } else if first_in_dir {
+            // Datagram flows have no probes: the probe clock holds the
+            // direction's first arrival until the jitter state exists.
+            f.dir[d].probe.t_us = now_us;
+        } else {
+            let first_us = f.dir[d].probe.t_us;
+            let ex = f.extra_mut();
+            let a = &mut ex.dir[d].arrival;
+            if *a == ArrivalJitter::default() {
+                a.arrive(u64::from(first_us) * 1000, true);
+            }
+            a.arrive(u64::from(now_us) * 1000, false);
+        }
+        let class = f.timeout_class();
+        if class as u8 != f.class {
+            self.unlink(i);
+            self.flows[i as usize].class = class as u8;
+            self.link_tail(i);
+        } else {
+            self.touch(i);
+        }
+    }
+
+    fn on_icmp_error(&mut self, rec: &PacketMeta) {
+        let (key, d) = FlowKey::of_icmp_quote(rec);
+        let hash = key.hash64();
+        // The error travels back towards the quoted packet's sender.
+        let Some(i) = self.lookup(&key, hash, d ^ 1, vlan_of(rec), false) else {
+            self.stats.icmp_unmatched += 1;
+            return;
+        };
+        self.stats.icmp_matched += 1;
+        let ev = IcmpEvent {
+            ts_ns: rec.ts_ns,
+            from: rec.src_ip(),
+            icmp_type: rec.icmp_type,
+            code: rec.icmp_code,
+            mtu: rec.icmp_mtu,
+            quoted_dir: d as u8,
+            quoted_seq: rec.inner_seq,
+        };
+        let ex = self.flows[i as usize].extra_mut();
+        ex.icmp_count = ex.icmp_count.saturating_add(1);
+        if ex.icmp.len() < MAX_ICMP_EVENTS {
+            ex.icmp.push(ev);
+        }
+    }
+
+    /// Finds the flow for `key` whose direction `d` is on `vlan`. With
+    /// `attach`, a flow that has not yet seen direction `d` adopts it even
+    /// on another VLAN (capture points that tag one direction only).
+    fn lookup(&mut self, key: &FlowKey, hash: u64, d: usize, vlan: VlanTag, attach: bool) -> Option<u32> {
+        let flows = &self.flows;
+        let head = *self.index.find(hash, |&i| flows[i as usize].key == *key)?;
+        let mut i = head;
+        while i != NIL {
+            let f = &self.flows[i as usize];
+            if f.vlan[d] == vlan {
+                return Some(i);
+            }
+            i = f.chain;
+        }
+        if !attach {
+            return None;
+        }
+        let mut i = head;
+        while i != NIL {
+            let f = &mut self.flows[i as usize];
+            if f.dir[d].packets == 0 {
+                f.vlan[d] = vlan;
+                return Some(i);
+            }
+            i = f.chain;
+        }
+        None
+    }
+
+    fn create(&mut self, key: FlowKey, hash: u64, d: usize, vlan: VlanTag, ts: u64) -> u32 {
+        if self.live >= self.cfg.max_flows.max(1) {
+            self.evict_oldest();
+        }
+        let class = if key.proto == ipproto::TCP {
+            TimeoutClass::Established
+        } else {
+            TimeoutClass::Udp
+        };
+        let flow = Flow::new(key, vlan, d, ts, class);
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.flows[i as usize] = flow;
+                i
+            }
+            None => {
+                self.flows.push(flow);
+                (self.flows.len() - 1) as u32
+            }
+        };
+        let flows = &mut self.flows;
+        match self.index.find(hash, |&h| flows[h as usize].key == key) {
+            Some(&head) => {
+                flows[i as usize].chain = flows[head as usize].chain;
+                flows[head as usize].chain = i;
+            }
+            None => {
+                self.index
+                    .insert_unique(hash, i, |&h| flows[h as usize].key.hash64());
+            }
+        }
+        self.link_tail(i);
+        self.live += 1;
+        self.stats.flows_created += 1;
+        self.stats.peak_flows = self.stats.peak_flows.max(self.live as u64);
+        i
+    }
+
+    fn evict_oldest(&mut self) {
+        let mut best: Option<u32> = None;
+        for (h, _) in self.lru {
+            if h == NIL {
+                continue;
+            }
+            if best.is_none_or(|b| self.flows[h as usize].last_ts < self.flows[b as usize].last_ts) {
+                best = Some(h);
+            }
+        }
+        if let Some(b) = best {
+            self.finish(b, Exit::Full);
+        }
+    }
+
+    /// Evicts every flow idle past its timeout at record time `now_ns`;
+    /// returns how many left.
+    pub fn expire(&mut self, now_ns: u64) -> usize {
+        let mut n = 0;
+        for c in CLASSES {
+            let timeout = self.cfg.timeout_ns(c);
+            loop {
+                let h = self.lru[c as usize].0;
+                if h == NIL || self.flows[h as usize].last_ts.saturating_add(timeout) > now_ns {
+                    break;
+                }
+                self.finish(h, Exit::Expired);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn finish(&mut self, i: u32, why: Exit) {
+        match why {
+            Exit::Expired => self.stats.flows_expired += 1,
+            Exit::Full => self.stats.flows_evicted_full += 1,
+            Exit::Restart => self.stats.flows_restarted += 1,
+        }
+        if self.keep_finished {
+            let s = FlowSummary::of(&self.flows[i as usize]);
+            self.finished.push(s);
+        }
+        self.remove(i);
+    }
+
+    fn remove(&mut self, i: u32) {
+        self.unlink(i);
+        let key = self.flows[i as usize].key;
+        let chain = self.flows[i as usize].chain;
+        let hash = key.hash64();
+        let flows = &mut self.flows;
+        if let Ok(mut entry) = self.index.find_entry(hash, |&h| flows[h as usize].key == key) {
+            let head = *entry.get();
+            if head == i {
+                if chain == NIL {
+                    entry.remove();
+                } else {
+                    *entry.get_mut() = chain;
+                }
+            } else {
+                let mut p = head;
+                while p != NIL {
+                    let nx = flows[p as usize].chain;
+                    if nx == i {
+                        flows[p as usize].chain = chain;
+                        break;
+                    }
+                    p = nx;
+                }
+            }
+        }
+        let f = &mut self.flows[i as usize];
+        f.class = VACANT;
+        f.extra = None;
+        f.chain = NIL;
+        self.free.push(i);
+        self.live -= 1;
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (c, prev, next) = {
+            let f = &self.flows[i as usize];
+            (f.class, f.prev, f.next)
+        };
+        if c == VACANT {
+            return;
+        }
+        let list = &mut self.lru[c as usize];
+        if prev == NIL {
+            list.0 = next;
+        } else {
+            self.flows[prev as usize].next = next;
+        }
+        if next == NIL {
+            list.1 = prev;
+        } else {
+            self.flows[next as usize].prev = prev;
+        }
+        let f = &mut self.flows[i as usize];
+        f.prev = NIL;
+        f.next = NIL;
+    }
+
+    fn link_tail(&mut self, i: u32) {
+        let c = self.flows[i as usize].class as usize;
+        let tail = self.lru[c].1;
+        {
+            let f = &mut self.flows[i as usize];
+            f.prev = tail;
+            f.next = NIL;
+        }
+        if tail == NIL {
+            self.lru[c].0 = i;
+        } else {
+            self.flows[tail as usize].next = i;
+        }
+        self.lru[c].1 = i;
+    }
+
+    #[inline]
+    fn touch(&mut self, i: u32) {
+        let c = self.flows[i as usize].class as usize;
+        if self.lru[c].1 != i {
+            self.unlink(i);
+            self.link_tail(i);
+        }
+    }
+
+    /// Live flows.
+    pub fn iter(&self) -> impl Iterator<Item = &Flow> + '_ {
+        self.flows.iter().filter(|f| f.class != VACANT)
+    }
+
+    /// Summaries of the live flows.
+    pub fn snapshot(&self) -> Vec<FlowSummary> {
+        self.iter().map(FlowSummary::of).collect()
+    }
+
+    /// Summaries of flows that left the table since the last call (only
+    /// collected after [`Self::keep_finished`]).
+    pub fn take_finished(&mut self) -> Vec<FlowSummary> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Every flow seen: the finished ones and the live ones, in order of
+    /// their first packet.
+    pub fn into_report(mut self) -> FlowReport {
+        let mut flows = std::mem::take(&mut self.finished);
+        flows.extend(self.snapshot());
+        flows.sort_by_key(|f| f.first_ts_ns);
+        FlowReport {
+            flows,
+            stats: self.stats,
+        }
+    }
+
+    /// Memory held by the table: slab, index, free list and per-flow heap.
+    pub fn memory_bytes(&self) -> usize {
+        self.flows.capacity() * std::mem::size_of::<Flow>()
+            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.free.capacity() * 4
+            + self
+                .iter()
+                .map(|f| f.extra.as_deref().map_or(0, Extra::heap_bytes))
+                .sum::<usize>()
+    }
+}
+
+/// Flow summaries plus the table's counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowReport {
+    /// One entry per flow.
+    pub flows: Vec<FlowSummary>,
+    /// Table counters.
+    pub stats: TableStats,
+}

@@ -1,0 +1,617 @@
+//! Per-direction TCP state and the per-segment update.
+//!
+//! Direction `d` is the packet's sender side, `r = d ^ 1` the other one.
+//! A segment is looked at three times: as the echo of `r`'s RTT probe, as
+//! the acknowledgment side of `r`'s data (ACK number, duplicate ACKs,
+//! SACK/D-SACK, advertised window), and as data of `d` (new data, hole
+//! fill, retransmission, keep-alive).
+
+use phalanx_common::{tcp_flags as tf, tcp_opts, PacketMeta, MAX_SACK_BLOCKS};
+
+use super::jitter::{ArrivalJitter, Jitter};
+use super::loss::Holes;
+use super::rtt::{Probe, P_SYN, P_SYNACK};
+use super::stats::SampleStats;
+use super::table::Flow;
+use super::{seq, window};
+
+/// SYN seen from this side.
+pub const F_SYN: u16 = 1 << 0;
+/// FIN seen from this side.
+pub const F_FIN: u16 = 1 << 1;
+/// RST seen from this side.
+pub const F_RST: u16 = 1 << 2;
+/// This side sent the timestamp option.
+pub const F_TS: u16 = 1 << 3;
+/// This side's SYN carried the window-scale option.
+pub const F_WS: u16 = 1 << 4;
+/// This side's SYN carried SACK-permitted.
+pub const F_SACK_PERM: u16 = 1 << 5;
+/// `first_seq`/`snd_max` are valid.
+pub const F_SEQ: u16 = 1 << 6;
+/// `last_ack` is valid.
+pub const F_ACK: u16 = 1 << 7;
+/// `window` is valid.
+pub const F_WIN: u16 = 1 << 8;
+/// `last_tsval` is valid.
+pub const F_TSVAL: u16 = 1 << 9;
+/// The latest ACK from this side SACKed data above its cumulative ACK.
+pub const F_SACKED: u16 = 1 << 10;
+/// This side sent SYN/ACK.
+pub const F_SYNACK: u16 = 1 << 11;
+/// This side's MSS option was seen.
+pub const F_MSS: u16 = 1 << 12;
+
+/// Hot per-direction state, kept inline in the flow.
+#[derive(Clone, Debug, Default)]
+pub struct Dir {
+    /// Packets (GSO records count as their segment count).
+    pub packets: u64,
+    /// Frame bytes as seen (GSO records expanded to their segments).
+    pub bytes: u64,
+    /// Payload bytes that advanced the highest sequence seen (first
+    /// transmissions only, holes included once).
+    pub goodput: u64,
+    /// Outstanding RTT probe of this direction's packets.
+    pub probe: Probe,
+    /// One past the highest sequence number seen.
+    pub snd_max: u32,
+    /// First sequence number seen.
+    pub first_seq: u32,
+    /// Highest cumulative ACK this side sent.
+    pub last_ack: u32,
+    /// Latest TSval this side sent.
+    pub last_tsval: u32,
+    /// Retransmitted segments (fast + timeout, spurious included).
+    pub retrans: u32,
+    /// Segments that filled a hole early: reordered, not retransmitted.
+    pub out_of_order: u32,
+    /// Duplicate ACKs this side sent (RFC 5681 definition).
+    pub dup_acks: u32,
+    /// Latest window field this side advertised (unscaled).
+    pub window: u16,
+    /// MSS option value from this side's SYN.
+    pub mss: u16,
+    /// Duplicate ACKs sent since this side's ACK number last advanced.
+    pub dupack_run: u16,
+    /// `F_*` bits.
+    pub flags: u16,
+    /// Window-scale option value from this side's SYN.
+    pub wscale: u8,
+}
+
+/// Rarely needed per-direction state, allocated with the flow's [`Extra`].
+#[derive(Clone, Debug, Default)]
+pub struct DirExtra {
+    /// RTT samples of this direction's packets: vantage point -> the
+    /// receiver of these packets -> vantage point.
+    pub rtt: SampleStats,
+    /// RFC 3550 jitter over consecutive RTT samples.
+    pub rtt_jitter: Jitter,
+    /// Previous RTT sample (us), for the jitter difference.
+    pub last_rtt_us: u32,
+    /// UDP/other: arrival jitter.
+    pub arrival: ArrivalJitter,
+    /// Missing ranges of this direction's sequence space.
+    pub holes: Holes,
+    /// Retransmissions classified as fast (dup ACKs, SACK, recovery).
+    pub retrans_fast: u32,
+    /// Retransmissions found spurious (data already acknowledged, or D-SACK).
+    pub retrans_spurious: u32,
+    /// Retransmissions detected as late hole fills (loss upstream of the vantage point).
+    pub late_fills: u32,
+    /// Retransmitted payload bytes.
+    pub retrans_bytes: u64,
+    /// Largest RFC 4737 reorder extent seen.
+    pub reorder_extent_max: u32,
+    /// Zero-window episodes this side advertised.
+    pub zero_windows: u32,
+    /// Packets advertising a zero window.
+    pub zero_window_packets: u32,
+    /// Segments that filled the peer's advertised window.
+    pub window_full: u32,
+    /// Keep-alives sent.
+    pub keepalives: u32,
+    /// Zero-window probes sent.
+    pub zero_window_probes: u32,
+    /// Fast recovery: retransmissions stay "fast" until the peer ACKs this.
+    pub recovery_point: u32,
+    /// In fast recovery.
+    pub in_recovery: bool,
+    /// Latest retransmitted range, for D-SACK matching.
+    pub last_retx: Option<(u32, u32, bool)>,
+}
+
+/// One ICMP/ICMPv6 error quoting a packet of the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IcmpEvent {
+    /// Record time (ns).
+    pub ts_ns: u64,
+    /// Sender of the error (the router or host that reported it).
+    pub from: std::net::IpAddr,
+    /// ICMP/ICMPv6 type.
+    #[serde(rename = "type")]
+    pub icmp_type: u8,
+    /// ICMP/ICMPv6 code.
+    pub code: u8,
+    /// Next-hop MTU (frag-needed) or MTU (packet too big); 0 otherwise.
+    pub mtu: u32,
+    /// Whether the quoted packet went src -> dst of the flow's report
+    /// orientation (set when reporting).
+    #[serde(skip)]
+    pub quoted_dir: u8,
+    /// Quoted TCP sequence number.
+    pub quoted_seq: u32,
+}
+
+/// ICMP errors kept per flow (the count keeps going past this).
+pub const MAX_ICMP_EVENTS: usize = 8;
+
+/// Lazily allocated per-flow state: RTT sketches, holes, rare counters.
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    /// Per direction.
+    pub dir: [DirExtra; 2],
+    /// Downstream handshake part (SYN -> SYN/ACK), us.
+    pub hs_down_us: Option<u32>,
+    /// Upstream handshake part (SYN/ACK -> ACK), us.
+    pub hs_up_us: Option<u32>,
+    /// First ICMP errors quoting this flow.
+    pub icmp: Vec<IcmpEvent>,
+    /// All ICMP errors quoting this flow.
+    pub icmp_count: u32,
+}
+
+impl Extra {
+    /// Heap bytes held, including this box.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self
+                .dir
+                .iter()
+                .map(|d| d.rtt.heap_bytes() + d.holes.heap_bytes())
+                .sum::<usize>()
+            + self.icmp.capacity() * std::mem::size_of::<IcmpEvent>()
+    }
+}
+
+impl DirExtra {
+    fn add_rtt(&mut self, us: u32) {
+        if self.rtt.count() > 0 {
+            self.rtt_jitter
+                .update((f64::from(us) - f64::from(self.last_rtt_us)) * 1000.0);
+        }
+        self.last_rtt_us = us;
+        self.rtt.add(us);
+    }
+}
+
+/// Frame bytes a record stands for: GSO records are expanded by repeating
+/// the headers (`wire_len - payload_len`) for every segment.
+#[inline]
+pub fn frame_bytes(rec: &PacketMeta) -> u64 {
+    let segs = u64::from(rec.segs.max(1));
+    let wire = u64::from(rec.wire_len);
+    let payload = u64::from(rec.payload_len);
+    if segs > 1 && wire > payload {
+        payload + segs * (wire - payload)
+    } else {
+        wire
+    }
+}
+
+enum DataKind {
+    New,
+    Retrans,
+    Other,
+}
+
+/// Connection state of a TCP flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum TcpState {
+    /// No packet yet (or not TCP).
+    None = 0,
+    /// SYN seen, no SYN/ACK yet.
+    SynSent = 1,
+    /// SYN/ACK seen, handshake not completed.
+    SynReceived = 2,
+    /// Handshake completed or flow picked up mid-stream.
+    Established = 3,
+    /// FIN seen from one side.
+    Closing = 4,
+    /// FIN seen from both sides.
+    Closed = 5,
+    /// RST seen.
+    Reset = 6,
+}
+
+impl TcpState {
+    /// From the stored tag.
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::SynSent,
+            2 => Self::SynReceived,
+            3 => Self::Established,
+            4 => Self::Closing,
+            5 => Self::Closed,
+            6 => Self::Reset,
+            _ => Self::None,
+        }
+    }
+
+    /// Name used in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "new",
+            Self::SynSent => "syn_sent",
+            Self::SynReceived => "syn_received",
+            Self::Established => "established",
+            Self::Closing => "closing",
+            Self::Closed => "closed",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// Whether a SYN on an existing flow starts a new connection (port reuse
+/// after close): the flow is finished and a new one starts.
+pub fn is_new_connection(f: &Flow, d: usize, rec: &PacketMeta) -> bool {
+    let fl = rec.tcp_flags;
+    if fl & tf::SYN == 0 || fl & tf::ACK != 0 {
+        return false;
+    }
+    let st = TcpState::from_u8(f.state);
+    let dir = &f.dir[d];
+    matches!(st, TcpState::Closed | TcpState::Reset | TcpState::Closing)
+        && (dir.flags & F_SEQ == 0 || rec.seq != dir.first_seq)
+}
+
+/// Applies one TCP record to the flow. `d` is the record's direction,
+/// `now_us` the record time in us since the flow's first packet (wrapping).
+pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u32) {
+    let r = d ^ 1;
+    let fl = rec.tcp_flags;
+    let syn = fl & tf::SYN != 0;
+    let ackf = fl & tf::ACK != 0;
+    let fin = fl & tf::FIN != 0;
+    let rst = fl & tf::RST != 0;
+    let opts = rec.tcp_opts;
+    let has_ts = opts & tcp_opts::TIMESTAMPS != 0;
+    let segs = u32::from(rec.segs.max(1));
+    let payload = rec.payload_len;
+    let seg_len = payload
+        .saturating_add(u32::from(syn))
+        .saturating_add(u32::from(fin));
+
+    if syn {
+        let dir = &mut f.dir[d];
+        dir.flags |= F_SYN;
+        if ackf {
+            dir.flags |= F_SYNACK;
+        }
+        if opts & tcp_opts::MSS != 0 {
+            dir.mss = rec.mss;
+            dir.flags |= F_MSS;
+        }
+        if opts & tcp_opts::WSCALE != 0 {
+            dir.wscale = rec.wscale;
+            dir.flags |= F_WS;
+        }
+        if opts & tcp_opts::SACK_PERM != 0 {
+            dir.flags |= F_SACK_PERM;
+        }
+        if !ackf {
+            f.initiator = d as u8;
+        } else if f.dir[r].flags & F_SYN == 0 {
+            f.initiator = r as u8;
+        }
+    }
+    if has_ts {
+        f.dir[d].flags |= F_TS;
+    }
+
+    // 1. This packet as the echo of the other direction's probe.
+    let tsecr = (has_ts && ackf).then_some(rec.tsecr);
+    let ack_no = (ackf && !rst).then_some(rec.ack);
+    if let Some((us, kind)) = f.dir[r].probe.echo(now_us, tsecr, ack_no, has_ts) {
+        let ex = f.extra_mut();
+        ex.dir[r].add_rtt(us);
+        if kind & P_SYN != 0 && syn && ackf {
+            ex.hs_down_us = Some(us);
+        }
+        if kind & P_SYNACK != 0 && !syn {
+            ex.hs_up_us = Some(us);
+        }
+    }
+
+    // 2. Acknowledgment side: this side acknowledges the other's data.
+    if ackf && !rst {
+        on_ack(f, d, rec, syn, fin);
+    }
+    if !rst {
+        let dir = &mut f.dir[d];
+        let prev = (dir.flags & F_WIN != 0).then_some(dir.window);
+        if !syn && !fin {
+            let (zero, episode) = window::zero_window(prev, rec.window);
+            if zero {
+                let ex = &mut f.extra_mut().dir[d];
+                ex.zero_window_packets = ex.zero_window_packets.saturating_add(1);
+                if episode {
+                    ex.zero_windows = ex.zero_windows.saturating_add(1);
+                }
+            }
+        }
+        let dir = &mut f.dir[d];
+        dir.window = rec.window;
+        dir.flags |= F_WIN;
+    }
+
+    // 3. Data side.
+    let kind = if seg_len > 0 {
+        on_data(f, d, rec, seg_len, syn, fin, segs, now)
+    } else {
+        DataKind::Other
+    };
+
+    // 4. Probe start for this direction.
+    let probe_kind = match (syn, ackf) {
+        (true, false) => P_SYN,
+        (true, true) => P_SYNACK,
+        _ => 0,
+    };
+    let dir = &mut f.dir[d];
+    let ts_new = has_ts && (dir.flags & F_TSVAL == 0 || rec.tsval != dir.last_tsval);
+    match kind {
+        DataKind::Retrans => {
+            dir.probe.karn(rec.seq);
+            if has_ts && ts_new {
+                // Timestamps name the transmission: re-probe on the retransmission.
+                dir.probe
+                    .start(now_us, Some(rec.tsval), None, probe_kind);
+            }
+        }
+        DataKind::New if !dir.probe.active() => {
+            let end = rec.seq.wrapping_add(seg_len);
+            dir.probe.start(
+                now_us,
+                ts_new.then_some(rec.tsval),
+                Some(end),
+                probe_kind,
+            );
+        }
+        _ if ts_new && !dir.probe.active() => {
+            dir.probe.start(now_us, Some(rec.tsval), None, probe_kind);
+        }
+        _ => {}
+    }
+    if has_ts {
+        dir.last_tsval = rec.tsval;
+        dir.flags |= F_TSVAL;
+    }
+
+    // 5. Connection state.
+    let st = TcpState::from_u8(f.state);
+    let next = if rst {
+        f.dir[d].flags |= F_RST;
+        TcpState::Reset
+    } else if fin {
+        f.dir[d].flags |= F_FIN;
+        if f.dir[r].flags & F_FIN != 0 {
+            TcpState::Closed
+        } else {
+            TcpState::Closing
+        }
+    } else {
+        match (st, syn, ackf) {
+            (TcpState::None, true, false) => TcpState::SynSent,
+            (TcpState::None | TcpState::SynSent, true, true) => TcpState::SynReceived,
+            (TcpState::None, _, _) => TcpState::Established,
+            (TcpState::SynReceived, false, true) => TcpState::Established,
+            (s, _, _) => s,
+        }
+    };
+    // After RST only a new SYN changes the state.
+    if !matches!(st, TcpState::Reset) || syn {
+        f.state = next as u8;
+    }
+}
+
+fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, syn: bool, fin: bool) {
+    let r = d ^ 1;
+    let ack = rec.ack;
+    let outstanding = f.dir[r].flags & F_SEQ == 0 || seq::gt(f.dir[r].snd_max, ack);
+    let dir = &mut f.dir[d];
+    let mut advanced = false;
+    if dir.flags & F_ACK == 0 {
+        dir.last_ack = ack;
+        dir.flags |= F_ACK;
+        advanced = true;
+    } else if seq::gt(ack, dir.last_ack) {
+        dir.last_ack = ack;
+        dir.dupack_run = 0;
+        advanced = true;
+    } else if ack == dir.last_ack
+        && rec.payload_len == 0
+        && !syn
+        && !fin
+        && dir.flags & F_WIN != 0
+        && rec.window == dir.window
+        && outstanding
+    {
+        dir.dup_acks = dir.dup_acks.saturating_add(1);
+        dir.dupack_run = dir.dupack_run.saturating_add(1);
+    }
+
+    let mut sacked_above = false;
+    if rec.tcp_opts & tcp_opts::SACK != 0 && rec.sack_count > 0 {
+        let n = usize::from(rec.sack_count).min(MAX_SACK_BLOCKS);
+        let b = |i: usize| (rec.sack[2 * i], rec.sack[2 * i + 1]);
+        let (l0, r0) = b(0);
+        // RFC 2883: a first block below the cumulative ACK, or inside the
+        // second block, reports a duplicate segment.
+        let dsack = seq::lt(l0, ack)
+            || (n >= 2 && seq::ge(l0, b(1).0) && seq::le(r0, b(1).1) && seq::lt(l0, r0));
+        let first_above = if dsack { 1 } else { 0 };
+        sacked_above = (first_above..n).any(|i| seq::ge(b(i).0, ack) && seq::lt(b(i).0, b(i).1));
+        if dsack {
+            let ex = &mut f.extra_mut().dir[r];
+            if let Some((s, e, marked)) = ex.last_retx {
+                if !marked && seq::lt(l0, e) && seq::lt(s, r0) {
+                    ex.retrans_spurious = ex.retrans_spurious.saturating_add(1);
+                    ex.last_retx = Some((s, e, true));
+                }
+            }
+        }
+    }
+    let dir = &mut f.dir[d];
+    if sacked_above {
+        dir.flags |= F_SACKED;
+    } else if advanced || rec.tcp_opts & tcp_opts::SACK == 0 {
+        dir.flags &= !F_SACKED;
+    }
+    if advanced {
+        if let Some(ex) = f.extra.as_deref_mut() {
+            let rx = &mut ex.dir[r];
+            if rx.in_recovery && seq::ge(ack, rx.recovery_point) {
+                rx.in_recovery = false;
+            }
+            if !rx.holes.is_empty() {
+                rx.holes.acked(ack);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_data(
+    f: &mut Flow,
+    d: usize,
+    rec: &PacketMeta,
+    seg_len: u32,
+    syn: bool,
+    fin: bool,
+    segs: u32,
+    now: u64,
+) -> DataKind {
+    let r = d ^ 1;
+    let s = rec.seq;
+    let e = s.wrapping_add(seg_len);
+    let payload = rec.payload_len;
+    let idx = f.dir[d].packets.saturating_sub(u64::from(segs));
+    let dir = &mut f.dir[d];
+    if dir.flags & F_SEQ == 0 {
+        dir.first_seq = s;
+        dir.snd_max = e;
+        dir.flags |= F_SEQ;
+        dir.goodput += u64::from(payload);
+        window_full(f, d, e);
+        return DataKind::New;
+    }
+    let snd_max = dir.snd_max;
+    if seq::ge(s, snd_max) {
+        if seq::gt(s, snd_max) {
+            f.extra_mut().dir[d].holes.open(snd_max, s, now, idx);
+        }
+        let dir = &mut f.dir[d];
+        dir.snd_max = e;
+        dir.goodput += u64::from(payload);
+        window_full(f, d, e);
+        return DataKind::New;
+    }
+
+    // Below the highest sequence seen: a hole fill, a keep-alive or probe,
+    // or a retransmission of data that passed the vantage point before.
+    let advance = seq::dist(snd_max, e);
+    if advance > 0 {
+        let dir = &mut f.dir[d];
+        dir.snd_max = e;
+        dir.goodput += u64::from(advance.min(payload));
+    }
+    let fill = f
+        .extra
+        .as_deref_mut()
+        .and_then(|ex| ex.dir[d].holes.fill(s, e));
+    if let Some(fill) = fill {
+        // Late if it came at least one vantage-to-sender round trip after
+        // the hole opened (the other direction's minimum RTT); without any
+        // RTT, three duplicate ACKs from the receiver say "loss".
+        let ref_us = f.extra.as_deref().and_then(|ex| ex.dir[r].rtt.min_us());
+        let late = match ref_us {
+            Some(m) => now.saturating_sub(fill.t_ns) >= u64::from(m) * 1000,
+            None => f.dir[r].dupack_run >= 3,
+        };
+        if late {
+            retransmission(f, d, s, e, payload, segs, true);
+            return DataKind::Retrans;
+        }
+        let dir = &mut f.dir[d];
+        dir.out_of_order = dir.out_of_order.saturating_add(segs);
+        let extent = u32::try_from(idx.saturating_sub(fill.idx)).unwrap_or(u32::MAX);
+        let ex = &mut f.extra_mut().dir[d];
+        ex.reorder_extent_max = ex.reorder_extent_max.max(extent);
+        return DataKind::Other;
+    }
+    if payload <= 1 && !syn && !fin && s == snd_max.wrapping_sub(1) {
+        let peer = &f.dir[r];
+        let zero = peer.flags & F_WIN != 0 && peer.window == 0;
+        let ex = &mut f.extra_mut().dir[d];
+        if zero {
+            ex.zero_window_probes = ex.zero_window_probes.saturating_add(1);
+        } else {
+            ex.keepalives = ex.keepalives.saturating_add(1);
+        }
+        return DataKind::Other;
+    }
+    retransmission(f, d, s, e, payload, segs, false);
+    DataKind::Retrans
+}
+
+fn retransmission(f: &mut Flow, d: usize, s: u32, e: u32, payload: u32, segs: u32, late: bool) {
+    let r = d ^ 1;
+    let peer = &f.dir[r];
+    let peer_signalled = peer.dupack_run >= 3 || peer.flags & F_SACKED != 0;
+    // All of it was already acknowledged past the vantage point: not needed.
+    let acked = !late && peer.flags & F_ACK != 0 && seq::le(e, peer.last_ack);
+    let snd_max = f.dir[d].snd_max;
+    let dir = &mut f.dir[d];
+    dir.retrans = dir.retrans.saturating_add(segs);
+    let ex = &mut f.extra_mut().dir[d];
+    let fast = peer_signalled || ex.in_recovery;
+    if fast {
+        ex.retrans_fast = ex.retrans_fast.saturating_add(segs);
+        if !ex.in_recovery {
+            ex.in_recovery = true;
+            ex.recovery_point = snd_max;
+        }
+    }
+    if acked {
+        ex.retrans_spurious = ex.retrans_spurious.saturating_add(segs);
+    }
+    if late {
+        ex.late_fills = ex.late_fills.saturating_add(segs);
+    }
+    ex.retrans_bytes += u64::from(payload);
+    ex.last_retx = Some((s, e, acked));
+}
+
+fn window_full(f: &mut Flow, d: usize, end: u32) {
+    let r = d ^ 1;
+    let peer = &f.dir[r];
+    let own = &f.dir[d];
+    if peer.flags & (F_ACK | F_WIN) != (F_ACK | F_WIN) {
+        return;
+    }
+    let Some(shift) = window::shift(
+        peer.flags & F_SYN != 0,
+        (peer.flags & F_WS != 0).then_some(peer.wscale),
+        own.flags & F_SYN != 0,
+        own.flags & F_WS != 0,
+    ) else {
+        return;
+    };
+    if window::is_full(peer.last_ack, peer.window, shift, end) {
+        let ex = &mut f.extra_mut().dir[d];
+        ex.window_full = ex.window_full.saturating_add(1);
+    }
+}
