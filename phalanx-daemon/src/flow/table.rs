@@ -295,6 +295,7 @@ impl FlowTable {
             mtu: rec.icmp_mtu,
             quoted_dir: d as u8,
             quoted_seq: rec.inner_seq,
+            snd_max_at: self.flows[i as usize].dir[d].snd_max,
         };
         let ex = self.flows[i as usize].extra_mut();
         ex.icmp_count = ex.icmp_count.saturating_add(1);

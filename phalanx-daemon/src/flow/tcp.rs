@@ -96,6 +96,9 @@ pub struct DirExtra {
     pub holes: Holes,
     /// Retransmissions classified as fast (dup ACKs, SACK, recovery).
     pub retrans_fast: u32,
+    /// Retransmissions of data in flight when an ICMP "too big" error for
+    /// it arrived (path MTU discovery resends).
+    pub retrans_pmtud: u32,
     /// Retransmissions found spurious (data already acknowledged, or D-SACK).
     pub retrans_spurious: u32,
     /// Retransmissions detected as late hole fills (loss upstream of the vantage point).
@@ -142,6 +145,20 @@ pub struct IcmpEvent {
     pub quoted_dir: u8,
     /// Quoted TCP sequence number.
     pub quoted_seq: u32,
+    /// Highest sequence of the quoted direction when the error arrived.
+    #[serde(skip)]
+    pub snd_max_at: u32,
+}
+
+impl IcmpEvent {
+    /// ICMP "fragmentation needed" or ICMPv6 "packet too big".
+    pub fn is_too_big(&self, ip_version: u8) -> bool {
+        if ip_version == 6 {
+            self.icmp_type == 2
+        } else {
+            self.icmp_type == 3 && self.code == 4
+        }
+    }
 }
 
 /// ICMP errors kept per flow (the count keeps going past this).
@@ -325,10 +342,26 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
         }
     }
 
-    // 2. Acknowledgment side: this side acknowledges the other's data.
-    if ackf && !rst {
-        on_ack(f, d, rec, syn, fin);
+    // A zero-length segment one below the highest sequence: a keep-alive or
+    // a zero-window probe without data, not an ACK that reports anything.
+    let own = &f.dir[d];
+    let bare_probe = seg_len == 0
+        && !rst
+        && own.flags & F_SEQ != 0
+        && rec.seq == own.snd_max.wrapping_sub(1);
+    if bare_probe {
+        let peer = &f.dir[r];
+        let zero = peer.flags & F_WIN != 0 && peer.window == 0;
+        let ex = &mut f.extra_mut().dir[d];
+        if zero {
+            ex.zero_window_probes = ex.zero_window_probes.saturating_add(1);
+        } else {
+            ex.keepalives = ex.keepalives.saturating_add(1);
+        }
     }
+
+    // 2. Acknowledgment side: this side acknowledges the other's data.
+    let advanced = ackf && !rst && on_ack(f, d, rec, syn || fin || bare_probe);
     if !rst {
         let dir = &mut f.dir[d];
         let prev = (dir.flags & F_WIN != 0).then_some(dir.window);
@@ -380,7 +413,11 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
                 probe_kind,
             );
         }
-        _ if ts_new && !dir.probe.active() => {
+        // A pure ACK is echoed only when the peer next sends: time it only
+        // when it acknowledges new data into an open window (the peer is
+        // then expected to send at once), not when it merely repeats an
+        // ACK or closes the window, where the echo waits on the peer's idle time.
+        _ if ts_new && !dir.probe.active() && (seg_len > 0 || (advanced && rec.window != 0)) => {
             dir.probe.start(now_us, Some(rec.tsval), None, probe_kind);
         }
         _ => {}
@@ -417,7 +454,9 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
     }
 }
 
-fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, syn: bool, fin: bool) {
+/// Returns whether the ACK number advanced.
+/// `not_dup`: the segment cannot be a duplicate ACK (SYN, FIN, keep-alive).
+fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool) -> bool {
     let r = d ^ 1;
     let ack = rec.ack;
     let outstanding = f.dir[r].flags & F_SEQ == 0 || seq::gt(f.dir[r].snd_max, ack);
@@ -433,10 +472,10 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, syn: bool, fin: bool) {
         advanced = true;
     } else if ack == dir.last_ack
         && rec.payload_len == 0
-        && !syn
-        && !fin
+        && !not_dup
         && dir.flags & F_WIN != 0
         && rec.window == dir.window
+        && rec.window != 0
         && outstanding
     {
         dir.dup_acks = dir.dup_acks.saturating_add(1);
@@ -481,6 +520,7 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, syn: bool, fin: bool) {
             }
         }
     }
+    advanced
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -576,8 +616,19 @@ fn retransmission(f: &mut Flow, d: usize, s: u32, e: u32, payload: u32, segs: u3
     let snd_max = f.dir[d].snd_max;
     let dir = &mut f.dir[d];
     dir.retrans = dir.retrans.saturating_add(segs);
-    let ex = &mut f.extra_mut().dir[d];
-    let fast = peer_signalled || ex.in_recovery;
+    let ipv = f.key.ip_version;
+    let ex = f.extra_mut();
+    let pmtud = ex.icmp.iter().any(|ev| {
+        usize::from(ev.quoted_dir) == d
+            && ev.is_too_big(ipv)
+            && seq::le(ev.quoted_seq, s)
+            && seq::lt(s, ev.snd_max_at)
+    });
+    let ex = &mut ex.dir[d];
+    let fast = !pmtud && (peer_signalled || ex.in_recovery);
+    if pmtud {
+        ex.retrans_pmtud = ex.retrans_pmtud.saturating_add(segs);
+    }
     if fast {
         ex.retrans_fast = ex.retrans_fast.saturating_add(segs);
         if !ex.in_recovery {
