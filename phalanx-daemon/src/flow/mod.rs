@@ -64,8 +64,9 @@
 //!   *pmtud* when an ICMP "fragmentation needed" / ICMPv6 "packet too big"
 //!   quoting this direction arrived while the data was in flight (the resend
 //!   at the smaller MSS is path-MTU discovery, not loss recovery);
-//!   *fast* when the receiver had sent >= 3 duplicate ACKs or SACKed data
-//!   above its ACK before it, or while in the fast recovery the first one
+//!   *fast* when the receiver had reported the loss before it (RFC 6675
+//!   IsLost: >= 3 duplicate ACKs, or more than 2 * SMSS bytes SACKed above
+//!   its cumulative ACK; SMSS = the receiver's MSS option, else 1460), or while in the fast recovery the first one
 //!   started (until the receiver ACKs the highest sequence at that time);
 //!   *timeout* otherwise; *spurious* (a subset of all) when the vantage
 //!   point had already seen all of its data acknowledged, or when a later

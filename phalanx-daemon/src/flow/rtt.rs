@@ -85,14 +85,17 @@ impl Probe {
         if self.flags & P_TS != 0 {
             match tsecr {
                 Some(e) if e == self.tsval => hit = true,
-                Some(e) if seq::gt(e, self.tsval) => self.flags &= !P_TS,
+                // The probed transmission will never be echoed; with
+                // timestamps in use, an ACK alone is no better evidence.
+                Some(e) if seq::gt(e, self.tsval) => self.flags = 0,
                 Some(_) => {}
                 // The peer sends no timestamps: this TSval will never be echoed.
                 None if !has_ts => self.flags &= !P_TS,
                 None => {}
             }
         }
-        if !hit && self.flags & P_SEQ != 0 {
+        // With timestamps on both sides only the echo counts (RFC 7323 RTTM).
+        if !hit && self.flags & P_SEQ != 0 && !(has_ts && self.flags & P_TS != 0) {
             if let Some(a) = ack {
                 hit = seq::ge(a, self.seq_end);
             }
@@ -125,8 +128,8 @@ mod tests {
     #[test]
     fn newer_echo_voids_timestamp_probe() {
         let mut p = Probe::default();
-        p.start(0, Some(5), None, 0);
-        assert_eq!(p.echo(10, Some(6), None, true), None);
+        p.start(0, Some(5), Some(100), 0);
+        assert_eq!(p.echo(10, Some(6), Some(100), true), None, "no ACK fallback");
         assert!(!p.active());
     }
 

@@ -35,8 +35,6 @@ pub const F_ACK: u16 = 1 << 7;
 pub const F_WIN: u16 = 1 << 8;
 /// `last_tsval` is valid.
 pub const F_TSVAL: u16 = 1 << 9;
-/// The latest ACK from this side SACKed data above its cumulative ACK.
-pub const F_SACKED: u16 = 1 << 10;
 /// This side sent SYN/ACK.
 pub const F_SYNACK: u16 = 1 << 11;
 /// This side's MSS option was seen.
@@ -96,6 +94,9 @@ pub struct DirExtra {
     pub holes: Holes,
     /// Retransmissions classified as fast (dup ACKs, SACK, recovery).
     pub retrans_fast: u32,
+    /// Bytes between this side's latest ACK and the highest right edge of
+    /// its SACK blocks (0 without SACK): RFC 6675 loss evidence.
+    pub sacked_above: u32,
     /// Retransmissions of data in flight when an ICMP "too big" error for
     /// it arrived (path MTU discovery resends).
     pub retrans_pmtud: u32,
@@ -482,7 +483,7 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool) -> bool {
         dir.dupack_run = dir.dupack_run.saturating_add(1);
     }
 
-    let mut sacked_above = false;
+    let mut sacked_above = 0u32;
     if rec.tcp_opts & tcp_opts::SACK != 0 && rec.sack_count > 0 {
         let n = usize::from(rec.sack_count).min(MAX_SACK_BLOCKS);
         let b = |i: usize| (rec.sack[2 * i], rec.sack[2 * i + 1]);
@@ -492,7 +493,12 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool) -> bool {
         let dsack = seq::lt(l0, ack)
             || (n >= 2 && seq::ge(l0, b(1).0) && seq::le(r0, b(1).1) && seq::lt(l0, r0));
         let first_above = if dsack { 1 } else { 0 };
-        sacked_above = (first_above..n).any(|i| seq::ge(b(i).0, ack) && seq::lt(b(i).0, b(i).1));
+        for i in first_above..n {
+            let (l, r) = b(i);
+            if seq::ge(l, ack) && seq::lt(l, r) {
+                sacked_above = sacked_above.max(seq::dist(ack, r));
+            }
+        }
         if dsack {
             let ex = &mut f.extra_mut().dir[r];
             if let Some((s, e, marked)) = ex.last_retx {
@@ -503,11 +509,10 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool) -> bool {
             }
         }
     }
-    let dir = &mut f.dir[d];
-    if sacked_above {
-        dir.flags |= F_SACKED;
-    } else if advanced || rec.tcp_opts & tcp_opts::SACK == 0 {
-        dir.flags &= !F_SACKED;
+    if sacked_above > 0 {
+        f.extra_mut().dir[d].sacked_above = sacked_above;
+    } else if let Some(ex) = f.extra.as_deref_mut() {
+        ex.dir[d].sacked_above = 0;
     }
     if advanced {
         if let Some(ex) = f.extra.as_deref_mut() {
@@ -610,7 +615,18 @@ fn on_data(
 fn retransmission(f: &mut Flow, d: usize, s: u32, e: u32, payload: u32, segs: u32, late: bool) {
     let r = d ^ 1;
     let peer = &f.dir[r];
-    let peer_signalled = peer.dupack_run >= 3 || peer.flags & F_SACKED != 0;
+    // RFC 6675 IsLost: DupThresh duplicate ACKs, or more than
+    // (DupThresh - 1) * SMSS bytes SACKed above the cumulative ACK.
+    let smss = if peer.flags & F_MSS != 0 && peer.mss > 0 {
+        u32::from(peer.mss)
+    } else {
+        1460
+    };
+    let sacked = f
+        .extra
+        .as_deref()
+        .map_or(0, |ex| ex.dir[r].sacked_above);
+    let peer_signalled = peer.dupack_run >= 3 || sacked > 2 * smss;
     // All of it was already acknowledged past the vantage point: not needed.
     let acked = !late && peer.flags & F_ACK != 0 && seq::le(e, peer.last_ack);
     let snd_max = f.dir[d].snd_max;
