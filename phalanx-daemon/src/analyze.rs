@@ -183,8 +183,19 @@ fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<44} {:<44} {:<6} {:<12} {:>8} {:>11} {:>9} {:>9} {:>13} {:>5} {:>6} {:>5} {:>9}",
-        "SRC", "DST", "PROTO", "STATE", "PKTS", "BYTES", "RTT p50", "RTT p99", "RETX f/t/s", "OOO",
-        "DUPACK", "ZWIN", "JITTER"
+        "SRC",
+        "DST",
+        "PROTO",
+        "STATE",
+        "PKTS",
+        "BYTES",
+        "RTT p50",
+        "RTT p99",
+        "RETX f/t/s",
+        "OOO",
+        "DUPACK",
+        "ZWIN",
+        "JITTER"
     )?;
     for f in &report.flows {
         let vlan = if f.vlan != [0, 0] {

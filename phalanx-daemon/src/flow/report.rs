@@ -12,7 +12,8 @@ use serde::Serialize;
 use super::stats::Summary;
 use super::table::Flow;
 use super::tcp::{
-    Dir, DirExtra, IcmpEvent, TcpState, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN, F_SYNACK, F_TS, F_WS,
+    Dir, DirExtra, IcmpEvent, TcpState, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN, F_SYNACK, F_TS,
+    F_WS,
 };
 
 /// RTT figures in milliseconds (`null` without samples).
@@ -345,9 +346,7 @@ impl FlowSummary {
             jitter_ms,
             handshake,
             state,
-            syn_unanswered: tcp
-                && f.dir[s].flags & F_SYN != 0
-                && f.dir[r].flags & F_SYNACK == 0,
+            syn_unanswered: tcp && f.dir[s].flags & F_SYN != 0 && f.dir[r].flags & F_SYNACK == 0,
             rst_from,
             timestamps: both(F_TS),
             sack_permitted: both(F_SACK_PERM),

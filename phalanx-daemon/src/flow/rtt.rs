@@ -120,16 +120,28 @@ mod tests {
     fn timestamp_echo_gives_first_match_only() {
         let mut p = Probe::default();
         p.start(1_000, Some(77), None, 0);
-        assert_eq!(p.echo(1_500, Some(76), Some(1), true), None, "older echo waits");
+        assert_eq!(
+            p.echo(1_500, Some(76), Some(1), true),
+            None,
+            "older echo waits"
+        );
         assert_eq!(p.echo(3_000, Some(77), Some(1), true), Some((2_000, 0)));
-        assert_eq!(p.echo(4_000, Some(77), Some(1), true), None, "second echo ignored");
+        assert_eq!(
+            p.echo(4_000, Some(77), Some(1), true),
+            None,
+            "second echo ignored"
+        );
     }
 
     #[test]
     fn newer_echo_voids_timestamp_probe() {
         let mut p = Probe::default();
         p.start(0, Some(5), Some(100), 0);
-        assert_eq!(p.echo(10, Some(6), Some(100), true), None, "no ACK fallback");
+        assert_eq!(
+            p.echo(10, Some(6), Some(100), true),
+            None,
+            "no ACK fallback"
+        );
         assert!(!p.active());
     }
 

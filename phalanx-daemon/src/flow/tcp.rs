@@ -346,10 +346,8 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
     // A zero-length segment one below the highest sequence: a keep-alive or
     // a zero-window probe without data, not an ACK that reports anything.
     let own = &f.dir[d];
-    let bare_probe = seg_len == 0
-        && !rst
-        && own.flags & F_SEQ != 0
-        && rec.seq == own.snd_max.wrapping_sub(1);
+    let bare_probe =
+        seg_len == 0 && !rst && own.flags & F_SEQ != 0 && rec.seq == own.snd_max.wrapping_sub(1);
     if bare_probe {
         let peer = &f.dir[r];
         let zero = peer.flags & F_WIN != 0 && peer.window == 0;
@@ -401,18 +399,13 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
             dir.probe.karn(rec.seq);
             if has_ts && ts_new {
                 // Timestamps name the transmission: re-probe on the retransmission.
-                dir.probe
-                    .start(now_us, Some(rec.tsval), None, probe_kind);
+                dir.probe.start(now_us, Some(rec.tsval), None, probe_kind);
             }
         }
         DataKind::New if !dir.probe.active() => {
             let end = rec.seq.wrapping_add(seg_len);
-            dir.probe.start(
-                now_us,
-                ts_new.then_some(rec.tsval),
-                Some(end),
-                probe_kind,
-            );
+            dir.probe
+                .start(now_us, ts_new.then_some(rec.tsval), Some(end), probe_kind);
         }
         // A pure ACK is echoed only when the peer next sends: time it only
         // when it acknowledges new data into an open window (the peer is
@@ -622,10 +615,7 @@ fn retransmission(f: &mut Flow, d: usize, s: u32, e: u32, payload: u32, segs: u3
     } else {
         1460
     };
-    let sacked = f
-        .extra
-        .as_deref()
-        .map_or(0, |ex| ex.dir[r].sacked_above);
+    let sacked = f.extra.as_deref().map_or(0, |ex| ex.dir[r].sacked_above);
     let peer_signalled = peer.dupack_run >= 3 || sacked > 2 * smss;
     // All of it was already acknowledged past the vantage point: not needed.
     let acked = !late && peer.flags & F_ACK != 0 && seq::le(e, peer.last_ack);
