@@ -423,6 +423,22 @@ fn corrupt_length_fields_are_reported_at_their_offset() {
     let (recs, _, err) = read_bytes(bytes).expect("header intact");
     assert_eq!(recs, all[..10]);
     let err = err.expect("corruption reported");
+    assert!(matches!(err, FileError::Corrupt { .. }), "{err}");
+    assert!(
+        err.to_string().contains("captured length 4294967280"),
+        "{err}"
+    );
+    assert_eq!(err.offset(), Some(start as u64), "{err}");
+
+    // pcapng: a block claiming 1 GB.
+    let mut bytes = raw("cs_tcp_dupack.pcapng");
+    let us = units(&bytes);
+    let (start, _, _) = *us.iter().filter(|u| u.2).nth(4).expect("fifth packet");
+    bytes[start + 4..start + 8].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    let (recs, _, err) = read_bytes(bytes).expect("header intact");
+    assert_eq!(recs.len(), 4);
+    let err = err.expect("corruption reported");
+    assert!(matches!(err, FileError::Corrupt { .. }), "{err}");
     assert_eq!(err.offset(), Some(start as u64), "{err}");
 
     // pcapng: a block whose trailing length differs from its leading one.

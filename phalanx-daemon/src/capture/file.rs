@@ -288,7 +288,8 @@ impl Input {
                     format!("longer than {MAX_UNIT_LEN} bytes (damaged length field?)"),
                 ));
             }
-            self.buf.resize(self.buf.len() * 2, 0);
+            let grown = (self.buf.len() * 2).min(MAX_UNIT_LEN + READ_CHUNK);
+            self.buf.resize(grown, 0);
         }
         loop {
             let free = self.buf.get_mut(self.end..).unwrap_or_default();
@@ -513,6 +514,16 @@ impl CaptureReader {
         // Raw records: pcap-file's validated form rejects snapped packets
         // (orig_len > snaplen), which are normal in real captures.
         let avail = input.avail();
+        // Reject an implausible length before buffering that much data.
+        let max_incl = (*snaplen).max(MAX_PCAP_PACKET);
+        if let Some(incl_len) = peek_u32(avail, 8, parser.header().endianness) {
+            if incl_len > max_incl {
+                return Err(input.corrupt(
+                    what,
+                    format!("captured length {incl_len} exceeds snap length {snaplen}"),
+                ));
+            }
+        }
         let raw = match parser.next_raw_packet(avail) {
             Ok((rest, raw)) => {
                 let data = data_range(avail, &raw.data);
@@ -528,13 +539,6 @@ impl CaptureReader {
             Err(e) => return Err(input.corrupt(what, e)),
         };
         let ((ts_sec, ts_frac, incl_len, orig_len), (lo, hi)) = raw;
-        if incl_len > (*snaplen).max(MAX_PCAP_PACKET) {
-            input.start = record_start;
-            return Err(input.corrupt(
-                what,
-                format!("captured length {incl_len} exceeds snap length {snaplen}"),
-            ));
-        }
         self.stats.frames += 1;
         let Some(link) = *link else {
             self.stats.unsupported_link += 1;
@@ -570,12 +574,19 @@ impl CaptureReader {
         // Peek the block type so that only blocks we use are decoded in full:
         // decoding the others is wasted work and, for some damaged name
         // resolution blocks, not panic-free in pcap-file 2.0.
-        let block_type = avail
-            .first_chunk::<4>()
-            .map(|b| match parser.section().endianness {
-                Endianness::Big => u32::from_be_bytes(*b),
-                Endianness::Little => u32::from_le_bytes(*b),
-            });
+        let endianness = parser.section().endianness;
+        let block_type = peek_u32(avail, 0, endianness);
+        // A section header carries its own byte order; pcap-file checks it.
+        if block_type != Some(SECTION_HEADER_BLOCK) {
+            if let Some(len) = peek_u32(avail, 4, endianness) {
+                if len as usize > MAX_UNIT_LEN {
+                    return Err(input.corrupt(
+                        what,
+                        format!("block length {len} exceeds the {MAX_UNIT_LEN}-byte limit"),
+                    ));
+                }
+            }
+        }
         let wanted = matches!(
             block_type,
             Some(ENHANCED_PACKET_BLOCK | SIMPLE_PACKET_BLOCK | PACKET_BLOCK)
@@ -745,6 +756,15 @@ impl Packet {
 fn data_range(outer: &[u8], inner: &[u8]) -> (usize, usize) {
     let lo = (inner.as_ptr() as usize).saturating_sub(outer.as_ptr() as usize);
     (lo, lo + inner.len())
+}
+
+/// A length or type field of a record header, if buffered.
+fn peek_u32(bytes: &[u8], at: usize, endianness: Endianness) -> Option<u32> {
+    let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+    Some(match endianness {
+        Endianness::Big => u32::from_be_bytes(b),
+        Endianness::Little => u32::from_le_bytes(b),
+    })
 }
 
 /// Reads up to 4 bytes (fewer only at end of input).

@@ -431,7 +431,7 @@ fn parse_tcp(meta: &mut PacketMeta, l4: &[u8], l4_len: u32) -> Result<(), ParseE
 /// Fills MSS, window scale, SACK-permitted, SACK blocks and timestamps.
 /// Unknown option kinds (TFO, MPTCP, MD5, ...) are skipped by their length;
 /// a damaged list sets `tcp_opts::MALFORMED` and keeps what came before.
-pub(crate) fn parse_tcp_options(meta: &mut PacketMeta, mut opts: &[u8]) {
+fn parse_tcp_options(meta: &mut PacketMeta, mut opts: &[u8]) {
     'restart: loop {
         let mut it = TcpOptionsIterator::from_slice(opts);
         loop {

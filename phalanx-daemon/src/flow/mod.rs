@@ -35,7 +35,8 @@
 //!   `goodput_bps` divides it by the flow's duration.
 //! - **RTT samples**: one probe outstanding per direction. With TCP
 //!   timestamps (both sides send the option): a packet carrying a new TSval
-//!   starts a probe that ends at the first packet of the other direction
+//!   (data, SYN, FIN, or a pure ACK that acknowledges new data into an open
+//!   window, so the peer is expected to answer at once) starts a probe that ends at the first packet of the other direction
 //!   whose TSecr equals that TSval (passive ping; an echo of a newer TSval
 //!   abandons the probe). Without timestamps: a segment carrying new
 //!   sequence space starts a probe that ends at the first ACK covering it;
@@ -60,10 +61,14 @@
 //!   the sender could have learnt of the loss and re-sent (loss upstream of
 //!   the vantage point); without any RTT sample, a fill is late when the
 //!   receiver has sent 3 duplicate ACKs. Classes (per segment):
-//!   *fast* when the receiver had sent >= 3 duplicate ACKs or SACKed data
-//!   above its ACK before it, or while in the fast recovery the first one
+//!   *pmtud* when an ICMP "fragmentation needed" / ICMPv6 "packet too big"
+//!   quoting this direction arrived while the data was in flight (the resend
+//!   at the smaller MSS is path-MTU discovery, not loss recovery);
+//!   *fast* when the receiver had reported the loss before it (RFC 6675
+//!   IsLost: >= 3 duplicate ACKs, or more than 2 * SMSS bytes SACKed above
+//!   its cumulative ACK; SMSS = the receiver's MSS option, else 1460), or while in the fast recovery the first one
 //!   started (until the receiver ACKs the highest sequence at that time);
-//!   *timeout* otherwise; *spurious* (a subset of either) when the vantage
+//!   *timeout* otherwise; *spurious* (a subset of all) when the vantage
 //!   point had already seen all of its data acknowledged, or when a later
 //!   D-SACK (RFC 2883) reports the latest retransmission as a duplicate.
 //!   `late_fills` counts the retransmissions detected as late fills.
@@ -74,8 +79,9 @@
 //!   reorder extent: packets of the direction that arrived between the
 //!   first later segment (which opened the hole) and the late one.
 //! - **dup_acks**: RFC 5681 duplicate ACKs: ACK flag, no data, no SYN/FIN,
-//!   same ACK number and same window as the sender's previous ACK, while
-//!   the other side has unacknowledged data (or its sequence state is unknown).
+//!   same non-zero window as the sender's previous ACK, while the other
+//!   side has unacknowledged data (or its sequence state is unknown). ACKs
+//!   of a closed (zero) window answer window probes and signal no loss.
 //! - **zero_windows**: zero-window episodes (the first zero window
 //!   advertisement after a non-zero one); `zero_window_packets` counts every
 //!   packet advertising zero. **window_full**: segments whose end reaches the

@@ -12,7 +12,8 @@ use serde::Serialize;
 use super::stats::Summary;
 use super::table::Flow;
 use super::tcp::{
-    Dir, DirExtra, IcmpEvent, TcpState, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN, F_SYNACK, F_TS, F_WS,
+    Dir, DirExtra, IcmpEvent, TcpState, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN, F_SYNACK, F_TS,
+    F_WS,
 };
 
 /// RTT figures in milliseconds (`null` without samples).
@@ -87,6 +88,8 @@ pub struct DirReport {
     pub retrans_fast: u32,
     /// ... of which timeout retransmissions.
     pub retrans_timeout: u32,
+    /// ... of which path-MTU resends (after an ICMP "too big").
+    pub retrans_pmtud: u32,
     /// ... of which spurious.
     pub retrans_spurious: u32,
     /// ... of which late hole fills (loss upstream of the vantage point).
@@ -164,6 +167,8 @@ pub struct FlowSummary {
     pub retrans_fast: u32,
     /// ... timeout.
     pub retrans_timeout: u32,
+    /// ... path-MTU resends.
+    pub retrans_pmtud: u32,
     /// ... spurious.
     pub retrans_spurious: u32,
     /// ... late hole fills.
@@ -219,13 +224,15 @@ fn proto_name(p: u8) -> String {
 fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool) -> DirReport {
     let g = |f: fn(&DirExtra) -> u32| x.map_or(0, f);
     let fast = g(|x| x.retrans_fast);
+    let pmtud = g(|x| x.retrans_pmtud);
     DirReport {
         packets: d.packets,
         bytes: d.bytes,
         goodput_bytes: d.goodput,
         retransmissions: d.retrans,
         retrans_fast: fast,
-        retrans_timeout: d.retrans.saturating_sub(fast),
+        retrans_timeout: d.retrans.saturating_sub(fast).saturating_sub(pmtud),
+        retrans_pmtud: pmtud,
         retrans_spurious: g(|x| x.retrans_spurious),
         late_fills: g(|x| x.late_fills),
         retrans_bytes: x.map_or(0, |x| x.retrans_bytes),
@@ -320,6 +327,7 @@ impl FlowSummary {
             retransmissions: a.retransmissions + b.retransmissions,
             retrans_fast: a.retrans_fast + b.retrans_fast,
             retrans_timeout: a.retrans_timeout + b.retrans_timeout,
+            retrans_pmtud: a.retrans_pmtud + b.retrans_pmtud,
             retrans_spurious: a.retrans_spurious + b.retrans_spurious,
             late_fills: a.late_fills + b.late_fills,
             dup_acks: a.dup_acks + b.dup_acks,
@@ -338,9 +346,7 @@ impl FlowSummary {
             jitter_ms,
             handshake,
             state,
-            syn_unanswered: tcp
-                && f.dir[s].flags & F_SYN != 0
-                && f.dir[r].flags & F_SYNACK == 0,
+            syn_unanswered: tcp && f.dir[s].flags & F_SYN != 0 && f.dir[r].flags & F_SYNACK == 0,
             rst_from,
             timestamps: both(F_TS),
             sack_permitted: both(F_SACK_PERM),

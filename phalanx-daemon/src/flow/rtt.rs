@@ -85,14 +85,17 @@ impl Probe {
         if self.flags & P_TS != 0 {
             match tsecr {
                 Some(e) if e == self.tsval => hit = true,
-                Some(e) if seq::gt(e, self.tsval) => self.flags &= !P_TS,
+                // The probed transmission will never be echoed; with
+                // timestamps in use, an ACK alone is no better evidence.
+                Some(e) if seq::gt(e, self.tsval) => self.flags = 0,
                 Some(_) => {}
                 // The peer sends no timestamps: this TSval will never be echoed.
                 None if !has_ts => self.flags &= !P_TS,
                 None => {}
             }
         }
-        if !hit && self.flags & P_SEQ != 0 {
+        // With timestamps on both sides only the echo counts (RFC 7323 RTTM).
+        if !hit && self.flags & P_SEQ != 0 && !(has_ts && self.flags & P_TS != 0) {
             if let Some(a) = ack {
                 hit = seq::ge(a, self.seq_end);
             }
@@ -117,16 +120,28 @@ mod tests {
     fn timestamp_echo_gives_first_match_only() {
         let mut p = Probe::default();
         p.start(1_000, Some(77), None, 0);
-        assert_eq!(p.echo(1_500, Some(76), Some(1), true), None, "older echo waits");
+        assert_eq!(
+            p.echo(1_500, Some(76), Some(1), true),
+            None,
+            "older echo waits"
+        );
         assert_eq!(p.echo(3_000, Some(77), Some(1), true), Some((2_000, 0)));
-        assert_eq!(p.echo(4_000, Some(77), Some(1), true), None, "second echo ignored");
+        assert_eq!(
+            p.echo(4_000, Some(77), Some(1), true),
+            None,
+            "second echo ignored"
+        );
     }
 
     #[test]
     fn newer_echo_voids_timestamp_probe() {
         let mut p = Probe::default();
-        p.start(0, Some(5), None, 0);
-        assert_eq!(p.echo(10, Some(6), None, true), None);
+        p.start(0, Some(5), Some(100), 0);
+        assert_eq!(
+            p.echo(10, Some(6), Some(100), true),
+            None,
+            "no ACK fallback"
+        );
         assert!(!p.active());
     }
 

@@ -175,7 +175,10 @@ mod tests {
         assert_eq!(s.quantile_us(0.5), Some(20.0), "lower median of 4");
         assert_eq!(s.quantile_us(0.99), Some(40.0));
         let m = s.summary().expect("has samples");
-        assert_eq!((m.samples, m.min_ms, m.max_ms, m.avg_ms), (4, 0.01, 0.04, 0.025));
+        assert_eq!(
+            (m.samples, m.min_ms, m.max_ms, m.avg_ms),
+            (4, 0.01, 0.04, 0.025)
+        );
     }
 
     #[test]

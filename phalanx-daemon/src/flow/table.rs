@@ -295,6 +295,7 @@ impl FlowTable {
             mtu: rec.icmp_mtu,
             quoted_dir: d as u8,
             quoted_seq: rec.inner_seq,
+            snd_max_at: self.flows[i as usize].dir[d].snd_max,
         };
         let ex = self.flows[i as usize].extra_mut();
         ex.icmp_count = ex.icmp_count.saturating_add(1);
@@ -306,7 +307,14 @@ impl FlowTable {
     /// Finds the flow for `key` whose direction `d` is on `vlan`. With
     /// `attach`, a flow that has not yet seen direction `d` adopts it even
     /// on another VLAN (capture points that tag one direction only).
-    fn lookup(&mut self, key: &FlowKey, hash: u64, d: usize, vlan: VlanTag, attach: bool) -> Option<u32> {
+    fn lookup(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        d: usize,
+        vlan: VlanTag,
+        attach: bool,
+    ) -> Option<u32> {
         let flows = &self.flows;
         let head = *self.index.find(hash, |&i| flows[i as usize].key == *key)?;
         let mut i = head;
@@ -376,7 +384,8 @@ impl FlowTable {
             if h == NIL {
                 continue;
             }
-            if best.is_none_or(|b| self.flows[h as usize].last_ts < self.flows[b as usize].last_ts) {
+            if best.is_none_or(|b| self.flows[h as usize].last_ts < self.flows[b as usize].last_ts)
+            {
                 best = Some(h);
             }
         }
@@ -422,7 +431,10 @@ impl FlowTable {
         let chain = self.flows[i as usize].chain;
         let hash = key.hash64();
         let flows = &mut self.flows;
-        if let Ok(mut entry) = self.index.find_entry(hash, |&h| flows[h as usize].key == key) {
+        if let Ok(mut entry) = self
+            .index
+            .find_entry(hash, |&h| flows[h as usize].key == key)
+        {
             let head = *entry.get();
             if head == i {
                 if chain == NIL {

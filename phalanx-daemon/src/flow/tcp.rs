@@ -35,8 +35,6 @@ pub const F_ACK: u16 = 1 << 7;
 pub const F_WIN: u16 = 1 << 8;
 /// `last_tsval` is valid.
 pub const F_TSVAL: u16 = 1 << 9;
-/// The latest ACK from this side SACKed data above its cumulative ACK.
-pub const F_SACKED: u16 = 1 << 10;
 /// This side sent SYN/ACK.
 pub const F_SYNACK: u16 = 1 << 11;
 /// This side's MSS option was seen.
@@ -96,6 +94,12 @@ pub struct DirExtra {
     pub holes: Holes,
     /// Retransmissions classified as fast (dup ACKs, SACK, recovery).
     pub retrans_fast: u32,
+    /// Bytes between this side's latest ACK and the highest right edge of
+    /// its SACK blocks (0 without SACK): RFC 6675 loss evidence.
+    pub sacked_above: u32,
+    /// Retransmissions of data in flight when an ICMP "too big" error for
+    /// it arrived (path MTU discovery resends).
+    pub retrans_pmtud: u32,
     /// Retransmissions found spurious (data already acknowledged, or D-SACK).
     pub retrans_spurious: u32,
     /// Retransmissions detected as late hole fills (loss upstream of the vantage point).
@@ -142,6 +146,20 @@ pub struct IcmpEvent {
     pub quoted_dir: u8,
     /// Quoted TCP sequence number.
     pub quoted_seq: u32,
+    /// Highest sequence of the quoted direction when the error arrived.
+    #[serde(skip)]
+    pub snd_max_at: u32,
+}
+
+impl IcmpEvent {
+    /// ICMP "fragmentation needed" or ICMPv6 "packet too big".
+    pub fn is_too_big(&self, ip_version: u8) -> bool {
+        if ip_version == 6 {
+            self.icmp_type == 2
+        } else {
+            self.icmp_type == 3 && self.code == 4
+        }
+    }
 }
 
 /// ICMP errors kept per flow (the count keeps going past this).
@@ -325,10 +343,24 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
         }
     }
 
-    // 2. Acknowledgment side: this side acknowledges the other's data.
-    if ackf && !rst {
-        on_ack(f, d, rec, syn, fin);
+    // A zero-length segment one below the highest sequence: a keep-alive or
+    // a zero-window probe without data, not an ACK that reports anything.
+    let own = &f.dir[d];
+    let bare_probe =
+        seg_len == 0 && !rst && own.flags & F_SEQ != 0 && rec.seq == own.snd_max.wrapping_sub(1);
+    if bare_probe {
+        let peer = &f.dir[r];
+        let zero = peer.flags & F_WIN != 0 && peer.window == 0;
+        let ex = &mut f.extra_mut().dir[d];
+        if zero {
+            ex.zero_window_probes = ex.zero_window_probes.saturating_add(1);
+        } else {
+            ex.keepalives = ex.keepalives.saturating_add(1);
+        }
     }
+
+    // 2. Acknowledgment side: this side acknowledges the other's data.
+    let advanced = ackf && !rst && on_ack(f, d, rec, syn || fin || bare_probe);
     if !rst {
         let dir = &mut f.dir[d];
         let prev = (dir.flags & F_WIN != 0).then_some(dir.window);
@@ -367,20 +399,19 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
             dir.probe.karn(rec.seq);
             if has_ts && ts_new {
                 // Timestamps name the transmission: re-probe on the retransmission.
-                dir.probe
-                    .start(now_us, Some(rec.tsval), None, probe_kind);
+                dir.probe.start(now_us, Some(rec.tsval), None, probe_kind);
             }
         }
         DataKind::New if !dir.probe.active() => {
             let end = rec.seq.wrapping_add(seg_len);
-            dir.probe.start(
-                now_us,
-                ts_new.then_some(rec.tsval),
-                Some(end),
-                probe_kind,
-            );
+            dir.probe
+                .start(now_us, ts_new.then_some(rec.tsval), Some(end), probe_kind);
         }
-        _ if ts_new && !dir.probe.active() => {
+        // A pure ACK is echoed only when the peer next sends: time it only
+        // when it acknowledges new data into an open window (the peer is
+        // then expected to send at once), not when it merely repeats an
+        // ACK or closes the window, where the echo waits on the peer's idle time.
+        _ if ts_new && !dir.probe.active() && (seg_len > 0 || (advanced && rec.window != 0)) => {
             dir.probe.start(now_us, Some(rec.tsval), None, probe_kind);
         }
         _ => {}
@@ -417,7 +448,9 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
     }
 }
 
-fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, syn: bool, fin: bool) {
+/// Returns whether the ACK number advanced.
+/// `not_dup`: the segment cannot be a duplicate ACK (SYN, FIN, keep-alive).
+fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool) -> bool {
     let r = d ^ 1;
     let ack = rec.ack;
     let outstanding = f.dir[r].flags & F_SEQ == 0 || seq::gt(f.dir[r].snd_max, ack);
@@ -433,17 +466,17 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, syn: bool, fin: bool) {
         advanced = true;
     } else if ack == dir.last_ack
         && rec.payload_len == 0
-        && !syn
-        && !fin
+        && !not_dup
         && dir.flags & F_WIN != 0
         && rec.window == dir.window
+        && rec.window != 0
         && outstanding
     {
         dir.dup_acks = dir.dup_acks.saturating_add(1);
         dir.dupack_run = dir.dupack_run.saturating_add(1);
     }
 
-    let mut sacked_above = false;
+    let mut sacked_above = 0u32;
     if rec.tcp_opts & tcp_opts::SACK != 0 && rec.sack_count > 0 {
         let n = usize::from(rec.sack_count).min(MAX_SACK_BLOCKS);
         let b = |i: usize| (rec.sack[2 * i], rec.sack[2 * i + 1]);
@@ -453,7 +486,12 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, syn: bool, fin: bool) {
         let dsack = seq::lt(l0, ack)
             || (n >= 2 && seq::ge(l0, b(1).0) && seq::le(r0, b(1).1) && seq::lt(l0, r0));
         let first_above = if dsack { 1 } else { 0 };
-        sacked_above = (first_above..n).any(|i| seq::ge(b(i).0, ack) && seq::lt(b(i).0, b(i).1));
+        for i in first_above..n {
+            let (l, r) = b(i);
+            if seq::ge(l, ack) && seq::lt(l, r) {
+                sacked_above = sacked_above.max(seq::dist(ack, r));
+            }
+        }
         if dsack {
             let ex = &mut f.extra_mut().dir[r];
             if let Some((s, e, marked)) = ex.last_retx {
@@ -464,11 +502,10 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, syn: bool, fin: bool) {
             }
         }
     }
-    let dir = &mut f.dir[d];
-    if sacked_above {
-        dir.flags |= F_SACKED;
-    } else if advanced || rec.tcp_opts & tcp_opts::SACK == 0 {
-        dir.flags &= !F_SACKED;
+    if sacked_above > 0 {
+        f.extra_mut().dir[d].sacked_above = sacked_above;
+    } else if let Some(ex) = f.extra.as_deref_mut() {
+        ex.dir[d].sacked_above = 0;
     }
     if advanced {
         if let Some(ex) = f.extra.as_deref_mut() {
@@ -481,6 +518,7 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, syn: bool, fin: bool) {
             }
         }
     }
+    advanced
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -570,14 +608,33 @@ fn on_data(
 fn retransmission(f: &mut Flow, d: usize, s: u32, e: u32, payload: u32, segs: u32, late: bool) {
     let r = d ^ 1;
     let peer = &f.dir[r];
-    let peer_signalled = peer.dupack_run >= 3 || peer.flags & F_SACKED != 0;
+    // RFC 6675 IsLost: DupThresh duplicate ACKs, or more than
+    // (DupThresh - 1) * SMSS bytes SACKed above the cumulative ACK.
+    let smss = if peer.flags & F_MSS != 0 && peer.mss > 0 {
+        u32::from(peer.mss)
+    } else {
+        1460
+    };
+    let sacked = f.extra.as_deref().map_or(0, |ex| ex.dir[r].sacked_above);
+    let peer_signalled = peer.dupack_run >= 3 || sacked > 2 * smss;
     // All of it was already acknowledged past the vantage point: not needed.
     let acked = !late && peer.flags & F_ACK != 0 && seq::le(e, peer.last_ack);
     let snd_max = f.dir[d].snd_max;
     let dir = &mut f.dir[d];
     dir.retrans = dir.retrans.saturating_add(segs);
-    let ex = &mut f.extra_mut().dir[d];
-    let fast = peer_signalled || ex.in_recovery;
+    let ipv = f.key.ip_version;
+    let ex = f.extra_mut();
+    let pmtud = ex.icmp.iter().any(|ev| {
+        usize::from(ev.quoted_dir) == d
+            && ev.is_too_big(ipv)
+            && seq::le(ev.quoted_seq, s)
+            && seq::lt(s, ev.snd_max_at)
+    });
+    let ex = &mut ex.dir[d];
+    let fast = !pmtud && (peer_signalled || ex.in_recovery);
+    if pmtud {
+        ex.retrans_pmtud = ex.retrans_pmtud.saturating_add(segs);
+    }
     if fast {
         ex.retrans_fast = ex.retrans_fast.saturating_add(segs);
         if !ex.in_recovery {
