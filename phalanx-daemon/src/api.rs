@@ -59,9 +59,17 @@ async fn metrics(State(s): State<ApiState>) -> Response {
     }
 }
 
+/// Body of `/api/v1/flows`.
+#[derive(serde::Serialize)]
+struct FlowsResponse {
+    flows: Vec<crate::flow::FlowSummary>,
+}
+
 async fn flows(State(s): State<ApiState>) -> Response {
     let report = match s.flows.lock() {
-        Ok(t) => t.report(),
+        Ok(t) => FlowsResponse {
+            flows: t.snapshot(),
+        },
         Err(_) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "flow table poisoned\n").into_response()
         }

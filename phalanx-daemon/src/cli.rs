@@ -20,4 +20,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: attach to interfaces, serve /metrics and /api/v1 (needs root).
     Run(crate::daemon::RunArgs),
+    /// Analyse pcap/pcapng files (optionally .zst) offline with the same engine.
+    Analyze(crate::analyze::AnalyzeArgs),
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 
 /// The documented default configuration, committed as `config/phalanx.toml`.
 pub const DOCUMENTED_DEFAULTS: &str = include_str!("../../config/phalanx.toml");
@@ -42,7 +42,7 @@ pub enum ConfigError {
 }
 
 /// Whole configuration file.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[capture]`: where and what to capture.
@@ -54,7 +54,7 @@ pub struct Config {
 }
 
 /// How the kernel programs attach.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// tcx (TC BPF links) on ingress and egress: sees GSO packets, costs little.
@@ -74,7 +74,7 @@ impl fmt::Display for AttachMode {
 }
 
 /// `[capture]` section.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Interfaces to attach to (`--iface` replaces this list).
@@ -99,8 +99,7 @@ impl Default for CaptureConfig {
 }
 
 /// Ring-buffer size, validated while parsing so errors carry the line.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingBytes(pub u32);
 
 impl<'de> Deserialize<'de> for RingBytes {
@@ -116,7 +115,7 @@ impl<'de> Deserialize<'de> for RingBytes {
 }
 
 /// Transport protocol a filter applies to.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum FilterProto {
     /// TCP only.
@@ -140,7 +139,7 @@ impl FilterProto {
 }
 
 /// One `[[capture.filters]]` entry: either an exact flow, or a CIDR and/or port.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterRule {
     /// `tcp` (default), `udp` or `any`.
@@ -194,14 +193,8 @@ impl<'de> Deserialize<'de> for FlowSpec {
     }
 }
 
-impl Serialize for FlowSpec {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// `[http]` section.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the metrics/API server.

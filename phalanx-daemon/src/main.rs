@@ -2,7 +2,10 @@
 
 use anyhow::Result;
 use clap::Parser as _;
-use phalanx_daemon::cli::{Cli, Command};
+use phalanx_daemon::{
+    cli::{Cli, Command},
+    config::Config,
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> Result<()> {
@@ -11,11 +14,18 @@ fn main() -> Result<()> {
         .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     match cli.command {
-        Command::Run(args) => rt.block_on(phalanx_daemon::daemon::run(args)),
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(phalanx_daemon::daemon::run(args)),
+        Command::Analyze(args) => {
+            let cfg = match &args.config {
+                Some(p) => Config::load(p)?,
+                None => Config::default(),
+            };
+            phalanx_daemon::analyze::run(&args, &cfg.flows)
+        }
     }
 }

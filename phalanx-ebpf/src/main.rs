@@ -92,7 +92,7 @@ fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32, vl
     };
     // SAFETY: per-CPU scratch slot, used only for the duration of this program run.
     let meta = unsafe { &mut *meta };
-    *meta = PacketMeta::zeroed();
+    parse::zero_record(meta);
     meta.ts_ns = unsafe { bpf_ktime_get_ns() };
     meta.ifindex = ifindex;
     meta.direction = direction as u8;

@@ -35,6 +35,49 @@ const TCP_MAX_OPTS: usize = 40;
 /// for the verifier, although the header format caps options at 40 bytes.
 const TCP_OPT_BUF: usize = 64;
 
+/// Header bytes with 8-byte alignment, so addresses are read as whole words.
+/// (BPF has no memcpy: byte-slice copies become byte loops, ~4 insns a byte.)
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Hdr<const N: usize>([u8; N]);
+
+impl<const N: usize> core::ops::Deref for Hdr<N> {
+    type Target = [u8; N];
+    fn deref(&self) -> &[u8; N] {
+        &self.0
+    }
+}
+
+/// Copies `words` u32 words from aligned header bytes at `from` to `to`.
+#[inline(always)]
+fn copy_words<const N: usize>(h: &Hdr<N>, from: usize, to: &mut [u8; 16], words: usize) {
+    let src = h.0.as_ptr();
+    let dst = to.as_mut_ptr();
+    for w in 0..4 {
+        if w >= words || from + 4 * w + 4 > N {
+            break;
+        }
+        // SAFETY: bounds checked above; `from` is a multiple of 4 in an
+        // 8-aligned buffer and `to` sits at a 16-byte-aligned record offset.
+        unsafe {
+            let v = core::ptr::read(src.add(from + 4 * w) as *const u32);
+            core::ptr::write(dst.add(4 * w) as *mut u32, v);
+        }
+    }
+}
+
+/// Resets a record with word stores (a plain assignment compiles to a byte loop).
+#[inline(always)]
+pub(crate) fn zero_record(meta: &mut PacketMeta) {
+    const WORDS: usize = core::mem::size_of::<PacketMeta>() / 8;
+    let p = meta as *mut PacketMeta as *mut u64;
+    for i in 0..WORDS {
+        // SAFETY: PacketMeta is 8-aligned, WORDS * 8 bytes long, all-integer.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+    }
+    meta.segs = 1;
+}
+
 #[inline(always)]
 fn load<P: Packet, T: Copy>(pkt: &P, off: u32) -> Result<T, Error> {
     let mut v = MaybeUninit::<T>::uninit();
@@ -135,20 +178,20 @@ fn payload<P: Packet>(
 /// Returns (transport offset, end of the IP packet).
 #[inline(always)]
 fn ipv4<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(u32, u32), Error> {
-    let h: [u8; 20] = load(pkt, off)?;
+    let h: Hdr<20> = load(pkt, off)?;
     if h[0] >> 4 != 4 {
         return Err(Error::Malformed);
     }
     let ihl = ((h[0] & 0x0f) as u32) * 4;
-    let total = be16(&h, 2) as u32;
+    let total = be16(&h.0, 2) as u32;
     if ihl < 20 || (total != 0 && total < ihl) {
         return Err(Error::Malformed);
     }
     meta.ip_version = 4;
     meta.tos = h[1];
     meta.ip_len = total as u16;
-    meta.ip_id = be16(&h, 4) as u32;
-    let frag = be16(&h, 6);
+    meta.ip_id = be16(&h.0, 4) as u32;
+    let frag = be16(&h.0, 6);
     if frag & 0x4000 != 0 {
         meta.ip_flags |= IP_FLAG_DF;
     }
@@ -160,29 +203,29 @@ fn ipv4<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(u32, u32
     }
     meta.ttl = h[8];
     meta.l4_proto = h[9];
-    meta.src_addr[..4].copy_from_slice(&h[12..16]);
-    meta.dst_addr[..4].copy_from_slice(&h[16..20]);
+    copy_words(&h, 12, &mut meta.src_addr, 1);
+    copy_words(&h, 16, &mut meta.dst_addr, 1);
     Ok((off + ihl, off + total))
 }
 
 #[inline(always)]
 fn ipv6<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(u32, u32), Error> {
-    let h: [u8; 40] = load(pkt, off)?;
+    let h: Hdr<40> = load(pkt, off)?;
     if h[0] >> 4 != 6 {
         return Err(Error::Malformed);
     }
     meta.ip_version = 6;
-    meta.tos = ((be16(&h, 0) >> 4) & 0xff) as u8;
-    meta.ip_id = be32(&h, 0) & 0x000f_ffff;
-    let plen = be16(&h, 4) as u32;
+    meta.tos = ((be16(&h.0, 0) >> 4) & 0xff) as u8;
+    meta.ip_id = be32(&h.0, 0) & 0x000f_ffff;
+    let plen = be16(&h.0, 4) as u32;
     meta.ip_len = if plen == 0 {
         0
     } else {
         (plen + 40).min(u16::MAX as u32) as u16
     };
     meta.ttl = h[7];
-    meta.src_addr.copy_from_slice(&h[8..24]);
-    meta.dst_addr.copy_from_slice(&h[24..40]);
+    copy_words(&h, 8, &mut meta.src_addr, 4);
+    copy_words(&h, 24, &mut meta.dst_addr, 4);
     let mut next = h[6];
     let mut l4 = off + 40;
     for _ in 0..MAX_EXT_HEADERS {
@@ -241,21 +284,9 @@ fn tcp<P: Packet>(pkt: &P, off: u32, l3_end: u32, meta: &mut PacketMeta) -> Resu
     if opt_len == 0 {
         return Ok(());
     }
-    let mut walk = OptWalk {
-        opts: [0u8; TCP_OPT_BUF],
-        len: opt_len.min(TCP_MAX_OPTS as u32),
-        pos: 0,
-        flags: 0,
-        wscale: 0,
-        sack_count: 0,
-        _pad: 0,
-        mss: 0,
-        _pad2: 0,
-        tsval: 0,
-        tsecr: 0,
-        sack: [0; 2 * MAX_SACK_BLOCKS],
-    };
-    if !pkt.load(off + 20, walk.opts.as_mut_ptr() as *mut c_void, opt_len) {
+    let mut walk = OptWalk::zeroed();
+    walk.len = opt_len.min(TCP_MAX_OPTS as u32);
+    if !pkt.load(off + 20, walk.opts.0.as_mut_ptr() as *mut c_void, opt_len) {
         return Err(Error::Malformed);
     }
     tcp_options(&mut walk, meta);
@@ -265,9 +296,9 @@ fn tcp<P: Packet>(pkt: &P, off: u32, l3_end: u32, meta: &mut PacketMeta) -> Resu
 /// State of the option walk, on the caller's stack and handed to the
 /// `bpf_loop` callback: the verifier checks the callback body once instead
 /// of once per unrolled iteration (a plain loop exceeds its 1M-insn budget).
-#[repr(C)]
+#[repr(C, align(8))]
 struct OptWalk {
-    opts: [u8; TCP_OPT_BUF],
+    opts: Hdr<TCP_OPT_BUF>,
     len: u32,
     pos: u32,
     flags: u8,
@@ -280,6 +311,23 @@ struct OptWalk {
     tsecr: u32,
     sack: [u32; 2 * MAX_SACK_BLOCKS],
 }
+
+impl OptWalk {
+    /// All zero, written as words (a struct literal compiles to a byte loop).
+    #[inline(always)]
+    fn zeroed() -> Self {
+        let mut w = MaybeUninit::<OptWalk>::uninit();
+        let p = w.as_mut_ptr() as *mut u64;
+        for i in 0..core::mem::size_of::<OptWalk>() / 8 {
+            // SAFETY: OptWalk is 8-aligned and a whole number of words long.
+            unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        }
+        // SAFETY: every byte was written; all fields are integers.
+        unsafe { w.assume_init() }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<OptWalk>() % 8 == 0);
 
 /// Walks the option list; stops at the first inconsistency and flags it.
 #[inline(always)]
@@ -304,7 +352,9 @@ fn tcp_options(walk: &mut OptWalk, meta: &mut PacketMeta) {
     meta.tsval = walk.tsval;
     meta.tsecr = walk.tsecr;
     meta.sack_count = walk.sack_count;
-    meta.sack = walk.sack;
+    for (d, v) in meta.sack.iter_mut().zip(walk.sack) {
+        *d = v;
+    }
 }
 
 #[inline(always)]
@@ -425,20 +475,20 @@ fn icmp<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(), Error
     // The quoted packet is often cut short: take what is there.
     let inner = off + 8;
     let inner_l4 = if meta.l4_proto == ipproto::ICMP {
-        let Ok(q) = load::<P, [u8; 20]>(pkt, inner) else {
+        let Ok(q) = load::<P, Hdr<20>>(pkt, inner) else {
             return Ok(());
         };
         meta.inner_proto = q[9];
-        meta.inner_src[..4].copy_from_slice(&q[12..16]);
-        meta.inner_dst[..4].copy_from_slice(&q[16..20]);
+        copy_words(&q, 12, &mut meta.inner_src, 1);
+        copy_words(&q, 16, &mut meta.inner_dst, 1);
         inner + ((q[0] & 0x0f) as u32) * 4
     } else {
-        let Ok(q) = load::<P, [u8; 40]>(pkt, inner) else {
+        let Ok(q) = load::<P, Hdr<40>>(pkt, inner) else {
             return Ok(());
         };
         meta.inner_proto = q[6];
-        meta.inner_src.copy_from_slice(&q[8..24]);
-        meta.inner_dst.copy_from_slice(&q[24..40]);
+        copy_words(&q, 8, &mut meta.inner_src, 4);
+        copy_words(&q, 24, &mut meta.inner_dst, 4);
         inner + 40
     };
     if meta.inner_proto == ipproto::TCP || meta.inner_proto == ipproto::UDP {

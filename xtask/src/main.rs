@@ -1,1 +1,66 @@
-fn main() {}
+//! `cargo xtask setup | build-ebpf | test | demo`.
+//!
+//! xtask depends on nothing that needs the kernel toolchain, so `setup` runs
+//! on a machine that has only stable Rust.
+
+mod bench;
+mod demo;
+mod setup;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Developer tasks for Phalanx.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent): Debian packages,
+    /// the pinned nightly with rust-src, bpf-linker for LLVM 22.
+    Setup,
+    /// Build the kernel programs and the daemon (release).
+    BuildEbpf,
+    /// Set up what is missing, then run every test. As root the privileged
+    /// tests (namespaces, veth, real programs) run for real; under CI=true
+    /// they fail rather than skip without root.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure Phalanx beside the tools users would pick instead; writes
+    /// bench/RESULTS.md. Needs root.
+    Bench {
+        /// Short runs for CI smoke tests (under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Build, start a two-namespace lab, run the daemon on it, drive HTTP
+    /// traffic, print what the daemon saw, tear down. Needs root.
+    Demo {
+        /// HTTP requests to send.
+        #[arg(long, default_value_t = 20)]
+        requests: u32,
+        /// Response body size in bytes.
+        #[arg(long, default_value_t = 256 * 1024)]
+        body_bytes: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run_setup(),
+        Cmd::BuildEbpf => setup::build_release(),
+        Cmd::Test { args } => setup::test(&args),
+        Cmd::Demo {
+            requests,
+            body_bytes,
+        } => demo::run(requests, body_bytes),
+        Cmd::Bench { quick } => bench::run(quick, &demo::workspace_root()),
+    }
+}

@@ -128,7 +128,7 @@ pub fn ktime_offset_ns() -> i64 {
         };
         // SAFETY: ts is a valid out-pointer; both clocks always exist on Linux.
         unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
     };
     now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
