@@ -8,3 +8,4 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod flow;
+pub mod synth;
