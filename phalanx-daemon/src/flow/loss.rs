@@ -27,9 +27,12 @@ pub struct Hole {
     pub idx: u64,
 }
 
-/// What a fill found: the earliest overlapped hole's opening time and index.
+/// What a fill found: the earliest overlapped hole's opening time and
+/// index, and how many missing bytes it supplied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fill {
+    /// Bytes of the holes this fill covered.
+    pub bytes: u32,
     /// When the (earliest) filled hole opened.
     pub t_ns: u64,
     /// Packet index at which it opened.
@@ -72,12 +75,16 @@ impl Holes {
         while i < self.v.len() {
             let h = self.v[i];
             if seq::lt(s, h.end) && seq::lt(h.start, e) {
-                if found.is_none_or(|f| h.t_ns < f.t_ns) {
-                    found = Some(Fill {
+                let covered = seq::dist(seq::max(s, h.start), seq::min(e, h.end));
+                let bytes = found.map_or(0, |f| f.bytes).saturating_add(covered);
+                found = Some(match found {
+                    Some(f) if f.t_ns <= h.t_ns => Fill { bytes, ..f },
+                    _ => Fill {
+                        bytes,
                         t_ns: h.t_ns,
                         idx: h.idx,
-                    });
-                }
+                    },
+                });
                 let left = seq::lt(h.start, s);
                 let right = seq::lt(e, h.end);
                 match (left, right) {
@@ -123,12 +130,13 @@ mod tests {
         let mut h = Holes::default();
         h.open(100, 200, 5, 1);
         h.open(300, 400, 9, 4);
-        assert_eq!(h.fill(150, 160), Some(Fill { t_ns: 5, idx: 1 }));
+        let f = |bytes, t_ns, idx| Some(Fill { bytes, t_ns, idx });
+        assert_eq!(h.fill(150, 160), f(10, 5, 1));
         assert_eq!(h.fill(150, 160), None, "already filled");
-        assert_eq!(h.fill(190, 310), Some(Fill { t_ns: 5, idx: 1 }));
-        assert_eq!(h.fill(100, 150), Some(Fill { t_ns: 5, idx: 1 }));
-        assert_eq!(h.fill(160, 190), Some(Fill { t_ns: 5, idx: 1 }));
-        assert_eq!(h.fill(310, 400), Some(Fill { t_ns: 9, idx: 4 }));
+        assert_eq!(h.fill(190, 310), f(20, 5, 1), "10 + 10 bytes of two holes");
+        assert_eq!(h.fill(100, 150), f(50, 5, 1));
+        assert_eq!(h.fill(160, 190), f(30, 5, 1));
+        assert_eq!(h.fill(310, 400), f(90, 9, 4));
         assert!(h.is_empty());
     }
 

@@ -30,8 +30,9 @@
 //! - **packets / bytes**: packets and frame bytes as seen, per direction
 //!   and summed. A GSO record with `segs > 1` counts as `segs` packets, and
 //!   its bytes are expanded by repeating the headers for every segment.
-//! - **goodput_bytes**: payload bytes that advanced the highest sequence
-//!   number seen (first transmissions; retransmissions excluded).
+//! - **goodput_bytes**: payload bytes seen for the first time at the
+//!   vantage point (data above the highest sequence, plus hole fills;
+//!   re-sends of data seen before are excluded).
 //!   `goodput_bps` divides it by the flow's duration.
 //! - **RTT samples**: one probe outstanding per direction. With TCP
 //!   timestamps (both sides send the option): a packet carrying a new TSval
@@ -80,7 +81,8 @@
 //!   first later segment (which opened the hole) and the late one.
 //! - **dup_acks**: RFC 5681 duplicate ACKs: ACK flag, no data, no SYN/FIN,
 //!   same non-zero window as the sender's previous ACK, while the other
-//!   side has unacknowledged data (or its sequence state is unknown). ACKs
+//!   side has unacknowledged data (or its sequence state is unknown); a
+//!   SYN's window is unscaled, so the first ACK after it is not compared. ACKs
 //!   of a closed (zero) window answer window probes and signal no loss.
 //! - **zero_windows**: zero-window episodes (the first zero window
 //!   advertisement after a non-zero one); `zero_window_packets` counts every

@@ -39,6 +39,8 @@ pub const F_TSVAL: u16 = 1 << 9;
 pub const F_SYNACK: u16 = 1 << 11;
 /// This side's MSS option was seen.
 pub const F_MSS: u16 = 1 << 12;
+/// `window` came from a SYN (never scaled, so not comparable with later ones).
+pub const F_WIN_SYN: u16 = 1 << 13;
 
 /// Hot per-direction state, kept inline in the flow.
 #[derive(Clone, Debug, Default)]
@@ -94,8 +96,8 @@ pub struct DirExtra {
     pub holes: Holes,
     /// Retransmissions classified as fast (dup ACKs, SACK, recovery).
     pub retrans_fast: u32,
-    /// Bytes between this side's latest ACK and the highest right edge of
-    /// its SACK blocks (0 without SACK): RFC 6675 loss evidence.
+    /// Bytes SACKed above this side's latest cumulative ACK, summed over
+    /// the blocks of that ACK (0 without SACK): RFC 6675 loss evidence.
     pub sacked_above: u32,
     /// Retransmissions of data in flight when an ICMP "too big" error for
     /// it arrived (path MTU discovery resends).
@@ -377,6 +379,11 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
         let dir = &mut f.dir[d];
         dir.window = rec.window;
         dir.flags |= F_WIN;
+        if syn {
+            dir.flags |= F_WIN_SYN;
+        } else {
+            dir.flags &= !F_WIN_SYN;
+        }
     }
 
     // 3. Data side.
@@ -468,7 +475,7 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool) -> bool {
         && rec.payload_len == 0
         && !not_dup
         && dir.flags & F_WIN != 0
-        && rec.window == dir.window
+        && (rec.window == dir.window || dir.flags & F_WIN_SYN != 0)
         && rec.window != 0
         && outstanding
     {
@@ -489,7 +496,7 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool) -> bool {
         for i in first_above..n {
             let (l, r) = b(i);
             if seq::ge(l, ack) && seq::lt(l, r) {
-                sacked_above = sacked_above.max(seq::dist(ack, r));
+                sacked_above = sacked_above.saturating_add(seq::dist(l, r));
             }
         }
         if dsack {
@@ -571,6 +578,9 @@ fn on_data(
         .as_deref_mut()
         .and_then(|ex| ex.dir[d].holes.fill(s, e));
     if let Some(fill) = fill {
+        // First time these bytes pass the vantage point.
+        let dir = &mut f.dir[d];
+        dir.goodput += u64::from(fill.bytes.min(payload));
         // Late if it came at least one vantage-to-sender round trip after
         // the hole opened (the other direction's minimum RTT); without any
         // RTT, three duplicate ACKs from the receiver say "loss".
