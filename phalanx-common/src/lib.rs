@@ -123,7 +123,7 @@ pub mod tcp_opts {
     pub const TIMESTAMPS: u8 = 0x08;
     /// SACK blocks present; `sack_count` of them in `sack`.
     pub const SACK: u8 = 0x10;
-    /// The option list was malformed: no option values are reported for the packet.
+    /// The option list was malformed; options before the damage are kept.
     pub const MALFORMED: u8 = 0x80;
 }
 

@@ -121,7 +121,8 @@ fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32, vl
     }
     count(Counter::Parsed);
     // Intact IP/TCP headers with a broken option list: the record is kept
-    // (its seq/ack matter to the flow) with no option values, and counted.
+    // (its seq/ack matter to the flow) with the options before the damage,
+    // flagged, and counted.
     if meta.tcp_opts & phalanx_common::tcp_opts::MALFORMED != 0 {
         count(Counter::ParseError);
     }

@@ -147,7 +147,7 @@ pub(crate) fn parse<P: Packet>(pkt: &P, meta: &mut PacketMeta) -> Result<(), Err
             meta.payload_len = payload(pkt, meta, l4_off + 8, l3_end)?;
             Ok(())
         }
-        ipproto::ICMP | ipproto::ICMPV6 => icmp(pkt, l4_off, meta),
+        ipproto::ICMP | ipproto::ICMPV6 => icmp(pkt, l4_off, l3_end, meta),
         _ => {
             meta.kind = RecordKind::OtherIp as u8;
             Ok(())
@@ -342,10 +342,6 @@ fn tcp_options(walk: &mut OptWalk, meta: &mut PacketMeta) {
             0,
         );
     }
-    if walk.flags & tcp_opts::MALFORMED != 0 {
-        meta.tcp_opts = tcp_opts::MALFORMED;
-        return;
-    }
     meta.tcp_opts = walk.flags;
     meta.mss = walk.mss;
     meta.wscale = walk.wscale;
@@ -446,20 +442,23 @@ extern "C" fn opt_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// ICMP/ICMPv6: errors carry the quoted packet's 5-tuple (and TCP seq), so a
 /// frag-needed can be tied to its flow; other messages are plain records.
 #[inline(always)]
-fn icmp<P: Packet>(pkt: &P, off: u32, meta: &mut PacketMeta) -> Result<(), Error> {
+fn icmp<P: Packet>(pkt: &P, off: u32, l3_end: u32, meta: &mut PacketMeta) -> Result<(), Error> {
     let h: [u8; 8] = load(pkt, off)?;
+    meta.payload_len = payload(pkt, meta, off + 8, l3_end)?;
     let (ty, code) = (h[0], h[1]);
+    // RFC 792/1812 errors: unreachable, source quench, redirect, time
+    // exceeded, parameter problem; ICMPv6 (RFC 4443): types below 128.
     let is_error = if meta.l4_proto == ipproto::ICMP {
-        matches!(ty, 3 | 11 | 12)
+        matches!(ty, 3 | 4 | 5 | 11 | 12)
     } else {
-        matches!(ty, 1..=4)
+        ty < 128
     };
     meta.kind = RecordKind::OtherIp as u8;
+    meta.icmp_type = ty;
+    meta.icmp_code = code;
     if !is_error {
         return Ok(());
     }
-    meta.icmp_type = ty;
-    meta.icmp_code = code;
     meta.icmp_mtu = if meta.l4_proto == ipproto::ICMP {
         if ty == 3 && code == 4 {
             be16(&h, 6) as u32
