@@ -483,6 +483,11 @@ fn idle_flow_memory_is_bounded() {
     }
     assert_eq!(t.len(), n as usize);
     let per_flow = t.memory_bytes() as f64 / f64::from(n);
+    println!(
+        "Flow {} bytes, Extra {} bytes, idle table cost {per_flow:.0} bytes/flow",
+        std::mem::size_of::<Flow>(),
+        std::mem::size_of::<phalanx_daemon::flow::tcp::Extra>()
+    );
     // Slab growth can leave spare capacity; the per-flow cost stays small.
     assert!(per_flow < 420.0, "{per_flow} bytes per idle flow");
 }
@@ -550,4 +555,30 @@ proptest! {
         prop_assert!(r.stats.records == recs.len() as u64);
         let _ = serde_json::to_string(&r).map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
+}
+
+#[test]
+#[ignore = "timing: run with --release"]
+fn engine_throughput() {
+    let t0 = std::time::Instant::now();
+    let g = synth::many_flows(&synth::ManyFlows::default());
+    let gen = t0.elapsed();
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let mut table = FlowTable::new(FlowConfig::default());
+        let t = std::time::Instant::now();
+        for r in &g.records {
+            table.ingest(r);
+        }
+        best = best.min(t.elapsed().as_secs_f64());
+        assert!(!table.is_empty());
+        let per_flow = table.memory_bytes() as f64 / table.len() as f64;
+        println!("memory per flow with state: {per_flow:.0} bytes");
+    }
+    println!(
+        "generated {} records in {:?}; ingest {:.2} M records/s",
+        g.records.len(),
+        gen,
+        g.records.len() as f64 / best / 1e6
+    );
 }

@@ -209,11 +209,11 @@ fn sv_bug_4376_syn_retransmit_vlan() {
 #[test]
 fn sv_http_body_hook_ipv6() {
     // tshark: 2 retransmissions, 1 out-of-order, 2 "previous segment not
-    // captured". The capture is downstream of the loss: frames 395 and 425
-    // open holes (two segments each side missing), frames 519, 539 and 541
-    // fill them 35-44 ms later, more than a round trip to the sender
-    // (min 15 ms): all three are retransmissions (late fills). tshark calls
-    // frame 541 out-of-order only because it follows 539 closely.
+    // captured". The capture is downstream of the loss: frame 395 opens a
+    // one-segment hole and frame 425 a two-segment hole; frames 519, 539
+    // and 541 fill them 34-44 ms later, more than a round trip to the
+    // sender (min 14.9 ms): all three are retransmissions (late fills).
+    // tshark calls frame 541 out-of-order only because it follows 539 closely.
     check(
         "sv_http-body-hook-01_ipv6.pcap",
         &[pin(2007, 3, 3, 0, 0, 0, 3, 0, 70, 0, 715, Some(30.986))],

@@ -117,7 +117,7 @@ pub fn analyze_files(files: &[PathBuf], cfg: &FlowConfig) -> Result<Report, Anal
                 Ok(rec) => {
                     table.ingest(&rec);
                     n += 1;
-                    if progress && n % (1 << 20) == 0 {
+                    if progress && n.is_multiple_of(1 << 20) {
                         eprint!("\r{name}: {n} records");
                     }
                 }

@@ -106,11 +106,14 @@
 //!
 //! # Memory
 //!
-//! An idle tracked flow costs `size_of::<Flow>()` (248 bytes on x86_64)
-//! plus about 5.7 bytes of hash index: under 256 bytes. RTT sketches,
-//! sequence holes, rare counters and ICMP events live in one lazily
-//! allocated block (about 550 bytes, plus up to 256 bytes of exact RTT
-//! samples per direction, then a sparse sketch of a few hundred bytes).
+//! An idle tracked flow costs `size_of::<Flow>()` = 248 bytes (x86_64) in
+//! the slab plus about 5.7 bytes of hash index: 254 bytes. The slab grows
+//! by doubling, so spare capacity can add up to the same again (measured:
+//! 413 bytes per flow at 10,000 idle flows). RTT sketches, sequence holes,
+//! rare counters and ICMP events live in one block allocated on first need
+//! (512 bytes, plus up to 256 bytes of exact RTT samples per direction,
+//! then a sparse sketch); a 1%-loss bulk-transfer mix measured 1,084 bytes
+//! per flow in all.
 
 pub mod config;
 pub mod jitter;
