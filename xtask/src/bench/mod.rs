@@ -22,13 +22,19 @@ use phalanx_lab::{sh, Proc, TwoHosts};
 const API: &str = "127.0.0.1:19750";
 
 /// One row of the results table.
-struct Row {
-    figure: String,
-    phalanx: String,
-    peer: String,
-    ratio: String,
-    goal: String,
-    pass: Option<bool>,
+pub(crate) struct Row {
+    /// What is measured.
+    pub figure: String,
+    /// Phalanx's figure.
+    pub phalanx: String,
+    /// The peer tool's figure (or "-").
+    pub peer: String,
+    /// Phalanx relative to the peer.
+    pub ratio: String,
+    /// The goal, in words.
+    pub goal: String,
+    /// Whether the goal is met (None: no goal).
+    pub pass: Option<bool>,
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
