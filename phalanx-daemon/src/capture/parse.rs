@@ -9,8 +9,8 @@
 
 use etherparse::{
     icmpv4::DestUnreachableHeader, Ethernet2Slice, Icmpv4Slice, Icmpv4Type, Icmpv6Slice,
-    Icmpv6Type, Ipv6ExtensionSlice, LaxIpSlice, SingleVlanSlice, TcpHeaderSlice, TcpOptionElement,
-    TcpOptionReadError, TcpOptionsIterator, UdpHeaderSlice,
+    Icmpv6Type, LaxIpSlice, SingleVlanSlice, TcpHeaderSlice, TcpOptionElement, TcpOptionReadError,
+    TcpOptionsIterator, UdpHeaderSlice,
 };
 use phalanx_common::{
     ipproto, tcp_flags, tcp_opts, Direction, PacketMeta, RecordKind, IP_FLAG_DF,
@@ -339,13 +339,9 @@ fn parse_ip(meta: &mut PacketMeta, ip_bytes: &[u8], ip_len_limit: u32) -> Result
             meta.ip_len = h.payload_length().saturating_add(40);
             meta.ttl = h.hop_limit();
             meta.tos = h.traffic_class();
-            let mut later = false;
-            for ext in v6.extensions().clone().into_iter() {
-                if let Ipv6ExtensionSlice::Fragment(frag) = ext {
-                    later |= frag.fragment_offset().value() != 0;
-                    meta.ip_flags |= flag(frag.more_fragments(), IP_FLAG_MF);
-                }
-            }
+            let frag = v6_fragment(h.next_header().0, v6.extensions().slice());
+            let later = frag.is_some_and(|f| f.offset != 0);
+            meta.ip_flags |= flag(frag.is_some_and(|f| f.more), IP_FLAG_MF);
             meta.ip_flags |= flag(later, IP_FLAG_LATER_FRAGMENT);
             let exts_len = v6.extensions().slice().len() as u32;
             let ip_payload = if h.payload_length() != 0 {
@@ -491,6 +487,37 @@ fn parse_tcp_options(meta: &mut PacketMeta, mut opts: &[u8]) {
     }
 }
 
+/// Fragment header fields of an IPv6 packet.
+#[derive(Clone, Copy)]
+struct V6Fragment {
+    offset: u16,
+    more: bool,
+}
+
+/// Finds the fragment header in an IPv6 extension chain with checked reads.
+/// etherparse's extension iterator trusts lengths it did not check when a lax
+/// parse stopped inside the chain, so the chain is walked here instead.
+fn v6_fragment(mut next: u8, mut rest: &[u8]) -> Option<V6Fragment> {
+    // The chain was already bounded by etherparse; the walk only reads it.
+    for _ in 0..16 {
+        let len = match next {
+            0 | 43 | 60 => (usize::from(*rest.get(1)?) + 1) * 8,
+            44 => {
+                let fo = u16::from_be_bytes([*rest.get(2)?, *rest.get(3)?]);
+                return Some(V6Fragment {
+                    offset: fo >> 3,
+                    more: fo & 1 != 0,
+                });
+            }
+            51 => (usize::from(*rest.get(1)?) + 2) * 4,
+            _ => return None,
+        };
+        next = *rest.first()?;
+        rest = rest.get(len..)?;
+    }
+    None
+}
+
 fn parse_icmpv4(meta: &mut PacketMeta, l4: &[u8], l4_len: u32) -> Result<(), ParseError> {
     let icmp = Icmpv4Slice::from_slice(l4).map_err(|_| truncated("ICMP"))?;
     meta.icmp_type = icmp.type_u8();
@@ -548,9 +575,7 @@ fn parse_quoted(meta: &mut PacketMeta, quote: &[u8]) {
             let h = v6.header();
             meta.inner_src = h.source();
             meta.inner_dst = h.destination();
-            v6.extensions().clone().into_iter().any(|e| {
-                matches!(e, Ipv6ExtensionSlice::Fragment(f) if f.fragment_offset().value() != 0)
-            })
+            v6_fragment(h.next_header().0, v6.extensions().slice()).is_some_and(|f| f.offset != 0)
         }
     };
     let payload = ip.payload();
@@ -613,6 +638,28 @@ mod tests {
             Direction::Unknown,
             frame.len() as u32,
         )
+    }
+
+    #[test]
+    fn ipv6_chain_announcing_a_missing_auth_header_does_not_crash() {
+        // IPv6 -> hop-by-hop (8 bytes) whose next header says AH (51), then
+        // the packet ends: a lax parse keeps the hop-by-hop header only, and
+        // etherparse's extension iterator would read the absent AH unchecked.
+        let mut ip = vec![0x60, 0, 0, 0, 0, 8, 0, 64];
+        ip.extend_from_slice(&[0xfd; 32]);
+        ip.extend_from_slice(&[51, 0, 1, 4, 0, 0, 0, 0]);
+        let r = parse_frame(
+            LinkType::RawIp,
+            &ip,
+            0,
+            0,
+            Direction::Unknown,
+            ip.len() as u32,
+        );
+        if let Ok(m) = r {
+            assert_eq!(m.ip_version, 6);
+            assert_eq!(m.ip_flags & IP_FLAG_LATER_FRAGMENT, 0);
+        }
     }
 
     #[test]
