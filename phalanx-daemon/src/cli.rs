@@ -20,4 +20,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: attach to interfaces, serve /metrics and /api/v1 (needs root).
     Run(crate::daemon::RunArgs),
+    /// Correlate captures of the same flows taken at several points of the path:
+    /// loss, delay, reordering and duplicates per link.
+    Stitch(crate::stitch::StitchArgs),
 }

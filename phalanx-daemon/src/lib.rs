@@ -11,3 +11,4 @@ pub mod config;
 pub mod daemon;
 pub mod export;
 pub mod flow;
+pub mod stitch;

@@ -17,5 +17,6 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Run(args) => rt.block_on(phalanx_daemon::daemon::run(args)),
+        Command::Stitch(args) => phalanx_daemon::stitch::run(&args),
     }
 }
