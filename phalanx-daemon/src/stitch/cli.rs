@@ -292,7 +292,7 @@ pub fn write_unified(
         m.ts_ns = corrected(&m, inp.offset_ns);
         Some(m)
     };
-    let mut pending: Vec<Option<PacketMeta>> = inputs.iter_mut().map(|i| next(i)).collect();
+    let mut pending: Vec<Option<PacketMeta>> = inputs.iter_mut().map(&next).collect();
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = pending
         .iter()
         .enumerate()
