@@ -722,3 +722,99 @@ fn command_line_json_and_errors() {
         "not a pcap or pcapng",
     );
 }
+
+/// Packets per capture in the throughput measurement.
+const BENCH_PACKETS: usize = 250_000;
+
+/// `hops` captures of 1000 TCP flows (both directions), 1% lost per link.
+fn bench_captures(hops: usize) -> Vec<Vec<PacketMeta>> {
+    let mut out = vec![Vec::with_capacity(BENCH_PACKETS); hops];
+    for i in 0..BENCH_PACKETS {
+        let flow = (i % 1000) as u16;
+        let forward = i % 3 != 2;
+        let mut m = tcp(
+            forward,
+            i as u32,
+            i as u32 * 1448,
+            7,
+            tcp_flags::ACK,
+            if forward { 1448 } else { 0 },
+            i as u32,
+        );
+        if forward {
+            m.sport = 10_000 + flow;
+        } else {
+            m.dport = 10_000 + flow;
+        }
+        for (h, cap) in out.iter_mut().enumerate() {
+            let pos = if forward { h } else { hops - 1 - h };
+            // Lost before this point: 1% per link crossed.
+            if (0..pos).any(|l| (i * 7919 + l * 104_729) % 100 == 0) {
+                continue;
+            }
+            let mut c = m;
+            c.ttl = 64 - pos as u8;
+            c.ts_ns = T0 + i as u64 * 10 * US + pos as u64 * 100 * US + (h as u64) * 3_000 * MS;
+            cap.push(c);
+        }
+    }
+    for cap in &mut out {
+        cap.sort_by_key(|m| m.ts_ns);
+    }
+    out
+}
+
+#[test]
+#[ignore = "throughput measurement; run with --release -- --ignored --nocapture"]
+fn stitch_throughput() {
+    for hops in [2usize, 4] {
+        let caps = bench_captures(hops);
+        let total: usize = caps.iter().map(Vec::len).sum();
+        let names: Vec<String> = (0..hops).map(|h| format!("h{h}")).collect();
+        // Pure core: observations in memory.
+        let t = std::time::Instant::now();
+        let hop_caps: Vec<HopCapture> = caps
+            .iter()
+            .zip(&names)
+            .map(|(c, n)| HopCapture::from_records(n.clone(), c))
+            .collect();
+        let r = stitch::stitch(hop_caps).expect("stitch");
+        let core = t.elapsed();
+        assert_eq!(r.hops.len(), hops);
+        let lost: u64 = r.links.iter().map(|l| l.lost).sum();
+        assert!(lost > 0 && r.links.iter().all(|l| l.unmatched == 0));
+        // Files: read, fingerprint, stitch.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sp: Vec<HopSpec> = caps
+            .iter()
+            .zip(&names)
+            .map(|(c, n)| {
+                let p = dir.path().join(format!("{n}.pcapng"));
+                let f = std::fs::File::create(&p).expect("create");
+                let mut w = PcapngWriter::new(std::io::BufWriter::new(f)).expect("header");
+                let i = w.add_interface(n).expect("idb");
+                for m in c {
+                    w.write_record(i, m, PayloadMode::HeadersOnly, None)
+                        .expect("write");
+                }
+                std::io::Write::flush(w.get_mut()).expect("flush");
+                HopSpec {
+                    name: n.clone(),
+                    file: p,
+                }
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        let rf = stitch_files(&sp, false).expect("stitch files");
+        let files = t.elapsed();
+        assert_eq!(rf.links, r.links, "files stitch like records");
+        let rate = |d: std::time::Duration| total as f64 / d.as_secs_f64() / 1e6;
+        println!(
+            "{hops} captures, {total} packets: core {:.1} ms ({:.2} M packets/s), files {:.1} ms ({:.2} M packets/s)",
+            core.as_secs_f64() * 1e3,
+            rate(core),
+            files.as_secs_f64() * 1e3,
+            rate(files)
+        );
+    }
+}
