@@ -8,11 +8,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use phalanx_daemon::stitch::{cli::stitch_files, ClockMethod, HopSpec, OrderSource};
+use phalanx_daemon::stitch::{
+    cli::stitch_files, cli::write_unified, ClockMethod, HopSpec, OrderSource,
+};
 use phalanx_lab::{privileged, Netns, Proc, Routed};
 
 const BYTES: usize = 5 * 1024 * 1024;
@@ -196,6 +198,19 @@ fn router_drops_are_attributed_to_the_client_server_link() {
         },
     ];
     let rep = stitch_files(&hops, false).expect("stitch");
+    let unified = dir.path().join("unified.pcapng");
+    let written = write_unified(&hops, &rep, &unified).expect("unified capture");
+    let total: u64 = rep.hops.iter().map(|h| h.packets).sum();
+    assert_eq!(written, total, "every packet of both captures");
+    let info = Command::new("capinfos")
+        .arg(&unified)
+        .output()
+        .expect("capinfos");
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("Number of interfaces in file: 2"),
+        "capinfos: {text}"
+    );
     println!("{}", serde_json::to_string_pretty(&rep).expect("json"));
     assert_eq!(rep.order, OrderSource::Inferred);
     let names: Vec<&str> = rep.hops.iter().map(|h| h.name.as_str()).collect();
