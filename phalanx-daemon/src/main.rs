@@ -27,5 +27,6 @@ fn main() -> Result<()> {
             };
             phalanx_daemon::analyze::run(&args, &cfg.flows)
         }
+        Command::Stitch(args) => phalanx_daemon::stitch::run(&args),
     }
 }

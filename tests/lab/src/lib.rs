@@ -322,3 +322,118 @@ impl TwoHosts {
         Ok(name)
     }
 }
+
+/// Three hosts on a routed path, each link a veth pair:
+/// `client` (10.X.1.2) — `router` (10.X.1.1 | 10.X.2.1, forwarding on) —
+/// `server` (10.X.2.2), with default routes through the router. Each end
+/// host's interface is `eth0`; the router's are `eth0` (client side) and
+/// `eth1` (server side).
+#[derive(Debug)]
+pub struct Routed {
+    /// Client host.
+    pub client: Netns,
+    /// Router.
+    pub router: Netns,
+    /// Server host.
+    pub server: Netns,
+    /// Second octet of the 10.X.{1,2}.0/24 subnets.
+    pub subnet: u8,
+}
+
+impl Routed {
+    /// Interface name of the client, of the server, and of the router towards the client.
+    pub const IF: &'static str = "eth0";
+    /// Interface name of the router towards the server.
+    pub const ROUTER_SERVER_IF: &'static str = "eth1";
+
+    /// Creates the namespaces, links, addresses and routes.
+    pub fn new(prefix: &str) -> Result<Self, LabError> {
+        let client = Netns::new(&unique(&format!("{prefix}c")))?;
+        let router = Netns::new(&unique(&format!("{prefix}r")))?;
+        let server = Netns::new(&unique(&format!("{prefix}s")))?;
+        let subnet =
+            (100 + SEQ.fetch_add(1, Ordering::Relaxed) % 100 + std::process::id() % 50) as u8;
+        let lab = Routed {
+            client,
+            router,
+            server,
+            subnet,
+        };
+        for (net, host, host_if, router_if) in [
+            (1u8, &lab.client, Self::IF, Self::IF),
+            (2u8, &lab.server, Self::IF, Self::ROUTER_SERVER_IF),
+        ] {
+            let (tmp_h, tmp_r) = (unique("pxh"), unique("pxr"));
+            sh(&[
+                "ip", "link", "add", &tmp_h, "type", "veth", "peer", "name", &tmp_r,
+            ])?;
+            sh(&[
+                "ip",
+                "link",
+                "set",
+                &tmp_h,
+                "netns",
+                host.name(),
+                "name",
+                host_if,
+            ])?;
+            sh(&[
+                "ip",
+                "link",
+                "set",
+                &tmp_r,
+                "netns",
+                lab.router.name(),
+                "name",
+                router_if,
+            ])?;
+            let gw = format!("10.{subnet}.{net}.1");
+            host.ip(&[
+                "addr",
+                "add",
+                &format!("10.{subnet}.{net}.2/24"),
+                "dev",
+                host_if,
+            ])?;
+            host.ip(&["link", "set", host_if, "up"])?;
+            lab.router
+                .ip(&["addr", "add", &format!("{gw}/24"), "dev", router_if])?;
+            lab.router.ip(&["link", "set", router_if, "up"])?;
+            host.ip(&["route", "add", "default", "via", &gw])?;
+        }
+        lab.router
+            .exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        Ok(lab)
+    }
+
+    /// The client's address.
+    pub fn client_v4(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, self.subnet, 1, 2)
+    }
+
+    /// The server's address.
+    pub fn server_v4(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, self.subnet, 2, 2)
+    }
+
+    /// Every veth end as (namespace, interface).
+    pub fn interfaces(&self) -> [(&Netns, &'static str); 4] {
+        [
+            (&self.client, Self::IF),
+            (&self.router, Self::IF),
+            (&self.router, Self::ROUTER_SERVER_IF),
+            (&self.server, Self::IF),
+        ]
+    }
+
+    /// Turns segmentation and receive offloads off on every veth end, so
+    /// captures see the segments that are on the wire.
+    pub fn offloads_off(&self) -> Result<(), LabError> {
+        for (ns, ifn) in self.interfaces() {
+            ns.exec(&[
+                "ethtool", "-K", ifn, "tso", "off", "gso", "off", "gro", "off",
+            ])?;
+        }
+        Ok(())
+    }
+}
