@@ -5,74 +5,19 @@
 //! client -> server link and nothing anywhere else.
 //! Needs root; skips without it, except under CI=true.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use phalanx_daemon::stitch::{
     cli::stitch_files, cli::write_unified, ClockMethod, HopSpec, OrderSource,
 };
-use phalanx_lab::{privileged, Netns, Proc, Routed};
+use phalanx_lab::{privileged, Netns, Routed};
 
 const BYTES: usize = 5 * 1024 * 1024;
 const DROP_PERCENT: u32 = 2;
-
-/// tcpdump in `ns` on `iface` for `port`, started and listening; the
-/// receiver gets its stderr lines (the drop statistics come at exit).
-fn tcpdump(ns: &Netns, iface: &str, port: u16, file: &Path) -> (Proc, mpsc::Receiver<String>) {
-    let mut child = ns
-        .command("tcpdump")
-        .args([
-            "-i",
-            iface,
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "-U",
-            "-s",
-            "128",
-            "-w",
-        ])
-        .arg(file)
-        .args(["tcp", "port", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tcpdump");
-    let stderr = child.stderr.take().expect("stderr piped");
-    let proc = Proc::new(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("tcpdump prints its listening line");
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    (proc, rx)
-}
-
-/// Packets tcpdump reported as "dropped by kernel" (after it exited).
-fn kernel_drops(rx: &mpsc::Receiver<String>) -> u64 {
-    let mut drops = None;
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) {
-        if let Some(n) = line.strip_suffix(" packets dropped by kernel") {
-            drops = n.trim().parse().ok();
-        }
-    }
-    drops.expect("tcpdump reports its kernel drops at exit")
-}
 
 /// The router's drop counter, from `nft -j list ruleset`.
 fn nft_drops(router: &Netns) -> u64 {
@@ -127,8 +72,16 @@ fn router_drops_are_attributed_to_the_client_server_link() {
         dir.path().join("client.pcap"),
         dir.path().join("server.pcap"),
     );
-    let (cdump, crx) = tcpdump(&lab.client, Routed::IF, port, &cfile);
-    let (sdump, srx) = tcpdump(&lab.server, Routed::IF, port, &sfile);
+    let port_s = port.to_string();
+    let filter = ["tcp", "port", port_s.as_str()];
+    let cdump = lab
+        .client
+        .tcpdump(Routed::IF, &filter, &cfile)
+        .expect("client tcpdump");
+    let sdump = lab
+        .server
+        .tcpdump(Routed::IF, &filter, &sfile)
+        .expect("server tcpdump");
 
     let received = std::thread::scope(|s| {
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -177,10 +130,16 @@ fn router_drops_are_attributed_to_the_client_server_link() {
     });
     assert_eq!(received, BYTES, "the transfer completes despite the drops");
     std::thread::sleep(Duration::from_millis(300));
-    let _ = cdump.stop(Duration::from_secs(5));
-    let _ = sdump.stop(Duration::from_secs(5));
-    assert_eq!(kernel_drops(&crx), 0, "client capture complete");
-    assert_eq!(kernel_drops(&srx), 0, "server capture complete");
+    assert_eq!(
+        cdump.stop().expect("client tcpdump report"),
+        0,
+        "client capture complete"
+    );
+    assert_eq!(
+        sdump.stop().expect("server tcpdump report"),
+        0,
+        "server capture complete"
+    );
     let dropped = nft_drops(&lab.router);
     assert!(
         dropped > 20,

@@ -2,14 +2,14 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use phalanx_lab::{Proc, TwoHosts};
+use phalanx_lab::{http_get, Proc, TwoHosts};
 
 const API: &str = "127.0.0.1:9740";
 const HTTP_PORT: u16 = 8080;
@@ -20,22 +20,6 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// A plain HTTP/1.0 GET over one connection; returns (status line, body length).
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, Vec<u8>)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |p| p + 4);
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head.lines().next().unwrap_or("").to_string();
-    Ok((status, raw[split.min(raw.len())..].to_vec()))
 }
 
 /// Serves `count` GET requests with a body of `body_bytes`, then returns.

@@ -4,9 +4,16 @@
 
 use std::{
     fs::File,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     os::fd::AsRawFd,
+    path::Path,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::Duration,
 };
 
 /// Errors setting up a lab.
@@ -131,6 +138,58 @@ impl Netns {
         }
     }
 
+    /// Starts tcpdump on `iface` writing `file` (filter words in `filter`) and
+    /// returns once it is listening. `-Z root`: Debian's tcpdump otherwise
+    /// drops to a user that cannot write root's temp dirs; `--immediate-mode`:
+    /// otherwise packets wait in a kernel block (1 s timeout) and a prompt
+    /// stop loses them.
+    pub fn tcpdump(&self, iface: &str, filter: &[&str], file: &Path) -> Result<Tcpdump, LabError> {
+        let mut child = self
+            .command("tcpdump")
+            .args([
+                "-i",
+                iface,
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-U",
+                "-nn",
+                "-s",
+                "128",
+                "-w",
+            ])
+            .arg(file)
+            .args(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LabError::Io("spawning tcpdump".into(), e))?;
+        let stderr = child.stderr.take();
+        let proc = Proc::new(child);
+        let (tx, lines) = mpsc::channel();
+        // Read stderr to the end, so tcpdump's exit report never meets a closed pipe.
+        std::thread::spawn(move || {
+            let Some(stderr) = stderr else { return };
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) if line.contains("listening on") => return Ok(Tcpdump { proc, lines }),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(LabError::Command {
+                        cmd: format!("tcpdump -i {iface}"),
+                        stderr: "did not start listening within 20 s".into(),
+                    })
+                }
+            }
+        }
+    }
+
     /// Reads an interface counter from sysfs inside the namespace.
     pub fn if_stat(&self, iface: &str, stat: &str) -> Result<u64, LabError> {
         let out = self.exec(&["cat", &format!("/sys/class/net/{iface}/statistics/{stat}")])?;
@@ -205,6 +264,57 @@ impl Drop for Proc {
             let _ = c.wait();
         }
     }
+}
+
+/// A running tcpdump (see [`Netns::tcpdump`]).
+#[derive(Debug)]
+pub struct Tcpdump {
+    proc: Proc,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Tcpdump {
+    /// Stops it and returns the packets it reported as dropped by the kernel.
+    pub fn stop(self) -> Result<u64, LabError> {
+        drop(self.proc.stop(Duration::from_secs(5)));
+        let mut drops = None;
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            if let Some(n) = line.strip_suffix(" packets dropped by kernel") {
+                drops = n.trim().parse().ok();
+            }
+        }
+        drops.ok_or_else(|| LabError::Command {
+            cmd: "tcpdump".into(),
+            stderr: "no exit report".into(),
+        })
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the status line and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head.lines().next().unwrap_or("").to_string();
+    Ok((status, raw[split..].to_vec()))
+}
+
+/// The value of an unlabelled sample `name` in Prometheus text (0 when absent).
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Two hosts joined by a veth pair: `a` (10.X.0.1, fd00:X::1) and `b` (10.X.0.2, fd00:X::2).

@@ -9,15 +9,14 @@
 
 use std::{
     fmt::Write as _,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use phalanx_lab::{sh, Proc, TwoHosts};
+use phalanx_lab::{http_get, metric, sh, Proc, TwoHosts};
 
 const API: &str = "127.0.0.1:19750";
 
@@ -35,21 +34,6 @@ pub(crate) struct Row {
     pub goal: String,
     /// Whether the goal is met (None: no goal).
     pub pass: Option<bool>,
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-    let mut r = String::new();
-    s.read_to_string(&mut r)?;
-    Ok(r)
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
 }
 
 /// Busy CPU seconds of the whole machine so far (all CPUs, softirq included).
@@ -101,10 +85,9 @@ fn start_daemon(
     let api: SocketAddr = API.parse()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if lab
-            .a
-            .run(move || http_get(api, "/healthz").is_ok_and(|r| r.contains("200 OK")))?
-        {
+        if lab.a.run(move || {
+            http_get(api, "/healthz").is_ok_and(|(status, _)| status.contains("200"))
+        })? {
             return Ok(Daemon { proc });
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -115,7 +98,8 @@ fn start_daemon(
 impl Daemon {
     fn metrics(&self, lab: &TwoHosts) -> Result<String> {
         let api: SocketAddr = API.parse()?;
-        Ok(lab.a.run(move || http_get(api, "/metrics"))??)
+        let (_, body) = lab.a.run(move || http_get(api, "/metrics"))??;
+        Ok(String::from_utf8_lossy(&body).to_string())
     }
     fn stop(self) {
         drop(self.proc.stop(Duration::from_secs(10)));
@@ -327,6 +311,22 @@ const SYN_FRAME: [u8; 54] = [
     0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0, // TCP SYN
 ];
 
+/// Runs program `id` on `frame` `repeat` times with BPF_PROG_TEST_RUN.
+fn prog_run(id: &str, frame: &str, repeat: u64) -> Result<()> {
+    sh(&[
+        "bpftool",
+        "prog",
+        "run",
+        "id",
+        id,
+        "data_in",
+        frame,
+        "repeat",
+        &repeat.to_string(),
+    ])?;
+    Ok(())
+}
+
 /// Id of the newest loaded program called `name`.
 fn prog_id(name: &str) -> Result<u64> {
     let out = sh(&["bpftool", "-j", "prog", "show"])?;
@@ -369,17 +369,7 @@ fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
         let start = Instant::now();
         let mut sent = 0u64;
         while start.elapsed().as_secs_f64() < secs {
-            sh(&[
-                "bpftool",
-                "prog",
-                "run",
-                "id",
-                &id,
-                "data_in",
-                &frame_arg,
-                "repeat",
-                &CHUNK.to_string(),
-            ])?;
+            prog_run(&id, &frame_arg, CHUNK)?;
             sent += CHUNK;
             let due = sent as f64 / target;
             let now = start.elapsed().as_secs_f64();
@@ -418,17 +408,7 @@ fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
     let id = prog_id("phalanx_xdp")?.to_string();
     let m0 = daemon.metrics(&lab)?;
     let start = Instant::now();
-    sh(&[
-        "bpftool",
-        "prog",
-        "run",
-        "id",
-        &id,
-        "data_in",
-        &frame_arg,
-        "repeat",
-        &(4 * CHUNK).to_string(),
-    ])?;
+    prog_run(&id, &frame_arg, 4 * CHUNK)?;
     let offered = (4 * CHUNK) as f64 / start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
     let m1 = daemon.metrics(&lab)?;
