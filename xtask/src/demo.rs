@@ -4,15 +4,18 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener},
     path::PathBuf,
-    process::Stdio,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
-use phalanx_lab::{http_get, Proc, TwoHosts};
+use phalanx_lab::{http_get, TwoHosts};
+
+use crate::daemon::{Daemon, Options};
 
 const API: &str = "127.0.0.1:9740";
 const HTTP_PORT: u16 = 8080;
+/// Flows printed at most.
+const SHOWN: usize = 20;
 
 /// The repository root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
@@ -70,29 +73,17 @@ pub fn run(requests: u32, body_bytes: usize) -> Result<()> {
         "demo: starting `phalanx run --iface {}` in the client namespace",
         lab.a_if
     );
-    let daemon = Proc::new(
-        lab.a
-            .command(&phalanx.display().to_string())
-            .args(["run", "--iface", &lab.a_if, "--listen", API])
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", phalanx.display()))?,
-    );
-    let api: SocketAddr = API.parse()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let up = lab
-            .a
-            .run(move || http_get(api, "/healthz").is_ok_and(|(s, _)| s.contains("200")))?;
-        if up {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the daemon did not answer /healthz within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let daemon = Daemon::start(
+        &lab.a,
+        &phalanx,
+        &Options {
+            interfaces: vec![&lab.a_if],
+            mode: "tcx",
+            config: None,
+            listen: API,
+            log: "info",
+        },
+    )?;
 
     eprintln!(
         "demo: {requests} HTTP GETs of {body_bytes} bytes from {} to {server_addr}",
@@ -112,8 +103,8 @@ pub fn run(requests: u32, body_bytes: usize) -> Result<()> {
     let _ = server.join();
     std::thread::sleep(Duration::from_millis(300));
 
-    let (_, flows) = lab.a.run(move || http_get(api, "/api/v1/flows"))??;
-    let (_, metrics) = lab.a.run(move || http_get(api, "/metrics"))??;
+    let (_, flows) = daemon.get("/api/v1/flows")?;
+    let (_, metrics) = daemon.get("/metrics")?;
     print_flows(&flows)?;
     println!("\nCapture metrics (/metrics):");
     for line in String::from_utf8_lossy(&metrics).lines() {
@@ -122,17 +113,28 @@ pub fn run(requests: u32, body_bytes: usize) -> Result<()> {
         }
     }
     println!("\nThe client received {fetched} body bytes in {requests} responses.");
-    drop(daemon.stop(Duration::from_secs(10)));
+    daemon.stop();
     eprintln!("demo: daemon stopped (programs detached); removing the lab");
     drop(lab);
     Ok(())
 }
 
-fn print_flows(body: &[u8]) -> Result<()> {
+/// Prints the flow table of an /api/v1/flows body.
+pub fn print_flows(body: &[u8]) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(body).context("parsing /api/v1/flows")?;
-    let flows = v["flows"].as_array().cloned().unwrap_or_default();
+    let mut flows = v["flows"].as_array().cloned().unwrap_or_default();
+    let total = flows.len();
+    // Worst first: retransmissions, then packets.
+    let key = |f: &serde_json::Value| {
+        (
+            f["retransmissions"].as_u64().unwrap_or(0),
+            f["packets"].as_u64().unwrap_or(0),
+        )
+    };
+    flows.sort_by_key(|f| std::cmp::Reverse(key(f)));
+    flows.truncate(SHOWN);
     println!(
-        "\nFlows seen by the daemon (/api/v1/flows): {}",
+        "\nFlows seen by the daemon (/api/v1/flows): {total}; {} shown, most retransmissions first",
         flows.len()
     );
     println!(

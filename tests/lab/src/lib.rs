@@ -2,6 +2,8 @@
 //! the fault scenarios. Everything created is removed on drop, also when a
 //! test panics; traffic only ever goes to the namespaces' own addresses.
 
+pub mod scenario;
+
 use std::{
     fs::File,
     io::{BufRead as _, BufReader, Read as _, Write as _},

@@ -9,14 +9,15 @@
 
 use std::{
     fmt::Write as _,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
-use phalanx_lab::{http_get, metric, sh, Proc, TwoHosts};
+use anyhow::{Context as _, Result};
+use phalanx_lab::{metric, sh, Proc, TwoHosts};
+
+use crate::daemon::{Daemon, Options};
 
 const API: &str = "127.0.0.1:19750";
 
@@ -59,51 +60,23 @@ fn cpu_busy_s() -> f64 {
     busy as f64 / hz
 }
 
-/// A running daemon in the client namespace.
-struct Daemon {
-    proc: Proc,
-}
-
-fn start_daemon(
-    lab: &TwoHosts,
+fn start_daemon<'a>(
+    lab: &'a TwoHosts,
     phalanx: &Path,
     mode: &str,
     config: Option<&Path>,
-) -> Result<Daemon> {
-    let mut cmd = lab.a.command(&phalanx.display().to_string());
-    cmd.args(["run", "--iface", &lab.a_if, "--mode", mode, "--listen", API]);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    let proc = Proc::new(
-        cmd.env("PHALANX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting phalanx")?,
-    );
-    let api: SocketAddr = API.parse()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if lab.a.run(move || {
-            http_get(api, "/healthz").is_ok_and(|(status, _)| status.contains("200"))
-        })? {
-            return Ok(Daemon { proc });
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("phalanx did not come up in {mode} mode")
-}
-
-impl Daemon {
-    fn metrics(&self, lab: &TwoHosts) -> Result<String> {
-        let api: SocketAddr = API.parse()?;
-        let (_, body) = lab.a.run(move || http_get(api, "/metrics"))??;
-        Ok(String::from_utf8_lossy(&body).to_string())
-    }
-    fn stop(self) {
-        drop(self.proc.stop(Duration::from_secs(10)));
-    }
+) -> Result<Daemon<'a>> {
+    Daemon::start(
+        &lab.a,
+        phalanx,
+        &Options {
+            interfaces: vec![&lab.a_if],
+            mode,
+            config,
+            listen: API,
+            log: "warn",
+        },
+    )
 }
 
 /// (run_time_ns, run_cnt) per Phalanx program, from bpf_stats.
@@ -217,7 +190,7 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
                 }
             }
             if let Some(d) = daemon {
-                let m = d.metrics(&lab)?;
+                let m = d.text("/metrics")?;
                 let drops = metric(&m, "phalanx_kernel_ring_full_drops_total")
                     + metric(&m, "phalanx_capture_backlog_dropped_total");
                 writeln!(
@@ -365,7 +338,7 @@ fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
     let daemon = start_daemon(&lab, phalanx, "tcx", None)?;
     let id = prog_id("phalanx_xdp")?.to_string();
     for &target in targets {
-        let m0 = daemon.metrics(&lab)?;
+        let m0 = daemon.text("/metrics")?;
         let start = Instant::now();
         let mut sent = 0u64;
         while start.elapsed().as_secs_f64() < secs {
@@ -379,7 +352,7 @@ fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
         }
         let elapsed = start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(300));
-        let m1 = daemon.metrics(&lab)?;
+        let m1 = daemon.text("/metrics")?;
         let d = |n: &str| metric(&m1, n) - metric(&m0, n);
         let decoded = d("phalanx_capture_records_decoded_total");
         let submitted = d("phalanx_kernel_records_submitted_total");
@@ -406,12 +379,12 @@ fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
     std::fs::write(&small, "[capture]\nring_buffer_bytes = 65536\n")?;
     let daemon = start_daemon(&lab, phalanx, "tcx", Some(&small))?;
     let id = prog_id("phalanx_xdp")?.to_string();
-    let m0 = daemon.metrics(&lab)?;
+    let m0 = daemon.text("/metrics")?;
     let start = Instant::now();
     prog_run(&id, &frame_arg, 4 * CHUNK)?;
     let offered = (4 * CHUNK) as f64 / start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
-    let m1 = daemon.metrics(&lab)?;
+    let m1 = daemon.text("/metrics")?;
     daemon.stop();
     let d = |n: &str| metric(&m1, n) - metric(&m0, n);
     let (submitted, decoded, full) = (
