@@ -129,5 +129,7 @@ pub mod window;
 
 pub use config::FlowConfig;
 pub use key::FlowKey;
-pub use report::{DirReport, FlowSummary, HandshakeReport, PerSide, RttReport};
+pub use report::{
+    DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
+};
 pub use table::{Flow, FlowReport, FlowTable, TableStats};
