@@ -11,4 +11,5 @@ pub mod config;
 pub mod daemon;
 pub mod export;
 pub mod flow;
+pub mod rules;
 pub mod synth;

@@ -434,7 +434,16 @@ impl FlowSummary {
             None
         };
         let both = |bit: u16| f.dir[0].flags & bit != 0 && f.dir[1].flags & bit != 0;
-        let icmp = ex.map_or_else(Vec::new, |x| x.icmp.clone());
+        // Re-orient: 0 = the quoted packet went src -> dst, 1 = dst -> src.
+        let icmp = ex.map_or_else(Vec::new, |x| {
+            x.icmp
+                .iter()
+                .map(|ev| IcmpEvent {
+                    quoted_dir: u8::from(usize::from(ev.quoted_dir) != s),
+                    ..*ev
+                })
+                .collect()
+        });
         let jitter_ms = match (a.jitter_ms, b.jitter_ms) {
             (Some(x), Some(y)) => Some(x.max(y)),
             (x, y) => x.or(y),

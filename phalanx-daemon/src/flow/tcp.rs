@@ -211,8 +211,9 @@ pub struct IcmpEvent {
     pub code: u8,
     /// Next-hop MTU (frag-needed) or MTU (packet too big); 0 otherwise.
     pub mtu: u32,
-    /// Whether the quoted packet went src -> dst of the flow's report
-    /// orientation (set when reporting).
+    /// Direction of the quoted packet: in the flow table, the canonical
+    /// key's side that sent it; in a [`super::FlowSummary`], 0 when it went
+    /// src -> dst and 1 when it went dst -> src.
     #[serde(skip)]
     pub quoted_dir: u8,
     /// Quoted TCP sequence number.
@@ -799,7 +800,8 @@ fn retransmission(
         }
         ex.full_size_retrans_last_ns = now.max(1);
     }
-    if !pmtud {
+    // Data already acknowledged cannot stall the connection.
+    if !pmtud && !acked {
         let st = &mut ex.stall;
         if st.count > 0 && st.seq == s {
             st.count = st.count.saturating_add(1);
