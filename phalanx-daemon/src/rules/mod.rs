@@ -38,6 +38,9 @@ mod storm;
 mod syn_unanswered;
 mod zero_window;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::Range;
