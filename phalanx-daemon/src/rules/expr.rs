@@ -399,7 +399,11 @@ impl Parser<'_> {
             let r = self.and()?;
             self.need(&l, Kind::Bool, "or")?;
             self.need(&r, Kind::Bool, "or")?;
-            l = (Expr::Bin(BinOp::Or, Box::new(l.0), Box::new(r.0)), Kind::Bool, l.2);
+            l = (
+                Expr::Bin(BinOp::Or, Box::new(l.0), Box::new(r.0)),
+                Kind::Bool,
+                l.2,
+            );
         }
         Ok(l)
     }
@@ -411,7 +415,11 @@ impl Parser<'_> {
             let r = self.not()?;
             self.need(&l, Kind::Bool, "and")?;
             self.need(&r, Kind::Bool, "and")?;
-            l = (Expr::Bin(BinOp::And, Box::new(l.0), Box::new(r.0)), Kind::Bool, l.2);
+            l = (
+                Expr::Bin(BinOp::And, Box::new(l.0), Box::new(r.0)),
+                Kind::Bool,
+                l.2,
+            );
         }
         Ok(l)
     }
@@ -550,10 +558,7 @@ impl Parser<'_> {
             }
             t => err(
                 col,
-                format!(
-                    "expected a number, a field or `(`, found {}",
-                    t.describe()
-                ),
+                format!("expected a number, a field or `(`, found {}", t.describe()),
             ),
         }
     }
@@ -592,7 +597,10 @@ pub fn compile(src: &str, fields: &Fields) -> Result<Condition, ExprError> {
     if e.1 != Kind::Bool {
         return err(
             1,
-            format!("the condition must be true/false (a comparison), this is {}", e.1),
+            format!(
+                "the condition must be true/false (a comparison), this is {}",
+                e.1
+            ),
         );
     }
     Ok(Condition {
@@ -820,8 +828,14 @@ mod tests {
             "syn_unanswered": false, "rtt": {"p99_ms": 250.5, "min_ms": null},
             "src_to_dst": {"retransmissions": 6}});
         for (src, want) in [
-            ("retransmissions / packets > 0.05 and rtt.p99_ms > 200", true),
-            ("retransmissions / packets > 0.05 and rtt.p99_ms > 300", false),
+            (
+                "retransmissions / packets > 0.05 and rtt.p99_ms > 200",
+                true,
+            ),
+            (
+                "retransmissions / packets > 0.05 and rtt.p99_ms > 300",
+                false,
+            ),
             ("1 + 2 * 3 == 7", true),
             ("(1 + 2) * 3 == 9", true),
             ("10 - 4 - 3 == 3", true),
@@ -853,21 +867,72 @@ mod tests {
                 "unknown field `rtt.p98_ms` (did you mean `rtt.p99_ms`?)".into()
             )
         );
-        assert_eq!(col("packets > "), (11, "expected a number, a field or `(`, found the end of the expression".into()));
-        assert_eq!(col("(packets > 1"), (13, "expected `)` to close column 1, found the end of the expression".into()));
-        assert_eq!(col("packets > 1)"), (12, "unexpected `)` after a complete expression".into()));
-        assert_eq!(col("packets = 1"), (9, "`=` is not an operator; compare with `==`".into()));
-        assert_eq!(col("packets > 1 and state"), (17, "`and` needs true/false here, this is a string".into()));
-        assert_eq!(col("state > 1"), (1, "`>` needs a number here, this is a string".into()));
-        assert_eq!(col("state == 1"), (10, "`==` compares values of one type: a string against a number".into()));
-        assert_eq!(col("packets + 1"), (1, "the condition must be true/false (a comparison), this is a number".into()));
-        assert_eq!(col("1 < packets < 3"), (13, "comparisons do not chain: join them with `and` before `<`".into()));
-        assert_eq!(col("packets > 1 # x"), (13, "unexpected character '#'".into()));
+        assert_eq!(
+            col("packets > "),
+            (
+                11,
+                "expected a number, a field or `(`, found the end of the expression".into()
+            )
+        );
+        assert_eq!(
+            col("(packets > 1"),
+            (
+                13,
+                "expected `)` to close column 1, found the end of the expression".into()
+            )
+        );
+        assert_eq!(
+            col("packets > 1)"),
+            (12, "unexpected `)` after a complete expression".into())
+        );
+        assert_eq!(
+            col("packets = 1"),
+            (9, "`=` is not an operator; compare with `==`".into())
+        );
+        assert_eq!(
+            col("packets > 1 and state"),
+            (17, "`and` needs true/false here, this is a string".into())
+        );
+        assert_eq!(
+            col("state > 1"),
+            (1, "`>` needs a number here, this is a string".into())
+        );
+        assert_eq!(
+            col("state == 1"),
+            (
+                10,
+                "`==` compares values of one type: a string against a number".into()
+            )
+        );
+        assert_eq!(
+            col("packets + 1"),
+            (
+                1,
+                "the condition must be true/false (a comparison), this is a number".into()
+            )
+        );
+        assert_eq!(
+            col("1 < packets < 3"),
+            (
+                13,
+                "comparisons do not chain: join them with `and` before `<`".into()
+            )
+        );
+        assert_eq!(
+            col("packets > 1 # x"),
+            (13, "unexpected character '#'".into())
+        );
         assert_eq!(col("state == \"open"), (10, "unterminated string".into()));
         assert_eq!(col("   "), (1, "the condition is empty".into()));
-        assert_eq!(col("packets > 12abc"), (13, "a number must not run into a name".into()));
+        assert_eq!(
+            col("packets > 12abc"),
+            (13, "a number must not run into a name".into())
+        );
         // Columns count characters, not bytes.
-        assert_eq!(col("state == \"é\" and ü"), (18, "unexpected character 'ü'".into()));
+        assert_eq!(
+            col("state == \"é\" and ü"),
+            (18, "unexpected character 'ü'".into())
+        );
         let deep = format!("{}packets > 1{}", "(".repeat(70), ")".repeat(70));
         assert_eq!(col(&deep), (65, "nested more than 64 levels deep".into()));
     }
@@ -875,11 +940,18 @@ mod tests {
     #[test]
     fn template_renders_and_reports_columns() {
         let f = fields();
-        let t = Template::compile("{retransmissions} of {packets} re-sent, p99 {rtt.p99_ms} ms {{x}} {rtt.min_ms}", &f)
-            .expect("valid template");
-        let flow = json!({"packets": 100, "retransmissions": 6, "rtt": {"p99_ms": 250.5, "min_ms": null}});
+        let t = Template::compile(
+            "{retransmissions} of {packets} re-sent, p99 {rtt.p99_ms} ms {{x}} {rtt.min_ms}",
+            &f,
+        )
+        .expect("valid template");
+        let flow =
+            json!({"packets": 100, "retransmissions": 6, "rtt": {"p99_ms": 250.5, "min_ms": null}});
         assert_eq!(t.render(&flow), "6 of 100 re-sent, p99 250.5 ms {x} n/a");
-        assert_eq!(t.fields, ["retransmissions", "packets", "rtt.p99_ms", "rtt.min_ms"]);
+        assert_eq!(
+            t.fields,
+            ["retransmissions", "packets", "rtt.p99_ms", "rtt.min_ms"]
+        );
         let e = Template::compile("ok {packets} {rtt.p9_ms}", &f).expect_err("unknown");
         assert_eq!(e.column, 15);
         let e = Template::compile("ok {packets", &f).expect_err("unclosed");

@@ -202,14 +202,44 @@ impl RuleEngine {
         let finite_pos = |v: f64| v.is_finite() && v > 0.0;
         let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
         let c = &cfg.pmtud_blackhole;
-        check(c.min_retransmissions >= 1, "pmtud_blackhole", "min_retransmissions", "must be at least 1")?;
+        check(
+            c.min_retransmissions >= 1,
+            "pmtud_blackhole",
+            "min_retransmissions",
+            "must be at least 1",
+        )?;
         let c = &cfg.asymmetric_path;
-        check(c.min_packets >= 1, "asymmetric_path", "min_packets", "must be at least 1")?;
-        check(finite_nonneg(c.min_duration_secs), "asymmetric_path", "min_duration_secs", "must be a number >= 0")?;
+        check(
+            c.min_packets >= 1,
+            "asymmetric_path",
+            "min_packets",
+            "must be at least 1",
+        )?;
+        check(
+            finite_nonneg(c.min_duration_secs),
+            "asymmetric_path",
+            "min_duration_secs",
+            "must be a number >= 0",
+        )?;
         let c = &cfg.congestion;
-        check(c.rtt_factor.is_finite() && c.rtt_factor > 1.0, "congestion", "rtt_factor", "must be a number > 1")?;
-        check(finite_nonneg(c.min_inflation_ms), "congestion", "min_inflation_ms", "must be a number >= 0")?;
-        check(c.min_rtt_samples >= 2, "congestion", "min_rtt_samples", "must be at least 2")?;
+        check(
+            c.rtt_factor.is_finite() && c.rtt_factor > 1.0,
+            "congestion",
+            "rtt_factor",
+            "must be a number > 1",
+        )?;
+        check(
+            finite_nonneg(c.min_inflation_ms),
+            "congestion",
+            "min_inflation_ms",
+            "must be a number >= 0",
+        )?;
+        check(
+            c.min_rtt_samples >= 2,
+            "congestion",
+            "min_rtt_samples",
+            "must be at least 2",
+        )?;
         check(
             c.min_retransmissions >= 1 || c.min_ce_packets >= 1,
             "congestion",
@@ -217,13 +247,38 @@ impl RuleEngine {
             "min_retransmissions and min_ce_packets cannot both be 0 (RTT inflation alone is not congestion)",
         )?;
         let c = &cfg.syn_unanswered;
-        check(c.min_syns >= 1, "syn_unanswered", "min_syns", "must be at least 1")?;
-        check(finite_pos(c.timeout_secs), "syn_unanswered", "timeout_secs", "must be a number > 0")?;
+        check(
+            c.min_syns >= 1,
+            "syn_unanswered",
+            "min_syns",
+            "must be at least 1",
+        )?;
+        check(
+            finite_pos(c.timeout_secs),
+            "syn_unanswered",
+            "timeout_secs",
+            "must be a number > 0",
+        )?;
         let c = &cfg.zero_window;
-        check(finite_nonneg(c.min_duration_ms), "zero_window", "min_duration_ms", "must be a number >= 0")?;
+        check(
+            finite_nonneg(c.min_duration_ms),
+            "zero_window",
+            "min_duration_ms",
+            "must be a number >= 0",
+        )?;
         let c = &cfg.retransmission_storm;
-        check(c.min_packets >= 1, "retransmission_storm", "min_packets", "must be at least 1")?;
-        check(finite_pos(c.ratio) && c.ratio <= 1.0, "retransmission_storm", "ratio", "must be in (0, 1]")?;
+        check(
+            c.min_packets >= 1,
+            "retransmission_storm",
+            "min_packets",
+            "must be at least 1",
+        )?;
+        check(
+            finite_pos(c.ratio) && c.ratio <= 1.0,
+            "retransmission_storm",
+            "ratio",
+            "must be in (0, 1]",
+        )?;
         check(
             c.critical_ratio.is_finite() && c.critical_ratio >= c.ratio,
             "retransmission_storm",
@@ -231,10 +286,25 @@ impl RuleEngine {
             "must be a number >= ratio",
         )?;
         let c = &cfg.retransmission_stall;
-        check(c.min_retransmissions >= 1, "retransmission_stall", "min_retransmissions", "must be at least 1")?;
+        check(
+            c.min_retransmissions >= 1,
+            "retransmission_stall",
+            "min_retransmissions",
+            "must be at least 1",
+        )?;
         let c = &cfg.rst_storm;
-        check(c.min_resets >= 2, "rst_storm", "min_resets", "must be at least 2")?;
-        check(finite_pos(c.window_secs), "rst_storm", "window_secs", "must be a number > 0")?;
+        check(
+            c.min_resets >= 2,
+            "rst_storm",
+            "min_resets",
+            "must be at least 2",
+        )?;
+        check(
+            finite_pos(c.window_secs),
+            "rst_storm",
+            "window_secs",
+            "must be a number > 0",
+        )?;
 
         let mut custom: Vec<custom::CustomRule> = Vec::with_capacity(cfg.custom.len());
         for rc in &cfg.custom {
@@ -248,7 +318,9 @@ impl RuleEngine {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !name_ok {
-                return Err(bad("name must be non-empty letters, digits, `_` or `-`".into()));
+                return Err(bad(
+                    "name must be non-empty letters, digits, `_` or `-`".into()
+                ));
             }
             if BUILTIN_RULES.contains(&rc.name.as_str()) {
                 return Err(bad("name is taken by a built-in rule".into()));

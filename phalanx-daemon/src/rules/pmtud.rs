@@ -11,7 +11,7 @@
 use serde_json::json;
 
 use super::config::PmtudConfig;
-use super::{plural, sides, r3, secs, Finding, FindingFlow, Severity};
+use super::{plural, r3, secs, sides, Finding, FindingFlow, Severity};
 use crate::flow::FlowSummary;
 
 pub(super) fn check(c: &PmtudConfig, f: &FlowSummary, out: &mut Vec<Finding>) {
@@ -34,7 +34,10 @@ pub(super) fn check(c: &PmtudConfig, f: &FlowSummary, out: &mut Vec<Finding>) {
             from.dedup();
             let first = too_big.iter().map(|e| e.ts_ns).min().unwrap_or(0);
             let last = too_big.iter().map(|e| e.ts_ns).max().unwrap_or(0);
-            let mtu_text = mtu.map_or_else(|| "a smaller MTU".to_string(), |m| format!("an MTU of {m} bytes"));
+            let mtu_text = mtu.map_or_else(
+                || "a smaller MTU".to_string(),
+                |m| format!("an MTU of {m} bytes"),
+            );
             out.push(Finding {
                 rule: "pmtud_reduced".into(),
                 severity: Severity::Info,

@@ -12,9 +12,12 @@ use super::config::RstStormConfig;
 use super::{endpoint, r3, secs, Finding, FindingFlow, Severity};
 use crate::flow::FlowSummary;
 
+/// One reset connection: time of its first RST, whether the server sent
+/// it, the client's address.
+type Reset = (u64, bool, IpAddr);
+
 pub(super) fn check(c: &RstStormConfig, flows: &[FlowSummary], out: &mut Vec<Finding>) {
-    // (time of the first RST, reset by the server, client address)
-    let mut by_service: BTreeMap<(IpAddr, u16), Vec<(u64, bool, IpAddr)>> = BTreeMap::new();
+    let mut by_service: BTreeMap<(IpAddr, u16), Vec<Reset>> = BTreeMap::new();
     for f in flows.iter().filter(|f| f.proto == "tcp") {
         let t = match (f.src_to_dst.rst_ns, f.dst_to_src.rst_ns) {
             (Some(a), Some(b)) => (a.min(b), b <= a),

@@ -23,7 +23,15 @@ fn ip(last: u8) -> [u8; 16] {
 }
 
 /// A TCP packet between client 10.0.0.1:`cport` and server 10.0.0.2:80.
-fn pkt(ms: f64, from_client: bool, cport: u16, flags: u8, seq: u32, ack: u32, len: u32) -> PacketMeta {
+fn pkt(
+    ms: f64,
+    from_client: bool,
+    cport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    len: u32,
+) -> PacketMeta {
     let mut m = PacketMeta::zeroed();
     m.ts_ns = at(ms);
     m.kind = RecordKind::Tcp as u8;
@@ -95,7 +103,14 @@ fn blackhole_download() -> Vec<PacketMeta> {
     v.push(p(20.4, false, tf::ACK | tf::PSH, S0 + 1, C0 + 101, 300));
     v.push(p(40.4, true, tf::ACK, C0 + 101, S0 + 301, 0));
     for (i, ms) in [40.5, 40.6, 40.7].into_iter().enumerate() {
-        v.push(p(ms, false, tf::ACK, S0 + 301 + 1448 * i as u32, C0 + 101, 1448));
+        v.push(p(
+            ms,
+            false,
+            tf::ACK,
+            S0 + 301 + 1448 * i as u32,
+            C0 + 101,
+            1448,
+        ));
     }
     for ms in [240.5, 640.5, 1440.5, 3040.5] {
         v.push(p(ms, false, tf::ACK, S0 + 301, C0 + 101, 1448));
@@ -107,8 +122,14 @@ fn blackhole_download() -> Vec<PacketMeta> {
 fn pmtud_blackhole_fires_and_supersedes_the_stall() {
     let (flows, found) = run(&blackhole_download(), &RulesConfig::default());
     let d = &flows[0].dst_to_src;
-    assert_eq!((d.max_segment, d.max_acked_segment, d.full_size_retrans), (1448, 300, 4));
-    assert_eq!(d.stall.retransmissions, 4, "the stall is there, but superseded");
+    assert_eq!(
+        (d.max_segment, d.max_acked_segment, d.full_size_retrans),
+        (1448, 300, 4)
+    );
+    assert_eq!(
+        d.stall.retransmissions, 4,
+        "the stall is there, but superseded"
+    );
     assert_eq!(rules(&found), [("pmtud_blackhole", Severity::Critical)]);
     let x = &found[0];
     assert_eq!(
@@ -159,7 +180,15 @@ fn pmtud_with_icmp_is_reduced_not_blackhole() {
     v.push(icmp);
     let mut seq = S0 + 301;
     for (i, len) in [1240u32, 1240, 1240, 624].into_iter().enumerate() {
-        v.push(pkt(40.9 + i as f64 * 0.01, false, 40000, tf::ACK, seq, C0 + 101, len));
+        v.push(pkt(
+            40.9 + i as f64 * 0.01,
+            false,
+            40000,
+            tf::ACK,
+            seq,
+            C0 + 101,
+            len,
+        ));
         seq += len;
     }
     v.push(pkt(61.0, true, 40000, tf::ACK, C0 + 101, seq, 0));
@@ -192,7 +221,10 @@ fn bulk_loss_of_full_size_segments_is_not_a_blackhole() {
     });
     let (flows, found) = run(&g.records, &RulesConfig::default());
     let d = &flows[0].src_to_dst;
-    assert_eq!((d.max_segment, d.max_acked_segment, d.full_size_retrans), (1448, 1448, 0));
+    assert_eq!(
+        (d.max_segment, d.max_acked_segment, d.full_size_retrans),
+        (1448, 1448, 0)
+    );
     assert_eq!(d.retransmissions, 2);
     assert_eq!(found, []);
 }
@@ -221,7 +253,11 @@ fn one_way_flow_is_asymmetric() {
     };
     let g = synth::tcp_conversation(&sc);
     let client = ip(1);
-    let recs: Vec<PacketMeta> = g.records.into_iter().filter(|r| r.src_addr == client).collect();
+    let recs: Vec<PacketMeta> = g
+        .records
+        .into_iter()
+        .filter(|r| r.src_addr == client)
+        .collect();
     let (first, last) = (recs[0].ts_ns, recs[recs.len() - 1].ts_ns);
     let n = recs.len() as u64;
     let (_, found) = run(&recs, &RulesConfig::default());
@@ -247,7 +283,17 @@ fn one_way_flow_is_asymmetric() {
 fn one_way_flow_without_proof_of_the_other_side_is_not_asymmetric() {
     // Picked up mid-stream: new data every 0.5 s, ACK number never moves.
     let recs: Vec<PacketMeta> = (0..12)
-        .map(|i| pkt(f64::from(i) * 500.0, true, 40000, tf::ACK, C0 + 100 * i, S0, 100))
+        .map(|i| {
+            pkt(
+                f64::from(i) * 500.0,
+                true,
+                40000,
+                tf::ACK,
+                C0 + 100 * i,
+                S0,
+                100,
+            )
+        })
         .collect();
     let (flows, found) = run(&recs, &RulesConfig::default());
     assert_eq!(flows[0].src_to_dst.packets, 12);
@@ -270,13 +316,26 @@ fn ttl_change_mid_flow_is_reported() {
     let e = &found[0].evidence;
     assert_eq!(e["direction"], "dst_to_src");
     assert_eq!(
-        (&e["ttl_first"], &e["ttl_last"], &e["ttl_min"], &e["ttl_max"], &e["ttl_changes"]),
+        (
+            &e["ttl_first"],
+            &e["ttl_last"],
+            &e["ttl_min"],
+            &e["ttl_max"],
+            &e["ttl_changes"]
+        ),
         (&json!(64), &json!(58), &json!(58), &json!(64), &json!(1))
     );
-    assert_eq!(e["first_change_ns"], json!(changed_at.expect("server packets")));
+    assert_eq!(
+        e["first_change_ns"],
+        json!(changed_at.expect("server packets"))
+    );
     let mut cfg = RulesConfig::default();
     cfg.asymmetric_path.min_ttl_delta = 7;
-    assert_eq!(run(&recs, &cfg).1, [], "a 6-hop change is below a delta of 7");
+    assert_eq!(
+        run(&recs, &cfg).1,
+        [],
+        "a 6-hop change is below a delta of 7"
+    );
 }
 
 /// Request/response exchanges without timestamps: RTT samples of the
@@ -304,7 +363,10 @@ fn congestion_needs_inflation_and_marks() {
     rtts.extend([50.0; 12]);
     let (flows, found) = run(&ping_pong(&rtts, 3), &RulesConfig::default());
     let f = &flows[0];
-    assert_eq!((f.rtt.samples, f.rtt.min_ms, f.rtt.p50_ms), (20, Some(10.0), Some(50.0)));
+    assert_eq!(
+        (f.rtt.samples, f.rtt.min_ms, f.rtt.p50_ms),
+        (20, Some(10.0), Some(50.0))
+    );
     assert_eq!(f.ce_packets, 3);
     let mut srtt = 10_000u64;
     for _ in 0..12 {
@@ -327,10 +389,15 @@ fn congestion_needs_inflation_and_marks() {
             "last_ts_ns": f.last_ts_ns,
         })
     );
-    assert!(found[0].summary.contains("rose to 50.0 ms (median), 5.0 times its 10.0 ms baseline"));
+    assert!(found[0]
+        .summary
+        .contains("rose to 50.0 ms (median), 5.0 times its 10.0 ms baseline"));
     // Inflation alone (no loss, no marks) and marks alone are not congestion.
     assert_eq!(run(&ping_pong(&rtts, 0), &RulesConfig::default()).1, []);
-    assert_eq!(run(&ping_pong(&[10.0; 20], 5), &RulesConfig::default()).1, []);
+    assert_eq!(
+        run(&ping_pong(&[10.0; 20], 5), &RulesConfig::default()).1,
+        []
+    );
 }
 
 #[test]
@@ -356,7 +423,11 @@ fn syn_unanswered_after_retries_or_timeout() {
     let late = e.evaluate(&flows, at(5000.0));
     assert_eq!(late[0].evidence["waited_s"], json!(5.0));
     // Refused (RST) or answered: not unanswered.
-    let refused = [syn(0.0), pkt(0.1, false, 40000, tf::RST | tf::ACK, 0, C0 + 1, 0), syn(1000.0)];
+    let refused = [
+        syn(0.0),
+        pkt(0.1, false, 40000, tf::RST | tf::ACK, 0, C0 + 1, 0),
+        syn(1000.0),
+    ];
     assert_eq!(run(&refused, &RulesConfig::default()).1, []);
     assert_eq!(run(&handshake(40000), &RulesConfig::default()).1, []);
 }
@@ -368,7 +439,12 @@ fn zero_window_episode_duration() {
         ..TcpScenario::default()
     };
     let g = synth::tcp_conversation(&sc(800));
-    let zero_at = g.records.iter().find(|r| r.window == 0).expect("zero window").ts_ns;
+    let zero_at = g
+        .records
+        .iter()
+        .find(|r| r.window == 0)
+        .expect("zero window")
+        .ts_ns;
     let (flows, found) = run(&g.records, &RulesConfig::default());
     assert_eq!(flows[0].dst_to_src.zero_window_ms, 800.0);
     assert_eq!(rules(&found), [("zero_window", Severity::Warning)]);
@@ -400,7 +476,10 @@ fn retransmission_storm_ratio() {
     let truth = &g.truth[0];
     let (flows, found) = run(&g.records, &RulesConfig::default());
     let d = &flows[0].src_to_dst;
-    assert_eq!((d.retransmissions, d.packets), (truth.retransmissions, truth.sender_packets));
+    assert_eq!(
+        (d.retransmissions, d.packets),
+        (truth.retransmissions, truth.sender_packets)
+    );
     let ratio = f64::from(truth.retransmissions) / truth.sender_packets as f64;
     assert_eq!(rules(&found), [("retransmission_storm", Severity::Warning)]);
     let e = &found[0].evidence;
@@ -430,7 +509,10 @@ fn stalled(acked_at: Option<f64>) -> Vec<PacketMeta> {
 #[test]
 fn retransmission_stall_open_and_recovered() {
     let (_, found) = run(&stalled(None), &RulesConfig::default());
-    assert_eq!(rules(&found), [("retransmission_stall", Severity::Critical)]);
+    assert_eq!(
+        rules(&found),
+        [("retransmission_stall", Severity::Critical)]
+    );
     assert_eq!(
         found[0].evidence,
         json!({
@@ -458,7 +540,15 @@ fn refused(n: u16, spacing_ms: f64) -> Vec<PacketMeta> {
     for i in 0..n {
         let t = f64::from(i) * spacing_ms;
         v.push(pkt(t, true, 40000 + i, tf::SYN, C0, 0, 0));
-        v.push(pkt(t + 0.5, false, 40000 + i, tf::RST | tf::ACK, 0, C0 + 1, 0));
+        v.push(pkt(
+            t + 0.5,
+            false,
+            40000 + i,
+            tf::RST | tf::ACK,
+            0,
+            C0 + 1,
+            0,
+        ));
     }
     v
 }
@@ -551,5 +641,8 @@ fn custom_rule_errors_name_rule_and_column() {
         "rules.custom \"slow\": summary, column 4: unknown field `pakets` (did you mean `packets`?)"
     );
     cfg.custom[0] = CustomRuleConfig::new("congestion", "packets > 1", Severity::Warning, "x");
-    assert!(RuleEngine::new(&cfg).is_err(), "built-in names are reserved");
+    assert!(
+        RuleEngine::new(&cfg).is_err(),
+        "built-in names are reserved"
+    );
 }
