@@ -139,12 +139,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     consumer.abort();
     server.abort();
+    // Wait for the aborted tasks to drop their state (the metrics registry
+    // holds a handle on the capture), so the detach below is the last one.
+    let _ = consumer.await;
+    let _ = server.await;
     let _ = tokio::time::timeout(GRACE, flow_task).await;
-    // Dropping the last reference detaches every program and link.
     match Arc::try_unwrap(capture) {
+        // Dropping the capture detaches every program and link.
         Ok(m) => drop(m),
         Err(still_shared) => {
-            warn!("capture still referenced at shutdown; detaching through the shared handle");
+            warn!(
+                refs = Arc::strong_count(&still_shared),
+                "capture still referenced at shutdown; it detaches when the last reference goes"
+            );
             drop(still_shared);
         }
     }

@@ -12,4 +12,5 @@ pub mod daemon;
 pub mod export;
 pub mod flow;
 pub mod rules;
+pub mod stitch;
 pub mod synth;

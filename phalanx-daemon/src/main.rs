@@ -27,5 +27,6 @@ fn main() -> Result<()> {
             };
             phalanx_daemon::analyze::run(&args, &cfg)
         }
+        Command::Stitch(args) => phalanx_daemon::stitch::run(&args),
     }
 }
