@@ -14,6 +14,8 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use crate::rules::RuleError;
+
 /// The documented default configuration, committed as `config/phalanx.toml`.
 pub const DOCUMENTED_DEFAULTS: &str = include_str!("../../config/phalanx.toml");
 
@@ -51,6 +53,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[flows]`: flow table bounds.
     pub flows: crate::flow::FlowConfig,
+    /// `[rules.*]`: diagnosis rules and their thresholds.
+    pub rules: crate::rules::RulesConfig,
 }
 
 /// How the kernel programs attach.
@@ -216,6 +220,21 @@ impl Config {
             path: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        if let Err(e) = crate::rules::RuleEngine::new(&cfg.rules) {
+            let line = match &e {
+                RuleError::Expr { span, .. } if span.end > 0 => Some(line_of(text, span.start)),
+                RuleError::Threshold { rule, key, .. } => threshold_line(text, rule, key),
+                _ => None,
+            };
+            let message = match line {
+                Some(l) => format!("{e} (line {l})"),
+                None => e.to_string(),
+            };
+            return Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                message,
+            });
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -262,8 +281,38 @@ impl Config {
                 )));
             }
         }
+        crate::rules::RuleEngine::new(&self.rules)
+            .map_err(|e| ConfigError::Semantic(e.to_string()))?;
         Ok(())
     }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Line of `key = ...` inside the `[rules.<rule>]` table, if written so.
+fn threshold_line(text: &str, rule: &str, key: &str) -> Option<usize> {
+    let header = format!("[rules.{rule}]");
+    let mut inside = false;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            inside = t == header;
+        } else if inside
+            && t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

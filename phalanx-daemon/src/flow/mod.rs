@@ -104,6 +104,31 @@
 //!   flow of the packet they quote, with type, code, MTU and the reporting
 //!   address (first 8 kept; `icmp_errors` counts all).
 //!
+//! Evidence for the diagnosis rules (per direction unless noted):
+//!
+//! - **ttl**: TTL / hop limit of the first and latest packet, min, max and
+//!   `changes` (packets whose TTL differs from the previous packet's).
+//! - **ce_packets**: packets with ECN Congestion Experienced (`tos & 3 == 3`);
+//!   also summed per flow.
+//! - **srtt_ms**: RFC 6298 smoothed RTT (gain 1/8) of the direction's samples,
+//!   the "recent" RTT; the flow figure sums the directions like `rtt`.
+//! - **zero_window_ms**: time the side advertised a zero window, from the
+//!   first zero advertisement of an episode to the next non-zero one (an
+//!   episode still open counts to the flow's last packet, `zero_window_open`).
+//! - **max_segment / max_acked_segment**: the largest segment payload sent
+//!   (GSO: the segment size), and the largest first transmission the peer's
+//!   cumulative ACK covered (one size probe at a time, on a new segment larger
+//!   than any acknowledged; a retransmission overlapping it voids it, Karn).
+//!   **full_size_retrans** counts retransmissions of segments at least
+//!   `max_segment` long while nothing that large had been acknowledged.
+//! - **stall**: the longest run of retransmissions starting at the same
+//!   sequence with no ACK advance past it in between (data already
+//!   acknowledged and path-MTU resends excluded); `open` when the run is
+//!   still unacknowledged.
+//! - **ack_advances**: times the side's cumulative ACK moved forward;
+//!   **syn_only**: every packet of the side was a SYN without ACK;
+//!   **rst_ns**: time of its first RST.
+//!
 //! # Memory
 //!
 //! An idle tracked flow costs `size_of::<Flow>()` = 248 bytes (x86_64) in
@@ -111,8 +136,8 @@
 //! by doubling, so spare capacity can add up to the same again (measured:
 //! 413 bytes per flow at 10,000 idle flows). RTT sketches, sequence holes,
 //! rare counters and ICMP events live in one block allocated on first need
-//! (512 bytes, plus up to 256 bytes of exact RTT samples per direction,
-//! then a sparse sketch); a 1%-loss bulk-transfer mix measured 1,084 bytes
+//! (832 bytes, plus up to 256 bytes of exact RTT samples per direction,
+//! then a sparse sketch); a 1%-loss bulk-transfer mix measured 1,404 bytes
 //! per flow in all.
 
 pub mod config;
@@ -129,5 +154,7 @@ pub mod window;
 
 pub use config::FlowConfig;
 pub use key::FlowKey;
-pub use report::{DirReport, FlowSummary, HandshakeReport, PerSide, RttReport};
+pub use report::{
+    DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
+};
 pub use table::{Flow, FlowReport, FlowTable, TableStats};
