@@ -11,5 +11,6 @@ pub mod config;
 pub mod daemon;
 pub mod export;
 pub mod flow;
+pub mod incident;
 pub mod stitch;
 pub mod synth;
