@@ -15,13 +15,13 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
 use crate::flow::FlowKey;
 
 /// How urgent an incident is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Worth knowing, no action needed.
@@ -67,7 +67,7 @@ pub struct Observation {
 }
 
 /// Lifecycle state of an incident.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Observed within the last `resolve_after`.
@@ -87,7 +87,9 @@ impl Status {
 }
 
 /// An incident: one firing-to-resolved episode of a (rule, group).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// The JSON form round-trips (times to the millisecond), which is how open
+/// incidents survive a restart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     /// Unique id of this episode (fingerprint and start time).
     pub id: String,
@@ -103,18 +105,18 @@ pub struct Incident {
     /// Firing or resolved.
     pub status: Status,
     /// When it fired (ns since the epoch; RFC 3339 in JSON).
-    #[serde(serialize_with = "ser_time")]
+    #[serde(serialize_with = "ser_time", deserialize_with = "de_time")]
     pub starts_at: u64,
     /// When it resolved.
-    #[serde(serialize_with = "ser_opt_time")]
+    #[serde(serialize_with = "ser_opt_time", deserialize_with = "de_opt_time")]
     pub ends_at: Option<u64>,
     /// Last observation.
-    #[serde(serialize_with = "ser_time")]
+    #[serde(serialize_with = "ser_time", deserialize_with = "de_time")]
     pub last_seen: u64,
     /// Observations folded into this incident.
     pub count: u64,
     /// Flow of the latest observation that named one.
-    #[serde(serialize_with = "ser_flow")]
+    #[serde(serialize_with = "ser_flow", deserialize_with = "de_flow")]
     pub flow: Option<FlowKey>,
     /// Latest summary.
     pub summary: String,
@@ -330,6 +332,30 @@ impl IncidentManager {
             .or_else(|| self.resolved.iter().find(|i| i.id == id))
     }
 
+    /// Firing incidents to persist across a restart.
+    pub fn snapshot_open(&self) -> Vec<Incident> {
+        self.firing().into_iter().cloned().collect()
+    }
+
+    /// Takes back firing incidents saved by [`Self::snapshot_open`]: they
+    /// keep their ids and resolve normally unless observed again. Returns
+    /// how many were taken (resolved or duplicate entries are skipped, and
+    /// `max_open` holds).
+    pub fn restore(&mut self, incidents: Vec<Incident>) -> usize {
+        let mut n = 0;
+        for inc in incidents {
+            if inc.status != Status::Firing
+                || self.open.len() >= self.settings.max_open
+                || self.open.contains_key(&inc.fingerprint)
+            {
+                continue;
+            }
+            self.open.insert(inc.fingerprint.clone(), inc);
+            n += 1;
+        }
+        n
+    }
+
     /// Observations dropped because `max_open` incidents were firing.
     pub fn suppressed(&self) -> u64 {
         self.suppressed
@@ -364,8 +390,28 @@ fn ser_opt_time<S: Serializer>(ns: &Option<u64>, s: S) -> Result<S::Ok, S::Error
     }
 }
 
+fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_time(&s).map_err(serde::de::Error::custom)
+}
+
+fn de_opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(s) => parse_time(&s).map(Some).map_err(serde::de::Error::custom),
+        None => Ok(None),
+    }
+}
+
+fn parse_time(s: &str) -> Result<u64, String> {
+    let t = humantime::parse_rfc3339(s).map_err(|e| format!("{s:?}: {e}"))?;
+    let d = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?;
+    u64::try_from(d.as_nanos()).map_err(|_| format!("{s:?} is too far ahead"))
+}
+
 /// A flow as JSON: the canonical endpoints (side 0 sorts lower).
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct FlowJson {
     src: IpAddr,
     dst: IpAddr,
@@ -405,6 +451,38 @@ fn ser_flow<S: Serializer>(f: &Option<FlowKey>, s: S) -> Result<S::Ok, S::Error>
         .serialize(s),
         None => s.serialize_none(),
     }
+}
+
+fn de_flow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FlowKey>, D::Error> {
+    let Some(f) = Option::<FlowJson>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let proto = match f.proto.as_str() {
+        "tcp" => 6,
+        "udp" => 17,
+        "icmp" => 1,
+        "icmpv6" => 58,
+        n => n
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("unknown protocol {n:?}")))?,
+    };
+    let bytes = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    };
+    if f.src.is_ipv4() != f.dst.is_ipv4() {
+        return Err(serde::de::Error::custom("flow mixes IPv4 and IPv6"));
+    }
+    Ok(Some(FlowKey {
+        addr: [bytes(f.src), bytes(f.dst)],
+        port: [f.sport, f.dport],
+        proto,
+        ip_version: if f.src.is_ipv4() { 4 } else { 6 },
+    }))
 }
 
 /// `"10.0.0.1:40000 <-> 10.0.0.2:80 tcp"` (IPv6 in brackets).

@@ -27,6 +27,9 @@ use crate::export::spool::{Spool, SpoolError};
 pub const OBSERVATION_QUEUE: usize = 1024;
 /// Lifecycle tick.
 const TICK: Duration = Duration::from_secs(1);
+/// File in `incidents.spool_dir` holding the firing incidents across restarts
+/// (not a `.json` name: the spool ignores it).
+pub const STATE_FILE: &str = "open-incidents.state";
 
 /// Errors starting the incident service.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +146,7 @@ pub struct IncidentService {
     metrics: IncidentMetrics,
     external_url: String,
     resend: Duration,
+    state_path: PathBuf,
 }
 
 /// Nanoseconds since the epoch.
@@ -195,6 +199,8 @@ impl IncidentService {
             keep_resolved: ic.keep_resolved,
         })));
         let metrics = IncidentMetrics::register(registry);
+        let state_path = ic.spool_dir.join(STATE_FILE);
+        restore_state(&state_path, &manager, &metrics);
         let delivery_metrics = DeliveryMetrics::register(registry);
         let dispatcher = Dispatcher::start(
             cfg.receivers(),
@@ -220,6 +226,7 @@ impl IncidentService {
                 metrics,
                 external_url,
                 resend: Duration::from_secs(cfg.alertmanager.resend_secs),
+                state_path,
             },
             view,
         ))
@@ -242,10 +249,14 @@ impl IncidentService {
                     self.tick().await;
                 }
                 _ = tick.tick() => self.tick().await,
-                _ = resend.tick() => self.resend(),
+                _ = resend.tick() => {
+                    self.resend();
+                    self.save_state().await;
+                }
             }
         }
         info!("observation channel closed; incident task stopping");
+        self.save_state().await;
         self.dispatcher.shutdown().await;
     }
 
@@ -264,6 +275,7 @@ impl IncidentService {
             Ok(mut m) => m.tick(wall_ns()),
             Err(_) => return,
         };
+        let changed = !transitions.is_empty();
         for mut t in transitions {
             if let Transition::Fired(inc) = &mut t {
                 if let Some(updated) = self.write_evidence(inc).await {
@@ -275,6 +287,33 @@ impl IncidentService {
             }
             self.metrics.on(&t);
             self.dispatcher.dispatch(&t).await;
+        }
+        if changed {
+            self.save_state().await;
+        }
+    }
+
+    /// Persists the firing incidents, so that after a restart they keep
+    /// their ids and still get their resolved notification.
+    async fn save_state(&self) {
+        let open = match self.view.manager.lock() {
+            Ok(m) => m.snapshot_open(),
+            Err(_) => return,
+        };
+        let bytes = match serde_json::to_vec(&open) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("encoding incident state: {e}");
+                return;
+            }
+        };
+        let path = self.state_path.clone();
+        match tokio::task::spawn_blocking(move || super::evidence::write_atomic(&path, &bytes))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("saving incident state: {e}"),
+            Err(e) => warn!("saving incident state: {e}"),
         }
     }
 
@@ -318,7 +357,43 @@ impl IncidentService {
     }
 }
 
-/// Path of an evidence file (for tools and tests).
-pub fn evidence_path(view: &IncidentsView, name: &str) -> Result<PathBuf, EvidenceError> {
-    view.evidence.path_of(name)
+/// Takes back the firing incidents of the previous run (a missing file is
+/// a first start; a damaged one is reported and ignored).
+fn restore_state(
+    path: &std::path::Path,
+    manager: &Mutex<IncidentManager>,
+    metrics: &IncidentMetrics,
+) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            warn!(file = %path.display(), "reading incident state: {e}");
+            return;
+        }
+    };
+    let incidents: Vec<super::Incident> = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(file = %path.display(), "ignoring damaged incident state: {e}");
+            return;
+        }
+    };
+    let Ok(mut m) = manager.lock() else { return };
+    let n = m.restore(incidents);
+    // Called on a fresh manager: everything firing now was restored.
+    for inc in m.firing() {
+        metrics
+            .firing
+            .get_or_create(&RuleLabels {
+                rule: inc.rule.clone(),
+            })
+            .inc();
+    }
+    if n > 0 {
+        info!(
+            restored = n,
+            "firing incidents taken over from the previous run"
+        );
+    }
 }
