@@ -93,7 +93,8 @@ pub enum Outcome {
     delivered,
     /// An attempt failed; it will be tried again.
     retried,
-    /// Given up: refused for good (4xx), out of retry time, or not spoolable.
+    /// Given up: refused for good (4xx), out of retry time, spool full, or a
+    /// failed periodic re-send.
     failed,
     /// Written to the spool before its first attempt.
     spooled,
@@ -324,8 +325,15 @@ impl Dispatcher {
                     self.metrics.inc(&w.receiver.name, Outcome::spooled);
                     Some(name)
                 }
-                // Still try to send it: losing the restart guarantee for one
-                // delivery beats not delivering it at all.
+                // A full spool bounds memory too: the delivery is dropped.
+                Ok(Err(SpoolError::Full(dir))) => {
+                    warn!(receiver = %w.receiver.name, spool = %dir,
+                        "spool full (incidents.spool_max_files); delivery dropped");
+                    self.metrics.inc(&w.receiver.name, Outcome::failed);
+                    continue;
+                }
+                // Otherwise still try to send it: losing the restart
+                // guarantee for one delivery beats not delivering it at all.
                 Ok(Err(e)) => {
                     warn!(receiver = %w.receiver.name, "not spooled, sending from memory only: {e}");
                     None
