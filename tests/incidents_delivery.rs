@@ -513,6 +513,10 @@ async fn alertmanager_and_signed_webhook_get_fired_then_resolved_with_evidence()
     .await;
 
     let m = run.metrics();
+    assert!(
+        m.contains("# HELP phalanx_incidents Incidents fired, by rule and severity.\n"),
+        "HELP text: {m}"
+    );
     assert_eq!(
         sample(
             &m,

@@ -121,7 +121,7 @@ impl DeliveryMetrics {
         let m = Self::default();
         registry.register(
             "phalanx_webhook_deliveries",
-            "Incident deliveries to Alertmanager and webhooks, by receiver and outcome.",
+            "Incident deliveries to Alertmanager and webhooks, by receiver and outcome",
             m.deliveries.clone(),
         );
         m

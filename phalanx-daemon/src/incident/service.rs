@@ -79,17 +79,17 @@ impl IncidentMetrics {
         let m = Self::default();
         registry.register(
             "phalanx_incidents",
-            "Incidents fired, by rule and severity.",
+            "Incidents fired, by rule and severity",
             m.fired.clone(),
         );
         registry.register(
             "phalanx_incidents_firing",
-            "Incidents firing now, by rule.",
+            "Incidents firing now, by rule",
             m.firing.clone(),
         );
         registry.register(
             "phalanx_incident_observations_suppressed",
-            "Rule reports dropped because incidents.max_open incidents were firing.",
+            "Rule reports dropped because incidents.max_open incidents were firing",
             m.suppressed.clone(),
         );
         m
