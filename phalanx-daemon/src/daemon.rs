@@ -29,6 +29,10 @@ use crate::{
     config::Config,
     export::metrics::CaptureCollector,
     flow::FlowTable,
+    incident::{
+        service::{self as incidents, IncidentService, SharedHistory},
+        Observation,
+    },
 };
 
 /// Batches of records buffered between the ring consumer and the flow task.
@@ -95,6 +99,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", cfg.http.listen))?;
 
+    // Incident directories and the spool are opened before the kernel is
+    // touched, so a bad path fails without attaching anything.
+    let mut registry = Registry::default();
+    let history = incidents::history(&cfg.incidents);
+    let (incident_service, incidents_view) =
+        IncidentService::start(&cfg, history.clone(), &mut registry)
+            .await
+            .context("starting incidents")?;
+
     let (capture, ringbuf) = Capture::load_and_attach(&cfg.capture)?;
     info!(
         interfaces = ?capture.interfaces(),
@@ -106,19 +119,30 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ring_stats = Arc::new(RingStats::default());
     let flows = Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone())));
 
-    let mut registry = Registry::default();
     CaptureCollector::register(&mut registry, capture.clone(), ring_stats.clone());
     let state = api::ApiState {
         registry: Arc::new(registry),
         flows: flows.clone(),
+        incidents: incidents_view,
     };
+
+    // Incidents: rules send observations here; the task owns the manager,
+    // ticks every second and drives delivery.
+    let (observations, observations_rx) =
+        mpsc::channel::<Observation>(incidents::OBSERVATION_QUEUE);
+    let incident_task = tokio::spawn(
+        incident_service
+            .run(observations_rx)
+            .instrument(info_span!("incidents")),
+    );
 
     let (tx, rx) = mpsc::channel::<Vec<PacketMeta>>(CHANNEL_BATCHES);
     let mut consumer = tokio::spawn(
         ring::consume(ringbuf, tx, ring_stats.clone(), ring::ktime_offset_ns())
             .instrument(info_span!("ring")),
     );
-    let flow_task = tokio::spawn(flow_loop(rx, flows.clone()).instrument(info_span!("flow")));
+    let flow_task =
+        tokio::spawn(flow_loop(rx, flows.clone(), history).instrument(info_span!("flow")));
     let mut server = tokio::spawn(
         async move { axum::serve(listener, api::router(state)).await }
             .instrument(info_span!("http")),
@@ -144,6 +168,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let _ = consumer.await;
     let _ = server.await;
     let _ = tokio::time::timeout(GRACE, flow_task).await;
+    // Closing the channel stops the incident task; undelivered
+    // notifications stay in the spool for the next start.
+    drop(observations);
+    let _ = tokio::time::timeout(GRACE, incident_task).await;
     match Arc::try_unwrap(capture) {
         // Dropping the capture detaches every program and link.
         Ok(m) => drop(m),
@@ -191,9 +219,19 @@ fn reload_filters(args: &RunArgs, capture: &Arc<Mutex<Capture>>) {
     }
 }
 
-/// Feeds record batches into the flow table; expires idle flows by record time.
-async fn flow_loop(mut rx: mpsc::Receiver<Vec<PacketMeta>>, flows: Arc<Mutex<FlowTable>>) {
+/// Feeds record batches into the flow table (and the per-flow history kept
+/// for incident evidence); expires idle flows by record time.
+async fn flow_loop(
+    mut rx: mpsc::Receiver<Vec<PacketMeta>>,
+    flows: Arc<Mutex<FlowTable>>,
+    history: SharedHistory,
+) {
     while let Some(batch) = rx.recv().await {
+        if let Ok(mut h) = history.lock() {
+            for m in &batch {
+                h.record(m);
+            }
+        }
         let Ok(mut table) = flows.lock() else {
             error!("flow table poisoned; stopping the flow task");
             return;
