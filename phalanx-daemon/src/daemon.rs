@@ -143,6 +143,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let flow_task =
         tokio::spawn(flow_loop(rx, flows.clone(), history).instrument(info_span!("flow")));
+    let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
+    let rules_task = tokio::spawn(
+        rules_loop(flows.clone(), engine, observations.clone()).instrument(info_span!("rules")),
+    );
     let mut server = tokio::spawn(
         async move { axum::serve(listener, api::router(state)).await }
             .instrument(info_span!("http")),
@@ -170,6 +174,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let _ = tokio::time::timeout(GRACE, flow_task).await;
     // Closing the channel stops the incident task; undelivered
     // notifications stay in the spool for the next start.
+    rules_task.abort();
+    let _ = rules_task.await;
     drop(observations);
     let _ = tokio::time::timeout(GRACE, incident_task).await;
     match Arc::try_unwrap(capture) {
@@ -216,6 +222,71 @@ fn reload_filters(args: &RunArgs, capture: &Arc<Mutex<Capture>>) {
             "SIGHUP: filters reloaded"
         ),
         Err(e) => error!("SIGHUP: reloading filters failed: {e}"),
+    }
+}
+
+/// How often the rules look at the live flow table.
+const RULES_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Evaluates the diagnosis rules over the live flow table every
+/// [`RULES_INTERVAL`] and reports each finding to the incident manager.
+async fn rules_loop(
+    flows: Arc<Mutex<FlowTable>>,
+    engine: crate::rules::RuleEngine,
+    observations: mpsc::Sender<Observation>,
+) {
+    let mut tick = tokio::time::interval(RULES_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (summaries, now) = match flows.lock() {
+            Ok(t) => (t.snapshot(), t.now()),
+            Err(_) => {
+                error!("flow table poisoned; stopping the rules task");
+                return;
+            }
+        };
+        for finding in engine.evaluate(&summaries, now) {
+            if observations.send(observation(finding)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// An incident observation of a finding. Findings are grouped per service
+/// (responder address, port and protocol), so the flows of one fault make
+/// one incident; the finding's own flow supplies the evidence.
+fn observation(f: crate::rules::Finding) -> Observation {
+    use phalanx_common::user::ip_to_bytes;
+    let ff = &f.flow;
+    let group = format!("{}:{}/{}", ff.dst, ff.dport, ff.proto);
+    let proto = match ff.proto.as_str() {
+        "tcp" => Some(phalanx_common::ipproto::TCP),
+        "udp" => Some(phalanx_common::ipproto::UDP),
+        _ => None,
+    };
+    let flow = match (ff.src, ff.sport, proto) {
+        (Some(src), Some(sport), Some(proto)) => Some(
+            crate::flow::FlowKey::canonical(
+                if ff.dst.is_ipv4() { 4 } else { 6 },
+                proto,
+                &ip_to_bytes(src),
+                sport,
+                &ip_to_bytes(ff.dst),
+                ff.dport,
+            )
+            .0,
+        ),
+        _ => None,
+    };
+    Observation {
+        rule: f.rule,
+        severity: f.severity,
+        group,
+        flow,
+        summary: f.summary,
+        evidence: f.evidence,
     }
 }
 

@@ -2,8 +2,9 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
+    path::{Path, PathBuf},
     process::Stdio,
+    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -15,6 +16,17 @@ pub struct Daemon<'a> {
     ns: &'a Netns,
     api: SocketAddr,
     proc: Proc,
+    /// Config, evidence and spool of this run; removed with the daemon.
+    state: StateDir,
+}
+
+/// A temporary state directory, removed on drop.
+struct StateDir(PathBuf);
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// How to start a daemon.
@@ -34,13 +46,32 @@ pub struct Options<'p> {
 impl<'a> Daemon<'a> {
     /// Starts `phalanx run` in `ns` and waits until /healthz answers.
     pub fn start(ns: &'a Netns, phalanx: &Path, o: &Options<'_>) -> Result<Self> {
+        // Evidence and spool go to a directory of this run, not /var/lib.
+        static RUN: AtomicU32 = AtomicU32::new(0);
+        let state = StateDir(std::env::temp_dir().join(format!(
+            "phalanx-xtask-{}-{}",
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        )));
+        std::fs::create_dir_all(&state.0).context("state directory")?;
+        let mut text = match o.config {
+            Some(c) => {
+                std::fs::read_to_string(c).with_context(|| format!("reading {}", c.display()))?
+            }
+            None => String::new(),
+        };
+        text.push_str(&format!(
+            "\n[incidents]\nevidence_dir = {:?}\nspool_dir = {:?}\n",
+            state.0.join("evidence"),
+            state.0.join("spool")
+        ));
+        let config = state.0.join("phalanx.toml");
+        std::fs::write(&config, text).context("writing the run's config")?;
         let mut cmd = ns.command(&phalanx.display().to_string());
-        cmd.args(["run", "--mode", o.mode, "--listen", o.listen]);
+        cmd.args(["run", "--mode", o.mode, "--listen", o.listen, "--config"]);
+        cmd.arg(&config);
         for i in &o.interfaces {
             cmd.args(["--iface", i]);
-        }
-        if let Some(c) = o.config {
-            cmd.arg("--config").arg(c);
         }
         let proc = Proc::new(
             cmd.env("PHALANX_LOG", o.log)
@@ -50,7 +81,12 @@ impl<'a> Daemon<'a> {
                 .with_context(|| format!("starting {}", phalanx.display()))?,
         );
         let api: SocketAddr = o.listen.parse().context("API address")?;
-        let daemon = Daemon { ns, api, proc };
+        let daemon = Daemon {
+            ns,
+            api,
+            proc,
+            state,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if daemon
@@ -79,5 +115,6 @@ impl<'a> Daemon<'a> {
     /// SIGTERM and wait for the exit (programs detached).
     pub fn stop(self) {
         drop(self.proc.stop(Duration::from_secs(10)));
+        drop(self.state);
     }
 }

@@ -11,7 +11,6 @@ pub mod evidence;
 pub mod service;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -20,34 +19,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::flow::FlowKey;
 
-/// How urgent an incident is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Worth knowing, no action needed.
-    Info,
-    /// Degradation that needs a look.
-    Warning,
-    /// Outage-level fault.
-    Critical,
-}
-
-impl Severity {
-    /// Lower-case name, as used in labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How urgent an incident is: the severity of the rule that reports it.
+pub use crate::rules::Severity;
 
 /// One report of a rule about a flow group, as the rules engine sees it now.
 #[derive(Clone, Debug, PartialEq)]

@@ -21,8 +21,9 @@
 //! | `retransmission_stall` | warning / critical | the same data re-sent repeatedly with no acknowledgment progress (critical while still unacknowledged) |
 //! | `rst_storm` | warning | many reset connections of one service within a window (cross-flow) |
 //!
-//! A `pmtud_blackhole` finding supersedes `retransmission_stall` and
-//! `retransmission_storm` on the same flow: they are its symptoms.
+//! A `pmtud_blackhole` or `syn_unanswered` finding supersedes
+//! `retransmission_stall` and `retransmission_storm` on the same flow: they
+//! are its symptoms (re-sent full-size segments, re-sent SYNs).
 
 pub mod config;
 pub mod expr;
@@ -63,13 +64,20 @@ pub enum Severity {
     Critical,
 }
 
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(match self {
+impl Severity {
+    /// Lower-case name, as in JSON and alert labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
             Severity::Info => "info",
             Severity::Warning => "warning",
             Severity::Critical => "critical",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -383,7 +391,10 @@ impl RuleEngine {
         if c.retransmission_stall.enabled {
             stall::check(&c.retransmission_stall, f, out);
         }
-        if out[start..].iter().any(|x| x.rule == "pmtud_blackhole") {
+        if out[start..]
+            .iter()
+            .any(|x| matches!(x.rule.as_str(), "pmtud_blackhole" | "syn_unanswered"))
+        {
             let mut i = start;
             while i < out.len() {
                 if matches!(

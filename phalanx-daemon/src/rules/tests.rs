@@ -414,6 +414,17 @@ fn syn_unanswered_after_retries_or_timeout() {
         found[0].summary,
         "10.0.0.1:40000 sent 3 SYNs to 10.0.0.2:80 and got no answer in 3.0 s: the server is down or a firewall drops the connection."
     );
+    // Five SYNs are also four re-sends of the same sequence number: the
+    // stall they would show is the unanswered SYN itself, reported once.
+    let five = [
+        syn(0.0),
+        syn(1000.0),
+        syn(3000.0),
+        syn(7000.0),
+        syn(15000.0),
+    ];
+    let (_, found) = run(&five, &RulesConfig::default());
+    assert_eq!(rules(&found), [("syn_unanswered", Severity::Warning)]);
     // One SYN: nothing after 1 s, a finding once 3 s have passed.
     let mut t = FlowTable::new(FlowConfig::default());
     t.ingest(&syn(0.0));
