@@ -66,6 +66,14 @@ pub fn full_frame_len(meta: &PacketMeta) -> usize {
     build(meta, PayloadMode::HeadersOnly).full_len
 }
 
+/// An IPv6 fragment header per RFC 8200 4.5: the offset in the top 13 bits
+/// of bytes 2-3, M in the lowest. Written by hand because etherparse 0.19
+/// swaps the two (fixed upstream in 0.20), which real stacks would misread.
+fn v6_fragment_header(next: u8, offset: u16, more: bool) -> [u8; 8] {
+    let [w0, w1] = ((offset << 3) | u16::from(more)).to_be_bytes();
+    [next, 0, w0, w1, 0, 0, 0, 0]
+}
+
 fn build(meta: &PacketMeta, mode: PayloadMode) -> Built {
     let v6 = meta.ip_version == 6;
     let later = meta.ip_flags & IP_FLAG_LATER_FRAGMENT != 0;
@@ -142,14 +150,11 @@ fn build(meta: &PacketMeta, mode: PayloadMode) -> Built {
         if v6_frag {
             h.next_header = IpNumber::IPV6_FRAGMENTATION_HEADER;
             out.extend_from_slice(&h.to_bytes());
-            let offset = if later { LATER_FRAGMENT_OFFSET } else { 0 };
-            let frag = Ipv6FragmentHeader::new(
-                IpNumber(meta.l4_proto),
-                IpFragOffset::try_new(offset).unwrap_or(IpFragOffset::ZERO),
+            out.extend_from_slice(&v6_fragment_header(
+                meta.l4_proto,
+                if later { LATER_FRAGMENT_OFFSET } else { 0 },
                 meta.ip_flags & IP_FLAG_MF != 0,
-                0,
-            );
-            out.extend_from_slice(&frag.to_bytes());
+            ));
         } else {
             out.extend_from_slice(&h.to_bytes());
         }
@@ -825,6 +830,26 @@ pub(crate) mod tests {
                 prop_assert!(short.len() + m.payload_len as usize == frame.len());
             }
         }
+    }
+
+    #[test]
+    fn ipv6_fragment_header_has_rfc8200_layout() {
+        let mut m = PacketMeta::zeroed();
+        m.kind = RecordKind::Udp as u8;
+        m.ip_version = 6;
+        m.l4_proto = ipproto::UDP;
+        m.ip_flags = IP_FLAG_MF;
+        let f = build_frame(&m, PayloadMode::Zeroed);
+        // Ethernet 14 + IPv6 40: first fragment, offset 0, M set.
+        assert_eq!(&f[54..58], &[17, 0, 0x00, 0x01], "M is the lowest bit");
+        m.ip_flags = IP_FLAG_LATER_FRAGMENT;
+        let f = build_frame(&m, PayloadMode::Zeroed);
+        let word = u16::from_be_bytes([f[56], f[57]]);
+        assert_eq!(
+            (word >> 3, word & 1),
+            (LATER_FRAGMENT_OFFSET, 0),
+            "offset in the top 13 bits"
+        );
     }
 
     #[test]
