@@ -279,6 +279,77 @@ fn capture_file_round_trip_gives_the_same_figures() {
     assert_eq!(from_file.inputs[0].error, None);
 }
 
+#[test]
+fn many_flows_match_their_truth_at_high_loss() {
+    // 3% loss puts several losses in one recovery: partial ACKs, losses of
+    // the highest segment sent, recoveries ending in a timeout.
+    let mut lost = 0;
+    for seed in 1..=20u64 {
+        let g = synth::many_flows(&synth::ManyFlows {
+            flows: 150,
+            packets: 30_000,
+            loss: 0.03,
+            seed,
+            ..Default::default()
+        });
+        let r = analyze_records(g.records.iter().copied(), &FlowConfig::default());
+        assert_eq!(r.flows.len(), g.truth.len(), "seed {seed}: one flow each");
+        for t in &g.truth {
+            let c = t.client.expect("client");
+            let f = r
+                .flows
+                .iter()
+                .find(|f| f.src == c.0 && f.sport == c.1)
+                .unwrap_or_else(|| panic!("seed {seed}: flow of {c:?} missing"));
+            assert_counts(f, t);
+            lost += t.retransmissions;
+        }
+    }
+    assert!(lost > 2000, "the scenarios have losses ({lost})");
+}
+
+#[test]
+fn random_scenarios_match_their_truth() {
+    let mut rng = synth::XorShift::new(99);
+    let (mut fast, mut timeout) = (0, 0);
+    for k in 0..300 {
+        let mut sc = TcpScenario {
+            sack: rng.chance(0.5),
+            timestamps: rng.chance(0.5),
+            data: if rng.chance(0.5) {
+                DataDir::Upload
+            } else {
+                DataDir::Download
+            },
+            client_rtt_ns: 200_000 + rng.below(30_000_000),
+            server_rtt_ns: 200_000 + rng.below(50_000_000),
+            // Below 90 segments: the generator's sender ignores the
+            // receiver's window (1024 << 7 bytes), so none may be outstanding.
+            segments: 30 + rng.below(60) as u32,
+            window: 4 + rng.below(20) as u32,
+            ..TcpScenario::default()
+        };
+        let loss = [0.01, 0.03, 0.08][k % 3];
+        for i in 0..sc.segments {
+            if rng.chance(loss) {
+                if rng.chance(0.5) {
+                    sc.drop_before.push(i);
+                } else {
+                    sc.drop_after.push(i);
+                }
+            }
+        }
+        let (r, t) = run(&sc);
+        assert_counts(only_flow(&r), &t);
+        fast += t.retrans_fast;
+        timeout += t.retrans_timeout;
+    }
+    assert!(
+        fast > 500 && timeout > 20,
+        "both classes exercised ({fast} fast, {timeout} timeout)"
+    );
+}
+
 fn ip4(d: u8) -> [u8; 16] {
     let mut a = [0u8; 16];
     a[..4].copy_from_slice(&[192, 0, 2, d]);

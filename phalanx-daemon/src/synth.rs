@@ -7,8 +7,12 @@
 //! segment releases the segment `window` places later, so it passes V
 //! exactly `a + b` after the one that released it. R acknowledges every
 //! segment (no delayed ACK), keeps TS.Recent per RFC 7323, SACKs
-//! out-of-order data, and S retransmits on the third duplicate ACK or a
-//! partial ACK (fast), or after an RTO when too few duplicate ACKs come.
+//! out-of-order data. S starts fast recovery when the loss is evident
+//! (third duplicate ACK, or more than 2 * SMSS SACKed above the cumulative
+//! ACK), re-sends on every partial ACK until the ACK reaches the highest
+//! segment sent when recovery began (RFC 6582), and re-sends after an RTO
+//! when nothing else would; the re-sends of an RTO's recovery are timeout
+//! retransmissions.
 //!
 //! Faults: drops before V (V never sees the original; a late hole fill),
 //! drops after V (V sees the original and the retransmission), reordering
@@ -432,13 +436,23 @@ pub fn tcp_conversation(sc: &TcpScenario) -> Generated {
     let mut last_ack_sent: u32 = 0;
     let mut dup_run = 0u32;
     let mut scheduled = vec![false; n as usize];
-    let mut any_scheduled = false;
-    let mut highest_got: Option<u32> = None;
+    // Sender's loss recovery: the recovery point (one past the highest
+    // segment sent when it began) and whether a timeout began it.
+    let mut recovery: Option<(u32, bool)> = None;
+    // One past the highest segment the sender has sent by `t`.
+    let sent_by = |t: u64| {
+        seg_t
+            .iter()
+            .enumerate()
+            .filter(|(_, &st)| st <= t)
+            .map(|(i, _)| i as u32 + 1)
+            .max()
+            .unwrap_or(0)
+    };
     let mut max_seen: Option<u32> = None;
     let mut r_pkts: Vec<(u64, u32)> = Vec::new(); // (time, tsval) of receiver packets, for TSecr
     let mut r_out: Vec<PacketMeta> = Vec::new();
     let mut s_out: Vec<(PacketMeta, bool)> = Vec::new();
-    let mut in_rto_recovery = false;
     let mut last_s_t = first_data;
     let zw_ack_seg = zw_round.map(|(zr, _)| ((zr + 1) * w).min(n) - 1);
     let mut sack_blocks: Vec<(u32, u32)> = Vec::new(); // most recent first, in segment units
@@ -447,10 +461,10 @@ pub fn tcp_conversation(sc: &TcpScenario) -> Generated {
             // Tail loss: nothing left to trigger a fast retransmit.
             if rcv_nxt < n && !scheduled[rcv_nxt as usize] {
                 scheduled[rcv_nxt as usize] = true;
-                any_scheduled = true;
-                in_rto_recovery = true;
+                let t = last_s_t + sc.rto_ns;
+                recovery = Some((sent_by(t), true));
                 heap.push(Reverse(Tx {
-                    t: last_s_t + sc.rto_ns,
+                    t,
                     order,
                     seg: rcv_nxt,
                     retrans: true,
@@ -510,7 +524,6 @@ pub fn tcp_conversation(sc: &TcpScenario) -> Generated {
         // Receiver.
         let in_order = i == rcv_nxt;
         got[i as usize] = true;
-        highest_got = Some(highest_got.map_or(i, |h| h.max(i)));
         if i <= last_ack_sent {
             ts_recent = tsval;
         }
@@ -578,20 +591,40 @@ pub fn tcp_conversation(sc: &TcpScenario) -> Generated {
         } else if rcv_nxt != before {
             dup_run = 0;
         }
-        // Sender reaction (one sender round trip later at V).
-        let data_above = highest_got.is_some_and(|h| h > rcv_nxt);
-        if rcv_nxt < n && !scheduled[rcv_nxt as usize] && data_above {
+        // Sender reaction (one sender round trip later at V), RFC 6582 /
+        // RFC 6675 style: an ACK reaching the recovery point ends recovery;
+        // within it every partial ACK re-sends the next missing segment;
+        // outside it the loss must be evident (three duplicate ACKs, or
+        // more than 2 * SMSS SACKed above the cumulative ACK) to start one.
+        let t_react = t_ack + bb;
+        if recovery.is_some_and(|(point, _)| rcv_nxt >= point) {
+            recovery = None;
+        }
+        if rcv_nxt < n && !scheduled[rcv_nxt as usize] {
             let partial = rcv_nxt != before;
-            let trigger = (dup && dup_run >= 3) || (partial && any_scheduled);
-            if trigger {
+            let sacked: u32 = if m.sack_count > 0 {
+                sack_blocks.iter().take(3).map(|&(l, r)| r - l).sum()
+            } else {
+                0
+            };
+            let evident = dup_run >= 3 || sacked > 2;
+            let fast = match recovery {
+                Some((_, timeout)) if partial => Some(!timeout),
+                Some(_) => None,
+                None if evident => {
+                    recovery = Some((sent_by(t_react), false));
+                    Some(true)
+                }
+                None => None,
+            };
+            if let Some(fast) = fast {
                 scheduled[rcv_nxt as usize] = true;
-                any_scheduled = true;
                 heap.push(Reverse(Tx {
-                    t: t_ack + bb,
+                    t: t_react,
                     order,
                     seg: rcv_nxt,
                     retrans: true,
-                    fast: !in_rto_recovery,
+                    fast,
                 }));
                 order += 1;
             }

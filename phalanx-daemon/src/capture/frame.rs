@@ -852,6 +852,26 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ipv6_fragment_header_has_rfc8200_layout() {
+        let mut m = PacketMeta::zeroed();
+        m.kind = RecordKind::Udp as u8;
+        m.ip_version = 6;
+        m.l4_proto = ipproto::UDP;
+        m.ip_flags = IP_FLAG_MF;
+        let f = build_frame(&m, PayloadMode::Zeroed);
+        // Ethernet 14 + IPv6 40: first fragment, offset 0, M set.
+        assert_eq!(&f[54..58], &[17, 0, 0x00, 0x01], "M is the lowest bit");
+        m.ip_flags = IP_FLAG_LATER_FRAGMENT;
+        let f = build_frame(&m, PayloadMode::Zeroed);
+        let word = u16::from_be_bytes([f[56], f[57]]);
+        assert_eq!(
+            (word >> 3, word & 1),
+            (LATER_FRAGMENT_OFFSET, 0),
+            "offset in the top 13 bits"
+        );
+    }
+
+    #[test]
     fn icmp_frag_needed_quotes_the_tcp_flow() {
         let mut m = PacketMeta::zeroed();
         m.kind = RecordKind::IcmpError as u8;

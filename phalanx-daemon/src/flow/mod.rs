@@ -61,14 +61,21 @@
 //!   (vantage point -> sender -> vantage point) after the hole opened, i.e.
 //!   the sender could have learnt of the loss and re-sent (loss upstream of
 //!   the vantage point); without any RTT sample, a fill is late when the
-//!   receiver has sent 3 duplicate ACKs. Classes (per segment):
+//!   receiver has sent 3 duplicate ACKs; a fill that answers a partial
+//!   ACK (below) is late too. Classes (per segment):
 //!   *pmtud* when an ICMP "fragmentation needed" / ICMPv6 "packet too big"
 //!   quoting this direction arrived while the data was in flight (the resend
 //!   at the smaller MSS is path-MTU discovery, not loss recovery);
 //!   *fast* when the receiver had reported the loss before it (RFC 6675
 //!   IsLost: >= 3 duplicate ACKs, or more than 2 * SMSS bytes SACKed above
 //!   its cumulative ACK; SMSS = the receiver's MSS option, else 1460), or while in the fast recovery the first one
-//!   started (until the receiver ACKs the highest sequence at that time);
+//!   started (until the receiver ACKs the highest sequence at that time),
+//!   or when it answers a partial ACK (RFC 6582): it starts where a
+//!   cumulative ACK sent during fast recovery pointed and comes one
+//!   vantage-to-sender round trip after that ACK (between the minimum and
+//!   twice it plus 1 ms; an RTO comes later). That covers the segment that
+//!   was highest when the recovery began but was lost before the vantage
+//!   point, so the recovery point seen there ended below it;
 //!   *timeout* otherwise; *spurious* (a subset of all) when the vantage
 //!   point had already seen all of its data acknowledged, or when a later
 //!   D-SACK (RFC 2883) reports the latest retransmission as a duplicate.

@@ -161,6 +161,11 @@ pub struct DirExtra {
     pub recovery_point: u32,
     /// In fast recovery.
     pub in_recovery: bool,
+    /// The peer's cumulative ACK that advanced while this side was in fast
+    /// recovery, and when it passed: a sender re-sends the segment it names
+    /// at once (RFC 6582 partial ACK), even when that segment was the
+    /// highest one sent and the vantage point never saw it.
+    pub partial_ack: Option<(u32, u64)>,
     /// Latest retransmitted range, for D-SACK matching.
     pub last_retx: Option<(u32, u32, bool)>,
     /// TTL history, once the TTL first changed.
@@ -441,7 +446,7 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
     }
 
     // 2. Acknowledgment side: this side acknowledges the other's data.
-    let advanced = ackf && !rst && on_ack(f, d, rec, syn || fin || bare_probe);
+    let advanced = ackf && !rst && on_ack(f, d, rec, syn || fin || bare_probe, now);
     if !rst {
         let dir = &mut f.dir[d];
         let prev = (dir.flags & F_WIN != 0).then_some(dir.window);
@@ -546,7 +551,7 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
 
 /// Returns whether the ACK number advanced.
 /// `not_dup`: the segment cannot be a duplicate ACK (SYN, FIN, keep-alive).
-fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool) -> bool {
+fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool, now: u64) -> bool {
     let r = d ^ 1;
     let ack = rec.ack;
     let outstanding = f.dir[r].flags & F_SEQ == 0 || seq::gt(f.dir[r].snd_max, ack);
@@ -607,6 +612,7 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool) -> bool {
     if advanced {
         if let Some(ex) = f.extra.as_deref_mut() {
             let rx = &mut ex.dir[r];
+            rx.partial_ack = rx.in_recovery.then_some((ack, now));
             if rx.in_recovery && seq::ge(ack, rx.recovery_point) {
                 rx.in_recovery = false;
             }
@@ -668,6 +674,7 @@ fn on_data(
 
     // Below the highest sequence seen: a hole fill, a keep-alive or probe,
     // or a retransmission of data that passed the vantage point before.
+    let prompted = prompted_by_partial_ack(f, d, s, now);
     let advance = seq::dist(snd_max, e);
     if advance > 0 {
         let dir = &mut f.dir[d];
@@ -686,12 +693,13 @@ fn on_data(
         // the hole opened (the other direction's minimum RTT); without any
         // RTT, three duplicate ACKs from the receiver say "loss".
         let ref_us = f.extra.as_deref().and_then(|ex| ex.dir[r].rtt.min_us());
-        let late = match ref_us {
-            Some(m) => now.saturating_sub(fill.t_ns) >= u64::from(m) * 1000,
-            None => f.dir[r].dupack_run >= 3,
-        };
+        let late = prompted
+            || match ref_us {
+                Some(m) => now.saturating_sub(fill.t_ns) >= u64::from(m) * 1000,
+                None => f.dir[r].dupack_run >= 3,
+            };
         if late {
-            retransmission(f, d, s, e, payload, segs, true, now);
+            retransmission(f, d, s, e, payload, segs, true, now, prompted);
             return DataKind::Retrans;
         }
         let dir = &mut f.dir[d];
@@ -712,7 +720,7 @@ fn on_data(
         }
         return DataKind::Other;
     }
-    retransmission(f, d, s, e, payload, segs, false, now);
+    retransmission(f, d, s, e, payload, segs, false, now, prompted);
     DataKind::Retrans
 }
 
@@ -732,6 +740,25 @@ fn first_transmission(f: &mut Flow, d: usize, end: u32, payload: u32, segs: u32)
     }
 }
 
+/// Whether a segment starting at `s` answers a partial ACK: the peer's
+/// cumulative ACK reached `s` during fast recovery, and the segment came
+/// one vantage-to-sender round trip `m` (the minimum) after it, within
+/// `2 m + 1 ms`: an RTO comes later (Linux: at least `srtt + 200 ms`).
+fn prompted_by_partial_ack(f: &Flow, d: usize, s: u32, now: u64) -> bool {
+    let Some(ex) = f.extra.as_deref() else {
+        return false;
+    };
+    let Some((ack, t)) = ex.dir[d].partial_ack else {
+        return false;
+    };
+    let Some(m) = ex.dir[d ^ 1].rtt.min_us() else {
+        return false;
+    };
+    let (m, since) = (u64::from(m) * 1000, now.saturating_sub(t));
+    // RTT samples are whole microseconds: allow one of rounding.
+    ack == s && since + 1000 >= m && since <= 2 * m + 1_000_000
+}
+
 #[allow(clippy::too_many_arguments)]
 fn retransmission(
     f: &mut Flow,
@@ -742,6 +769,7 @@ fn retransmission(
     segs: u32,
     late: bool,
     now: u64,
+    prompted: bool,
 ) {
     let r = d ^ 1;
     let peer = &f.dir[r];
@@ -768,7 +796,7 @@ fn retransmission(
             && seq::lt(s, ev.snd_max_at)
     });
     let ex = &mut ex.dir[d];
-    let fast = !pmtud && (peer_signalled || ex.in_recovery);
+    let fast = !pmtud && (peer_signalled || ex.in_recovery || prompted);
     if pmtud {
         ex.retrans_pmtud = ex.retrans_pmtud.saturating_add(segs);
     }
@@ -776,7 +804,11 @@ fn retransmission(
         ex.retrans_fast = ex.retrans_fast.saturating_add(segs);
         if !ex.in_recovery {
             ex.in_recovery = true;
-            ex.recovery_point = snd_max;
+            // A partial ACK shows the sender's recovery point lay beyond
+            // this segment, which the vantage point had not seen when the
+            // recovery began: at least its end. Otherwise a new recovery
+            // runs to the highest sequence sent.
+            ex.recovery_point = if prompted { e } else { snd_max };
         }
     }
     if acked {
@@ -840,5 +872,138 @@ fn window_full(f: &mut Flow, d: usize, end: u32) {
     if window::is_full(peer.last_ack, peer.window, shift, end) {
         let ex = &mut f.extra_mut().dir[d];
         ex.window_full = ex.window_full.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use phalanx_common::{ipproto, RecordKind};
+
+    use super::*;
+    use crate::flow::{FlowConfig, FlowTable};
+
+    const MS: u64 = 1_000_000;
+    const SEG: u32 = 1000;
+
+    fn rec(t: u64, from_client: bool, flags: u8) -> PacketMeta {
+        let mut m = PacketMeta::zeroed();
+        m.ts_ns = t;
+        m.kind = RecordKind::Tcp as u8;
+        m.ip_version = 4;
+        m.l4_proto = ipproto::TCP;
+        let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let (src, dst, sport, dport) = if from_client {
+            (c, s, 40000, 80)
+        } else {
+            (s, c, 80, 40000)
+        };
+        m.src_addr[..4].copy_from_slice(&src);
+        m.dst_addr[..4].copy_from_slice(&dst);
+        m.sport = sport;
+        m.dport = dport;
+        m.tcp_flags = flags;
+        m.window = 1000;
+        m.wire_len = 54;
+        m
+    }
+
+    /// Client segment `i` (1000 bytes each, the first at sequence 1000).
+    fn data(t: u64, i: u32) -> PacketMeta {
+        let mut m = rec(t, true, tf::ACK);
+        m.seq = 1000 + i * SEG;
+        m.ack = 1;
+        m.payload_len = SEG;
+        m
+    }
+
+    /// Server ACK up to segment `next` (exclusive), SACKing `[l, r)`.
+    fn ack(t: u64, next: u32, sack: Option<(u32, u32)>) -> PacketMeta {
+        let mut m = rec(t, false, tf::ACK);
+        m.seq = 1;
+        m.ack = 1000 + next * SEG;
+        if let Some((l, r)) = sack {
+            m.tcp_opts = tcp_opts::SACK;
+            m.sack_count = 1;
+            m.sack[0] = 1000 + l * SEG;
+            m.sack[1] = 1000 + r * SEG;
+        }
+        m
+    }
+
+    /// The vantage point sits 1 ms from the server (the receiver) and
+    /// 10 ms from the client (the sender). Segment 1 is lost after it;
+    /// segment 5, the highest one sent when the client starts fast recovery,
+    /// is lost before it, so the recovery point the vantage point can see
+    /// ends below segment 5. The server's ACK of segment 4 is then a partial
+    /// ACK to the client, which re-sends segment 5 one round trip later.
+    fn recovery_with_unseen_top(resend_after_partial_ack: u64) -> Vec<PacketMeta> {
+        let mut syn = rec(0, true, tf::SYN);
+        syn.seq = 999;
+        syn.tcp_opts = tcp_opts::MSS | tcp_opts::SACK_PERM;
+        syn.mss = 1000;
+        let mut synack = rec(MS, false, tf::SYN | tf::ACK);
+        synack.ack = 1000;
+        synack.tcp_opts = tcp_opts::MSS | tcp_opts::SACK_PERM;
+        synack.mss = 1000;
+        let mut hs_ack = rec(11 * MS, true, tf::ACK);
+        hs_ack.seq = 1000;
+        hs_ack.ack = 1;
+        let us = |u: u64| u * 1000;
+        vec![
+            syn,
+            synack,
+            hs_ack,
+            data(12 * MS, 0),
+            data(12 * MS + us(100), 1),
+            data(12 * MS + us(200), 2),
+            data(12 * MS + us(300), 3),
+            data(12 * MS + us(400), 4),
+            ack(13 * MS, 1, None),
+            ack(13 * MS + us(200), 1, Some((2, 3))),
+            ack(13 * MS + us(300), 1, Some((2, 4))),
+            ack(13 * MS + us(400), 1, Some((2, 5))),
+            // Three duplicate ACKs: fast retransmission of segment 1.
+            data(23 * MS + us(400), 1),
+            ack(24 * MS + us(400), 5, None),
+            // New data opens the hole of segment 5 only now.
+            data(30 * MS, 6),
+            ack(31 * MS, 5, Some((6, 7))),
+            data(24 * MS + us(400) + resend_after_partial_ack, 5),
+            ack(25 * MS + us(400) + resend_after_partial_ack, 7, None),
+        ]
+    }
+
+    fn analyse(recs: &[PacketMeta]) -> crate::flow::FlowSummary {
+        let mut t = FlowTable::new(FlowConfig::default());
+        let mut sorted = recs.to_vec();
+        sorted.sort_by_key(|r| r.ts_ns);
+        for r in &sorted {
+            t.ingest(r);
+        }
+        t.snapshot().remove(0)
+    }
+
+    #[test]
+    fn partial_ack_resend_of_unseen_top_segment_is_fast_and_late() {
+        let f = analyse(&recovery_with_unseen_top(10 * MS));
+        assert_eq!(f.retransmissions, 2, "segments 1 and 5");
+        assert_eq!(
+            (f.retrans_fast, f.retrans_timeout),
+            (2, 0),
+            "segment 5 answers the partial ACK inside the recovery"
+        );
+        assert_eq!(
+            (f.late_fills, f.out_of_order),
+            (1, 0),
+            "filled one round trip after the ACK asked for it, though only 4.4 ms after the hole opened: loss, not reordering"
+        );
+    }
+
+    #[test]
+    fn resend_an_rto_after_the_partial_ack_is_a_timeout() {
+        let f = analyse(&recovery_with_unseen_top(250 * MS));
+        assert_eq!(f.retransmissions, 2);
+        assert_eq!((f.retrans_fast, f.retrans_timeout), (1, 1));
+        assert_eq!((f.late_fills, f.out_of_order), (1, 0));
     }
 }
