@@ -7,12 +7,15 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::mpsc;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use phalanx_common::PacketMeta;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::capture::file::{self, FileError};
+use crate::capture::file::{self, CaptureReader, FileError, ReaderStats};
 use crate::config::Config;
 use crate::flow::{FlowConfig, FlowSummary, FlowTable, TableStats};
 use crate::rules::{Finding, RuleEngine};
@@ -116,6 +119,9 @@ fn finish(table: FlowTable, inputs: Vec<InputReport>, rules: &RuleEngine) -> Rep
 /// thresholds. A file that cannot be opened is an error; damage inside a
 /// file ends that file early and is reported in its
 /// [`InputReport::error`] (and logged), the records before it still count.
+///
+/// Reading and parsing run on a second thread that hands batches of
+/// records to the flow table, so the two halves of the work overlap.
 pub fn analyze_files(files: &[PathBuf], cfg: &FlowConfig) -> Result<Report, AnalyzeError> {
     analyze_files_with(files, cfg, &RuleEngine::default())
 }
@@ -128,43 +134,121 @@ pub fn analyze_files_with(
 ) -> Result<Report, AnalyzeError> {
     let mut table = FlowTable::new(cfg.clone());
     table.keep_finished(true);
-    let progress = std::io::stderr().is_terminal();
     let mut inputs = Vec::with_capacity(files.len());
     for path in files {
         let name = path.display().to_string();
-        let mut reader = file::open(path)?;
+        let reader = file::open(path)?;
+        let size = std::fs::metadata(path).map_or(0, |m| m.len());
+        let bar = progress_bar(&name, size, reader.is_compressed());
         let mut input = InputReport {
             file: name.clone(),
             ..Default::default()
         };
-        let mut n: u64 = 0;
-        for item in reader.by_ref() {
-            match item {
-                Ok(rec) => {
-                    table.ingest(&rec);
-                    n += 1;
-                    if progress && n.is_multiple_of(1 << 20) {
-                        eprint!("\r{name}: {n} records");
-                    }
+        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<PacketMeta>>(BATCHES_IN_FLIGHT);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<PacketMeta>>();
+        let (stats, error) = std::thread::scope(|s| {
+            let bar = bar.clone();
+            let producer = s.spawn(move || read_batches(reader, &full_tx, &empty_rx, bar.as_ref()));
+            for batch in full_rx {
+                for rec in &batch {
+                    table.ingest(rec);
                 }
-                Err(e) => {
-                    tracing::warn!(file = %name, error = %e, "capture damaged; analysed up to the damage");
-                    input.error = Some(e.to_string());
-                }
+                // The reader may have finished; a lost batch is only a lost reuse.
+                let _ = empty_tx.send(batch);
             }
+            producer
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        });
+        if let Some(e) = error {
+            tracing::warn!(file = %name, error = %e, "capture damaged; analysed up to the damage");
+            input.error = Some(e.to_string());
         }
-        if progress && n >= 1 << 20 {
-            eprintln!("\r{name}: {n} records");
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
         }
-        let st = reader.stats();
-        input.frames = st.frames;
-        input.records = st.records;
-        input.not_ip = st.not_ip;
-        input.malformed = st.malformed;
-        input.unsupported_link = st.unsupported_link;
+        input.frames = stats.frames;
+        input.records = stats.records;
+        input.not_ip = stats.not_ip;
+        input.malformed = stats.malformed;
+        input.unsupported_link = stats.unsupported_link;
         inputs.push(input);
     }
     Ok(finish(table, inputs, rules))
+}
+
+/// Records per batch handed from the reading thread to the flow table.
+const BATCH: usize = 2048;
+/// Full batches queued at once (bounds the memory between the threads).
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Files at least this large get a progress bar (when stderr is a terminal).
+const PROGRESS_MIN_BYTES: u64 = 32 << 20;
+
+/// Reads every record into batches; returns the reader's counters and the
+/// damage that ended the file early, if any.
+fn read_batches(
+    mut reader: CaptureReader,
+    full: &mpsc::SyncSender<Vec<PacketMeta>>,
+    empty: &mpsc::Receiver<Vec<PacketMeta>>,
+    bar: Option<&ProgressBar>,
+) -> (ReaderStats, Option<FileError>) {
+    let mut error = None;
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(item) = reader.next() {
+        match item {
+            Ok(rec) => batch.push(rec),
+            Err(e) => error = Some(e),
+        }
+        if batch.len() == BATCH {
+            let next = empty
+                .try_recv()
+                .map(|mut v| {
+                    v.clear();
+                    v
+                })
+                .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+            if full.send(std::mem::replace(&mut batch, next)).is_err() {
+                break;
+            }
+            if let Some(bar) = bar {
+                bar.set_position(reader.position());
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = full.send(batch);
+    }
+    (reader.stats(), error)
+}
+
+/// A byte-position bar for a large uncompressed file, a record-count
+/// spinner for a large compressed one; none when stderr is not a terminal.
+fn progress_bar(name: &str, size: u64, compressed: bool) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() || size < PROGRESS_MIN_BYTES {
+        return None;
+    }
+    let bar = if compressed {
+        // The position is in decompressed bytes: no known end.
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {bytes} decompressed ({bytes_per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b
+    } else {
+        let b = ProgressBar::new(size);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.set_message(name.to_string());
+    Some(bar)
 }
 
 /// Runs `phalanx analyze` with the configuration already loaded (its
@@ -178,16 +262,23 @@ pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
         }
     }
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     write_report(&report, args.json, &mut out)?;
     out.flush()?;
     Ok(())
 }
 
-/// Writes the report as JSON or as the human table.
-pub fn write_report(report: &Report, json: bool, out: &mut dyn Write) -> Result<(), AnalyzeError> {
+/// Writes the report as JSON (one compact document and a newline) or as
+/// the human table. Generic over the writer so that the serializer's many
+/// small writes go straight into a buffer (a `dyn Write` call per token
+/// cost more than the analysis itself on large captures).
+pub fn write_report<W: Write>(
+    report: &Report,
+    json: bool,
+    out: &mut W,
+) -> Result<(), AnalyzeError> {
     if json {
-        serde_json::to_writer_pretty(&mut *out, report)?;
+        serde_json::to_writer(&mut *out, report)?;
         writeln!(out)?;
         return Ok(());
     }

@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "iperf3",
     "tcptrace",
+    "time",
     "prometheus",
     "prometheus-alertmanager",
 ];

@@ -481,6 +481,11 @@ impl CaptureReader {
         }
     }
 
+    /// Bytes of the (decompressed) input consumed so far.
+    pub fn position(&self) -> u64 {
+        self.input.base + self.input.start as u64
+    }
+
     /// True when the input was zstd-compressed.
     pub fn is_compressed(&self) -> bool {
         self.input.compressed

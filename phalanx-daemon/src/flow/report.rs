@@ -336,20 +336,21 @@ fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64)
             open: x.stall.count > 0 && x.stall == m,
         }
     });
+    let retrans = g(|x| x.retrans);
     let fast = g(|x| x.retrans_fast);
     let pmtud = g(|x| x.retrans_pmtud);
     DirReport {
         packets: d.packets,
         bytes: d.bytes,
         goodput_bytes: d.goodput,
-        retransmissions: d.retrans,
+        retransmissions: retrans,
         retrans_fast: fast,
-        retrans_timeout: d.retrans.saturating_sub(fast).saturating_sub(pmtud),
+        retrans_timeout: retrans.saturating_sub(fast).saturating_sub(pmtud),
         retrans_pmtud: pmtud,
         retrans_spurious: g(|x| x.retrans_spurious),
         late_fills: g(|x| x.late_fills),
         retrans_bytes: x.map_or(0, |x| x.retrans_bytes),
-        out_of_order: d.out_of_order,
+        out_of_order: g(|x| x.out_of_order),
         reorder_extent_max: g(|x| x.reorder_extent_max),
         dup_acks: d.dup_acks,
         zero_windows: g(|x| x.zero_windows),

@@ -388,6 +388,13 @@ impl FlowTable {
                 i
             }
             None => {
+                if self.flows.len() == self.flows.capacity() {
+                    // Double, but never past the bound: a full table keeps
+                    // no spare slots (a slab slot is most of a flow's cost).
+                    let bound = self.cfg.max_flows.max(self.flows.len() + 1);
+                    let want = (self.flows.capacity() * 2).max(16).min(bound);
+                    self.flows.reserve_exact(want - self.flows.len());
+                }
                 self.flows.push(flow);
                 (self.flows.len() - 1) as u32
             }
@@ -574,7 +581,7 @@ impl FlowTable {
     /// Memory held by the table: slab, index, free list and per-flow heap.
     pub fn memory_bytes(&self) -> usize {
         self.flows.capacity() * std::mem::size_of::<Flow>()
-            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.index.allocation_size()
             + self.free.capacity() * 4
             + self
                 .iter()

@@ -62,10 +62,6 @@ pub struct Dir {
     pub last_ack: u32,
     /// Latest TSval this side sent.
     pub last_tsval: u32,
-    /// Retransmitted segments (fast + timeout, spurious included).
-    pub retrans: u32,
-    /// Segments that filled a hole early: reordered, not retransmitted.
-    pub out_of_order: u32,
     /// Duplicate ACKs this side sent (RFC 5681 definition).
     pub dup_acks: u32,
     /// Latest window field this side advertised (unscaled).
@@ -131,6 +127,10 @@ pub struct DirExtra {
     pub arrival: ArrivalJitter,
     /// Missing ranges of this direction's sequence space.
     pub holes: Holes,
+    /// Retransmitted segments (fast + timeout, spurious included).
+    pub retrans: u32,
+    /// Segments that filled a hole early: reordered, not retransmitted.
+    pub out_of_order: u32,
     /// Retransmissions classified as fast (dup ACKs, SACK, recovery).
     pub retrans_fast: u32,
     /// Bytes SACKed above this side's latest cumulative ACK, summed over
@@ -702,10 +702,9 @@ fn on_data(
             retransmission(f, d, s, e, payload, segs, true, now, prompted);
             return DataKind::Retrans;
         }
-        let dir = &mut f.dir[d];
-        dir.out_of_order = dir.out_of_order.saturating_add(segs);
         let extent = u32::try_from(idx.saturating_sub(fill.idx)).unwrap_or(u32::MAX);
         let ex = &mut f.extra_mut().dir[d];
+        ex.out_of_order = ex.out_of_order.saturating_add(segs);
         ex.reorder_extent_max = ex.reorder_extent_max.max(extent);
         return DataKind::Other;
     }
@@ -785,8 +784,6 @@ fn retransmission(
     // All of it was already acknowledged past the vantage point: not needed.
     let acked = !late && peer.flags & F_ACK != 0 && seq::le(e, peer.last_ack);
     let snd_max = f.dir[d].snd_max;
-    let dir = &mut f.dir[d];
-    dir.retrans = dir.retrans.saturating_add(segs);
     let ipv = f.key.ip_version;
     let ex = f.extra_mut();
     let pmtud = ex.icmp.iter().any(|ev| {
@@ -796,6 +793,7 @@ fn retransmission(
             && seq::lt(s, ev.snd_max_at)
     });
     let ex = &mut ex.dir[d];
+    ex.retrans = ex.retrans.saturating_add(segs);
     let fast = !pmtud && (peer_signalled || ex.in_recovery || prompted);
     if pmtud {
         ex.retrans_pmtud = ex.retrans_pmtud.saturating_add(segs);

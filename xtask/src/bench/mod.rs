@@ -19,6 +19,8 @@ use phalanx_lab::{metric, sh, Proc, TwoHosts};
 
 use crate::daemon::{Daemon, Options};
 
+mod offline;
+
 const API: &str = "127.0.0.1:19750";
 
 /// One row of the results table.
@@ -443,6 +445,7 @@ pub fn run(quick: bool, root: &Path) -> Result<()> {
     let mut notes = String::new();
     live(&phalanx, quick, &mut rows, &mut notes)?;
     ring(&phalanx, quick, &mut rows, &mut notes)?;
+    offline::offline(&phalanx, quick, &mut rows, &mut notes)?;
 
     let mut table = String::new();
     writeln!(table, "| figure | Phalanx | peer | ratio | goal | pass |")?;

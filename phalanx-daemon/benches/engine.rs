@@ -1,0 +1,99 @@
+//! Flow engine benchmarks, from memory (no capture file, no kernel):
+//!
+//! - `engine/many_flows_mix`: records per second through [`FlowTable`] on
+//!   the synthetic mix (10,000 conversations, ~1M records, 1% loss, TCP
+//!   timestamps, a quarter IPv6). Goal: at least 5 M records/s per core.
+//! - `engine/new_idle_flows`: records per second when every record opens a
+//!   flow (a SYN scan), and the memory one idle tracked flow costs with one
+//!   million of them in the table (printed; goal: at most 256 bytes).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use phalanx_common::{ipproto, tcp_flags, PacketMeta, RecordKind};
+use phalanx_daemon::flow::{FlowConfig, FlowTable};
+use phalanx_daemon::synth::{self, ManyFlows};
+
+const IDLE_FLOWS: u32 = 1_000_000;
+
+fn mix(c: &mut Criterion) {
+    let g = synth::many_flows(&ManyFlows::default());
+    let mut group = c.benchmark_group("engine");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(g.records.len() as u64));
+    group.bench_function("many_flows_mix", |b| {
+        b.iter_batched(
+            || FlowTable::new(FlowConfig::default()),
+            |mut t| {
+                for r in &g.records {
+                    t.ingest(black_box(r));
+                }
+                // Returned, so dropping the table is not timed.
+                t
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
+/// One SYN per flow, each from its own IPv4 address: nothing but table cost.
+fn syns(n: u32) -> Vec<PacketMeta> {
+    (0..n)
+        .map(|i| {
+            let mut m = PacketMeta::zeroed();
+            m.ts_ns = u64::from(i);
+            m.kind = RecordKind::Tcp as u8;
+            m.ip_version = 4;
+            m.l4_proto = ipproto::TCP;
+            m.src_addr[..4].copy_from_slice(&(0x0a00_0000 | i).to_be_bytes());
+            m.dst_addr[..4].copy_from_slice(&[192, 0, 2, 1]);
+            m.sport = 40_000;
+            m.dport = 443;
+            m.tcp_flags = tcp_flags::SYN;
+            m.window = 65_535;
+            m.wire_len = 74;
+            m
+        })
+        .collect()
+}
+
+fn idle(c: &mut Criterion) {
+    let recs = syns(IDLE_FLOWS);
+    let cfg = FlowConfig {
+        max_flows: IDLE_FLOWS as usize,
+        ..FlowConfig::default()
+    };
+    let mut t = FlowTable::new(cfg.clone());
+    for r in &recs {
+        t.ingest(r);
+    }
+    assert_eq!(t.len(), IDLE_FLOWS as usize, "every SYN is a tracked flow");
+    println!(
+        "engine/idle_flow_memory: {:.1} bytes per idle flow at {IDLE_FLOWS} flows \
+         (Flow {} bytes; goal <= 256)",
+        t.memory_bytes() as f64 / f64::from(IDLE_FLOWS),
+        std::mem::size_of::<phalanx_daemon::flow::Flow>(),
+    );
+    drop(t);
+
+    let mut group = c.benchmark_group("engine");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(u64::from(IDLE_FLOWS)));
+    group.bench_function("new_idle_flows", |b| {
+        b.iter_batched(
+            || FlowTable::new(cfg.clone()),
+            |mut t| {
+                for r in &recs {
+                    t.ingest(black_box(r));
+                }
+                t
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, mix, idle);
+criterion_main!(benches);

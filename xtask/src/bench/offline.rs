@@ -1,0 +1,224 @@
+//! Offline analysis of one generated capture by Phalanx, tshark and
+//! tcptrace in the same run: wall time, packets/s, peak RSS, and the
+//! retransmissions each counts (beside the generator's truth).
+//!
+//! The capture comes from the daemon's `gen_capture` example (xtask cannot
+//! link the daemon: it must build before the kernel toolchain exists),
+//! converted to classic pcap, the one format all three read.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+use phalanx_lab::sh;
+
+use super::Row;
+
+const FLOWS: u64 = 10_000;
+const LOSS: &str = "0.01";
+
+/// One timed run under `/usr/bin/time`.
+struct Timed {
+    wall_s: f64,
+    peak_kb: u64,
+    stdout: Vec<u8>,
+}
+
+/// Runs `cmd` under `/usr/bin/time -f '%e %M'` (and a 15-minute
+/// `timeout`, so a stuck tool cannot stall the suite); stdout is kept,
+/// `time`'s line is the last line of stderr.
+fn timed(program: &str, args: &[&str]) -> Result<Timed> {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%e %M", "timeout", "900", program])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program} under /usr/bin/time"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("{program} {} failed: {}", args.join(" "), err.trim());
+    }
+    let last = err.lines().last().unwrap_or_default();
+    let mut it = last.split_whitespace();
+    let (Some(wall), Some(kb)) = (it.next(), it.next()) else {
+        bail!("no timing line from /usr/bin/time: {last}");
+    };
+    Ok(Timed {
+        wall_s: wall.parse().context("elapsed seconds")?,
+        peak_kb: kb.parse().context("peak RSS")?,
+        stdout: out.stdout,
+    })
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Writes the capture; returns (packets, generator's retransmissions).
+fn generate(out: &Path, packets: u64) -> Result<(u64, u64)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "phalanx-daemon",
+            "--example",
+            "gen_capture",
+            "--",
+        ])
+        .arg(out)
+        .args([&packets.to_string(), &FLOWS.to_string(), LOSS])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running the capture generator")?;
+    if !o.status.success() {
+        bail!("capture generator failed");
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).context("generator summary (JSON)")?;
+    Ok((
+        v["packets"].as_u64().unwrap_or(0),
+        v["retransmissions"].as_u64().unwrap_or(0),
+    ))
+}
+
+fn phalanx_retransmissions(json: &[u8]) -> Result<u64> {
+    let v: serde_json::Value = serde_json::from_slice(json).context("phalanx --json output")?;
+    let flows = v["flows"].as_array().context("flows array")?;
+    Ok(flows
+        .iter()
+        .filter_map(|f| f["retransmissions"].as_u64())
+        .sum())
+}
+
+fn tshark_retransmissions(file: &str) -> Result<u64> {
+    let out = Command::new("tshark")
+        .args(["-n", "-r", file, "-Y"])
+        .arg("tcp.analysis.retransmission || tcp.analysis.fast_retransmission")
+        .args(["-T", "fields", "-e", "frame.number"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .context("tshark retransmission count")?;
+    Ok(out
+        .stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count() as u64)
+}
+
+/// Sums both columns of every "rexmt data pkts:" line of `tcptrace -l`.
+fn tcptrace_retransmissions(text: &[u8]) -> u64 {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter(|l| l.contains("rexmt data pkts:"))
+        .flat_map(|l| {
+            l.split("rexmt data pkts:")
+                .skip(1)
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+fn mb(kb: u64) -> String {
+    format!("{:.0} MB", kb as f64 / 1024.0)
+}
+
+fn rate(pps: f64) -> String {
+    if pps >= 1e6 {
+        format!("{:.2} M pkt/s", pps / 1e6)
+    } else {
+        format!("{:.0} k pkt/s", pps / 1e3)
+    }
+}
+
+/// The offline rows: packets/s vs tshark (goal 20x) and vs tcptrace, peak
+/// memory vs tshark (goal: below).
+pub(crate) fn offline(
+    phalanx: &Path,
+    quick: bool,
+    rows: &mut Vec<Row>,
+    notes: &mut String,
+) -> Result<()> {
+    let want = if quick { 400_000 } else { 1_000_000 };
+    let dir = std::env::temp_dir().join(format!("phalanx-bench-offline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = run(phalanx, &dir, want, rows, notes);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run(
+    phalanx: &Path,
+    dir: &Path,
+    want: u64,
+    rows: &mut Vec<Row>,
+    notes: &mut String,
+) -> Result<()> {
+    let ng = dir.join("many-flows.pcapng");
+    let (packets, truth) = generate(&ng, want)?;
+    // tcptrace reads classic pcap only: all three tools get that file.
+    let file = dir.join("many-flows.pcap");
+    let (ng, f) = (ng.display().to_string(), file.display().to_string());
+    sh(&["editcap", "-F", "pcap", &ng, &f]).context("converting to pcap")?;
+    let _ = std::fs::remove_file(&ng);
+    let bin = phalanx.display().to_string();
+
+    let ours = timed(&bin, &["analyze", "--json", &f])?;
+    let ours_retx = phalanx_retransmissions(&ours.stdout)?;
+    let tshark = timed("tshark", &["-n", "-q", "-z", "expert", "-r", &f])?;
+    let tshark_retx = tshark_retransmissions(&f)?;
+    // -n: no name lookups (each would wait on DNS).
+    let tcptrace = timed("tcptrace", &["-n", "-l", &f])?;
+    let tcptrace_retx = tcptrace_retransmissions(&tcptrace.stdout);
+
+    let pps = |t: &Timed| packets as f64 / t.wall_s.max(0.01);
+    let ratio_ts = pps(&ours) / pps(&tshark);
+    let ratio_tt = pps(&ours) / pps(&tcptrace);
+    let label = format!("{}k packets, {FLOWS} flows, 1% loss", packets / 1000);
+    rows.push(Row {
+        figure: format!("offline packets/s ({label})"),
+        phalanx: rate(pps(&ours)),
+        peer: format!("tshark {}", rate(pps(&tshark))),
+        ratio: format!("{ratio_ts:.1}x"),
+        goal: ">= 20x tshark".into(),
+        pass: Some(ratio_ts >= 20.0),
+    });
+    rows.push(Row {
+        figure: "offline packets/s vs tcptrace".into(),
+        phalanx: rate(pps(&ours)),
+        peer: format!("tcptrace {}", rate(pps(&tcptrace))),
+        ratio: format!("{ratio_tt:.1}x"),
+        goal: "-".into(),
+        pass: None,
+    });
+    rows.push(Row {
+        figure: "offline peak RSS".into(),
+        phalanx: mb(ours.peak_kb),
+        peer: format!(
+            "tshark {}, tcptrace {}",
+            mb(tshark.peak_kb),
+            mb(tcptrace.peak_kb)
+        ),
+        ratio: format!("{:.2}x", ours.peak_kb as f64 / tshark.peak_kb.max(1) as f64),
+        goal: "below tshark".into(),
+        pass: Some(ours.peak_kb < tshark.peak_kb),
+    });
+    writeln!(
+        notes,
+        "- offline ({label}, timestamps on): wall time phalanx {:.2} s, tshark -z expert {:.2} s, \
+         tcptrace -l {:.2} s; retransmissions: generator {truth}, phalanx {ours_retx}, \
+         tshark {tshark_retx}, tcptrace {tcptrace_retx}",
+        ours.wall_s, tshark.wall_s, tcptrace.wall_s
+    )?;
+    Ok(())
+}
