@@ -89,6 +89,10 @@ impl Gen {
         if m.ip_version == 4 && self.below(2) == 0 {
             m.ip_flags = phalanx_common::IP_FLAG_DF;
         }
+        // A first fragment: IPv6 carries a fragment header with M set.
+        if self.below(4) == 0 {
+            m.ip_flags |= phalanx_common::IP_FLAG_MF;
+        }
         m.vlan_count = self.below(3) as u8;
         if m.vlan_count > 0 {
             m.outer_vlan = 1 + self.below(4094) as u16;

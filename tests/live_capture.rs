@@ -15,7 +15,7 @@ use phalanx_daemon::{
     capture::ebpf::Capture,
     config::{AttachMode, CaptureConfig, FilterRule, FlowSpec},
 };
-use phalanx_lab::{privileged, sh, Netns, Proc, TwoHosts};
+use phalanx_lab::{http_get, metric, privileged, sh, Netns, Proc, TwoHosts};
 
 /// Attach/detach and the interface counters must not interleave across tests.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -209,48 +209,6 @@ fn payload_by_direction(recs: &[PacketMeta], server_port: u16) -> (u64, u64) {
     (up, down)
 }
 
-/// Starts tcpdump and returns once it says it is listening.
-fn start_tcpdump(ns: &Netns, iface: &str, pcap: &std::path::Path) -> Proc {
-    let mut child = ns
-        .command("tcpdump")
-        // -Z root: Debian's tcpdump otherwise drops to a user that cannot write the temp dir;
-        // --immediate-mode: without it packets wait in a kernel block (1 s timeout) and a
-        // prompt stop loses them.
-        .args([
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "-i",
-            iface,
-            "-s",
-            "128",
-            "-U",
-            "-nn",
-            "-w",
-        ])
-        .arg(pcap)
-        .arg("tcp")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn tcpdump");
-    let stderr = child.stderr.take().expect("tcpdump stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    // Keep reading stderr until tcpdump exits, so its final report never hits a closed pipe.
-    std::thread::spawn(move || {
-        let mut r = std::io::BufReader::new(stderr);
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut r, &mut line);
-        let _ = tx.send(line);
-        let _ = std::io::copy(&mut r, &mut std::io::sink());
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("tcpdump started");
-    assert!(line.contains("listening"), "tcpdump: {line}");
-    Proc::new(child)
-}
-
 fn tcpdump_count(pcap: &std::path::Path, filter: &str) -> usize {
     let out =
         sh(&["tcpdump", "-nn", "-r", &pcap.display().to_string(), filter]).expect("tcpdump -r");
@@ -262,7 +220,10 @@ fn records_match_the_wire(mode: AttachMode) {
     let hosts = TwoHosts::new("lc").expect("lab");
     let dir = tempfile::tempdir().expect("tempdir");
     let pcap = dir.path().join("wire.pcap");
-    let dump = start_tcpdump(&hosts.a, &hosts.a_if, &pcap);
+    let dump = hosts
+        .a
+        .tcpdump(&hosts.a_if, &["tcp"], &pcap)
+        .expect("tcpdump");
     let (cap, mut ring) = attach(&hosts.a, &hosts.a_if, mode, Vec::new());
     let rx0 = hosts.a.if_stat(&hosts.a_if, "rx_packets").expect("rx");
     let tx0 = hosts.a.if_stat(&hosts.a_if, "tx_packets").expect("tx");
@@ -292,7 +253,8 @@ fn records_match_the_wire(mode: AttachMode) {
     let recs = flow_records(&drain(&mut ring), 9000);
     let counters = cap.counters().expect("counters");
     drop(cap);
-    dump.stop(Duration::from_secs(3));
+    let tcpdump_drops = dump.stop().expect("tcpdump exit report");
+    assert_eq!(tcpdump_drops, 0, "tcpdump lost nothing");
     let dumped = tcpdump_count(&pcap, "tcp port 9000");
     let size = std::fs::metadata(&pcap).map(|m| m.len()).unwrap_or(0);
     eprintln!("pcap {} bytes", size);
@@ -687,22 +649,14 @@ fn daemon_detaches_everything_on_sigterm() {
     }
 }
 
-/// GET a path of the daemon's API from inside `ns`.
+/// GET a path of the daemon's API from inside `ns`; the body as text.
 fn api_get(ns: &Netns, addr: &'static str, path: &'static str) -> String {
-    ns.run(move || {
-        let mut s = TcpStream::connect(addr).expect("connect API");
-        write!(s, "GET {path} HTTP/1.0\r\n\r\n").expect("request");
-        let mut r = String::new();
-        s.read_to_string(&mut r).expect("response");
-        r
-    })
-    .expect("namespace")
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
+    let addr: SocketAddr = addr.parse().expect("API address");
+    let (_, body) = ns
+        .run(move || http_get(addr, path))
+        .expect("namespace")
+        .expect("API request");
+    String::from_utf8_lossy(&body).to_string()
 }
 
 #[test]

@@ -16,7 +16,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::capture::file::{self, CaptureReader, FileError, ReaderStats};
+use crate::config::Config;
 use crate::flow::{FlowConfig, FlowSummary, FlowTable, TableStats};
+use crate::rules::{Finding, RuleEngine};
 
 /// Arguments of `phalanx analyze`.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -28,7 +30,8 @@ pub struct AnalyzeArgs {
     /// Print one JSON document (`flows`, `findings`) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Configuration file (its `[flows]` table sets the flow table).
+    /// Configuration file (its `[flows]` table sets the flow table, its
+    /// `[rules.*]` tables the diagnosis rules).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -57,8 +60,8 @@ pub struct InputReport {
 pub struct Report {
     /// Every flow seen, in order of first packet.
     pub flows: Vec<FlowSummary>,
-    /// Diagnosis findings (filled by the rules engine).
-    pub findings: Vec<serde_json::Value>,
+    /// Diagnosis findings over the final flow set.
+    pub findings: Vec<Finding>,
     /// Flow table counters.
     pub stats: TableStats,
     /// Per-input reading figures (empty for in-memory records).
@@ -79,33 +82,56 @@ pub enum AnalyzeError {
     Json(#[from] serde_json::Error),
 }
 
-/// Analyses records from memory: the pure core of `phalanx analyze`.
+/// Analyses records from memory: the pure core of `phalanx analyze`, with
+/// the built-in rules at their default thresholds.
 pub fn analyze_records(records: impl IntoIterator<Item = PacketMeta>, cfg: &FlowConfig) -> Report {
+    analyze_records_with(records, cfg, &RuleEngine::default())
+}
+
+/// [`analyze_records`] with a given rule engine.
+pub fn analyze_records_with(
+    records: impl IntoIterator<Item = PacketMeta>,
+    cfg: &FlowConfig,
+    rules: &RuleEngine,
+) -> Report {
     let mut table = FlowTable::new(cfg.clone());
     table.keep_finished(true);
     for r in records {
         table.ingest(&r);
     }
-    finish(table, Vec::new())
+    finish(table, Vec::new(), rules)
 }
 
-fn finish(table: FlowTable, inputs: Vec<InputReport>) -> Report {
+fn finish(table: FlowTable, inputs: Vec<InputReport>, rules: &RuleEngine) -> Report {
+    // The capture's own clock: its last record.
+    let now = table.now();
     let rep = table.into_report();
+    let findings = rules.evaluate(&rep.flows, now);
     Report {
         flows: rep.flows,
-        findings: Vec::new(),
+        findings,
         stats: rep.stats,
         inputs,
     }
 }
 
-/// Analyses capture files. A file that cannot be opened is an error; damage
-/// inside a file ends that file early and is reported in its
+/// Analyses capture files with the built-in rules at their default
+/// thresholds. A file that cannot be opened is an error; damage inside a
+/// file ends that file early and is reported in its
 /// [`InputReport::error`] (and logged), the records before it still count.
 ///
 /// Reading and parsing run on a second thread that hands batches of
 /// records to the flow table, so the two halves of the work overlap.
 pub fn analyze_files(files: &[PathBuf], cfg: &FlowConfig) -> Result<Report, AnalyzeError> {
+    analyze_files_with(files, cfg, &RuleEngine::default())
+}
+
+/// [`analyze_files`] with a given rule engine.
+pub fn analyze_files_with(
+    files: &[PathBuf],
+    cfg: &FlowConfig,
+    rules: &RuleEngine,
+) -> Result<Report, AnalyzeError> {
     let mut table = FlowTable::new(cfg.clone());
     table.keep_finished(true);
     let mut inputs = Vec::with_capacity(files.len());
@@ -148,7 +174,7 @@ pub fn analyze_files(files: &[PathBuf], cfg: &FlowConfig) -> Result<Report, Anal
         input.unsupported_link = stats.unsupported_link;
         inputs.push(input);
     }
-    Ok(finish(table, inputs))
+    Ok(finish(table, inputs, rules))
 }
 
 /// Records per batch handed from the reading thread to the flow table.
@@ -225,10 +251,11 @@ fn progress_bar(name: &str, size: u64, compressed: bool) -> Option<ProgressBar> 
     Some(bar)
 }
 
-/// Runs `phalanx analyze` with the `[flows]` settings already loaded,
-/// printing to stdout.
-pub fn run(args: &AnalyzeArgs, flows: &FlowConfig) -> anyhow::Result<()> {
-    let report = analyze_files(&args.files, flows)?;
+/// Runs `phalanx analyze` with the configuration already loaded (its
+/// `[flows]` and `[rules.*]` tables), printing to stdout.
+pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
+    let rules = RuleEngine::new(&cfg.rules)?;
+    let report = analyze_files_with(&args.files, &cfg.flows, &rules)?;
     for i in report.inputs.iter().filter(|i| i.error.is_some()) {
         if let Some(e) = &i.error {
             eprintln!("warning: {e} (analysed the records before it)");
@@ -325,5 +352,12 @@ fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         s.flows_expired,
         s.flows_evicted_full
     )?;
+    if !report.findings.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{} findings:", report.findings.len())?;
+        for x in &report.findings {
+            writeln!(out, "{:<8} {:<22} {}", x.severity, x.rule, x.summary)?;
+        }
+    }
     Ok(())
 }

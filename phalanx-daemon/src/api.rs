@@ -6,7 +6,7 @@ use std::{
 };
 
 use axum::{
-    extract::State,
+    extract::{Path, Query, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -15,7 +15,7 @@ use axum::{
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::net::TcpListener;
 
-use crate::flow::FlowTable;
+use crate::{flow::FlowTable, incident::service::IncidentsView};
 
 /// Shared state behind the HTTP handlers.
 #[derive(Clone)]
@@ -24,6 +24,8 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// Live flow table.
     pub flows: Arc<Mutex<FlowTable>>,
+    /// Incidents and their evidence.
+    pub incidents: IncidentsView,
 }
 
 /// Builds the router.
@@ -32,6 +34,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/flows", get(flows))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}", get(incident))
+        .route("/api/v1/incidents/{id}/pcapng", get(incident_pcapng))
         .with_state(state)
 }
 
@@ -75,4 +80,103 @@ async fn flows(State(s): State<ApiState>) -> Response {
         }
     };
     Json(report).into_response()
+}
+
+/// Body of `/api/v1/incidents`: firing (oldest first), then resolved (newest first).
+#[derive(serde::Serialize)]
+struct IncidentsResponse {
+    incidents: Vec<crate::incident::Incident>,
+}
+
+fn poisoned() -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "incident state poisoned\n",
+    )
+        .into_response()
+}
+
+fn not_found(what: &str) -> Response {
+    (StatusCode::NOT_FOUND, format!("{what}\n")).into_response()
+}
+
+async fn incidents(State(s): State<ApiState>) -> Response {
+    match s.incidents.manager.lock() {
+        Ok(m) => Json(IncidentsResponse {
+            incidents: m.list().into_iter().cloned().collect(),
+        })
+        .into_response(),
+        Err(_) => poisoned(),
+    }
+}
+
+async fn incident(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match s.incidents.manager.lock() {
+        Ok(m) => match m.get(&id) {
+            Some(i) => Json(i.clone()).into_response(),
+            None => not_found("no such incident"),
+        },
+        Err(_) => poisoned(),
+    }
+}
+
+/// `?compressed=true` serves the stored `.pcapng.zst` as is.
+#[derive(serde::Deserialize)]
+struct PcapngQuery {
+    #[serde(default)]
+    compressed: bool,
+}
+
+/// The incident's evidence: decompressed by default, so any Wireshark opens
+/// it (the stored file is zstd-compressed).
+async fn incident_pcapng(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<PcapngQuery>,
+) -> Response {
+    let file = match s.incidents.manager.lock() {
+        Ok(m) => match m.get(&id) {
+            Some(i) => i.annotations.get("pcapng").cloned(),
+            None => return not_found("no such incident"),
+        },
+        Err(_) => return poisoned(),
+    };
+    let Some(file) = file else {
+        return not_found("this incident has no evidence file");
+    };
+    let store = s.incidents.evidence.clone();
+    let compressed = q.compressed;
+    let name = file.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        if compressed {
+            store.read_compressed(&name)
+        } else {
+            store.read_pcapng(&name)
+        }
+    })
+    .await;
+    let (bytes, ctype, fname) = match read {
+        Ok(Ok(b)) if compressed => (b, "application/zstd", file),
+        Ok(Ok(b)) => (
+            b,
+            "application/x-pcapng",
+            file.trim_end_matches(".zst").to_string(),
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(incident = %id, "serving evidence: {e}");
+            return not_found("evidence file is gone (rotated out?)");
+        }
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ctype.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{fname}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response()
 }

@@ -22,4 +22,7 @@ pub enum Command {
     Run(crate::daemon::RunArgs),
     /// Analyse pcap/pcapng files (optionally .zst) offline with the same engine.
     Analyze(crate::analyze::AnalyzeArgs),
+    /// Correlate captures of the same flows taken at several points of the path:
+    /// loss, delay, reordering and duplicates per link.
+    Stitch(crate::stitch::StitchArgs),
 }

@@ -14,6 +14,8 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use crate::rules::RuleError;
+
 /// The documented default configuration, committed as `config/phalanx.toml`.
 pub const DOCUMENTED_DEFAULTS: &str = include_str!("../../config/phalanx.toml");
 
@@ -51,6 +53,14 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[flows]`: flow table bounds.
     pub flows: crate::flow::FlowConfig,
+    /// `[rules.*]`: diagnosis rules and their thresholds.
+    pub rules: crate::rules::RulesConfig,
+    /// `[incidents]`: lifecycle, evidence, spool and retries.
+    pub incidents: IncidentsConfig,
+    /// `[alertmanager]`: Alertmanager API v2 receivers.
+    pub alertmanager: AlertmanagerConfig,
+    /// `[[webhooks]]`: generic webhook receivers.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// How the kernel programs attach.
@@ -209,6 +219,144 @@ impl Default for HttpConfig {
     }
 }
 
+/// An `http://` or `https://` URL with a host, validated while parsing so
+/// errors carry the key and line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl(pub reqwest::Url);
+
+impl FromStr for HttpUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let u = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(format!(
+                "{s:?}: only http:// and https:// URLs are supported"
+            ));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{s:?}: the URL has no host"));
+        }
+        Ok(HttpUrl(u))
+    }
+}
+
+impl fmt::Display for HttpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// An optional [`HttpUrl`] where `""` means "not set".
+fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.is_empty() {
+        s.parse::<HttpUrl>().map_err(serde::de::Error::custom)?;
+    }
+    Ok(s)
+}
+
+/// `[incidents]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// Seconds without an observation after which an incident resolves.
+    pub resolve_after_secs: u64,
+    /// Most incidents firing at once.
+    pub max_open: usize,
+    /// Resolved incidents kept for the API.
+    pub keep_resolved: usize,
+    /// `host` label; empty: the system host name.
+    pub host: String,
+    /// Base URL of this daemon's API in links; empty: `http://<http.listen>`.
+    #[serde(deserialize_with = "de_opt_url")]
+    pub external_url: String,
+    /// Records kept per flow for evidence.
+    pub history_packets: usize,
+    /// Flows whose recent records are kept.
+    pub history_flows: usize,
+    /// Directory of evidence pcapng files.
+    pub evidence_dir: std::path::PathBuf,
+    /// Total bytes of evidence kept.
+    pub evidence_max_bytes: u64,
+    /// Evidence files kept.
+    pub evidence_max_files: usize,
+    /// Directory of pending deliveries.
+    pub spool_dir: std::path::PathBuf,
+    /// Most pending deliveries on disk.
+    pub spool_max_files: usize,
+    /// First retry wait ceiling, milliseconds.
+    pub retry_initial_ms: u64,
+    /// Largest retry wait ceiling, milliseconds.
+    pub retry_max_ms: u64,
+    /// Seconds after which an undelivered delivery is given up.
+    pub retry_give_up_secs: u64,
+    /// Timeout of one HTTP request, milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        Self {
+            resolve_after_secs: 300,
+            max_open: 1000,
+            keep_resolved: 200,
+            host: String::new(),
+            external_url: String::new(),
+            history_packets: 64,
+            history_flows: 4096,
+            evidence_dir: "/var/lib/phalanx/evidence".into(),
+            evidence_max_bytes: 256 << 20,
+            evidence_max_files: 1000,
+            spool_dir: "/var/lib/phalanx/spool".into(),
+            spool_max_files: 10_000,
+            retry_initial_ms: 1000,
+            retry_max_ms: 300_000,
+            retry_give_up_secs: 86_400,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[alertmanager]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertmanagerConfig {
+    /// Base URLs of Alertmanager instances (each one gets every alert).
+    pub urls: Vec<HttpUrl>,
+    /// Seconds between re-sends of firing alerts.
+    pub resend_secs: u64,
+}
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            resend_secs: 60,
+        }
+    }
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// URL the payload is POSTed to.
+    pub url: HttpUrl,
+    /// Receiver name (metric label, payload `receiver`); default: the URL.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Key of the `X-Phalanx-Signature` HMAC-SHA256 header.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
 impl Config {
     /// Parses a configuration from TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
@@ -216,6 +364,21 @@ impl Config {
             path: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        if let Err(e) = crate::rules::RuleEngine::new(&cfg.rules) {
+            let line = match &e {
+                RuleError::Expr { span, .. } if span.end > 0 => Some(line_of(text, span.start)),
+                RuleError::Threshold { rule, key, .. } => threshold_line(text, rule, key),
+                _ => None,
+            };
+            let message = match line {
+                Some(l) => format!("{e} (line {l})"),
+                None => e.to_string(),
+            };
+            return Err(ConfigError::Invalid {
+                path: origin.to_string(),
+                message,
+            });
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -249,6 +412,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_incidents()?;
         let mut seen = std::collections::HashSet::new();
         for i in &self.capture.interfaces {
             if i.is_empty() || i.len() >= 16 {
@@ -262,7 +426,114 @@ impl Config {
                 )));
             }
         }
+        crate::rules::RuleEngine::new(&self.rules)
+            .map_err(|e| ConfigError::Semantic(e.to_string()))?;
         Ok(())
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Line of `key = ...` inside the `[rules.<rule>]` table, if written so.
+fn threshold_line(text: &str, rule: &str, key: &str) -> Option<usize> {
+    let header = format!("[rules.{rule}]");
+    let mut inside = false;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            inside = t == header;
+        } else if inside
+            && t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+impl Config {
+    fn validate_incidents(&self) -> Result<(), ConfigError> {
+        let i = &self.incidents;
+        let positive = [
+            ("incidents.resolve_after_secs", i.resolve_after_secs),
+            ("incidents.max_open", i.max_open as u64),
+            ("incidents.history_packets", i.history_packets as u64),
+            ("incidents.history_flows", i.history_flows as u64),
+            ("incidents.evidence_max_bytes", i.evidence_max_bytes),
+            ("incidents.evidence_max_files", i.evidence_max_files as u64),
+            ("incidents.spool_max_files", i.spool_max_files as u64),
+            ("incidents.retry_initial_ms", i.retry_initial_ms),
+            ("incidents.request_timeout_ms", i.request_timeout_ms),
+            ("alertmanager.resend_secs", self.alertmanager.resend_secs),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Semantic(format!("{key} must be at least 1")));
+            }
+        }
+        if i.retry_max_ms < i.retry_initial_ms {
+            return Err(ConfigError::Semantic(
+                "incidents.retry_max_ms must not be below incidents.retry_initial_ms".into(),
+            ));
+        }
+        for (key, dir) in [
+            ("incidents.evidence_dir", &i.evidence_dir),
+            ("incidents.spool_dir", &i.spool_dir),
+        ] {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError::Semantic(format!("{key} must not be empty")));
+            }
+        }
+        if i.evidence_dir == i.spool_dir {
+            return Err(ConfigError::Semantic(
+                "incidents.evidence_dir and incidents.spool_dir must differ".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for r in self.receivers() {
+            if !names.insert(r.name.clone()) {
+                return Err(ConfigError::Semantic(format!(
+                    "receiver {:?} is configured twice (alertmanager.urls / webhooks[].name)",
+                    r.name
+                )));
+            }
+        }
+        for (n, w) in self.webhooks.iter().enumerate() {
+            if w.name.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::Semantic(format!(
+                    "webhooks[{}].name must not be empty",
+                    n + 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivery targets: every Alertmanager, then every webhook.
+    pub fn receivers(&self) -> Vec<crate::export::delivery::Receiver> {
+        use crate::export::delivery::{Receiver, ReceiverKind};
+        let am = self.alertmanager.urls.iter().map(|u| Receiver {
+            name: u.0.to_string(),
+            url: crate::export::alertmanager::alerts_endpoint(&u.0),
+            kind: ReceiverKind::Alertmanager,
+        });
+        let hooks = self.webhooks.iter().map(|w| Receiver {
+            name: w.name.clone().unwrap_or_else(|| w.url.0.to_string()),
+            url: w.url.0.clone(),
+            kind: ReceiverKind::Webhook {
+                secret: w.secret.clone(),
+            },
+        });
+        am.chain(hooks).collect()
     }
 }
 
@@ -301,6 +572,24 @@ mod tests {
                 "mixes",
             ),
             ("[http]\nlisten = \"localhost\"\n", "line 2"),
+            (
+                "[alertmanager]\nurls = [\"http://127.0.0.1:9093\", \"127.0.0.1:9093\"]\n",
+                "line 2",
+            ),
+            ("[alertmanager]\nurls = [\"ftp://x/\"]\n", "only http"),
+            (
+                "[incidents]\nhost = \"a\"\nexternal_url = \"nope\"\n",
+                "external_url",
+            ),
+            (
+                "[[webhooks]]\nurl = \"http://127.0.0.1:1/\"\n[[webhooks]]\nurl = \"x\"\n",
+                "line 4",
+            ),
+            ("[[webhooks]]\nsecret = \"s\"\n", "url"),
+            (
+                "[[webhooks]]\nurl = \"http://h/\"\nsecrets = \"s\"\n",
+                "line 3",
+            ),
         ] {
             let msg = Config::from_toml(text, "t.toml")
                 .expect_err(text)
@@ -318,6 +607,61 @@ mod tests {
             .expect_err("empty filter")
             .to_string();
         assert!(msg.contains("capture.filters[1]"), "{msg}");
+    }
+
+    #[test]
+    fn url_errors_name_key_and_line() {
+        let msg = Config::from_toml(
+            "[http]\nlisten = \"127.0.0.1:9740\"\n\n[alertmanager]\nurls = [\"http//am:9093\"]\n",
+            "t.toml",
+        )
+        .expect_err("bad URL")
+        .to_string();
+        assert!(msg.contains("line 5"), "line: {msg}");
+        assert!(msg.contains("urls"), "key: {msg}");
+        assert!(msg.contains("http//am:9093"), "value: {msg}");
+    }
+
+    #[test]
+    fn receivers_and_semantic_checks() {
+        let cfg = Config::from_toml(
+            "[alertmanager]\nurls = [\"http://127.0.0.1:9093/\"]\n\
+             [[webhooks]]\nurl = \"https://hooks.example/x\"\nname = \"oncall\"\nsecret = \"k\"\n\
+             [[webhooks]]\nurl = \"http://127.0.0.1:8080/hook\"\n",
+            "t.toml",
+        )
+        .expect("valid receivers");
+        let r = cfg.receivers();
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].url.as_str(), "http://127.0.0.1:9093/api/v2/alerts");
+        assert_eq!(r[1].name, "oncall");
+        assert_eq!(r[2].name, "http://127.0.0.1:8080/hook");
+        for (text, needle) in [
+            (
+                "[[webhooks]]\nurl = \"http://a/\"\n[[webhooks]]\nurl = \"http://a/\"\n",
+                "twice",
+            ),
+            (
+                "[incidents]\nretry_initial_ms = 10\nretry_max_ms = 5\n",
+                "retry_max_ms",
+            ),
+            (
+                "[incidents]\nevidence_max_files = 0\n",
+                "incidents.evidence_max_files",
+            ),
+            (
+                "[incidents]\nspool_dir = \"/x\"\nevidence_dir = \"/x\"\n",
+                "must differ",
+            ),
+        ] {
+            let msg = Config::from_toml(text, "t.toml")
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(needle),
+                "{text:?}: expected {needle:?} in {msg}"
+            );
+        }
     }
 
     #[test]

@@ -29,6 +29,10 @@ use crate::{
     config::Config,
     export::metrics::CaptureCollector,
     flow::FlowTable,
+    incident::{
+        service::{self as incidents, IncidentService, SharedHistory},
+        Observation,
+    },
 };
 
 /// Batches of records buffered between the ring consumer and the flow task.
@@ -95,6 +99,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", cfg.http.listen))?;
 
+    // Incident directories and the spool are opened before the kernel is
+    // touched, so a bad path fails without attaching anything.
+    let mut registry = Registry::default();
+    let history = incidents::history(&cfg.incidents);
+    let (incident_service, incidents_view) =
+        IncidentService::start(&cfg, history.clone(), &mut registry)
+            .await
+            .context("starting incidents")?;
+
     let (capture, ringbuf) = Capture::load_and_attach(&cfg.capture)?;
     info!(
         interfaces = ?capture.interfaces(),
@@ -106,19 +119,34 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let ring_stats = Arc::new(RingStats::default());
     let flows = Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone())));
 
-    let mut registry = Registry::default();
     CaptureCollector::register(&mut registry, capture.clone(), ring_stats.clone());
     let state = api::ApiState {
         registry: Arc::new(registry),
         flows: flows.clone(),
+        incidents: incidents_view,
     };
+
+    // Incidents: rules send observations here; the task owns the manager,
+    // ticks every second and drives delivery.
+    let (observations, observations_rx) =
+        mpsc::channel::<Observation>(incidents::OBSERVATION_QUEUE);
+    let incident_task = tokio::spawn(
+        incident_service
+            .run(observations_rx)
+            .instrument(info_span!("incidents")),
+    );
 
     let (tx, rx) = mpsc::channel::<Vec<PacketMeta>>(CHANNEL_BATCHES);
     let mut consumer = tokio::spawn(
         ring::consume(ringbuf, tx, ring_stats.clone(), ring::ktime_offset_ns())
             .instrument(info_span!("ring")),
     );
-    let flow_task = tokio::spawn(flow_loop(rx, flows.clone()).instrument(info_span!("flow")));
+    let flow_task =
+        tokio::spawn(flow_loop(rx, flows.clone(), history).instrument(info_span!("flow")));
+    let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
+    let rules_task = tokio::spawn(
+        rules_loop(flows.clone(), engine, observations.clone()).instrument(info_span!("rules")),
+    );
     let mut server = tokio::spawn(
         async move { axum::serve(listener, api::router(state)).await }
             .instrument(info_span!("http")),
@@ -139,12 +167,25 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     consumer.abort();
     server.abort();
+    // Wait for the aborted tasks to drop their state (the metrics registry
+    // holds a handle on the capture), so the detach below is the last one.
+    let _ = consumer.await;
+    let _ = server.await;
     let _ = tokio::time::timeout(GRACE, flow_task).await;
-    // Dropping the last reference detaches every program and link.
+    // Closing the channel stops the incident task; undelivered
+    // notifications stay in the spool for the next start.
+    rules_task.abort();
+    let _ = rules_task.await;
+    drop(observations);
+    let _ = tokio::time::timeout(GRACE, incident_task).await;
     match Arc::try_unwrap(capture) {
+        // Dropping the capture detaches every program and link.
         Ok(m) => drop(m),
         Err(still_shared) => {
-            warn!("capture still referenced at shutdown; detaching through the shared handle");
+            warn!(
+                refs = Arc::strong_count(&still_shared),
+                "capture still referenced at shutdown; it detaches when the last reference goes"
+            );
             drop(still_shared);
         }
     }
@@ -184,9 +225,84 @@ fn reload_filters(args: &RunArgs, capture: &Arc<Mutex<Capture>>) {
     }
 }
 
-/// Feeds record batches into the flow table; expires idle flows by record time.
-async fn flow_loop(mut rx: mpsc::Receiver<Vec<PacketMeta>>, flows: Arc<Mutex<FlowTable>>) {
+/// How often the rules look at the live flow table.
+const RULES_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Evaluates the diagnosis rules over the live flow table every
+/// [`RULES_INTERVAL`] and reports each finding to the incident manager.
+async fn rules_loop(
+    flows: Arc<Mutex<FlowTable>>,
+    engine: crate::rules::RuleEngine,
+    observations: mpsc::Sender<Observation>,
+) {
+    let mut tick = tokio::time::interval(RULES_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (summaries, now) = match flows.lock() {
+            Ok(t) => (t.snapshot(), t.now()),
+            Err(_) => {
+                error!("flow table poisoned; stopping the rules task");
+                return;
+            }
+        };
+        for finding in engine.evaluate(&summaries, now) {
+            if observations.send(observation(finding)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// An incident observation of a finding. Findings are grouped per service
+/// (responder address, port and protocol), so the flows of one fault make
+/// one incident; the finding's own flow supplies the evidence.
+fn observation(f: crate::rules::Finding) -> Observation {
+    use phalanx_common::user::ip_to_bytes;
+    let ff = &f.flow;
+    let group = format!("{}:{}/{}", ff.dst, ff.dport, ff.proto);
+    let proto = match ff.proto.as_str() {
+        "tcp" => Some(phalanx_common::ipproto::TCP),
+        "udp" => Some(phalanx_common::ipproto::UDP),
+        _ => None,
+    };
+    let flow = match (ff.src, ff.sport, proto) {
+        (Some(src), Some(sport), Some(proto)) => Some(
+            crate::flow::FlowKey::canonical(
+                if ff.dst.is_ipv4() { 4 } else { 6 },
+                proto,
+                &ip_to_bytes(src),
+                sport,
+                &ip_to_bytes(ff.dst),
+                ff.dport,
+            )
+            .0,
+        ),
+        _ => None,
+    };
+    Observation {
+        rule: f.rule,
+        severity: f.severity,
+        group,
+        flow,
+        summary: f.summary,
+        evidence: f.evidence,
+    }
+}
+
+/// Feeds record batches into the flow table (and the per-flow history kept
+/// for incident evidence); expires idle flows by record time.
+async fn flow_loop(
+    mut rx: mpsc::Receiver<Vec<PacketMeta>>,
+    flows: Arc<Mutex<FlowTable>>,
+    history: SharedHistory,
+) {
     while let Some(batch) = rx.recv().await {
+        if let Ok(mut h) = history.lock() {
+            for m in &batch {
+                h.record(m);
+            }
+        }
         let Ok(mut table) = flows.lock() else {
             error!("flow table poisoned; stopping the flow task");
             return;

@@ -11,4 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod export;
 pub mod flow;
+pub mod incident;
+pub mod rules;
+pub mod stitch;
 pub mod synth;

@@ -25,7 +25,8 @@ fn main() -> Result<()> {
                 Some(p) => Config::load(p)?,
                 None => Config::default(),
             };
-            phalanx_daemon::analyze::run(&args, &cfg.flows)
+            phalanx_daemon::analyze::run(&args, &cfg)
         }
+        Command::Stitch(args) => phalanx_daemon::stitch::run(&args),
     }
 }

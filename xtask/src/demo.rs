@@ -2,17 +2,20 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
-    process::Stdio,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
-use phalanx_lab::{Proc, TwoHosts};
+use phalanx_lab::{http_get, TwoHosts};
+
+use crate::daemon::{Daemon, Options};
 
 const API: &str = "127.0.0.1:9740";
 const HTTP_PORT: u16 = 8080;
+/// Flows printed at most.
+const SHOWN: usize = 20;
 
 /// The repository root (xtask lives one level below it).
 pub fn workspace_root() -> PathBuf {
@@ -20,22 +23,6 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// A plain HTTP/1.0 GET over one connection; returns (status line, body length).
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, Vec<u8>)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |p| p + 4);
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let status = head.lines().next().unwrap_or("").to_string();
-    Ok((status, raw[split.min(raw.len())..].to_vec()))
 }
 
 /// Serves `count` GET requests with a body of `body_bytes`, then returns.
@@ -86,29 +73,17 @@ pub fn run(requests: u32, body_bytes: usize) -> Result<()> {
         "demo: starting `phalanx run --iface {}` in the client namespace",
         lab.a_if
     );
-    let daemon = Proc::new(
-        lab.a
-            .command(&phalanx.display().to_string())
-            .args(["run", "--iface", &lab.a_if, "--listen", API])
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", phalanx.display()))?,
-    );
-    let api: SocketAddr = API.parse()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let up = lab
-            .a
-            .run(move || http_get(api, "/healthz").is_ok_and(|(s, _)| s.contains("200")))?;
-        if up {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the daemon did not answer /healthz within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let daemon = Daemon::start(
+        &lab.a,
+        &phalanx,
+        &Options {
+            interfaces: vec![&lab.a_if],
+            mode: "tcx",
+            config: None,
+            listen: API,
+            log: "info",
+        },
+    )?;
 
     eprintln!(
         "demo: {requests} HTTP GETs of {body_bytes} bytes from {} to {server_addr}",
@@ -128,8 +103,8 @@ pub fn run(requests: u32, body_bytes: usize) -> Result<()> {
     let _ = server.join();
     std::thread::sleep(Duration::from_millis(300));
 
-    let (_, flows) = lab.a.run(move || http_get(api, "/api/v1/flows"))??;
-    let (_, metrics) = lab.a.run(move || http_get(api, "/metrics"))??;
+    let (_, flows) = daemon.get("/api/v1/flows")?;
+    let (_, metrics) = daemon.get("/metrics")?;
     print_flows(&flows)?;
     println!("\nCapture metrics (/metrics):");
     for line in String::from_utf8_lossy(&metrics).lines() {
@@ -138,17 +113,28 @@ pub fn run(requests: u32, body_bytes: usize) -> Result<()> {
         }
     }
     println!("\nThe client received {fetched} body bytes in {requests} responses.");
-    drop(daemon.stop(Duration::from_secs(10)));
+    daemon.stop();
     eprintln!("demo: daemon stopped (programs detached); removing the lab");
     drop(lab);
     Ok(())
 }
 
-fn print_flows(body: &[u8]) -> Result<()> {
+/// Prints the flow table of an /api/v1/flows body.
+pub fn print_flows(body: &[u8]) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(body).context("parsing /api/v1/flows")?;
-    let flows = v["flows"].as_array().cloned().unwrap_or_default();
+    let mut flows = v["flows"].as_array().cloned().unwrap_or_default();
+    let total = flows.len();
+    // Worst first: retransmissions, then packets.
+    let key = |f: &serde_json::Value| {
+        (
+            f["retransmissions"].as_u64().unwrap_or(0),
+            f["packets"].as_u64().unwrap_or(0),
+        )
+    };
+    flows.sort_by_key(|f| std::cmp::Reverse(key(f)));
+    flows.truncate(SHOWN);
     println!(
-        "\nFlows seen by the daemon (/api/v1/flows): {}",
+        "\nFlows seen by the daemon (/api/v1/flows): {total}; {} shown, most retransmissions first",
         flows.len()
     );
     println!(

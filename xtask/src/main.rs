@@ -1,10 +1,12 @@
-//! `cargo xtask setup | build-ebpf | test | demo`.
+//! `cargo xtask setup | build-ebpf | test | demo | lab | bench`.
 //!
 //! xtask depends on nothing that needs the kernel toolchain, so `setup` runs
 //! on a machine that has only stable Rust.
 
 mod bench;
+mod daemon;
 mod demo;
+mod lab;
 mod setup;
 
 use anyhow::Result;
@@ -40,6 +42,19 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// Run a fault scenario (client - router - server namespaces) with the
+    /// daemon watching, and print what it saw. Needs root. `--list` names them.
+    Lab {
+        /// Scenario name (see --list).
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 15)]
+        seconds: u64,
+        /// List the scenarios.
+        #[arg(long)]
+        list: bool,
+    },
     /// Build, start a two-namespace lab, run the daemon on it, drive HTTP
     /// traffic, print what the daemon saw, tear down. Needs root.
     Demo {
@@ -61,6 +76,11 @@ fn main() -> Result<()> {
             requests,
             body_bytes,
         } => demo::run(requests, body_bytes),
+        Cmd::Lab { list: true, .. } => {
+            lab::list();
+            Ok(())
+        }
+        Cmd::Lab { name, seconds, .. } => lab::run(name.as_deref().unwrap_or_default(), seconds),
         Cmd::Bench { quick } => bench::run(quick, &demo::workspace_root()),
     }
 }

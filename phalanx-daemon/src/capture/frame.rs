@@ -41,6 +41,15 @@ pub enum PayloadMode {
 /// Snap length declared by the writers (libpcap's maximum).
 pub const SNAPLEN: u32 = 262_144;
 
+/// An IPv6 fragment header laid out per RFC 8200 section 4.5: the offset in
+/// the top 13 bits of bytes 2-3 and M in the lowest bit. (etherparse 0.19's
+/// writer places the low offset bits and M elsewhere.)
+fn v6_fragment_header(next: u8, offset: u16, more: bool) -> [u8; 8] {
+    let word = (offset & 0x1fff) << 3 | u16::from(more);
+    let [hi, lo] = word.to_be_bytes();
+    [next, 0, hi, lo, 0, 0, 0, 0]
+}
+
 /// Fragment offset (in 8-byte units) written for records of non-first fragments.
 const LATER_FRAGMENT_OFFSET: u16 = 185;
 
@@ -64,14 +73,6 @@ pub fn build_frame(meta: &PacketMeta, payload: PayloadMode) -> Vec<u8> {
 /// Length of the frame [`build_frame`] produces with [`PayloadMode::Zeroed`].
 pub fn full_frame_len(meta: &PacketMeta) -> usize {
     build(meta, PayloadMode::HeadersOnly).full_len
-}
-
-/// An IPv6 fragment header per RFC 8200 4.5: the offset in the top 13 bits
-/// of bytes 2-3, M in the lowest. Written by hand because etherparse 0.19
-/// swaps the two (fixed upstream in 0.20), which real stacks would misread.
-fn v6_fragment_header(next: u8, offset: u16, more: bool) -> [u8; 8] {
-    let [w0, w1] = ((offset << 3) | u16::from(more)).to_be_bytes();
-    [next, 0, w0, w1, 0, 0, 0, 0]
 }
 
 fn build(meta: &PacketMeta, mode: PayloadMode) -> Built {
@@ -150,9 +151,10 @@ fn build(meta: &PacketMeta, mode: PayloadMode) -> Built {
         if v6_frag {
             h.next_header = IpNumber::IPV6_FRAGMENTATION_HEADER;
             out.extend_from_slice(&h.to_bytes());
+            let offset = if later { LATER_FRAGMENT_OFFSET } else { 0 };
             out.extend_from_slice(&v6_fragment_header(
                 meta.l4_proto,
-                if later { LATER_FRAGMENT_OFFSET } else { 0 },
+                offset,
                 meta.ip_flags & IP_FLAG_MF != 0,
             ));
         } else {
@@ -613,6 +615,23 @@ impl<W: Write> PcapWriter<W> {
 pub(crate) mod tests {
     use super::*;
     use crate::capture::parse::{parse_frame, payload_hash};
+
+    #[test]
+    fn ipv6_fragment_header_follows_rfc_8200() {
+        // Offset 185 (units of 8 bytes) with M set: 185 << 3 | 1 = 0x05c9.
+        assert_eq!(
+            v6_fragment_header(6, 185, true),
+            [6, 0, 0x05, 0xc9, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            v6_fragment_header(17, 0, true),
+            [17, 0, 0x00, 0x01, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            v6_fragment_header(6, 0x1fff, false),
+            [6, 0, 0xff, 0xf8, 0, 0, 0, 0]
+        );
+    }
     use proptest::prelude::*;
 
     /// TCP option bytes `build_frame` lays out for a record.

@@ -4,5 +4,6 @@
 pub mod ebpf;
 pub mod file;
 pub mod frame;
+pub mod history;
 pub mod parse;
 pub mod ring;

@@ -1,3 +1,8 @@
-//! Outputs: Prometheus metrics (and, later, webhooks and pcapng evidence).
+//! Outputs: Prometheus metrics and incident delivery (Alertmanager,
+//! webhooks, with an on-disk spool).
 
+pub mod alertmanager;
+pub mod delivery;
 pub mod metrics;
+pub mod spool;
+pub mod webhook;

@@ -10,7 +10,7 @@
 use phalanx_common::PacketMeta;
 
 /// Canonical 5-tuple of a bidirectional flow (side 0 = lower endpoint).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     /// Address of side 0 (IPv4 in the first 4 bytes).
     pub addr: [[u8; 16]; 2],

@@ -111,6 +111,31 @@
 //!   flow of the packet they quote, with type, code, MTU and the reporting
 //!   address (first 8 kept; `icmp_errors` counts all).
 //!
+//! Evidence for the diagnosis rules (per direction unless noted):
+//!
+//! - **ttl**: TTL / hop limit of the first and latest packet, min, max and
+//!   `changes` (packets whose TTL differs from the previous packet's).
+//! - **ce_packets**: packets with ECN Congestion Experienced (`tos & 3 == 3`);
+//!   also summed per flow.
+//! - **srtt_ms**: RFC 6298 smoothed RTT (gain 1/8) of the direction's samples,
+//!   the "recent" RTT; the flow figure sums the directions like `rtt`.
+//! - **zero_window_ms**: time the side advertised a zero window, from the
+//!   first zero advertisement of an episode to the next non-zero one (an
+//!   episode still open counts to the flow's last packet, `zero_window_open`).
+//! - **max_segment / max_acked_segment**: the largest segment payload sent
+//!   (GSO: the segment size), and the largest first transmission the peer's
+//!   cumulative ACK covered (one size probe at a time, on a new segment larger
+//!   than any acknowledged; a retransmission overlapping it voids it, Karn).
+//!   **full_size_retrans** counts retransmissions of segments at least
+//!   `max_segment` long while nothing that large had been acknowledged.
+//! - **stall**: the longest run of retransmissions starting at the same
+//!   sequence with no ACK advance past it in between (data already
+//!   acknowledged and path-MTU resends excluded); `open` when the run is
+//!   still unacknowledged.
+//! - **ack_advances**: times the side's cumulative ACK moved forward;
+//!   **syn_only**: every packet of the side was a SYN without ACK;
+//!   **rst_ns**: time of its first RST.
+//!
 //! # Memory
 //!
 //! An idle tracked flow costs `size_of::<Flow>()` = 232 bytes (x86_64) in
@@ -120,9 +145,9 @@
 //! million flows in a one-million table (`cargo bench --bench engine`).
 //! RTT sketches, sequence holes, rare counters (retransmissions,
 //! reordering, ...) and ICMP events live in one block allocated on first
-//! need (about 550 bytes, plus up to 256 bytes of exact RTT samples per
+//! need (896 bytes, plus up to 256 bytes of exact RTT samples per
 //! direction, then a sparse sketch); a 1%-loss bulk-transfer mix measured
-//! about 1,100 bytes per flow in all.
+//! about 1,400 bytes per flow in all.
 
 pub mod config;
 pub mod jitter;
@@ -138,5 +163,7 @@ pub mod window;
 
 pub use config::FlowConfig;
 pub use key::FlowKey;
-pub use report::{DirReport, FlowSummary, HandshakeReport, PerSide, RttReport};
+pub use report::{
+    DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
+};
 pub use table::{Flow, FlowReport, FlowTable, TableStats};

@@ -12,8 +12,8 @@ use serde::Serialize;
 use super::stats::Summary;
 use super::table::Flow;
 use super::tcp::{
-    Dir, DirExtra, IcmpEvent, TcpState, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN, F_SYNACK, F_TS,
-    F_WS,
+    Dir, DirExtra, IcmpEvent, TcpState, F_ACK, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN, F_SYNACK,
+    F_TS, F_WS,
 };
 
 /// RTT figures in milliseconds (`null` without samples).
@@ -73,6 +73,39 @@ pub struct HandshakeReport {
     pub total_ms: Option<f64>,
 }
 
+/// TTL / hop limit of one direction's packets (0s without packets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TtlReport {
+    /// TTL of the first packet.
+    pub first: u8,
+    /// Smallest TTL.
+    pub min: u8,
+    /// Largest TTL.
+    pub max: u8,
+    /// TTL of the latest packet.
+    pub last: u8,
+    /// Packets whose TTL differed from the previous packet's.
+    pub changes: u32,
+    /// Time of the first change (ns).
+    pub first_change_ns: Option<u64>,
+}
+
+/// The longest run of retransmissions of the same data with no
+/// acknowledgment progress in between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StallReport {
+    /// Retransmissions in the run (0 = none).
+    pub retransmissions: u32,
+    /// Sequence number re-sent (relative to the direction's first sequence).
+    pub rel_seq: u32,
+    /// First retransmission of the run (ns).
+    pub first_ns: Option<u64>,
+    /// Latest retransmission of the run (ns).
+    pub last_ns: Option<u64>,
+    /// The run is still unacknowledged at the last packet.
+    pub open: bool,
+}
+
 /// Figures of one direction.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct DirReport {
@@ -128,6 +161,40 @@ pub struct DirReport {
     pub fin: bool,
     /// RST seen.
     pub rst: bool,
+    /// Time of this side's first RST (ns).
+    pub rst_ns: Option<u64>,
+    /// Every packet of this side was a SYN without ACK (no handshake
+    /// completed from its point of view).
+    pub syn_only: bool,
+    /// Times this side's cumulative ACK moved forward.
+    pub ack_advances: u32,
+    /// TTL / hop limit of this side's packets.
+    pub ttl: TtlReport,
+    /// Packets marked ECN Congestion Experienced.
+    pub ce_packets: u32,
+    /// Smoothed RTT (RFC 6298, gain 1/8) of this direction, ms: the recent
+    /// RTT, against the baseline `rtt.min_ms`.
+    pub srtt_ms: Option<f64>,
+    /// Time this side advertised a zero window, ms (an episode still open
+    /// counts up to the flow's last packet).
+    pub zero_window_ms: f64,
+    /// The window was still zero at this side's latest advertisement.
+    pub zero_window_open: bool,
+    /// First zero-window advertisement (ns).
+    pub zero_window_first_ns: Option<u64>,
+    /// Largest segment payload this side sent (bytes).
+    pub max_segment: u32,
+    /// Largest first-transmission segment payload the peer acknowledged.
+    pub max_acked_segment: u32,
+    /// Retransmissions of full-size segments (the largest size sent so far)
+    /// while no segment that large had been acknowledged.
+    pub full_size_retrans: u32,
+    /// First of them (ns).
+    pub full_size_retrans_first_ns: Option<u64>,
+    /// Latest of them (ns).
+    pub full_size_retrans_last_ns: Option<u64>,
+    /// Longest stall: the same data re-sent with no acknowledgment progress.
+    pub stall: StallReport,
 }
 
 /// One flow as reported (field names are a contract; see DESIGN.md).
@@ -189,6 +256,10 @@ pub struct FlowSummary {
     pub wscale: PerSide<Option<u8>>,
     /// Largest per-direction jitter, ms.
     pub jitter_ms: Option<f64>,
+    /// Smoothed recent RTT, ms: per-direction parts summed like `rtt`.
+    pub srtt_ms: Option<f64>,
+    /// Packets marked ECN Congestion Experienced, both directions.
+    pub ce_packets: u32,
     /// Handshake RTT parts (TCP with a seen handshake).
     pub handshake: Option<HandshakeReport>,
     /// Connection state.
@@ -221,9 +292,51 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool) -> DirReport {
+fn nz(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
+}
+
+fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64) -> DirReport {
     let g = |f: fn(&DirExtra) -> u32| x.map_or(0, f);
     let retrans = g(|x| x.retrans);
+    let ttl = match x.and_then(|x| x.ttl) {
+        Some(h) => TtlReport {
+            first: h.first,
+            min: h.min,
+            max: h.max,
+            last: d.ttl,
+            changes: h.changes,
+            first_change_ns: Some(h.first_change_ns),
+        },
+        None => TtlReport {
+            first: d.ttl,
+            min: d.ttl,
+            max: d.ttl,
+            last: d.ttl,
+            changes: 0,
+            first_change_ns: None,
+        },
+    };
+    let zw_since = x.map_or(0, |x| x.zero_window_since_ns);
+    let zw_ns = x.map_or(0, |x| x.zero_window_ns)
+        + if zw_since != 0 {
+            last_ts.saturating_sub(zw_since)
+        } else {
+            0
+        };
+    let stall = x.map_or_else(StallReport::default, |x| {
+        let m = x.stall_max;
+        if m.count == 0 {
+            return StallReport::default();
+        }
+        StallReport {
+            retransmissions: m.count,
+            rel_seq: m.seq.wrapping_sub(d.first_seq),
+            first_ns: Some(m.first_ns),
+            last_ns: Some(m.last_ns),
+            open: x.stall.count > 0 && x.stall == m,
+        }
+    });
     let fast = g(|x| x.retrans_fast);
     let pmtud = g(|x| x.retrans_pmtud);
     DirReport {
@@ -261,6 +374,23 @@ fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool) -> DirReport 
         syn: d.flags & F_SYN != 0,
         fin: d.flags & F_FIN != 0,
         rst: d.flags & F_RST != 0,
+        rst_ns: x.and_then(|x| nz(x.rst_ns)),
+        syn_only: tcp && d.flags & (F_SYN | F_ACK | F_RST | F_FIN) == F_SYN,
+        ack_advances: u32::from(d.ack_advances),
+        ttl,
+        ce_packets: g(|x| x.ce_packets),
+        srtt_ms: x
+            .filter(|x| x.rtt.count() > 0)
+            .map(|x| f64::from(x.srtt_us) / 1000.0),
+        zero_window_ms: round_us(zw_ns as f64 / 1e6),
+        zero_window_open: zw_since != 0,
+        zero_window_first_ns: x.and_then(|x| nz(x.zero_window_first_ns)),
+        max_segment: g(|x| x.max_segment),
+        max_acked_segment: g(|x| x.max_acked_segment),
+        full_size_retrans: g(|x| x.full_size_retrans),
+        full_size_retrans_first_ns: x.and_then(|x| nz(x.full_size_retrans_first_ns)),
+        full_size_retrans_last_ns: x.and_then(|x| nz(x.full_size_retrans_last_ns)),
+        stall,
     }
 }
 
@@ -272,8 +402,8 @@ impl FlowSummary {
         let k = &f.key;
         let tcp = k.proto == ipproto::TCP;
         let ex = f.extra.as_deref();
-        let a = dir_report(&f.dir[s], ex.map(|x| &x.dir[s]), f.vlan[s], tcp);
-        let b = dir_report(&f.dir[r], ex.map(|x| &x.dir[r]), f.vlan[r], tcp);
+        let a = dir_report(&f.dir[s], ex.map(|x| &x.dir[s]), f.vlan[s], tcp, f.last_ts);
+        let b = dir_report(&f.dir[r], ex.map(|x| &x.dir[r]), f.vlan[r], tcp, f.last_ts);
         let rtt = {
             let sa = ex.and_then(|x| x.dir[s].rtt.summary());
             let sb = ex.and_then(|x| x.dir[r].rtt.summary());
@@ -305,9 +435,22 @@ impl FlowSummary {
             None
         };
         let both = |bit: u16| f.dir[0].flags & bit != 0 && f.dir[1].flags & bit != 0;
-        let icmp = ex.map_or_else(Vec::new, |x| x.icmp.clone());
+        // Re-orient: 0 = the quoted packet went src -> dst, 1 = dst -> src.
+        let icmp = ex.map_or_else(Vec::new, |x| {
+            x.icmp
+                .iter()
+                .map(|ev| IcmpEvent {
+                    quoted_dir: u8::from(usize::from(ev.quoted_dir) != s),
+                    ..*ev
+                })
+                .collect()
+        });
         let jitter_ms = match (a.jitter_ms, b.jitter_ms) {
             (Some(x), Some(y)) => Some(x.max(y)),
+            (x, y) => x.or(y),
+        };
+        let srtt_ms = match (a.srtt_ms, b.srtt_ms) {
+            (Some(x), Some(y)) => Some(round_us(x + y)),
             (x, y) => x.or(y),
         };
         Self {
@@ -345,6 +488,8 @@ impl FlowSummary {
                 dst: b.wscale,
             },
             jitter_ms,
+            srtt_ms,
+            ce_packets: a.ce_packets + b.ce_packets,
             handshake,
             state,
             syn_unanswered: tcp && f.dir[s].flags & F_SYN != 0 && f.dir[r].flags & F_SYNACK == 0,

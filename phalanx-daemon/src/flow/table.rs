@@ -14,7 +14,7 @@ use super::config::FlowConfig;
 use super::jitter::ArrivalJitter;
 use super::key::{vlan_of, FlowKey, VlanTag};
 use super::report::FlowSummary;
-use super::tcp::{self, Dir, Extra, IcmpEvent, TcpState, MAX_ICMP_EVENTS};
+use super::tcp::{self, Dir, Extra, IcmpEvent, TcpState, TtlHistory, MAX_ICMP_EVENTS};
 
 const NIL: u32 = u32::MAX;
 /// Marks a free slab slot.
@@ -110,6 +110,33 @@ impl Flow {
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>() + self.extra.as_deref().map_or(0, Extra::heap_bytes)
     }
+}
+
+/// TTL / hop limit per direction: the latest value inline, the history
+/// (first, min, max, changes) only once it first changes (route changes
+/// are rare; most flows never allocate for this).
+#[inline]
+fn track_ttl(f: &mut Flow, d: usize, rec: &PacketMeta, first_in_dir: bool) {
+    let prev = f.dir[d].ttl;
+    if first_in_dir {
+        f.dir[d].ttl = rec.ttl;
+        return;
+    }
+    if rec.ttl == prev {
+        return;
+    }
+    f.dir[d].ttl = rec.ttl;
+    let h = f.extra_mut().dir[d].ttl.get_or_insert(TtlHistory {
+        first: prev,
+        min: prev,
+        max: prev,
+        first_change_ns: rec.ts_ns,
+        ..TtlHistory::default()
+    });
+    h.changes = h.changes.saturating_add(1);
+    h.min = h.min.min(rec.ttl);
+    h.max = h.max.max(rec.ttl);
+    h.last_change_ns = rec.ts_ns;
 }
 
 /// Table counters.
@@ -251,6 +278,11 @@ impl FlowTable {
         f.dir[d].packets += segs;
         f.dir[d].bytes += tcp::frame_bytes(rec);
         f.last_ts = f.last_ts.max(rec.ts_ns);
+        track_ttl(f, d, rec, first_in_dir);
+        if rec.tos & 3 == 3 {
+            let ex = &mut f.extra_mut().dir[d];
+            ex.ce_packets = ex.ce_packets.saturating_add(segs as u32);
+        }
         // Wrapping microseconds since the flow began: probe clock.
         let now_us = (rec.ts_ns.saturating_sub(f.first_ts) / 1000) as u32;
         if proto == ipproto::TCP {

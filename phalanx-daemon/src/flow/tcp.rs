@@ -74,6 +74,43 @@ pub struct Dir {
     pub flags: u16,
     /// Window-scale option value from this side's SYN.
     pub wscale: u8,
+    /// TTL / hop limit of this side's latest packet (changes go to
+    /// [`DirExtra::ttl`]).
+    pub ttl: u8,
+    /// Times this side's cumulative ACK moved forward (saturating): proof
+    /// that it receives the other side's data, even unseen.
+    pub ack_advances: u16,
+}
+
+/// TTL / hop-limit history of one direction, kept once it first changes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TtlHistory {
+    /// TTL of the direction's first packet.
+    pub first: u8,
+    /// Smallest TTL seen.
+    pub min: u8,
+    /// Largest TTL seen.
+    pub max: u8,
+    /// Packets whose TTL differed from the previous packet's.
+    pub changes: u32,
+    /// Time of the first change (ns).
+    pub first_change_ns: u64,
+    /// Time of the latest change (ns).
+    pub last_change_ns: u64,
+}
+
+/// Retransmissions of the same data with no acknowledgment progress in
+/// between (a stalled connection: RTO backoff against a silent path).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StallRun {
+    /// Retransmissions in the run (the first transmission not counted).
+    pub count: u32,
+    /// Sequence number they all start at.
+    pub seq: u32,
+    /// Time of the first retransmission of the run (ns).
+    pub first_ns: u64,
+    /// Time of the latest one (ns).
+    pub last_ns: u64,
 }
 
 /// Rarely needed per-direction state, allocated with the flow's [`Extra`].
@@ -131,6 +168,38 @@ pub struct DirExtra {
     pub partial_ack: Option<(u32, u64)>,
     /// Latest retransmitted range, for D-SACK matching.
     pub last_retx: Option<(u32, u32, bool)>,
+    /// TTL history, once the TTL first changed.
+    pub ttl: Option<TtlHistory>,
+    /// Packets carrying ECN Congestion Experienced (IP ECN bits `11`).
+    pub ce_packets: u32,
+    /// Time of this side's first RST (ns; 0 = none).
+    pub rst_ns: u64,
+    /// Start of the zero-window episode in progress (ns; 0 = window open).
+    pub zero_window_since_ns: u64,
+    /// Time spent in finished zero-window episodes (ns).
+    pub zero_window_ns: u64,
+    /// Time of the first zero-window advertisement (ns; 0 = none).
+    pub zero_window_first_ns: u64,
+    /// Largest per-segment payload sent (GSO records: the segment size).
+    pub max_segment: u32,
+    /// Largest first-transmission segment payload the peer acknowledged.
+    pub max_acked_segment: u32,
+    /// Outstanding size probe: `(start, end, segment payload)` of one
+    /// first transmission whose acknowledgment is awaited.
+    pub size_probe: Option<(u32, u32, u32)>,
+    /// Retransmissions of full-size segments (the largest size sent so
+    /// far) while no segment that large had been acknowledged.
+    pub full_size_retrans: u32,
+    /// Time of the first of them (ns).
+    pub full_size_retrans_first_ns: u64,
+    /// Time of the latest of them (ns).
+    pub full_size_retrans_last_ns: u64,
+    /// Stall run in progress (reset when the peer's ACK advances).
+    pub stall: StallRun,
+    /// Longest stall run seen.
+    pub stall_max: StallRun,
+    /// Smoothed RTT (RFC 6298 EWMA, gain 1/8) of this direction, us.
+    pub srtt_us: u32,
 }
 
 /// One ICMP/ICMPv6 error quoting a packet of the flow.
@@ -147,8 +216,9 @@ pub struct IcmpEvent {
     pub code: u8,
     /// Next-hop MTU (frag-needed) or MTU (packet too big); 0 otherwise.
     pub mtu: u32,
-    /// Whether the quoted packet went src -> dst of the flow's report
-    /// orientation (set when reporting).
+    /// Direction of the quoted packet: in the flow table, the canonical
+    /// key's side that sent it; in a [`super::FlowSummary`], 0 when it went
+    /// src -> dst and 1 when it went dst -> src.
     #[serde(skip)]
     pub quoted_dir: u8,
     /// Quoted TCP sequence number.
@@ -207,6 +277,12 @@ impl DirExtra {
                 .update((f64::from(us) - f64::from(self.last_rtt_us)) * 1000.0);
         }
         self.last_rtt_us = us;
+        self.srtt_us = if self.rtt.count() == 0 {
+            us
+        } else {
+            // SRTT = 7/8 SRTT + 1/8 R, in integer microseconds.
+            ((u64::from(self.srtt_us) * 7 + u64::from(us)) / 8) as u32
+        };
         self.rtt.add(us);
     }
 }
@@ -301,6 +377,9 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
     let ackf = fl & tf::ACK != 0;
     let fin = fl & tf::FIN != 0;
     let rst = fl & tf::RST != 0;
+    if rst && f.dir[d].flags & F_RST == 0 {
+        f.extra_mut().dir[d].rst_ns = now.max(1);
+    }
     let opts = rec.tcp_opts;
     let has_ts = opts & tcp_opts::TIMESTAMPS != 0;
     let segs = u32::from(rec.segs.max(1));
@@ -378,6 +457,16 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
                 ex.zero_window_packets = ex.zero_window_packets.saturating_add(1);
                 if episode {
                     ex.zero_windows = ex.zero_windows.saturating_add(1);
+                    ex.zero_window_since_ns = now.max(1);
+                    if ex.zero_window_first_ns == 0 {
+                        ex.zero_window_first_ns = now.max(1);
+                    }
+                }
+            } else if let Some(ex) = f.extra.as_deref_mut() {
+                let ex = &mut ex.dir[d];
+                if ex.zero_window_since_ns != 0 {
+                    ex.zero_window_ns += now.saturating_sub(ex.zero_window_since_ns);
+                    ex.zero_window_since_ns = 0;
                 }
             }
         }
@@ -475,6 +564,7 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool, now: u64) -> 
     } else if seq::gt(ack, dir.last_ack) {
         dir.last_ack = ack;
         dir.dupack_run = 0;
+        dir.ack_advances = dir.ack_advances.saturating_add(1);
         advanced = true;
     } else if ack == dir.last_ack
         && rec.payload_len == 0
@@ -526,6 +616,15 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool, now: u64) -> 
             if rx.in_recovery && seq::ge(ack, rx.recovery_point) {
                 rx.in_recovery = false;
             }
+            if let Some((_, end, len)) = rx.size_probe {
+                if seq::ge(ack, end) {
+                    rx.max_acked_segment = rx.max_acked_segment.max(len);
+                    rx.size_probe = None;
+                }
+            }
+            if rx.stall.count > 0 && seq::gt(ack, rx.stall.seq) {
+                rx.stall = StallRun::default();
+            }
             if !rx.holes.is_empty() {
                 rx.holes.acked(ack);
             }
@@ -557,6 +656,7 @@ fn on_data(
         dir.flags |= F_SEQ;
         dir.goodput += u64::from(payload);
         window_full(f, d, e);
+        first_transmission(f, d, e, payload, segs);
         return DataKind::New;
     }
     let snd_max = dir.snd_max;
@@ -568,6 +668,7 @@ fn on_data(
         dir.snd_max = e;
         dir.goodput += u64::from(payload);
         window_full(f, d, e);
+        first_transmission(f, d, e, payload, segs);
         return DataKind::New;
     }
 
@@ -598,7 +699,7 @@ fn on_data(
                 None => f.dir[r].dupack_run >= 3,
             };
         if late {
-            retransmission(f, d, s, e, payload, segs, true, prompted);
+            retransmission(f, d, s, e, payload, segs, true, now, prompted);
             return DataKind::Retrans;
         }
         let extent = u32::try_from(idx.saturating_sub(fill.idx)).unwrap_or(u32::MAX);
@@ -618,8 +719,24 @@ fn on_data(
         }
         return DataKind::Other;
     }
-    retransmission(f, d, s, e, payload, segs, false, prompted);
+    retransmission(f, d, s, e, payload, segs, false, now, prompted);
     DataKind::Retrans
+}
+
+/// Segment-size bookkeeping for data passing the vantage point for the first
+/// time: the largest segment sent, and a size probe (one segment at a time,
+/// larger than any acknowledged so far) whose acknowledgment proves that
+/// segments of that size cross the path.
+fn first_transmission(f: &mut Flow, d: usize, end: u32, payload: u32, segs: u32) {
+    if payload == 0 {
+        return;
+    }
+    let seg = payload.div_ceil(segs.max(1));
+    let ex = &mut f.extra_mut().dir[d];
+    ex.max_segment = ex.max_segment.max(seg);
+    if ex.size_probe.is_none() && seg > ex.max_acked_segment {
+        ex.size_probe = Some((end.wrapping_sub(payload), end, seg));
+    }
 }
 
 /// Whether a segment starting at `s` answers a partial ACK: the peer's
@@ -650,6 +767,7 @@ fn retransmission(
     payload: u32,
     segs: u32,
     late: bool,
+    now: u64,
     prompted: bool,
 ) {
     let r = d ^ 1;
@@ -696,6 +814,39 @@ fn retransmission(
     }
     if late {
         ex.late_fills = ex.late_fills.saturating_add(segs);
+    }
+    // Karn: an acknowledgment of re-sent data says nothing about the size
+    // of the first transmission.
+    if let Some((ps, pe, _)) = ex.size_probe {
+        if seq::lt(s, pe) && seq::gt(e, ps) {
+            ex.size_probe = None;
+        }
+    }
+    let seg = payload.div_ceil(segs.max(1));
+    if payload > 0 && seg >= ex.max_segment && seg > ex.max_acked_segment {
+        ex.full_size_retrans = ex.full_size_retrans.saturating_add(segs);
+        if ex.full_size_retrans_first_ns == 0 {
+            ex.full_size_retrans_first_ns = now.max(1);
+        }
+        ex.full_size_retrans_last_ns = now.max(1);
+    }
+    // Data already acknowledged cannot stall the connection.
+    if !pmtud && !acked {
+        let st = &mut ex.stall;
+        if st.count > 0 && st.seq == s {
+            st.count = st.count.saturating_add(1);
+            st.last_ns = now;
+        } else {
+            *st = StallRun {
+                count: 1,
+                seq: s,
+                first_ns: now,
+                last_ns: now,
+            };
+        }
+        if st.count > ex.stall_max.count {
+            ex.stall_max = *st;
+        }
     }
     ex.retrans_bytes += u64::from(payload);
     ex.last_retx = Some((s, e, acked));

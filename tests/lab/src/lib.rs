@@ -2,11 +2,20 @@
 //! the fault scenarios. Everything created is removed on drop, also when a
 //! test panics; traffic only ever goes to the namespaces' own addresses.
 
+pub mod scenario;
+
 use std::{
     fs::File,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     os::fd::AsRawFd,
+    path::Path,
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    time::Duration,
 };
 
 /// Errors setting up a lab.
@@ -131,6 +140,58 @@ impl Netns {
         }
     }
 
+    /// Starts tcpdump on `iface` writing `file` (filter words in `filter`) and
+    /// returns once it is listening. `-Z root`: Debian's tcpdump otherwise
+    /// drops to a user that cannot write root's temp dirs; `--immediate-mode`:
+    /// otherwise packets wait in a kernel block (1 s timeout) and a prompt
+    /// stop loses them.
+    pub fn tcpdump(&self, iface: &str, filter: &[&str], file: &Path) -> Result<Tcpdump, LabError> {
+        let mut child = self
+            .command("tcpdump")
+            .args([
+                "-i",
+                iface,
+                "-Z",
+                "root",
+                "--immediate-mode",
+                "-U",
+                "-nn",
+                "-s",
+                "128",
+                "-w",
+            ])
+            .arg(file)
+            .args(filter)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LabError::Io("spawning tcpdump".into(), e))?;
+        let stderr = child.stderr.take();
+        let proc = Proc::new(child);
+        let (tx, lines) = mpsc::channel();
+        // Read stderr to the end, so tcpdump's exit report never meets a closed pipe.
+        std::thread::spawn(move || {
+            let Some(stderr) = stderr else { return };
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        loop {
+            match lines.recv_timeout(Duration::from_secs(20)) {
+                Ok(line) if line.contains("listening on") => return Ok(Tcpdump { proc, lines }),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(LabError::Command {
+                        cmd: format!("tcpdump -i {iface}"),
+                        stderr: "did not start listening within 20 s".into(),
+                    })
+                }
+            }
+        }
+    }
+
     /// Reads an interface counter from sysfs inside the namespace.
     pub fn if_stat(&self, iface: &str, stat: &str) -> Result<u64, LabError> {
         let out = self.exec(&["cat", &format!("/sys/class/net/{iface}/statistics/{stat}")])?;
@@ -205,6 +266,57 @@ impl Drop for Proc {
             let _ = c.wait();
         }
     }
+}
+
+/// A running tcpdump (see [`Netns::tcpdump`]).
+#[derive(Debug)]
+pub struct Tcpdump {
+    proc: Proc,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Tcpdump {
+    /// Stops it and returns the packets it reported as dropped by the kernel.
+    pub fn stop(self) -> Result<u64, LabError> {
+        drop(self.proc.stop(Duration::from_secs(5)));
+        let mut drops = None;
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            if let Some(n) = line.strip_suffix(" packets dropped by kernel") {
+                drops = n.trim().parse().ok();
+            }
+        }
+        drops.ok_or_else(|| LabError::Command {
+            cmd: "tcpdump".into(),
+            stderr: "no exit report".into(),
+        })
+    }
+}
+
+/// A plain HTTP/1.0 GET; returns the status line and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, Vec<u8>)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let status = head.lines().next().unwrap_or("").to_string();
+    Ok((status, raw[split..].to_vec()))
+}
+
+/// The value of an unlabelled sample `name` in Prometheus text (0 when absent).
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Two hosts joined by a veth pair: `a` (10.X.0.1, fd00:X::1) and `b` (10.X.0.2, fd00:X::2).
@@ -320,5 +432,120 @@ impl TwoHosts {
             ns.ip(&["link", "set", &name, "up"])?;
         }
         Ok(name)
+    }
+}
+
+/// Three hosts on a routed path, each link a veth pair:
+/// `client` (10.X.1.2) — `router` (10.X.1.1 | 10.X.2.1, forwarding on) —
+/// `server` (10.X.2.2), with default routes through the router. Each end
+/// host's interface is `eth0`; the router's are `eth0` (client side) and
+/// `eth1` (server side).
+#[derive(Debug)]
+pub struct Routed {
+    /// Client host.
+    pub client: Netns,
+    /// Router.
+    pub router: Netns,
+    /// Server host.
+    pub server: Netns,
+    /// Second octet of the 10.X.{1,2}.0/24 subnets.
+    pub subnet: u8,
+}
+
+impl Routed {
+    /// Interface name of the client, of the server, and of the router towards the client.
+    pub const IF: &'static str = "eth0";
+    /// Interface name of the router towards the server.
+    pub const ROUTER_SERVER_IF: &'static str = "eth1";
+
+    /// Creates the namespaces, links, addresses and routes.
+    pub fn new(prefix: &str) -> Result<Self, LabError> {
+        let client = Netns::new(&unique(&format!("{prefix}c")))?;
+        let router = Netns::new(&unique(&format!("{prefix}r")))?;
+        let server = Netns::new(&unique(&format!("{prefix}s")))?;
+        let subnet =
+            (100 + SEQ.fetch_add(1, Ordering::Relaxed) % 100 + std::process::id() % 50) as u8;
+        let lab = Routed {
+            client,
+            router,
+            server,
+            subnet,
+        };
+        for (net, host, host_if, router_if) in [
+            (1u8, &lab.client, Self::IF, Self::IF),
+            (2u8, &lab.server, Self::IF, Self::ROUTER_SERVER_IF),
+        ] {
+            let (tmp_h, tmp_r) = (unique("pxh"), unique("pxr"));
+            sh(&[
+                "ip", "link", "add", &tmp_h, "type", "veth", "peer", "name", &tmp_r,
+            ])?;
+            sh(&[
+                "ip",
+                "link",
+                "set",
+                &tmp_h,
+                "netns",
+                host.name(),
+                "name",
+                host_if,
+            ])?;
+            sh(&[
+                "ip",
+                "link",
+                "set",
+                &tmp_r,
+                "netns",
+                lab.router.name(),
+                "name",
+                router_if,
+            ])?;
+            let gw = format!("10.{subnet}.{net}.1");
+            host.ip(&[
+                "addr",
+                "add",
+                &format!("10.{subnet}.{net}.2/24"),
+                "dev",
+                host_if,
+            ])?;
+            host.ip(&["link", "set", host_if, "up"])?;
+            lab.router
+                .ip(&["addr", "add", &format!("{gw}/24"), "dev", router_if])?;
+            lab.router.ip(&["link", "set", router_if, "up"])?;
+            host.ip(&["route", "add", "default", "via", &gw])?;
+        }
+        lab.router
+            .exec(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        Ok(lab)
+    }
+
+    /// The client's address.
+    pub fn client_v4(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, self.subnet, 1, 2)
+    }
+
+    /// The server's address.
+    pub fn server_v4(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, self.subnet, 2, 2)
+    }
+
+    /// Every veth end as (namespace, interface).
+    pub fn interfaces(&self) -> [(&Netns, &'static str); 4] {
+        [
+            (&self.client, Self::IF),
+            (&self.router, Self::IF),
+            (&self.router, Self::ROUTER_SERVER_IF),
+            (&self.server, Self::IF),
+        ]
+    }
+
+    /// Turns segmentation and receive offloads off on every veth end, so
+    /// captures see the segments that are on the wire.
+    pub fn offloads_off(&self) -> Result<(), LabError> {
+        for (ns, ifn) in self.interfaces() {
+            ns.exec(&[
+                "ethtool", "-K", ifn, "tso", "off", "gso", "off", "gro", "off",
+            ])?;
+        }
+        Ok(())
     }
 }

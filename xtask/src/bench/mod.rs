@@ -9,15 +9,15 @@
 
 use std::{
     fmt::Write as _,
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
-use phalanx_lab::{sh, Proc, TwoHosts};
+use anyhow::{Context as _, Result};
+use phalanx_lab::{metric, sh, Proc, TwoHosts};
+
+use crate::daemon::{Daemon, Options};
 
 mod offline;
 
@@ -37,21 +37,6 @@ pub(crate) struct Row {
     pub goal: String,
     /// Whether the goal is met (None: no goal).
     pub pass: Option<bool>,
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-    let mut r = String::new();
-    s.read_to_string(&mut r)?;
-    Ok(r)
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
 }
 
 /// Busy CPU seconds of the whole machine so far (all CPUs, softirq included).
@@ -77,51 +62,23 @@ fn cpu_busy_s() -> f64 {
     busy as f64 / hz
 }
 
-/// A running daemon in the client namespace.
-struct Daemon {
-    proc: Proc,
-}
-
-fn start_daemon(
-    lab: &TwoHosts,
+fn start_daemon<'a>(
+    lab: &'a TwoHosts,
     phalanx: &Path,
     mode: &str,
     config: Option<&Path>,
-) -> Result<Daemon> {
-    let mut cmd = lab.a.command(&phalanx.display().to_string());
-    cmd.args(["run", "--iface", &lab.a_if, "--mode", mode, "--listen", API]);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    let proc = Proc::new(
-        cmd.env("PHALANX_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting phalanx")?,
-    );
-    let api: SocketAddr = API.parse()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if lab
-            .a
-            .run(move || http_get(api, "/healthz").is_ok_and(|r| r.contains("200 OK")))?
-        {
-            return Ok(Daemon { proc });
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("phalanx did not come up in {mode} mode")
-}
-
-impl Daemon {
-    fn metrics(&self, lab: &TwoHosts) -> Result<String> {
-        let api: SocketAddr = API.parse()?;
-        Ok(lab.a.run(move || http_get(api, "/metrics"))??)
-    }
-    fn stop(self) {
-        drop(self.proc.stop(Duration::from_secs(10)));
-    }
+) -> Result<Daemon<'a>> {
+    Daemon::start(
+        &lab.a,
+        phalanx,
+        &Options {
+            interfaces: vec![&lab.a_if],
+            mode,
+            config,
+            listen: API,
+            log: "warn",
+        },
+    )
 }
 
 /// (run_time_ns, run_cnt) per Phalanx program, from bpf_stats.
@@ -235,7 +192,7 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
                 }
             }
             if let Some(d) = daemon {
-                let m = d.metrics(&lab)?;
+                let m = d.text("/metrics")?;
                 let drops = metric(&m, "phalanx_kernel_ring_full_drops_total")
                     + metric(&m, "phalanx_capture_backlog_dropped_total");
                 writeln!(
@@ -329,6 +286,22 @@ const SYN_FRAME: [u8; 54] = [
     0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0, // TCP SYN
 ];
 
+/// Runs program `id` on `frame` `repeat` times with BPF_PROG_TEST_RUN.
+fn prog_run(id: &str, frame: &str, repeat: u64) -> Result<()> {
+    sh(&[
+        "bpftool",
+        "prog",
+        "run",
+        "id",
+        id,
+        "data_in",
+        frame,
+        "repeat",
+        &repeat.to_string(),
+    ])?;
+    Ok(())
+}
+
 /// Id of the newest loaded program called `name`.
 fn prog_id(name: &str) -> Result<u64> {
     let out = sh(&["bpftool", "-j", "prog", "show"])?;
@@ -367,21 +340,11 @@ fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
     let daemon = start_daemon(&lab, phalanx, "tcx", None)?;
     let id = prog_id("phalanx_xdp")?.to_string();
     for &target in targets {
-        let m0 = daemon.metrics(&lab)?;
+        let m0 = daemon.text("/metrics")?;
         let start = Instant::now();
         let mut sent = 0u64;
         while start.elapsed().as_secs_f64() < secs {
-            sh(&[
-                "bpftool",
-                "prog",
-                "run",
-                "id",
-                &id,
-                "data_in",
-                &frame_arg,
-                "repeat",
-                &CHUNK.to_string(),
-            ])?;
+            prog_run(&id, &frame_arg, CHUNK)?;
             sent += CHUNK;
             let due = sent as f64 / target;
             let now = start.elapsed().as_secs_f64();
@@ -391,7 +354,7 @@ fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
         }
         let elapsed = start.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_millis(300));
-        let m1 = daemon.metrics(&lab)?;
+        let m1 = daemon.text("/metrics")?;
         let d = |n: &str| metric(&m1, n) - metric(&m0, n);
         let decoded = d("phalanx_capture_records_decoded_total");
         let submitted = d("phalanx_kernel_records_submitted_total");
@@ -418,22 +381,12 @@ fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
     std::fs::write(&small, "[capture]\nring_buffer_bytes = 65536\n")?;
     let daemon = start_daemon(&lab, phalanx, "tcx", Some(&small))?;
     let id = prog_id("phalanx_xdp")?.to_string();
-    let m0 = daemon.metrics(&lab)?;
+    let m0 = daemon.text("/metrics")?;
     let start = Instant::now();
-    sh(&[
-        "bpftool",
-        "prog",
-        "run",
-        "id",
-        &id,
-        "data_in",
-        &frame_arg,
-        "repeat",
-        &(4 * CHUNK).to_string(),
-    ])?;
+    prog_run(&id, &frame_arg, 4 * CHUNK)?;
     let offered = (4 * CHUNK) as f64 / start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(300));
-    let m1 = daemon.metrics(&lab)?;
+    let m1 = daemon.text("/metrics")?;
     daemon.stop();
     let d = |n: &str| metric(&m1, n) - metric(&m0, n);
     let (submitted, decoded, full) = (

@@ -1,0 +1,227 @@
+//! Bounded recent-packet history per flow.
+//!
+//! Keeps, for each key, a ring of the last `per_flow` records, and at most
+//! `max_flows` keys: when full, the key updated least recently is evicted.
+//! Incident evidence reads it; the structure knows nothing of incidents, so
+//! other consumers (multi-hop stitching) can keep their own history with
+//! another key type.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::Hash;
+
+use hashbrown::HashMap;
+use phalanx_common::{ipproto, PacketMeta, RecordKind};
+
+use crate::flow::FlowKey;
+
+/// Bounds of a [`FlowHistory`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryBounds {
+    /// Records kept per key (the most recent ones).
+    pub per_flow: usize,
+    /// Keys kept at once.
+    pub max_flows: usize,
+}
+
+#[derive(Debug)]
+struct Entry<T> {
+    ring: VecDeque<T>,
+    /// Update stamp: position in the recency index.
+    stamp: u64,
+}
+
+/// Last `per_flow` items of each of at most `max_flows` keys.
+#[derive(Debug)]
+pub struct FlowHistory<K = FlowKey, T = PacketMeta> {
+    bounds: HistoryBounds,
+    entries: HashMap<K, Entry<T>>,
+    /// Stamp -> key, oldest first: finds the least recently updated key.
+    recency: BTreeMap<u64, K>,
+    next_stamp: u64,
+    evicted: u64,
+}
+
+impl<K: Eq + Hash + Clone, T: Clone> FlowHistory<K, T> {
+    /// An empty history; zero bounds are raised to one.
+    pub fn new(bounds: HistoryBounds) -> Self {
+        Self {
+            bounds: HistoryBounds {
+                per_flow: bounds.per_flow.max(1),
+                max_flows: bounds.max_flows.max(1),
+            },
+            entries: HashMap::new(),
+            recency: BTreeMap::new(),
+            next_stamp: 0,
+            evicted: 0,
+        }
+    }
+
+    /// Appends `item` to `key`'s ring, dropping its oldest item when full.
+    pub fn push(&mut self, key: K, item: T) {
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        if let Some(e) = self.entries.get_mut(&key) {
+            self.recency.remove(&e.stamp);
+            e.stamp = stamp;
+            if e.ring.len() >= self.bounds.per_flow {
+                e.ring.pop_front();
+            }
+            e.ring.push_back(item);
+            self.recency.insert(stamp, key);
+            return;
+        }
+        while self.entries.len() >= self.bounds.max_flows {
+            let Some((_, old)) = self.recency.pop_first() else {
+                break;
+            };
+            self.entries.remove(&old);
+            self.evicted += 1;
+        }
+        let mut ring = VecDeque::with_capacity(self.bounds.per_flow.min(16));
+        ring.push_back(item);
+        self.entries.insert(key.clone(), Entry { ring, stamp });
+        self.recency.insert(stamp, key);
+    }
+
+    /// The items kept for `key`, oldest first.
+    pub fn recent(&self, key: &K) -> Vec<T> {
+        self.entries
+            .get(key)
+            .map(|e| e.ring.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Keys held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Keys evicted to respect `max_flows`.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// The bounds in force.
+    pub fn bounds(&self) -> HistoryBounds {
+        self.bounds
+    }
+}
+
+impl FlowHistory<FlowKey, PacketMeta> {
+    /// Records a packet under its flow, keyed as the flow table keys it: an
+    /// ICMP error goes to the flow it quotes (it is that flow's evidence).
+    pub fn record(&mut self, rec: &PacketMeta) {
+        if let Some(key) = flow_key_of(rec) {
+            self.push(key, *rec);
+        }
+    }
+}
+
+/// The flow a record belongs to, as the flow table keys it.
+pub fn flow_key_of(rec: &PacketMeta) -> Option<FlowKey> {
+    if rec.ip_version != 4 && rec.ip_version != 6 {
+        return None;
+    }
+    let (mut key, proto) = match RecordKind::try_from(rec.kind).ok()? {
+        RecordKind::Tcp => (FlowKey::of_record(rec, true).0, ipproto::TCP),
+        RecordKind::Udp => (FlowKey::of_record(rec, true).0, ipproto::UDP),
+        RecordKind::OtherIp => (FlowKey::of_record(rec, false).0, rec.l4_proto),
+        RecordKind::IcmpError => {
+            let (k, _) = FlowKey::of_icmp_quote(rec);
+            (k, k.proto)
+        }
+    };
+    key.proto = proto;
+    Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(per_flow: usize, max_flows: usize) -> HistoryBounds {
+        HistoryBounds {
+            per_flow,
+            max_flows,
+        }
+    }
+
+    #[test]
+    fn ring_keeps_the_last_n() {
+        let mut h: FlowHistory<u32, u32> = FlowHistory::new(bounds(4, 10));
+        for i in 0..10 {
+            h.push(1, i);
+        }
+        assert_eq!(h.recent(&1), vec![6, 7, 8, 9], "last 4 of 10, oldest first");
+        assert!(h.recent(&2).is_empty());
+    }
+
+    #[test]
+    fn evicts_the_least_recently_updated_flow() {
+        let mut h: FlowHistory<u32, u32> = FlowHistory::new(bounds(2, 3));
+        h.push(1, 0);
+        h.push(2, 0);
+        h.push(3, 0);
+        h.push(1, 1); // 2 is now the least recently updated
+        h.push(4, 0);
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.evicted(), 1);
+        assert!(h.recent(&2).is_empty(), "flow 2 evicted");
+        assert_eq!(h.recent(&1), vec![0, 1]);
+        for k in 5..1005 {
+            h.push(k, k);
+        }
+        assert_eq!(h.len(), 3, "never more than max_flows keys");
+        assert_eq!(h.evicted(), 1001);
+        assert_eq!(h.recency.len(), 3, "recency index stays in step");
+    }
+
+    #[test]
+    fn records_are_keyed_like_the_flow_table() {
+        let mut h = FlowHistory::new(bounds(8, 8));
+        let mut a = PacketMeta {
+            kind: RecordKind::Tcp as u8,
+            ip_version: 4,
+            l4_proto: ipproto::TCP,
+            sport: 40000,
+            dport: 80,
+            ..PacketMeta::zeroed()
+        };
+        a.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        a.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        let mut b = a;
+        std::mem::swap(&mut b.src_addr, &mut b.dst_addr);
+        std::mem::swap(&mut b.sport, &mut b.dport);
+        // An ICMP error from a router quoting a's packet.
+        let mut icmp = PacketMeta {
+            kind: RecordKind::IcmpError as u8,
+            ip_version: 4,
+            l4_proto: ipproto::ICMP,
+            inner_proto: ipproto::TCP,
+            inner_src: a.src_addr,
+            inner_dst: a.dst_addr,
+            inner_sport: 40000,
+            inner_dport: 80,
+            ..PacketMeta::zeroed()
+        };
+        icmp.src_addr[..4].copy_from_slice(&[10, 0, 0, 254]);
+        icmp.dst_addr = a.src_addr;
+        h.record(&a);
+        h.record(&b);
+        h.record(&icmp);
+        let key = flow_key_of(&a).expect("tcp key");
+        assert_eq!(
+            h.len(),
+            1,
+            "both directions and the quoting ICMP error share a flow"
+        );
+        assert_eq!(h.recent(&key).len(), 3);
+        h.record(&PacketMeta::zeroed());
+        assert_eq!(h.len(), 1, "non-IP records are ignored");
+    }
+}

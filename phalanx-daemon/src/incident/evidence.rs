@@ -1,0 +1,348 @@
+//! Incident evidence: the recent records of a flow as a headers-only,
+//! zstd-compressed pcapng (`<id>.pcapng.zst`), with the directory kept under
+//! a total size and a file count by deleting the oldest files.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use phalanx_common::PacketMeta;
+
+use crate::capture::frame::{PayloadMode, PcapngWriter, WriteError};
+
+/// Suffix of evidence files.
+pub const SUFFIX: &str = ".pcapng.zst";
+/// zstd level: evidence is small, so a mid level costs nothing noticeable.
+const ZSTD_LEVEL: i32 = 9;
+
+/// Errors writing or reading evidence.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// File system error.
+    #[error("evidence {path}: {source}")]
+    Io {
+        /// File or directory.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// pcapng encoding failed.
+    #[error("evidence pcapng: {0}")]
+    Pcapng(#[from] WriteError),
+    /// The name is not one of ours (path traversal, other suffix).
+    #[error("not an evidence file name: {0:?}")]
+    BadName(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvidenceError + '_ {
+    move |source| EvidenceError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Limits of the evidence directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Total bytes of evidence files kept.
+    pub max_bytes: u64,
+    /// Evidence files kept.
+    pub max_files: usize,
+}
+
+/// A written evidence file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// File name inside the evidence directory.
+    pub name: String,
+    /// Compressed size.
+    pub bytes: u64,
+    /// Packets in the file.
+    pub packets: usize,
+}
+
+/// The evidence directory.
+#[derive(Clone, Debug)]
+pub struct EvidenceStore {
+    dir: PathBuf,
+    retention: Retention,
+}
+
+impl EvidenceStore {
+    /// Opens (creating it if needed) the evidence directory.
+    pub fn open(dir: &Path, retention: Retention) -> Result<Self, EvidenceError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            retention,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `records` (oldest first) for incident `id`, atomically, then
+    /// enforces the retention limits (the new file is never the one deleted).
+    pub fn write(
+        &self,
+        id: &str,
+        comment: &str,
+        records: &[PacketMeta],
+    ) -> Result<Written, EvidenceError> {
+        let name = format!("{id}{SUFFIX}");
+        check_name(&name)?;
+        let mut pcapng = PcapngWriter::new(Vec::new())?;
+        let iface = pcapng.add_interface("phalanx")?;
+        for (i, r) in records.iter().enumerate() {
+            // The first packet carries the incident's summary: visible in
+            // Wireshark's packet comments without any other file.
+            let c = (i == 0).then_some(comment);
+            pcapng.write_record(iface, r, PayloadMode::HeadersOnly, c)?;
+        }
+        let plain = pcapng.into_inner();
+        let compressed = zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(io(&self.dir))?;
+        let path = self.dir.join(&name);
+        write_atomic(&path, &compressed)?;
+        self.rotate(&name)?;
+        Ok(Written {
+            name,
+            bytes: compressed.len() as u64,
+            packets: records.len(),
+        })
+    }
+
+    /// Path of an evidence file named by an incident annotation.
+    pub fn path_of(&self, name: &str) -> Result<PathBuf, EvidenceError> {
+        check_name(name)?;
+        Ok(self.dir.join(name))
+    }
+
+    /// An evidence file as stored (zstd-compressed pcapng).
+    pub fn read_compressed(&self, name: &str) -> Result<Vec<u8>, EvidenceError> {
+        let path = self.path_of(name)?;
+        fs::read(&path).map_err(io(&path))
+    }
+
+    /// The decompressed pcapng of an evidence file.
+    pub fn read_pcapng(&self, name: &str) -> Result<Vec<u8>, EvidenceError> {
+        let path = self.path_of(name)?;
+        let f = fs::File::open(&path).map_err(io(&path))?;
+        zstd::stream::decode_all(f).map_err(io(&path))
+    }
+
+    /// Deletes the oldest evidence files (by modification time, then name)
+    /// until both limits hold, sparing `keep`.
+    fn rotate(&self, keep: &str) -> Result<(), EvidenceError> {
+        let mut files = Vec::new();
+        for e in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let e = e.map_err(io(&self.dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(SUFFIX) || name.starts_with('.') {
+                continue;
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            files.push((mtime, name, meta.len()));
+        }
+        files.sort();
+        let mut total: u64 = files.iter().map(|f| f.2).sum();
+        let mut count = files.len();
+        for (_, name, len) in files {
+            if count <= self.retention.max_files && total <= self.retention.max_bytes {
+                break;
+            }
+            if name == keep {
+                continue;
+            }
+            let p = self.dir.join(&name);
+            match fs::remove_file(&p) {
+                Ok(()) => {
+                    tracing::debug!(file = %name, "evidence rotated out");
+                    total -= len;
+                    count -= 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&p)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), EvidenceError> {
+    let ok = name.ends_with(SUFFIX)
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(EvidenceError::BadName(name.to_string()))
+    }
+}
+
+/// Writes `bytes` to `path` so that a reader sees either nothing or the
+/// whole file: temporary file in the same directory, fsync, rename, fsync
+/// of the directory (so the rename itself survives a crash).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, path).map_err(io(path))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phalanx_common::{ipproto, RecordKind};
+
+    fn records(n: usize) -> Vec<PacketMeta> {
+        (0..n)
+            .map(|i| {
+                let mut r = PacketMeta {
+                    ts_ns: 1_700_000_000_000_000_000 + i as u64 * 1_000_000,
+                    kind: RecordKind::Tcp as u8,
+                    ip_version: 4,
+                    l4_proto: ipproto::TCP,
+                    ttl: 64,
+                    sport: 40000,
+                    dport: 80,
+                    seq: 1000 + i as u32 * 1448,
+                    payload_len: 1448,
+                    ip_len: 1500,
+                    tcp_flags: phalanx_common::tcp_flags::ACK,
+                    ..PacketMeta::zeroed()
+                };
+                r.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+                r.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+                r
+            })
+            .collect()
+    }
+
+    fn store(dir: &Path, max_bytes: u64, max_files: usize) -> EvidenceStore {
+        EvidenceStore::open(
+            dir,
+            Retention {
+                max_bytes,
+                max_files,
+            },
+        )
+        .expect("open")
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn writes_a_readable_pcapng() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = store(tmp.path(), 1 << 20, 10);
+        let w = s.write("abc-1", "summary", &records(20)).expect("write");
+        assert_eq!(w.name, "abc-1.pcapng.zst");
+        assert_eq!(w.packets, 20);
+        let plain = s.read_pcapng(&w.name).expect("read back");
+        // Section header block magic, then the records come back parsed.
+        assert_eq!(&plain[..4], &[0x0a, 0x0d, 0x0d, 0x0a]);
+        let back: Vec<PacketMeta> = crate::capture::file::open(&tmp.path().join(&w.name))
+            .expect("our own reader opens the zstd file")
+            .collect::<Result<_, _>>()
+            .expect("records");
+        assert_eq!(back.len(), 20);
+        assert!(back.iter().all(|r| r.dport == 80 && r.seq >= 1000));
+        assert_eq!(
+            listing(tmp.path()),
+            vec!["abc-1.pcapng.zst"],
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn rotation_by_count() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = store(tmp.path(), 1 << 30, 3);
+        for i in 0..5 {
+            s.write(&format!("inc-{i}"), "x", &records(5))
+                .expect("write");
+            // Distinct mtimes on coarse file systems.
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        assert_eq!(
+            listing(tmp.path()),
+            vec!["inc-2.pcapng.zst", "inc-3.pcapng.zst", "inc-4.pcapng.zst"],
+            "the 3 newest are kept"
+        );
+    }
+
+    #[test]
+    fn rotation_by_size() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let probe = store(tmp.path(), 1 << 30, 100)
+            .write("probe", "x", &records(50))
+            .expect("write");
+        fs::remove_file(tmp.path().join(&probe.name)).expect("rm");
+        // Room for two files of this size, not three.
+        let s = store(tmp.path(), probe.bytes * 2 + probe.bytes / 2, 100);
+        for i in 0..4 {
+            s.write(&format!("inc-{i}"), "x", &records(50))
+                .expect("write");
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+        let left = listing(tmp.path());
+        assert_eq!(left, vec!["inc-2.pcapng.zst", "inc-3.pcapng.zst"]);
+        let total: u64 = left
+            .iter()
+            .map(|n| fs::metadata(tmp.path().join(n)).expect("meta").len())
+            .sum();
+        assert!(
+            total <= probe.bytes * 2 + probe.bytes / 2,
+            "total {total} within the limit"
+        );
+        // A single file over the limit is still kept: it is the newest evidence.
+        let tiny = store(tmp.path(), 1, 100);
+        tiny.write("big", "x", &records(50)).expect("write");
+        assert_eq!(listing(tmp.path()), vec!["big.pcapng.zst"]);
+    }
+
+    #[test]
+    fn names_are_confined_to_the_directory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = store(tmp.path(), 1 << 20, 10);
+        for bad in [
+            "../x.pcapng.zst",
+            "a/b.pcapng.zst",
+            ".tmp-x.pcapng.zst",
+            "x.txt",
+        ] {
+            assert!(
+                matches!(s.path_of(bad), Err(EvidenceError::BadName(_))),
+                "{bad:?} must be refused"
+            );
+        }
+    }
+}

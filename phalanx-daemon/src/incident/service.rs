@@ -1,0 +1,399 @@
+//! The incident task: owns the manager, receives observations through a
+//! bounded channel, ticks every second, writes evidence for new incidents
+//! and hands transitions to delivery.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::evidence::{EvidenceError, EvidenceStore, Retention};
+use super::{IncidentManager, ManagerSettings, Observation, Observed, Transition};
+use crate::capture::history::{FlowHistory, HistoryBounds};
+use crate::config::Config;
+use crate::export::delivery::{
+    Backoff, DeliveryError, DeliveryMetrics, DeliverySettings, Dispatcher,
+};
+use crate::export::spool::{Spool, SpoolError};
+
+/// Observations buffered between the rules and the incident task.
+pub const OBSERVATION_QUEUE: usize = 1024;
+/// Lifecycle tick.
+const TICK: Duration = Duration::from_secs(1);
+/// File in `incidents.spool_dir` holding the firing incidents across restarts
+/// (not a `.json` name: the spool ignores it).
+pub const STATE_FILE: &str = "open-incidents.state";
+
+/// Errors starting the incident service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Evidence directory.
+    #[error("incidents.evidence_dir: {0}")]
+    Evidence(#[from] EvidenceError),
+    /// Spool directory.
+    #[error("incidents.spool_dir: {0}")]
+    Spool(#[from] SpoolError),
+    /// Delivery.
+    #[error("incident delivery: {0}")]
+    Delivery(#[from] DeliveryError),
+}
+
+/// Labels `{rule, severity}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleSeverityLabels {
+    /// Rule name.
+    pub rule: String,
+    /// Severity.
+    pub severity: String,
+}
+
+/// Labels `{rule}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// Rule name.
+    pub rule: String,
+}
+
+/// Incident metrics. Rule names come from the rules configuration, so the
+/// label sets are bounded by it.
+#[derive(Clone, Debug, Default)]
+pub struct IncidentMetrics {
+    /// Incidents fired.
+    pub fired: Family<RuleSeverityLabels, Counter>,
+    /// Incidents firing now.
+    pub firing: Family<RuleLabels, Gauge>,
+    /// Observations dropped because `max_open` incidents were firing.
+    pub suppressed: Counter,
+}
+
+impl IncidentMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "phalanx_incidents",
+            "Incidents fired, by rule and severity",
+            m.fired.clone(),
+        );
+        registry.register(
+            "phalanx_incidents_firing",
+            "Incidents firing now, by rule",
+            m.firing.clone(),
+        );
+        registry.register(
+            "phalanx_incident_observations_suppressed",
+            "Rule reports dropped because incidents.max_open incidents were firing",
+            m.suppressed.clone(),
+        );
+        m
+    }
+
+    fn on(&self, t: &Transition) {
+        let inc = t.incident();
+        let rule = RuleLabels {
+            rule: inc.rule.clone(),
+        };
+        match t {
+            Transition::Fired(_) => {
+                self.fired
+                    .get_or_create(&RuleSeverityLabels {
+                        rule: inc.rule.clone(),
+                        severity: inc.severity.as_str().to_string(),
+                    })
+                    .inc();
+                self.firing.get_or_create(&rule).inc();
+            }
+            Transition::Resolved(_) => {
+                self.firing.get_or_create(&rule).dec();
+            }
+        }
+    }
+}
+
+/// What the HTTP API reads: the manager and the evidence directory.
+#[derive(Clone, Debug)]
+pub struct IncidentsView {
+    /// The incidents (locked briefly by the task and the handlers).
+    pub manager: Arc<Mutex<IncidentManager>>,
+    /// Evidence files.
+    pub evidence: Arc<EvidenceStore>,
+}
+
+/// Shared per-flow packet history fed by the flow task.
+pub type SharedHistory = Arc<Mutex<FlowHistory>>;
+
+/// A history sized from `[incidents]`.
+pub fn history(cfg: &crate::config::IncidentsConfig) -> SharedHistory {
+    Arc::new(Mutex::new(FlowHistory::new(HistoryBounds {
+        per_flow: cfg.history_packets,
+        max_flows: cfg.history_flows,
+    })))
+}
+
+/// The incident task's state.
+#[derive(Debug)]
+pub struct IncidentService {
+    view: IncidentsView,
+    history: SharedHistory,
+    dispatcher: Dispatcher,
+    metrics: IncidentMetrics,
+    external_url: String,
+    resend: Duration,
+    state_path: PathBuf,
+}
+
+/// Nanoseconds since the epoch.
+pub fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn system_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl IncidentService {
+    /// Opens the evidence and spool directories, registers the metrics,
+    /// starts delivery (replaying the spool) and returns the service with
+    /// the view the API serves.
+    pub async fn start(
+        cfg: &Config,
+        history: SharedHistory,
+        registry: &mut Registry,
+    ) -> Result<(Self, IncidentsView), ServiceError> {
+        let ic = &cfg.incidents;
+        let evidence = Arc::new(EvidenceStore::open(
+            &ic.evidence_dir,
+            Retention {
+                max_bytes: ic.evidence_max_bytes,
+                max_files: ic.evidence_max_files,
+            },
+        )?);
+        let spool = Arc::new(Spool::open(&ic.spool_dir, ic.spool_max_files)?);
+        let external_url = if ic.external_url.is_empty() {
+            format!("http://{}", cfg.http.listen)
+        } else {
+            ic.external_url.trim_end_matches('/').to_string()
+        };
+        let host = if ic.host.is_empty() {
+            system_host()
+        } else {
+            ic.host.clone()
+        };
+        let manager = Arc::new(Mutex::new(IncidentManager::new(ManagerSettings {
+            resolve_after: Duration::from_secs(ic.resolve_after_secs),
+            host,
+            max_open: ic.max_open,
+            keep_resolved: ic.keep_resolved,
+        })));
+        let metrics = IncidentMetrics::register(registry);
+        let state_path = ic.spool_dir.join(STATE_FILE);
+        restore_state(&state_path, &manager, &metrics);
+        let delivery_metrics = DeliveryMetrics::register(registry);
+        let dispatcher = Dispatcher::start(
+            cfg.receivers(),
+            DeliverySettings {
+                external_url: external_url.clone(),
+                request_timeout: Duration::from_millis(ic.request_timeout_ms),
+                backoff: Backoff {
+                    initial: Duration::from_millis(ic.retry_initial_ms),
+                    max: Duration::from_millis(ic.retry_max_ms),
+                },
+                give_up_after: Duration::from_secs(ic.retry_give_up_secs),
+            },
+            spool,
+            delivery_metrics,
+        )
+        .await?;
+        let view = IncidentsView { manager, evidence };
+        Ok((
+            Self {
+                view: view.clone(),
+                history,
+                dispatcher,
+                metrics,
+                external_url,
+                resend: Duration::from_secs(cfg.alertmanager.resend_secs),
+                state_path,
+            },
+            view,
+        ))
+    }
+
+    /// Runs until the observation channel closes, then stops delivery
+    /// (pending deliveries stay spooled).
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Observation>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resend = tokio::time::interval(self.resend);
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resend.tick().await; // the first tick is immediate: nothing fires yet
+        loop {
+            tokio::select! {
+                obs = rx.recv() => {
+                    let Some(obs) = obs else { break };
+                    self.observe(obs);
+                    // Fire without waiting for the tick.
+                    self.tick().await;
+                }
+                _ = tick.tick() => self.tick().await,
+                _ = resend.tick() => {
+                    self.resend();
+                    self.save_state().await;
+                }
+            }
+        }
+        info!("observation channel closed; incident task stopping");
+        self.save_state().await;
+        self.dispatcher.shutdown().await;
+    }
+
+    fn observe(&mut self, obs: Observation) {
+        let Ok(mut m) = self.view.manager.lock() else {
+            warn!("incident manager poisoned; observation dropped");
+            return;
+        };
+        if let Observed::Suppressed = m.observe(obs, wall_ns()) {
+            self.metrics.suppressed.inc();
+        }
+    }
+
+    async fn tick(&mut self) {
+        let transitions = match self.view.manager.lock() {
+            Ok(mut m) => m.tick(wall_ns()),
+            Err(_) => return,
+        };
+        let changed = !transitions.is_empty();
+        for mut t in transitions {
+            if let Transition::Fired(inc) = &mut t {
+                if let Some(updated) = self.write_evidence(inc).await {
+                    *inc = updated;
+                }
+                info!(incident = %inc.id, rule = %inc.rule, group = %inc.group, "incident fired");
+            } else {
+                info!(incident = %t.incident().id, rule = %t.incident().rule, "incident resolved");
+            }
+            self.metrics.on(&t);
+            self.dispatcher.dispatch(&t).await;
+        }
+        if changed {
+            self.save_state().await;
+        }
+    }
+
+    /// Persists the firing incidents, so that after a restart they keep
+    /// their ids and still get their resolved notification.
+    async fn save_state(&self) {
+        let open = match self.view.manager.lock() {
+            Ok(m) => m.snapshot_open(),
+            Err(_) => return,
+        };
+        let bytes = match serde_json::to_vec(&open) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("encoding incident state: {e}");
+                return;
+            }
+        };
+        let path = self.state_path.clone();
+        match tokio::task::spawn_blocking(move || super::evidence::write_atomic(&path, &bytes))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!("saving incident state: {e}"),
+            Err(e) => warn!("saving incident state: {e}"),
+        }
+    }
+
+    /// Writes the flow's recent records; returns the incident annotated
+    /// with the file, or `None` when there is nothing to write.
+    async fn write_evidence(&self, inc: &super::Incident) -> Option<super::Incident> {
+        let flow = inc.flow?;
+        let records = self.history.lock().ok()?.recent(&flow);
+        if records.is_empty() {
+            debug!(incident = %inc.id, "no packet history for the flow; no evidence file");
+            return None;
+        }
+        let store = self.view.evidence.clone();
+        let id = inc.id.clone();
+        let comment = format!("{}: {}", inc.rule, inc.summary);
+        let written =
+            tokio::task::spawn_blocking(move || store.write(&id, &comment, &records)).await;
+        let w = match written {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                warn!(incident = %inc.id, "writing evidence: {e}");
+                return None;
+            }
+            Err(e) => {
+                warn!(incident = %inc.id, "writing evidence: {e}");
+                return None;
+            }
+        };
+        debug!(incident = %inc.id, file = %w.name, packets = w.packets, bytes = w.bytes, "evidence written");
+        let url = format!("{}/api/v1/incidents/{}/pcapng", self.external_url, inc.id);
+        let mut m = self.view.manager.lock().ok()?;
+        m.annotate(&inc.id, "pcapng", w.name)?;
+        m.annotate(&inc.id, "pcapng_url", url)
+    }
+
+    fn resend(&self) {
+        let Ok(m) = self.view.manager.lock() else {
+            return;
+        };
+        self.dispatcher.resend_firing(&m.firing());
+    }
+}
+
+/// Takes back the firing incidents of the previous run (a missing file is
+/// a first start; a damaged one is reported and ignored).
+fn restore_state(
+    path: &std::path::Path,
+    manager: &Mutex<IncidentManager>,
+    metrics: &IncidentMetrics,
+) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            warn!(file = %path.display(), "reading incident state: {e}");
+            return;
+        }
+    };
+    let incidents: Vec<super::Incident> = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            warn!(file = %path.display(), "ignoring damaged incident state: {e}");
+            return;
+        }
+    };
+    let Ok(mut m) = manager.lock() else { return };
+    let n = m.restore(incidents);
+    // Called on a fresh manager: everything firing now was restored.
+    for inc in m.firing() {
+        metrics
+            .firing
+            .get_or_create(&RuleLabels {
+                rule: inc.rule.clone(),
+            })
+            .inc();
+    }
+    if n > 0 {
+        info!(
+            restored = n,
+            "firing incidents taken over from the previous run"
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! `retransmission_stall`: the same data re-sent again and again with no
+//! acknowledgment progress in between (typically RTO backoff against a
+//! peer or path that has gone silent). Critical while still unacknowledged.
+
+use serde_json::json;
+
+use super::config::StallConfig;
+use super::{r3, secs, sides, Finding, FindingFlow, Severity};
+use crate::flow::FlowSummary;
+
+pub(super) fn check(c: &StallConfig, f: &FlowSummary, out: &mut Vec<Finding>) {
+    if f.proto != "tcp" {
+        return;
+    }
+    for s in sides(f) {
+        let st = &s.d.stall;
+        if st.retransmissions < c.min_retransmissions {
+            continue;
+        }
+        let (first, last) = (st.first_ns.unwrap_or(0), st.last_ns.unwrap_or(0));
+        let (severity, end) = if st.open {
+            (Severity::Critical, "it is still unacknowledged")
+        } else {
+            (Severity::Warning, "it was acknowledged only afterwards")
+        };
+        out.push(Finding {
+            rule: "retransmission_stall".into(),
+            severity,
+            flow: FindingFlow::of(f),
+            summary: format!(
+                "{} re-sent the same data {} times over {:.1} s with no acknowledgment from {}, and {}.",
+                s.from,
+                st.retransmissions,
+                secs(first, last),
+                s.to,
+                end,
+            ),
+            evidence: json!({
+                "direction": s.name,
+                "retransmissions": st.retransmissions,
+                "relative_seq": st.rel_seq,
+                "first_retransmission_ns": first,
+                "last_retransmission_ns": last,
+                "span_s": r3(secs(first, last)),
+                "still_unacknowledged": st.open,
+                "peer_packets": s.peer.packets,
+            }),
+        });
+    }
+}

@@ -1,0 +1,48 @@
+//! `zero_window`: a receiver advertised a zero window for long enough to
+//! stall its peer: the receiving application is not reading (receiver-
+//! limited, not a network problem).
+
+use serde_json::json;
+
+use super::config::ZeroWindowConfig;
+use super::{plural, sides, Finding, FindingFlow, Severity};
+use crate::flow::FlowSummary;
+
+pub(super) fn check(c: &ZeroWindowConfig, f: &FlowSummary, out: &mut Vec<Finding>) {
+    if f.proto != "tcp" {
+        return;
+    }
+    for s in sides(f) {
+        let d = s.d;
+        if d.zero_windows == 0 || d.zero_window_ms < c.min_duration_ms {
+            continue;
+        }
+        let state = if d.zero_window_open {
+            "still closed at the last packet"
+        } else {
+            "re-opened since"
+        };
+        out.push(Finding {
+            rule: "zero_window".into(),
+            severity: Severity::Warning,
+            flow: FindingFlow::of(f),
+            summary: format!(
+                "{} advertised a zero receive window for {:.1} s ({}, {}), so {} could not send: the receiving application is not reading fast enough.",
+                s.from,
+                d.zero_window_ms / 1000.0,
+                plural(u64::from(d.zero_windows), "episode", "episodes"),
+                state,
+                s.to,
+            ),
+            evidence: json!({
+                "direction": s.name,
+                "episodes": d.zero_windows,
+                "zero_window_ms": d.zero_window_ms,
+                "still_closed": d.zero_window_open,
+                "first_zero_window_ns": d.zero_window_first_ns,
+                "zero_window_packets": d.zero_window_packets,
+                "peer_zero_window_probes": s.peer.zero_window_probes,
+            }),
+        });
+    }
+}
