@@ -298,6 +298,7 @@ fn nz(v: u64) -> Option<u64> {
 
 fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64) -> DirReport {
     let g = |f: fn(&DirExtra) -> u32| x.map_or(0, f);
+    let retrans = g(|x| x.retrans);
     let ttl = match x.and_then(|x| x.ttl) {
         Some(h) => TtlReport {
             first: h.first,
@@ -336,7 +337,6 @@ fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64)
             open: x.stall.count > 0 && x.stall == m,
         }
     });
-    let retrans = g(|x| x.retrans);
     let fast = g(|x| x.retrans_fast);
     let pmtud = g(|x| x.retrans_pmtud);
     DirReport {
