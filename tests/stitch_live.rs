@@ -14,28 +14,10 @@ use std::time::Duration;
 use phalanx_daemon::stitch::{
     cli::stitch_files, cli::write_unified, ClockMethod, HopSpec, OrderSource,
 };
-use phalanx_lab::{privileged, Netns, Routed};
+use phalanx_lab::{privileged, Routed};
 
 const BYTES: usize = 5 * 1024 * 1024;
 const DROP_PERCENT: u32 = 2;
-
-/// The router's drop counter, from `nft -j list ruleset`.
-fn nft_drops(router: &Netns) -> u64 {
-    let out = router
-        .exec(&["nft", "-j", "list", "ruleset"])
-        .expect("nft list");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft JSON");
-    let mut found = Vec::new();
-    for item in v["nftables"].as_array().expect("nftables[]") {
-        for e in item["rule"]["expr"].as_array().into_iter().flatten() {
-            if let Some(p) = e["counter"]["packets"].as_u64() {
-                found.push(p);
-            }
-        }
-    }
-    assert_eq!(found.len(), 1, "one counting rule: {v}");
-    found[0]
-}
 
 #[test]
 fn router_drops_are_attributed_to_the_client_server_link() {
@@ -47,25 +29,11 @@ fn router_drops_are_attributed_to_the_client_server_link() {
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let (client, server) = (lab.client_v4(), lab.server_v4());
     // The table lives in the router namespace and goes with it.
-    let r = &lab.router;
-    r.exec(&["nft", "add", "table", "inet", "phx"])
-        .expect("nft table");
-    r.exec(&[
-        "nft",
-        "add",
-        "chain",
-        "inet",
-        "phx",
-        "drops",
-        "{ type filter hook forward priority 0; }",
-    ])
-    .expect("nft chain");
-    let rule = format!(
-        "add rule inet phx drops ip saddr {client} tcp dport {port} meta length > 100 numgen random mod 100 < {DROP_PERCENT} counter drop"
-    );
-    let mut args = vec!["nft"];
-    args.extend(rule.split(' '));
-    r.exec(&args).expect("nft drop rule");
+    lab.router
+        .drop_forwarded(&format!(
+            "ip saddr {client} tcp dport {port} meta length > 100 numgen random mod 100 < {DROP_PERCENT}"
+        ))
+        .expect("nft drop rule");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let (cfile, sfile) = (
@@ -140,7 +108,7 @@ fn router_drops_are_attributed_to_the_client_server_link() {
         0,
         "server capture complete"
     );
-    let dropped = nft_drops(&lab.router);
+    let dropped = lab.router.dropped().expect("nft counter");
     assert!(
         dropped > 20,
         "the router dropped a meaningful number of segments: {dropped}"

@@ -12,12 +12,9 @@
 
 use std::{
     collections::HashSet,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::Stdio,
-    sync::mpsc,
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -26,7 +23,7 @@ use phalanx_daemon::{
     capture::file,
     flow::{FlowConfig, FlowSummary},
 };
-use phalanx_lab::{privileged, sh, unique, Netns, Proc};
+use phalanx_lab::{privileged, sh, unique, Netns};
 
 const PORT: u16 = 5201;
 /// Bytes sent client -> server: ~11,600 segments, ~230 drops at 2%.
@@ -112,95 +109,16 @@ impl Routed {
 
     /// Drops `percent`% of the client's forwarded data segments, counted.
     fn add_drops(&self, percent: u32) {
-        let r = &self.router;
-        r.exec(&["nft", "add", "table", "inet", "phx"])
-            .expect("nft table");
-        r.exec(&[
-            "nft",
-            "add",
-            "chain",
-            "inet",
-            "phx",
-            "drops",
-            "{ type filter hook forward priority 0; }",
-        ])
-        .expect("nft chain");
-        let client = CLIENT.to_string();
-        let port = PORT.to_string();
-        let pct = percent.to_string();
-        r.exec(&[
-            "nft", "add", "rule", "inet", "phx", "drops", "ip", "saddr", &client, "tcp", "dport",
-            &port, "meta", "length", ">", "100", "numgen", "random", "mod", "100", "<", &pct,
-            "counter", "drop",
-        ])
-        .expect("nft rule");
+        self.router
+            .drop_forwarded(&format!(
+                "ip saddr {CLIENT} tcp dport {PORT} meta length > 100 numgen random mod 100 < {percent}"
+            ))
+            .expect("nft drop rule");
     }
 
     /// Packets the drop rule's counter has seen.
     fn drops(&self) -> u64 {
-        let out = self
-            .router
-            .exec(&["nft", "-j", "list", "ruleset"])
-            .expect("nft list");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft JSON");
-        let rules = v["nftables"].as_array().expect("nftables array");
-        rules
-            .iter()
-            .filter_map(|o| o["rule"]["expr"].as_array())
-            .flatten()
-            .find_map(|e| e["counter"]["packets"].as_u64())
-            .expect("drop rule counter")
-    }
-}
-
-/// A tcpdump writing `pcap`; its stderr is read to the end on a thread (so
-/// the closing report never meets a closed pipe) and returned by [`Dump::stop`].
-struct Dump {
-    proc: Proc,
-    stderr: JoinHandle<String>,
-}
-
-impl Dump {
-    fn start(ns: &Netns, iface: &str, pcap: &Path) -> Self {
-        let mut child = ns
-            .command("tcpdump")
-            .args(["-Z", "root", "--immediate-mode", "-U", "-nn", "-s", "128"])
-            .args(["-i", iface, "-w"])
-            .arg(pcap)
-            .args(["tcp", "port", &PORT.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tcpdump");
-        let err = child.stderr.take().expect("tcpdump stderr");
-        let proc = Proc::new(child);
-        let (tx, rx) = mpsc::channel();
-        let stderr = std::thread::spawn(move || {
-            let mut r = BufReader::new(err);
-            let mut all = String::new();
-            let mut line = String::new();
-            let _ = r.read_line(&mut line);
-            let _ = tx.send(line.clone());
-            all.push_str(&line);
-            let _ = r.read_to_string(&mut all);
-            all
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("tcpdump reports listening");
-        assert!(line.contains("listening"), "tcpdump: {line}");
-        Dump { proc, stderr }
-    }
-
-    /// Stops tcpdump; returns the packets its kernel buffer dropped.
-    fn stop(self) -> u64 {
-        self.proc.stop(Duration::from_secs(5));
-        let text = self.stderr.join().unwrap_or_default();
-        text.lines()
-            .find(|l| l.contains("dropped by kernel"))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("tcpdump closing report missing: {text}"))
+        self.router.dropped().expect("nft counter")
     }
 }
 
@@ -352,8 +270,16 @@ fn retransmissions_match_router_drops_at_sender_and_receiver() {
     lab.add_drops(DROP_PERCENT);
     let at_client: PathBuf = dir.path().join("client.pcap");
     let at_server: PathBuf = dir.path().join("server.pcap");
-    let dump_c = Dump::start(&lab.client, "eth0", &at_client);
-    let dump_s = Dump::start(&lab.server, "eth0", &at_server);
+    let port = PORT.to_string();
+    let filter = ["tcp", "port", port.as_str()];
+    let dump_c = lab
+        .client
+        .tcpdump("eth0", &filter, &at_client)
+        .expect("client tcpdump");
+    let dump_s = lab
+        .server
+        .tcpdump("eth0", &filter, &at_server)
+        .expect("server tcpdump");
 
     let t0 = Instant::now();
     let got = transfer(&lab);
@@ -361,8 +287,8 @@ fn retransmissions_match_router_drops_at_sender_and_receiver() {
     assert_eq!(got, BYTES, "server received everything");
     // Let the last ACKs and FINs reach the capture files.
     std::thread::sleep(Duration::from_millis(300));
-    let lost_c = dump_c.stop();
-    let lost_s = dump_s.stop();
+    let lost_c = dump_c.stop().expect("client tcpdump report");
+    let lost_s = dump_s.stop().expect("server tcpdump report");
     assert_eq!((lost_c, lost_s), (0, 0), "captures complete");
     let drops = lab.drops();
 

@@ -192,6 +192,47 @@ impl Netns {
         }
     }
 
+    /// Loads an nftables script (`nft -f`) in the namespace.
+    pub fn nft(&self, script: &str) -> Result<(), LabError> {
+        let path = std::env::temp_dir().join(format!("{}.nft", unique("phxnft")));
+        std::fs::write(&path, script).map_err(|e| LabError::Io(path.display().to_string(), e))?;
+        let r = self.exec(&["nft", "-f", &path.display().to_string()]);
+        let _ = std::fs::remove_file(&path);
+        r.map(|_| ())
+    }
+
+    /// Drops forwarded packets matching `matches` (an nft match expression),
+    /// counted, in table `inet phalanx_lab` (removed with the namespace).
+    pub fn drop_forwarded(&self, matches: &str) -> Result<(), LabError> {
+        self.nft(&format!(
+            "table inet phalanx_lab {{\n chain drops {{\n  type filter hook forward priority 0;\n  {matches} counter drop\n }}\n}}\n"
+        ))
+    }
+
+    /// Packets counted by the rules of table `inet phalanx_lab`.
+    pub fn dropped(&self) -> Result<u64, LabError> {
+        let out = self.exec(&["nft", "-j", "list", "table", "inet", "phalanx_lab"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Sum every `"counter": {"packets": N, ...}` of the table.
+        let mut total = 0u64;
+        for part in text.split("\"counter\":").skip(1) {
+            let n = part
+                .split("\"packets\":")
+                .nth(1)
+                .and_then(|x| {
+                    x.split(|c: char| !c.is_ascii_digit())
+                        .find(|t| !t.is_empty())
+                })
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| LabError::Command {
+                    cmd: "nft -j list table inet phalanx_lab".into(),
+                    stderr: "counter without a packet count".into(),
+                })?;
+            total += n;
+        }
+        Ok(total)
+    }
+
     /// Reads an interface counter from sysfs inside the namespace.
     pub fn if_stat(&self, iface: &str, stat: &str) -> Result<u64, LabError> {
         let out = self.exec(&["cat", &format!("/sys/class/net/{iface}/statistics/{stat}")])?;

@@ -70,14 +70,6 @@ pub struct Traffic {
     pub bytes: u64,
 }
 
-fn nft(ns: &Netns, script: &str) -> Result<(), LabError> {
-    let path = std::env::temp_dir().join(format!("{}.nft", unique("phxnft")));
-    std::fs::write(&path, script).map_err(|e| LabError::Io(path.display().to_string(), e))?;
-    let r = ns.exec(&["nft", "-f", &path.display().to_string()]);
-    let _ = std::fs::remove_file(&path);
-    r.map(|_| ())
-}
-
 impl Scenario {
     /// Builds scenario `name` (see [`SCENARIOS`]).
     pub fn new(name: &str) -> Result<Self, LabError> {
@@ -116,36 +108,40 @@ impl Scenario {
                 s.body_bytes = 256 << 10;
                 s.pause = Duration::from_millis(50);
             }
-            "lossy-link" => nft(
-                &s.net.router,
-                &format!(
-                    "table inet phalanx_lab {{ chain drops {{ type filter hook forward priority 0;\n\
-                     ip saddr {server} ip daddr {client} numgen random mod 100 < 3 counter drop\n}}\n}}\n"
-                ),
-            )?,
+            "lossy-link" => s.net.router.drop_forwarded(&format!(
+                "ip saddr {server} ip daddr {client} numgen random mod 100 < 3"
+            ))?,
             "pmtud-blackhole" => {
-                s.net.router.ip(&["link", "set", Routed::IF, "mtu", "1280"])?;
-                nft(
-                    &s.net.router,
+                s.net
+                    .router
+                    .ip(&["link", "set", Routed::IF, "mtu", "1280"])?;
+                s.net.router.nft(
                     "table inet phalanx_lab { chain out { type filter hook output priority 0;\n\
                      icmp type destination-unreachable icmp code frag-needed counter drop\n}\n}\n",
                 )?;
             }
             "congestion" => {
                 s.net.router.exec(&[
-                    "tc", "qdisc", "add", "dev", Routed::IF, "root", "tbf", "rate", "20mbit", "burst",
-                    "32kb", "latency", "200ms",
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    Routed::IF,
+                    "root",
+                    "tbf",
+                    "rate",
+                    "20mbit",
+                    "burst",
+                    "32kb",
+                    "latency",
+                    "200ms",
                 ])?;
                 s.parallel = 4;
                 s.body_bytes = 4 << 20;
             }
-            "syn-blackhole" => nft(
-                &s.net.router,
-                &format!(
-                    "table inet phalanx_lab {{ chain drops {{ type filter hook forward priority 0;\n\
-                     ip daddr {server} tcp dport {HTTP_PORT} tcp flags & (syn | ack) == syn counter drop\n}}\n}}\n"
-                ),
-            )?,
+            "syn-blackhole" => s.net.router.drop_forwarded(&format!(
+                "ip daddr {server} tcp dport {HTTP_PORT} tcp flags & (syn | ack) == syn"
+            ))?,
             "asymmetric" => s.return_router = Some(s.add_return_path()?),
             _ => {}
         }
@@ -217,26 +213,7 @@ impl Scenario {
     /// Packets the injected fault dropped so far (nftables counters), if the
     /// fault is a drop rule.
     pub fn dropped(&self) -> Option<u64> {
-        let out = self
-            .net
-            .router
-            .exec(&["nft", "-j", "list", "table", "inet", "phalanx_lab"])
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        // Sum every `"counter": {"packets": N, ...}` in the table.
-        let mut total = 0u64;
-        for part in text.split("\"counter\":").skip(1) {
-            let n = part
-                .split("\"packets\":")
-                .nth(1)
-                .and_then(|x| {
-                    x.split(|c: char| !c.is_ascii_digit())
-                        .find(|t| !t.is_empty())
-                })
-                .and_then(|t| t.parse::<u64>().ok());
-            total += n?;
-        }
-        Some(total)
+        self.net.router.dropped().ok()
     }
 
     /// Where the daemon watches in this scenario.
