@@ -569,6 +569,9 @@ fn daemon_detaches_everything_on_sigterm() {
     }
     let _g = serial();
     let hosts = TwoHosts::new("ld").expect("lab");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("phalanx.toml");
+    std::fs::write(&cfg, state_dirs(dir.path())).expect("config");
     for mode in ["tcx", "xdp"] {
         let before = links_of_ours();
         let daemon = Proc::new(
@@ -583,7 +586,9 @@ fn daemon_detaches_everything_on_sigterm() {
                     mode,
                     "--listen",
                     "127.0.0.1:19741",
+                    "--config",
                 ])
+                .arg(&cfg)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -649,6 +654,16 @@ fn daemon_detaches_everything_on_sigterm() {
     }
 }
 
+/// Config lines keeping the daemon's evidence and spool under `dir`, so a
+/// test leaves nothing in /var/lib.
+fn state_dirs(dir: &std::path::Path) -> String {
+    format!(
+        "[incidents]\nevidence_dir = {:?}\nspool_dir = {:?}\n",
+        dir.join("evidence"),
+        dir.join("spool")
+    )
+}
+
 /// GET a path of the daemon's API from inside `ns`; the body as text.
 fn api_get(ns: &Netns, addr: &'static str, path: &'static str) -> String {
     let addr: SocketAddr = addr.parse().expect("API address");
@@ -671,7 +686,10 @@ fn sighup_reloads_filters_without_reload() {
     let write_cfg = |port: u16| {
         std::fs::write(
             &cfg,
-            format!("[[capture.filters]]\nport = {port}\n[http]\nlisten = \"127.0.0.1:19742\"\n"),
+            format!(
+                "[[capture.filters]]\nport = {port}\n[http]\nlisten = \"127.0.0.1:19742\"\n{}",
+                state_dirs(dir.path())
+            ),
         )
         .expect("write config")
     };
