@@ -15,7 +15,13 @@ use axum::{
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::net::TcpListener;
 
-use crate::{flow::FlowTable, incident::service::IncidentsView};
+use crate::{
+    flow::{
+        rank::{self, RankBy},
+        FlowTable,
+    },
+    incident::service::IncidentsView,
+};
 
 /// Shared state behind the HTTP handlers.
 #[derive(Clone)]
@@ -67,19 +73,58 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 /// Body of `/api/v1/flows`.
 #[derive(serde::Serialize)]
 struct FlowsResponse {
+    /// Flows tracked in all.
+    total: usize,
+    /// Sort key, when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sort: Option<String>,
     flows: Vec<crate::flow::FlowSummary>,
 }
 
-async fn flows(State(s): State<ApiState>) -> Response {
-    let report = match s.flows.lock() {
-        Ok(t) => FlowsResponse {
-            flows: t.snapshot(),
-        },
+/// `/api/v1/flows?sort=KEY&limit=N`: the `limit` worst flows by `KEY`
+/// (largest first); without `sort`, every flow (up to `limit`) in table order.
+#[derive(serde::Deserialize)]
+struct FlowsQuery {
+    sort: Option<String>,
+    limit: Option<usize>,
+}
+
+fn bad_request(msg: impl std::fmt::Display) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
+
+async fn flows(
+    State(s): State<ApiState>,
+    q: Result<Query<FlowsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return bad_request("bad query: expected sort=KEY and limit=N (a positive integer)");
+    };
+    let by = match q.sort.as_deref().map(str::parse::<RankBy>).transpose() {
+        Ok(by) => by,
+        Err(e) => return bad_request(e),
+    };
+    if q.limit == Some(0) {
+        return bad_request("limit must be at least 1");
+    }
+    let snapshot = match s.flows.lock() {
+        Ok(t) => t.snapshot(),
         Err(_) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, "flow table poisoned\n").into_response()
         }
     };
-    Json(report).into_response()
+    let total = snapshot.len();
+    let limit = q.limit.unwrap_or(usize::MAX);
+    let flows = match by {
+        Some(by) => rank::top(snapshot, by, limit),
+        None => snapshot.into_iter().take(limit).collect(),
+    };
+    Json(FlowsResponse {
+        total,
+        sort: by.map(|b| b.to_string()),
+        flows,
+    })
+    .into_response()
 }
 
 /// Body of `/api/v1/incidents`: firing (oldest first), then resolved (newest first).

@@ -53,6 +53,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// `[flows]`: flow table bounds.
     pub flows: crate::flow::FlowConfig,
+    /// `[metrics]`: flow groups of the exported KPIs.
+    pub metrics: crate::export::groups::MetricsConfig,
     /// `[rules.*]`: diagnosis rules and their thresholds.
     pub rules: crate::rules::RulesConfig,
     /// `[incidents]`: lifecycle, evidence, spool and retries.
@@ -413,6 +415,7 @@ impl Config {
             }
         }
         self.validate_incidents()?;
+        self.metrics.validate().map_err(ConfigError::Semantic)?;
         let mut seen = std::collections::HashSet::new();
         for i in &self.capture.interfaces {
             if i.is_empty() || i.len() >= 16 {

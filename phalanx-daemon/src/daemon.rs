@@ -27,7 +27,10 @@ use crate::{
         ring::{self, RingStats},
     },
     config::Config,
-    export::metrics::CaptureCollector,
+    export::{
+        kpi::{FlowMetrics, KpiCollector},
+        metrics::CaptureCollector,
+    },
     flow::FlowTable,
     incident::{
         service::{self as incidents, IncidentService, SharedHistory},
@@ -120,6 +123,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let flows = Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone())));
 
     CaptureCollector::register(&mut registry, capture.clone(), ring_stats.clone());
+    let flow_metrics = Arc::new(Mutex::new(FlowMetrics::new(&cfg.metrics)));
+    KpiCollector::register(&mut registry, flow_metrics.clone(), flows.clone());
     let state = api::ApiState {
         registry: Arc::new(registry),
         flows: flows.clone(),
@@ -141,8 +146,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ring::consume(ringbuf, tx, ring_stats.clone(), ring::ktime_offset_ns())
             .instrument(info_span!("ring")),
     );
-    let flow_task =
-        tokio::spawn(flow_loop(rx, flows.clone(), history).instrument(info_span!("flow")));
+    let flow_task = tokio::spawn(
+        flow_loop(rx, flows.clone(), flow_metrics, history).instrument(info_span!("flow")),
+    );
     let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
     let rules_task = tokio::spawn(
         rules_loop(flows.clone(), engine, observations.clone()).instrument(info_span!("rules")),
@@ -290,11 +296,13 @@ fn observation(f: crate::rules::Finding) -> Observation {
     }
 }
 
-/// Feeds record batches into the flow table (and the per-flow history kept
-/// for incident evidence); expires idle flows by record time.
+/// Feeds record batches into the flow table, the per-group KPI metrics and
+/// the per-flow history kept for incident evidence; expires idle flows by
+/// record time.
 async fn flow_loop(
     mut rx: mpsc::Receiver<Vec<PacketMeta>>,
     flows: Arc<Mutex<FlowTable>>,
+    metrics: Arc<Mutex<FlowMetrics>>,
     history: SharedHistory,
 ) {
     while let Some(batch) = rx.recv().await {
@@ -303,12 +311,12 @@ async fn flow_loop(
                 h.record(m);
             }
         }
-        let Ok(mut table) = flows.lock() else {
-            error!("flow table poisoned; stopping the flow task");
+        let (Ok(mut table), Ok(mut metrics)) = (flows.lock(), metrics.lock()) else {
+            error!("flow state poisoned; stopping the flow task");
             return;
         };
         for m in &batch {
-            table.ingest(m);
+            table.ingest_observed(m, &mut *metrics);
         }
         if let Some(last) = batch.last() {
             table.expire(last.ts_ns);

@@ -3,6 +3,8 @@
 
 pub mod alertmanager;
 pub mod delivery;
+pub mod groups;
+pub mod kpi;
 pub mod metrics;
 pub mod spool;
 pub mod webhook;

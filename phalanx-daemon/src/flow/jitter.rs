@@ -28,6 +28,12 @@ impl Jitter {
     pub fn ms(&self) -> Option<f64> {
         (self.n > 0).then_some(self.j_ns / 1e6)
     }
+
+    /// Number of differences folded in so far.
+    #[inline]
+    pub fn count(&self) -> u64 {
+        self.n
+    }
 }
 
 /// Arrival-only jitter input for UDP: the expected spacing is the mean

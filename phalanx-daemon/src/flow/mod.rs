@@ -153,6 +153,8 @@ pub mod config;
 pub mod jitter;
 pub mod key;
 pub mod loss;
+pub mod observe;
+pub mod rank;
 pub mod report;
 pub mod rtt;
 pub mod seq;
@@ -163,6 +165,7 @@ pub mod window;
 
 pub use config::FlowConfig;
 pub use key::FlowKey;
+pub use observe::{Delta, FlowObserver, Sample};
 pub use report::{
     DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
 };

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::config::FlowConfig;
 use super::jitter::ArrivalJitter;
 use super::key::{vlan_of, FlowKey, VlanTag};
+use super::observe::{FlowObserver, Mark};
 use super::report::FlowSummary;
 use super::tcp::{self, Dir, Extra, IcmpEvent, TcpState, TtlHistory, MAX_ICMP_EVENTS};
 
@@ -69,6 +70,8 @@ pub struct Flow {
     pub dir: [Dir; 2],
     /// Lazily allocated state.
     pub extra: Option<Box<Extra>>,
+    /// Slot of the [`FlowObserver`] (0 on a new flow).
+    pub tag: u16,
 }
 
 impl Flow {
@@ -86,6 +89,7 @@ impl Flow {
             chain: NIL,
             dir: Default::default(),
             extra: None,
+            tag: 0,
         }
     }
 
@@ -160,6 +164,14 @@ pub struct TableStats {
     pub icmp_unmatched: u64,
     /// Largest number of flows tracked at once.
     pub peak_flows: u64,
+}
+
+/// The observer of plain [`FlowTable::ingest`]: compiled away.
+struct NoObserver;
+
+impl FlowObserver for NoObserver {
+    const ENABLED: bool = false;
+    fn observe(&mut self, _: &Flow, _: &mut u16, _: &PacketMeta, _: &super::observe::Delta) {}
 }
 
 /// Why a flow left the table.
@@ -238,6 +250,13 @@ impl FlowTable {
     /// Applies one record. Never panics, whatever the record holds.
     #[inline]
     pub fn ingest(&mut self, rec: &PacketMeta) {
+        self.ingest_observed(rec, &mut NoObserver);
+    }
+
+    /// Applies one record and tells `obs` what it changed in its flow
+    /// (ICMP errors and ignored records change no counters it sees).
+    #[inline]
+    pub fn ingest_observed<O: FlowObserver>(&mut self, rec: &PacketMeta, obs: &mut O) {
         self.stats.records += 1;
         if rec.ts_ns > self.now {
             self.now = rec.ts_ns;
@@ -251,15 +270,21 @@ impl FlowTable {
             return;
         }
         match RecordKind::try_from(rec.kind) {
-            Ok(RecordKind::Tcp) => self.on_packet(rec, ipproto::TCP, true),
-            Ok(RecordKind::Udp) => self.on_packet(rec, ipproto::UDP, true),
-            Ok(RecordKind::OtherIp) => self.on_packet(rec, rec.l4_proto, false),
+            Ok(RecordKind::Tcp) => self.on_packet(rec, ipproto::TCP, true, obs),
+            Ok(RecordKind::Udp) => self.on_packet(rec, ipproto::UDP, true, obs),
+            Ok(RecordKind::OtherIp) => self.on_packet(rec, rec.l4_proto, false, obs),
             Ok(RecordKind::IcmpError) => self.on_icmp_error(rec),
             Err(_) => self.stats.ignored += 1,
         }
     }
 
-    fn on_packet(&mut self, rec: &PacketMeta, proto: u8, ports: bool) {
+    fn on_packet<O: FlowObserver>(
+        &mut self,
+        rec: &PacketMeta,
+        proto: u8,
+        ports: bool,
+        obs: &mut O,
+    ) {
         let (mut key, d) = FlowKey::of_record(rec, ports);
         key.proto = proto;
         let vlan = vlan_of(rec);
@@ -273,6 +298,7 @@ impl FlowTable {
             i = self.create(key, hash, d, vlan, rec.ts_ns);
         }
         let f = &mut self.flows[i as usize];
+        let mark = O::ENABLED.then(|| Mark::of(f));
         let segs = u64::from(rec.segs.max(1));
         let first_in_dir = f.dir[d].packets == 0;
         f.dir[d].packets += segs;
@@ -299,6 +325,12 @@ impl FlowTable {
                 a.arrive(u64::from(first_us) * 1000, true);
             }
             a.arrive(u64::from(now_us) * 1000, false);
+        }
+        if let Some(mark) = mark {
+            let delta = mark.delta(f, d);
+            let mut tag = f.tag;
+            obs.observe(f, &mut tag, rec, &delta);
+            f.tag = tag;
         }
         let class = f.timeout_class();
         if class as u8 != f.class {
