@@ -16,6 +16,7 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::net::TcpListener;
 
 use crate::{
+    export::text,
     flow::{
         rank::{self, RankBy},
         FlowTable,
@@ -51,15 +52,18 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn metrics(State(s): State<ApiState>) -> Response {
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the
+/// Prometheus text format (curl, promtool).
+async fn metrics(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
     let mut body = String::new();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     match encode(&mut body, &s.registry) {
+        Ok(()) if text::wants_openmetrics(accept) => {
+            ([(header::CONTENT_TYPE, text::OPENMETRICS)], body).into_response()
+        }
         Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            body,
+            [(header::CONTENT_TYPE, text::PROMETHEUS_TEXT)],
+            text::to_prometheus_text(&body),
         )
             .into_response(),
         Err(e) => (

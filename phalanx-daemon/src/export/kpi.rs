@@ -84,7 +84,8 @@ impl Hist {
         bounds
             .iter()
             .copied()
-            .chain(std::iter::once(f64::INFINITY))
+            // prometheus-client writes `+Inf` for f64::MAX.
+            .chain(std::iter::once(f64::MAX))
             .zip(self.counts)
             .collect()
     }
@@ -542,7 +543,7 @@ mod tests {
         let b = h.buckets(&RTT_BUCKETS);
         assert_eq!(b[0], (0.0001, 1));
         assert_eq!(b[1], (0.00025, 1));
-        assert_eq!(b[16], (f64::INFINITY, 1));
+        assert_eq!(b[16], (f64::MAX, 1));
         assert_eq!(h.count, 3);
     }
 }

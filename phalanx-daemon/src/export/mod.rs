@@ -7,4 +7,5 @@ pub mod groups;
 pub mod kpi;
 pub mod metrics;
 pub mod spool;
+pub mod text;
 pub mod webhook;
