@@ -15,7 +15,7 @@ use phalanx_daemon::{
     capture::ebpf::Capture,
     config::{AttachMode, CaptureConfig, FilterRule, FlowSpec},
 };
-use phalanx_lab::{http_get, metric, privileged, sh, Netns, Proc, TwoHosts};
+use phalanx_lab::{http_get, metric, privileged, sh, Netns, Proc, Routed, TwoHosts};
 
 /// Attach/detach and the interface counters must not interleave across tests.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -314,6 +314,160 @@ fn tcx_records_match_the_wire() {
 fn xdp_records_match_the_wire() {
     if privileged("xdp_records_match_the_wire") {
         records_match_the_wire(AttachMode::Xdp);
+    }
+}
+
+/// A router watching both of its interfaces records each forwarded packet
+/// once, on arrival (tcpdump at its client-side interface sees every packet
+/// of the flow exactly once), counts the departures it skipped, and still
+/// records packets it sends itself on departure.
+fn router_records_forwarded_packets_once(mode: AttachMode) {
+    let _g = serial();
+    let lab = Routed::new("lf").expect("client-router-server lab");
+    lab.offloads_off().expect("offloads off");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, server, router_s) = (
+        IpAddr::from(lab.client_v4()),
+        IpAddr::from(lab.server_v4()),
+        // The router's address on the server-side link.
+        IpAddr::from(std::net::Ipv4Addr::new(10, lab.subnet, 2, 1)),
+    );
+    let (fwd_port, local_port) = (9301u16, 9302u16);
+    let pcap = dir.path().join("router-eth0.pcap");
+    let pcap_s = dir.path().join("router-eth1.pcap");
+    let dump = lab
+        .router
+        .tcpdump(Routed::IF, &["tcp"], &pcap)
+        .expect("tcpdump eth0");
+    let dump_s = lab
+        .router
+        .tcpdump(Routed::ROUTER_SERVER_IF, &["tcp"], &pcap_s)
+        .expect("tcpdump eth1");
+    let cfg = CaptureConfig::default();
+    let (cap, mut ring) = lab
+        .router
+        .run(move || {
+            let (mut c, ring) = Capture::load(&cfg).expect("load kernel programs");
+            c.attach(Routed::IF, mode).expect("attach eth0");
+            c.attach(Routed::ROUTER_SERVER_IF, mode)
+                .expect("attach eth1");
+            (c, ring)
+        })
+        .expect("enter namespace");
+    let fwd0 = cap.counters().expect("counters")[Counter::Forwarded as usize];
+
+    // Forwarded: client -> server; local: router -> server.
+    for (from, src, port) in [
+        (&lab.client, client, fwd_port),
+        (&lab.router, router_s, local_port),
+    ] {
+        std::thread::scope(|sc| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let srv = sc.spawn(|| {
+                lab.server
+                    .run(move || {
+                        let l = TcpListener::bind(SocketAddr::new(server, port)).expect("bind");
+                        tx.send(()).expect("ready");
+                        let (mut c, _) = l.accept().expect("accept");
+                        let mut buf = vec![0u8; UP];
+                        c.read_exact(&mut buf).expect("read");
+                        c.write_all(&vec![7u8; DOWN]).expect("write");
+                    })
+                    .expect("server namespace")
+            });
+            rx.recv_timeout(Duration::from_secs(5)).expect("listening");
+            from.run(move || {
+                let mut c = TcpStream::connect_timeout(
+                    &SocketAddr::new(server, port),
+                    Duration::from_secs(5),
+                )
+                .expect("connect");
+                assert_eq!(c.local_addr().expect("addr").ip(), src);
+                c.set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                c.write_all(&vec![1u8; UP]).expect("write");
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).expect("read");
+                assert_eq!(got.len(), DOWN);
+            })
+            .expect("client namespace");
+            srv.join().expect("server thread");
+        });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        dump.stop().expect("tcpdump report"),
+        0,
+        "eth0 capture complete"
+    );
+    assert_eq!(
+        dump_s.stop().expect("tcpdump report"),
+        0,
+        "eth1 capture complete"
+    );
+    let recs = drain(&mut ring);
+    let forwarded = cap.counters().expect("counters")[Counter::Forwarded as usize] - fwd0;
+    drop(cap);
+
+    let fwd = flow_records(&recs, fwd_port);
+    let on_wire = tcpdump_count(&pcap, &format!("tcp port {fwd_port}"));
+    assert!(
+        on_wire > 20,
+        "the forwarded transfer crossed eth0: {on_wire}"
+    );
+    assert_eq!(
+        fwd.len(),
+        on_wire,
+        "{mode}: each forwarded packet recorded once"
+    );
+    assert!(
+        fwd.iter()
+            .all(|r| r.direction == phalanx_common::Direction::Ingress as u8),
+        "{mode}: forwarded packets are recorded on arrival"
+    );
+    assert_eq!(
+        forwarded as usize,
+        tcpdump_count(&pcap_s, &format!("tcp port {fwd_port}")),
+        "{mode}: every forwarded departure counted as skipped"
+    );
+    let mut table = phalanx_daemon::flow::FlowTable::new(Default::default());
+    for r in &fwd {
+        table.ingest(r);
+    }
+    let flows = table.snapshot();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(
+        flows[0].retransmissions, 0,
+        "{mode}: no copy taken for a resend"
+    );
+    assert_eq!(flows[0].packets as usize, on_wire);
+
+    let local = flow_records(&recs, local_port);
+    let local_wire = tcpdump_count(&pcap_s, &format!("tcp port {local_port}"));
+    // The router's own segments leave as GSO super-packets: tc sees them
+    // before segmentation, tcpdump after.
+    let local_segs: usize = local.iter().map(|r| usize::from(r.segs.max(1))).sum();
+    assert_eq!(
+        local_segs, local_wire,
+        "{mode}: the router's own packets recorded"
+    );
+    assert!(local
+        .iter()
+        .any(|r| r.direction == phalanx_common::Direction::Egress as u8));
+    eprintln!("{mode}: forwarded flow {on_wire} packets recorded once, {forwarded} departures skipped; local flow {local_wire}");
+}
+
+#[test]
+fn router_records_forwarded_packets_once_tcx() {
+    if privileged("router_records_forwarded_packets_once_tcx") {
+        router_records_forwarded_packets_once(AttachMode::Tcx);
+    }
+}
+
+#[test]
+fn router_records_forwarded_packets_once_xdp() {
+    if privileged("router_records_forwarded_packets_once_xdp") {
+        router_records_forwarded_packets_once(AttachMode::Xdp);
     }
 }
 

@@ -21,6 +21,10 @@ pub const MAP_FILTER_TUPLES: &str = "PHX_FILTER_TUPLES";
 pub const MAP_FILTER_PREFIXES: &str = "PHX_FILTER_PREFIXES";
 /// Name of the runtime settings array indexed by [`Setting`].
 pub const MAP_SETTINGS: &str = "PHX_SETTINGS";
+/// Name of the hash map of the interfaces the programs are attached to
+/// (ifindex -> 1), so egress can tell a forwarded packet already recorded
+/// on arrival.
+pub const MAP_WATCHED: &str = "PHX_WATCHED";
 
 /// Name of the XDP ingress program.
 pub const PROG_XDP: &str = "phalanx_xdp";
@@ -316,10 +320,13 @@ pub enum Counter {
     ParseError = 5,
     /// Packets that were not IP (ARP, LLDP, ...).
     NotIp = 6,
+    /// Forwarded packets leaving a watched interface that were recorded
+    /// when they arrived on a watched interface (not recorded twice).
+    Forwarded = 7,
 }
 
 /// Number of entries in [`MAP_COUNTERS`].
-pub const COUNTER_COUNT: u32 = 7;
+pub const COUNTER_COUNT: u32 = 8;
 
 impl Counter {
     /// Every counter, in index order.
@@ -331,6 +338,7 @@ impl Counter {
         Counter::RingFull,
         Counter::ParseError,
         Counter::NotIp,
+        Counter::Forwarded,
     ];
 }
 

@@ -15,7 +15,7 @@ use aya_ebpf::{
     bindings::{xdp_action, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use core::ffi::c_void;
@@ -28,6 +28,10 @@ static PHX_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Per-CPU outcome counters, indexed by `Counter`.
 #[map(name = "PHX_COUNTERS")]
 static PHX_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Interfaces the programs are attached to (ifindex -> 1), filled at attach.
+#[map(name = "PHX_WATCHED")]
+static PHX_WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
 
 /// Per-CPU scratch record: the 176-byte record does not belong on the 512-byte stack.
 #[map(name = "PHX_SCRATCH")]
@@ -159,14 +163,28 @@ fn tc(ctx: &TcContext, direction: Direction) -> i32 {
     // SAFETY: ctx.skb points at a valid __sk_buff for the duration of the call.
     let skb = ctx.skb.skb;
     // vlan_proto is non-zero exactly when the stack holds a tag out of band.
-    let (ifindex, segs, vlan_proto, vlan_tci) = unsafe {
+    let (ifindex, segs, vlan_proto, vlan_tci, arrived_on) = unsafe {
         (
             (*skb).ifindex,
             (*skb).gso_segs,
             (*skb).vlan_proto,
             (*skb).vlan_tci,
+            (*skb).ingress_ifindex,
         )
     };
+    // A router watching several interfaces would see each forwarded packet
+    // twice, on arrival and on departure: the flow engine would take the
+    // second copy for a retransmission. Locally sent packets arrived on
+    // no interface (0).
+    // SAFETY: the value is not kept past the lookup.
+    if direction == Direction::Egress
+        && arrived_on != 0
+        && unsafe { PHX_WATCHED.get(&arrived_on) }.is_some()
+    {
+        count(Counter::Seen);
+        count(Counter::Forwarded);
+        return TC_ACT_UNSPEC;
+    }
     let vlan = (vlan_proto != 0).then_some((vlan_tci & 0x0fff) as u16);
     capture(&SkbPacket(ctx), ifindex, direction, segs, vlan);
     // TCX_NEXT / "unspecified": let the next program and the stack decide.

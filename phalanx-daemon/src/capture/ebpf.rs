@@ -9,8 +9,8 @@ use aya::{
 };
 use phalanx_common::{
     user::ip_to_bytes, Counter, FilterPrefix, FilterTuple, Setting, FILTER_PREFIX_HEAD_BITS,
-    MAP_COUNTERS, MAP_EVENTS, MAP_FILTER_PREFIXES, MAP_FILTER_TUPLES, MAP_SETTINGS, PROG_TC_EGRESS,
-    PROG_TC_INGRESS, PROG_XDP,
+    MAP_COUNTERS, MAP_EVENTS, MAP_FILTER_PREFIXES, MAP_FILTER_TUPLES, MAP_SETTINGS, MAP_WATCHED,
+    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
 };
 use tracing::{debug, info};
 
@@ -219,6 +219,18 @@ impl Capture {
         self.classifier(PROG_TC_EGRESS)?
             .attach(iface, TcAttachType::Egress)
             .map_err(prog_err(format!("attaching tcx egress to {iface}")))?;
+        let index = ifindex(iface).ok_or_else(|| CaptureError::NoInterface(iface.to_string()))?;
+        {
+            let mut watched: HashMap<_, u32, u8> = HashMap::try_from(
+                self.ebpf
+                    .map_mut(MAP_WATCHED)
+                    .ok_or(CaptureError::Missing("watched interfaces map"))?,
+            )
+            .map_err(map_err("watched interfaces map"))?;
+            watched
+                .insert(index, 1, 0)
+                .map_err(map_err("recording a watched interface"))?;
+        }
         info!(iface, %mode, "attached");
         self.attached.push(iface.to_string());
         Ok(())

@@ -45,6 +45,10 @@ const KERNEL_COUNTERS: [(&str, &str); Counter::ALL.len()] = [
         "phalanx_kernel_packets_not_ip",
         "Packets that were not IPv4/IPv6 (ARP, LLDP, ...).",
     ),
+    (
+        "phalanx_kernel_packets_forwarded",
+        "Forwarded packets leaving a watched interface, already recorded on arrival at a watched interface (not recorded twice).",
+    ),
 ];
 
 /// Scrape-time collector over the kernel counters and the consumer's counters.
