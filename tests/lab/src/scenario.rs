@@ -30,7 +30,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
         "congestion",
         "a 20 Mbit/s tbf bottleneck towards the client with a 200 ms queue, shared by 4 bulk downloads",
     ),
-    ("asymmetric", "client->server via router r1, server->client via router r2; the daemon watches r1"),
+    ("asymmetric", "client->server via router r1, server->client via router r2 (100 Mbit/s); the daemon watches r1"),
     ("syn-blackhole", "the router drops every SYN to the server's port"),
 ];
 
@@ -142,7 +142,18 @@ impl Scenario {
             "syn-blackhole" => s.net.router.drop_forwarded(&format!(
                 "ip daddr {server} tcp dport {HTTP_PORT} tcp flags & (syn | ack) == syn"
             ))?,
-            "asymmetric" => s.return_router = Some(s.add_return_path()?),
+            "asymmetric" => {
+                let r2 = s.add_return_path()?;
+                // A 100 Mbit/s return path makes each download last seconds,
+                // like the long-lived flows asymmetric routing hurts (a
+                // brief flow proves little about a path).
+                r2.exec(&[
+                    "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", "100mbit", "burst",
+                    "64kb", "latency", "50ms",
+                ])?;
+                s.body_bytes = 16 << 20;
+                s.return_router = Some(r2);
+            }
             _ => {}
         }
         Ok(s)
