@@ -20,6 +20,8 @@ use phalanx_lab::{metric, sh, Proc, TwoHosts};
 use crate::daemon::{Daemon, Options};
 
 mod offline;
+mod ring;
+mod sender;
 
 const API: &str = "127.0.0.1:19750";
 
@@ -37,6 +39,9 @@ pub(crate) struct Row {
     pub goal: String,
     /// Whether the goal is met (None: no goal).
     pub pass: Option<bool>,
+    /// A verdict in words that replaces pass/FAIL where the measurement
+    /// cannot decide (e.g. a difference within the run-to-run spread).
+    pub verdict: Option<&'static str>,
 }
 
 /// Busy CPU seconds of the whole machine so far (all CPUs, softirq included).
@@ -230,6 +235,7 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
             ratio: format!("{cost:+.1} % cost"),
             goal: goal_t.into(),
             pass: pass_t,
+            verdict: None,
         });
         rows.push(Row {
             figure: format!("iperf3 over veth, {setup}: CPU per GB"),
@@ -238,6 +244,7 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
             ratio: format!("{cpu_ratio:.2}×"),
             goal: goal_c.into(),
             pass: pass_c,
+            verdict: None,
         });
     }
     let by = |name: &str| results.iter().find(|r| r.0 == name).copied();
@@ -249,6 +256,7 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
             ratio: format!("{:.2}×", t.1 / d.1),
             goal: "better than tcpdump".into(),
             pass: Some(t.1 >= d.1),
+            verdict: None,
         });
         rows.push(Row {
             figure: "tcx vs tcpdump -s 128: CPU per GB".into(),
@@ -257,6 +265,7 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
             ratio: format!("{:.2}×", t.2 / d.2),
             goal: "better than tcpdump".into(),
             pass: Some(t.2 <= d.2),
+            verdict: None,
         });
     }
     let mut grouped: Vec<(String, Vec<f64>)> = Vec::new();
@@ -274,151 +283,9 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
             ratio: "-".into(),
             goal: "-".into(),
             pass: None,
+            verdict: None,
         });
     }
-    Ok(())
-}
-
-/// A minimal Ethernet + IPv4 + TCP SYN frame (checksums are not checked by the parser).
-const SYN_FRAME: [u8; 54] = [
-    0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00, // Ethernet
-    0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, // IPv4
-    0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0, // TCP SYN
-];
-
-/// Runs program `id` on `frame` `repeat` times with BPF_PROG_TEST_RUN.
-fn prog_run(id: &str, frame: &str, repeat: u64) -> Result<()> {
-    sh(&[
-        "bpftool",
-        "prog",
-        "run",
-        "id",
-        id,
-        "data_in",
-        frame,
-        "repeat",
-        &repeat.to_string(),
-    ])?;
-    Ok(())
-}
-
-/// Id of the newest loaded program called `name`.
-fn prog_id(name: &str) -> Result<u64> {
-    let out = sh(&["bpftool", "-j", "prog", "show"])?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"].as_str() == Some(name))
-        .filter_map(|p| p["id"].as_u64())
-        .max()
-        .with_context(|| format!("no loaded program {name}"))
-}
-
-/// Highest record rate the daemon consumes with zero drops, and the drops
-/// when overloaded. The load is the daemon's own XDP program run by
-/// BPF_PROG_TEST_RUN (`bpftool prog run`) on a 54-byte SYN, in paced
-/// chunks: it feeds the same ring buffer as live traffic, at rates no
-/// socket sender on this machine reaches.
-fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) -> Result<()> {
-    let lab = TwoHosts::new("br").context("lab")?;
-    let dir = std::env::temp_dir().join(format!("phalanx-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let frame = dir.join("syn.bin");
-    std::fs::write(&frame, SYN_FRAME)?;
-    let frame_arg = frame.display().to_string();
-    let secs = if quick { 2.0 } else { 4.0 };
-    let targets: &[f64] = if quick {
-        &[1.0e6, 1.5e6, 2.0e6, f64::INFINITY]
-    } else {
-        &[0.5e6, 1.0e6, 1.5e6, 2.0e6, 3.0e6, f64::INFINITY]
-    };
-    // Large chunks: each `bpftool prog run` costs a process start.
-    const CHUNK: u64 = 500_000;
-    let mut best_clean = 0.0f64;
-    let mut overload: Option<(f64, u64, u64)> = None;
-    let daemon = start_daemon(&lab, phalanx, "tcx", None)?;
-    let id = prog_id("phalanx_xdp")?.to_string();
-    for &target in targets {
-        let m0 = daemon.text("/metrics")?;
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
-            prog_run(&id, &frame_arg, CHUNK)?;
-            sent += CHUNK;
-            let due = sent as f64 / target;
-            let now = start.elapsed().as_secs_f64();
-            if due > now {
-                std::thread::sleep(Duration::from_secs_f64(due - now));
-            }
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        std::thread::sleep(Duration::from_millis(300));
-        let m1 = daemon.text("/metrics")?;
-        let d = |n: &str| metric(&m1, n) - metric(&m0, n);
-        let decoded = d("phalanx_capture_records_decoded_total");
-        let submitted = d("phalanx_kernel_records_submitted_total");
-        let drops =
-            d("phalanx_kernel_ring_full_drops_total") + d("phalanx_capture_backlog_dropped_total");
-        let offered = sent as f64 / elapsed;
-        let label = if target.is_finite() {
-            format!("{:.1} M/s", target / 1e6)
-        } else {
-            "unpaced".into()
-        };
-        writeln!(notes, "- ring, target {label}: offered {:.2} M records/s, submitted {submitted}, decoded {decoded}, dropped {drops}", offered / 1e6)?;
-        if drops == 0 && decoded == submitted {
-            best_clean = best_clean.max(offered);
-        } else if overload.is_none() {
-            overload = Some((offered, drops, submitted));
-        }
-    }
-    daemon.stop();
-
-    // Overload: a 64 KiB ring cannot absorb an unpaced burst; every record
-    // must still be accounted for as decoded or counted as dropped.
-    let small = dir.join("small-ring.toml");
-    std::fs::write(&small, "[capture]\nring_buffer_bytes = 65536\n")?;
-    let daemon = start_daemon(&lab, phalanx, "tcx", Some(&small))?;
-    let id = prog_id("phalanx_xdp")?.to_string();
-    let m0 = daemon.text("/metrics")?;
-    let start = Instant::now();
-    prog_run(&id, &frame_arg, 4 * CHUNK)?;
-    let offered = (4 * CHUNK) as f64 / start.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(300));
-    let m1 = daemon.text("/metrics")?;
-    daemon.stop();
-    let d = |n: &str| metric(&m1, n) - metric(&m0, n);
-    let (submitted, decoded, full) = (
-        d("phalanx_kernel_records_submitted_total"),
-        d("phalanx_capture_records_decoded_total"),
-        d("phalanx_kernel_ring_full_drops_total") + d("phalanx_capture_backlog_dropped_total"),
-    );
-    writeln!(notes, "- ring overload (64 KiB ring, unpaced {:.2} M/s): submitted {submitted}, decoded {decoded}, dropped and counted {full}", offered / 1e6)?;
-    if full > 0 {
-        overload = Some((offered, full, submitted));
-    }
-    let accounted = decoded + d("phalanx_kernel_ring_full_drops_total") == submitted;
-
-    rows.push(Row {
-        figure: "ring buffer: records/s consumed with zero drops".into(),
-        phalanx: format!("{:.2} M/s", best_clean / 1e6),
-        peer: "-".into(),
-        ratio: "-".into(),
-        goal: "≥ 1.5 M/s".into(),
-        pass: Some(best_clean >= 1.5e6),
-    });
-    rows.push(Row {
-        figure: "ring buffer: overload drops counted".into(),
-        phalanx: overload.map_or("no overload reached".into(), |(r, d, s)| {
-            format!("{d} of {s} counted at {:.2} M/s", r / 1e6)
-        }),
-        peer: "-".into(),
-        ratio: "-".into(),
-        goal: "counted, never silent".into(),
-        pass: overload.map(|_| accounted),
-    });
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -438,23 +305,33 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, Linux {kernel}")
 }
 
-pub fn run(quick: bool, root: &Path) -> Result<()> {
+pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     crate::setup::build_release()?;
-    let phalanx: PathBuf = root.join("target/release/phalanx");
+    let build_s = started.elapsed().as_secs_f64();
+    let phalanx: PathBuf = crate::demo::release_binary();
     let mut rows = Vec::new();
     let mut notes = String::new();
-    live(&phalanx, quick, &mut rows, &mut notes)?;
-    ring(&phalanx, quick, &mut rows, &mut notes)?;
-    offline::offline(&phalanx, quick, &mut rows, &mut notes)?;
+    if wanted("live") {
+        live(&phalanx, quick, &mut rows, &mut notes)?;
+    }
+    if wanted("ring") {
+        ring::ring(&phalanx, quick, &mut rows, &mut notes)?;
+    }
+    if wanted("offline") {
+        offline::offline(&phalanx, quick, &mut rows, &mut notes)?;
+    }
 
     let mut table = String::new();
     writeln!(table, "| figure | Phalanx | peer | ratio | goal | pass |")?;
     writeln!(table, "|---|---|---|---|---|---|")?;
     for r in &rows {
-        let pass = match r.pass {
-            Some(true) => "pass",
-            Some(false) => "FAIL",
-            None => "-",
+        let pass = match (r.verdict, r.pass) {
+            (Some(v), _) => v,
+            (None, Some(true)) => "pass",
+            (None, Some(false)) => "FAIL",
+            (None, None) => "-",
         };
         writeln!(
             table,
@@ -463,13 +340,16 @@ pub fn run(quick: bool, root: &Path) -> Result<()> {
         )?;
     }
     let doc = format!(
-        "# Benchmark results\n\nMachine: {}. Mode: {}. Produced by `cargo xtask bench{}`.\n\n{table}\nDetails:\n{notes}",
+        "# Benchmark results\n\nMachine: {}. Mode: {}. Produced by `cargo xtask bench{}` in {:.0} s (build excluded).\n\n{table}\nDetails:\n{notes}",
         machine(),
         if quick { "quick" } else { "full" },
         if quick { " --quick" } else { "" },
+        started.elapsed().as_secs_f64() - build_s,
     );
     println!("{doc}");
-    std::fs::create_dir_all(root.join("bench"))?;
-    std::fs::write(root.join("bench/RESULTS.md"), doc)?;
+    if only.is_empty() {
+        std::fs::create_dir_all(root.join("bench"))?;
+        std::fs::write(root.join("bench/RESULTS.md"), doc)?;
+    }
     Ok(())
 }

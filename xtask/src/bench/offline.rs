@@ -192,6 +192,7 @@ fn run(
         ratio: format!("{ratio_ts:.1}x"),
         goal: ">= 20x tshark".into(),
         pass: Some(ratio_ts >= 20.0),
+        verdict: None,
     });
     rows.push(Row {
         figure: "offline packets/s vs tcptrace".into(),
@@ -200,6 +201,7 @@ fn run(
         ratio: format!("{ratio_tt:.1}x"),
         goal: "-".into(),
         pass: None,
+        verdict: None,
     });
     rows.push(Row {
         figure: "offline peak RSS".into(),
@@ -212,6 +214,7 @@ fn run(
         ratio: format!("{:.2}x", ours.peak_kb as f64 / tshark.peak_kb.max(1) as f64),
         goal: "below tshark".into(),
         pass: Some(ours.peak_kb < tshark.peak_kb),
+        verdict: None,
     });
     writeln!(
         notes,
