@@ -3,6 +3,9 @@
 //! - `engine/many_flows_mix`: records per second through [`FlowTable`] on
 //!   the synthetic mix (10,000 conversations, ~1M records, 1% loss, TCP
 //!   timestamps, a quarter IPv6). Goal: at least 5 M records/s per core.
+//! - `engine/history_record`: records per second through the daemon's
+//!   per-flow packet history (incident evidence), which sees every record
+//!   the flow table sees.
 //! - `engine/new_idle_flows`: records per second when every record opens a
 //!   flow (a SYN scan), and the memory one idle tracked flow costs with one
 //!   million of them in the table (printed; goal: at most 256 bytes).
@@ -11,6 +14,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use phalanx_common::{ipproto, tcp_flags, PacketMeta, RecordKind};
+use phalanx_daemon::capture::history::{FlowHistory, HistoryBounds};
 use phalanx_daemon::flow::{FlowConfig, FlowTable};
 use phalanx_daemon::synth::{self, ManyFlows};
 
@@ -30,6 +34,23 @@ fn mix(c: &mut Criterion) {
                 }
                 // Returned, so dropping the table is not timed.
                 t
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    // The daemon's defaults: 64 packets of each of 4,096 flows.
+    let bounds = HistoryBounds {
+        per_flow: 64,
+        max_flows: 4096,
+    };
+    group.bench_function("history_record", |b| {
+        b.iter_batched(
+            || FlowHistory::new(bounds),
+            |mut h| {
+                for r in &g.records {
+                    h.record(black_box(r));
+                }
+                h
             },
             BatchSize::PerIteration,
         );

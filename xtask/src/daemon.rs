@@ -100,6 +100,11 @@ impl<'a> Daemon<'a> {
         bail!("phalanx did not answer /healthz within 30 s")
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.id()
+    }
+
     /// GET a path of the daemon's API: (status line, body).
     pub fn get(&self, path: &'static str) -> Result<(String, Vec<u8>)> {
         let api = self.api;

@@ -25,6 +25,14 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The release `phalanx` binary, honouring `CARGO_TARGET_DIR` like the
+/// `cargo build` that made it.
+pub fn release_binary() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from)
+        .join("release/phalanx")
+}
+
 /// Serves `count` GET requests with a body of `body_bytes`, then returns.
 fn serve(listener: TcpListener, count: u32, body_bytes: usize) {
     let body = vec![b'x'; body_bytes];
@@ -57,7 +65,7 @@ pub fn run(requests: u32, body_bytes: usize) -> Result<()> {
         crate::setup::run_setup()?;
     }
     crate::setup::build_release()?;
-    let phalanx = workspace_root().join("target/release/phalanx");
+    let phalanx = release_binary();
 
     eprintln!("demo: creating lab: client namespace -- veth -- server namespace");
     let lab = TwoHosts::new("demo").context("creating the lab")?;

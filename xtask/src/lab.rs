@@ -21,7 +21,7 @@ pub fn list() {
 /// Runs scenario `name` for `seconds` of traffic.
 pub fn run(name: &str, seconds: u64) -> Result<()> {
     crate::setup::build_release()?;
-    let phalanx = crate::demo::workspace_root().join("target/release/phalanx");
+    let phalanx = crate::demo::release_binary();
     let scenario = Scenario::new(name).with_context(|| format!("building scenario {name}"))?;
     let watch = scenario.watch();
     eprintln!(

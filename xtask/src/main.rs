@@ -41,6 +41,10 @@ enum Cmd {
         /// Short runs for CI smoke tests (under 3 minutes).
         #[arg(long)]
         quick: bool,
+        /// Run only these sections (live, ring, offline, engine, accuracy);
+        /// the table is printed but bench/RESULTS.md is left alone.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Run a fault scenario (client - router - server namespaces) with the
     /// daemon watching, and print what it saw. Needs root. `--list` names them.
@@ -81,6 +85,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Lab { name, seconds, .. } => lab::run(name.as_deref().unwrap_or_default(), seconds),
-        Cmd::Bench { quick } => bench::run(quick, &demo::workspace_root()),
+        Cmd::Bench { quick, only } => bench::run(quick, &only, &demo::workspace_root()),
     }
 }

@@ -6,7 +6,7 @@
 //! other consumers (multi-hop stitching) can keep their own history with
 //! another key type.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::hash::Hash;
 
 use hashbrown::HashMap;
@@ -35,8 +35,11 @@ struct Entry<T> {
 pub struct FlowHistory<K = FlowKey, T = PacketMeta> {
     bounds: HistoryBounds,
     entries: HashMap<K, Entry<T>>,
-    /// Stamp -> key, oldest first: finds the least recently updated key.
-    recency: BTreeMap<u64, K>,
+    /// (stamp, key) of every update, oldest first. An item is live while
+    /// its stamp is still the entry's; stale ones are skipped on eviction
+    /// and compacted away. Appending here is what keeps a push O(1): an
+    /// ordered index re-sorted on every record was the daemon's hottest path.
+    recency: VecDeque<(u64, K)>,
     next_stamp: u64,
     evicted: u64,
 }
@@ -50,7 +53,7 @@ impl<K: Eq + Hash + Clone, T: Clone> FlowHistory<K, T> {
                 max_flows: bounds.max_flows.max(1),
             },
             entries: HashMap::new(),
-            recency: BTreeMap::new(),
+            recency: VecDeque::new(),
             next_stamp: 0,
             evicted: 0,
         }
@@ -61,26 +64,39 @@ impl<K: Eq + Hash + Clone, T: Clone> FlowHistory<K, T> {
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         if let Some(e) = self.entries.get_mut(&key) {
-            self.recency.remove(&e.stamp);
             e.stamp = stamp;
             if e.ring.len() >= self.bounds.per_flow {
                 e.ring.pop_front();
             }
             e.ring.push_back(item);
-            self.recency.insert(stamp, key);
+            self.recency.push_back((stamp, key));
+            self.compact();
             return;
         }
         while self.entries.len() >= self.bounds.max_flows {
-            let Some((_, old)) = self.recency.pop_first() else {
+            let Some((old_stamp, old)) = self.recency.pop_front() else {
                 break;
             };
-            self.entries.remove(&old);
-            self.evicted += 1;
+            if self.entries.get(&old).is_some_and(|e| e.stamp == old_stamp) {
+                self.entries.remove(&old);
+                self.evicted += 1;
+            }
         }
         let mut ring = VecDeque::with_capacity(self.bounds.per_flow.min(16));
         ring.push_back(item);
         self.entries.insert(key.clone(), Entry { ring, stamp });
-        self.recency.insert(stamp, key);
+        self.recency.push_back((stamp, key));
+    }
+
+    /// Drops stale recency items once they outnumber the live ones 3 to 1:
+    /// memory stays bounded and the cost per push stays O(1) amortised.
+    fn compact(&mut self) {
+        if self.recency.len() <= 4 * self.entries.len().max(64) {
+            return;
+        }
+        let entries = &self.entries;
+        self.recency
+            .retain(|(stamp, k)| entries.get(k).is_some_and(|e| e.stamp == *stamp));
     }
 
     /// The items kept for `key`, oldest first.
@@ -179,6 +195,21 @@ mod tests {
         assert_eq!(h.len(), 3, "never more than max_flows keys");
         assert_eq!(h.evicted(), 1001);
         assert_eq!(h.recency.len(), 3, "recency index stays in step");
+        // Updates of one key leave stale recency items; they stay bounded.
+        for i in 0..100_000 {
+            h.push(1004, i);
+        }
+        assert!(h.recency.len() <= 4 * 64 + 1, "stale items compacted");
+        h.push(2000, 0);
+        h.push(2001, 0);
+        assert!(
+            h.recent(&1004).len() == 2,
+            "the most recently updated key survives"
+        );
+        assert!(
+            h.recent(&1002).is_empty(),
+            "the least recently updated one goes"
+        );
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! in one run, written to bench/RESULTS.md.
 //!
 //! Live overhead: iperf3 over a veth pair with no program, Phalanx tcx,
-//! Phalanx xdp, and `tcpdump -s 128 -w /dev/null`; throughput and CPU
-//! seconds per GB. Kernel cost: ns per packet from bpf_stats. Ring buffer:
-//! the highest UDP record rate consumed with zero drops, and the drop count
-//! when overloaded (drops must be counted, never silent).
+//! Phalanx xdp, and `tcpdump -s 128 -w /dev/null`, interleaved in rounds;
+//! throughput, machine CPU seconds per GB and the capture process's own CPU.
+//! Kernel cost: ns per packet from bpf_stats. Ring buffer, offline analysis,
+//! engine and RTT accuracy: see the submodules.
 
 use std::{
     fmt::Write as _,
@@ -19,7 +19,11 @@ use phalanx_lab::{metric, sh, Proc, TwoHosts};
 
 use crate::daemon::{Daemon, Options};
 
+mod accuracy;
+mod engine;
 mod offline;
+mod ring;
+mod sender;
 
 const API: &str = "127.0.0.1:19750";
 
@@ -37,6 +41,9 @@ pub(crate) struct Row {
     pub goal: String,
     /// Whether the goal is met (None: no goal).
     pub pass: Option<bool>,
+    /// A verdict in words that replaces pass/FAIL where the measurement
+    /// cannot decide (e.g. a difference within the run-to-run spread).
+    pub verdict: Option<&'static str>,
 }
 
 /// Busy CPU seconds of the whole machine so far (all CPUs, softirq included).
@@ -135,130 +142,251 @@ fn iperf_tcp(lab: &TwoHosts, secs: u32) -> Result<Iperf> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
+    let n = v.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
-/// Live overhead rows: none / tcx / xdp / tcpdump, plus kernel ns per packet.
+/// CPU seconds (user + system) a process has used so far.
+fn proc_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    f.iter().sum::<u64>() as f64 / hz
+}
+
+/// One iperf3 run under one configuration.
+#[derive(Clone, Copy)]
+struct LiveRun {
+    gbps: f64,
+    /// Whole-machine busy CPU seconds per GB moved.
+    cpu_per_gb: f64,
+    /// The capture process's own CPU seconds per GB (daemon or tcpdump).
+    capture_per_gb: f64,
+}
+
+/// Median and relative spread ((max - min) / median) of a sample.
+fn stats(v: &[f64]) -> (f64, f64) {
+    let m = median(v.to_vec());
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (m, if m > 0.0 { (hi - lo) / m } else { 0.0 })
+}
+
+const SETUPS: [&str; 4] = ["none", "tcx", "xdp", "tcpdump"];
+
+fn live_run(
+    lab: &TwoHosts,
+    phalanx: &Path,
+    setup: &str,
+    secs: u32,
+    kernel_ns: &mut Vec<(String, f64)>,
+    notes: &mut String,
+) -> Result<LiveRun> {
+    let daemon = match setup {
+        "tcx" | "xdp" => Some(start_daemon(lab, phalanx, setup, None)?),
+        _ => None,
+    };
+    let dump = if setup == "tcpdump" {
+        let p = lab
+            .a
+            .command("tcpdump")
+            .args([
+                "-Z",
+                "root",
+                "-i",
+                &lab.a_if,
+                "-s",
+                "128",
+                "-w",
+                "/dev/null",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(Proc::new)?;
+        std::thread::sleep(Duration::from_millis(500));
+        Some(p)
+    } else {
+        None
+    };
+    // `ip netns exec` execs the program, so the child's pid is the tool's.
+    let capture_pid = daemon
+        .as_ref()
+        .map(Daemon::pid)
+        .or(dump.as_ref().map(Proc::id));
+    let before = prog_stats()?;
+    let cap0 = capture_pid.map_or(0.0, proc_cpu_s);
+    let r = iperf_tcp(lab, secs)?;
+    let cap = capture_pid.map_or(0.0, proc_cpu_s) - cap0;
+    if let Some(d) = daemon {
+        for (name, t1, c1) in prog_stats()? {
+            let (t0, c0) = before
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .map_or((0, 0), |(_, t, c)| (*t, *c));
+            if c1 > c0 {
+                kernel_ns.push((
+                    format!("{setup} {name}"),
+                    (t1 - t0) as f64 / (c1 - c0) as f64,
+                ));
+            }
+        }
+        let m = d.text("/metrics")?;
+        let drops = metric(&m, "phalanx_kernel_ring_full_drops_total")
+            + metric(&m, "phalanx_capture_backlog_dropped_total");
+        writeln!(
+            notes,
+            "- iperf3 under {setup}: {:.2} Gbit/s, records decoded {}, drops {drops}, daemon CPU {cap:.2} s",
+            r.gbps,
+            metric(&m, "phalanx_capture_records_decoded_total")
+        )?;
+        d.stop();
+    }
+    drop(dump);
+    let gb = (r.bytes / 1e9).max(1e-9);
+    Ok(LiveRun {
+        gbps: r.gbps,
+        cpu_per_gb: r.cpu_s / gb,
+        capture_per_gb: cap / gb,
+    })
+}
+
+/// Verdict of "a better than b" given both samples' spreads: a difference
+/// inside the larger spread is noise, not a result.
+fn better(
+    a: f64,
+    b: f64,
+    noise: f64,
+    higher_is_better: bool,
+) -> (Option<bool>, Option<&'static str>) {
+    let diff = if higher_is_better {
+        a / b - 1.0
+    } else {
+        b / a - 1.0
+    };
+    if diff.abs() <= noise {
+        (None, Some("within noise"))
+    } else {
+        (Some(diff > 0.0), None)
+    }
+}
+
+/// Live overhead rows: none / tcx / xdp / tcpdump in interleaved rounds
+/// (each round in a rotated order, so drift on a shared machine spreads over
+/// all of them), plus kernel ns per packet.
 fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) -> Result<()> {
     let lab = TwoHosts::new("bl").context("lab")?;
-    let (secs, runs) = if quick { (3, 1) } else { (5, 3) };
+    let (secs, rounds) = if quick { (2, 2) } else { (4, 5) };
     let _ = sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"]);
-    let mut results: Vec<(&str, f64, f64)> = Vec::new();
+    let mut runs: Vec<Vec<LiveRun>> = vec![Vec::new(); SETUPS.len()];
     let mut kernel_ns: Vec<(String, f64)> = Vec::new();
-    for setup in ["none", "tcx", "xdp", "tcpdump"] {
-        let mut gbps = Vec::new();
-        let mut cpu_per_gb = Vec::new();
-        for _ in 0..runs {
-            let daemon = match setup {
-                "tcx" | "xdp" => Some(start_daemon(&lab, phalanx, setup, None)?),
-                _ => None,
-            };
-            let dump = (setup == "tcpdump").then(|| {
-                lab.a
-                    .command("tcpdump")
-                    .args([
-                        "-Z",
-                        "root",
-                        "-i",
-                        &lab.a_if,
-                        "-s",
-                        "128",
-                        "-w",
-                        "/dev/null",
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .map(Proc::new)
-            });
-            let dump = dump.transpose()?;
-            if dump.is_some() {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            let before = prog_stats()?;
-            let r = iperf_tcp(&lab, secs)?;
-            if daemon.is_some() {
-                for (name, t1, c1) in prog_stats()? {
-                    let (t0, c0) = before
-                        .iter()
-                        .find(|(n, ..)| *n == name)
-                        .map_or((0, 0), |(_, t, c)| (*t, *c));
-                    if c1 > c0 {
-                        kernel_ns.push((
-                            format!("{setup} {name}"),
-                            (t1 - t0) as f64 / (c1 - c0) as f64,
-                        ));
-                    }
+    let mut result = Ok(());
+    'rounds: for round in 0..rounds {
+        for k in 0..SETUPS.len() {
+            let i = (k + round) % SETUPS.len();
+            match live_run(&lab, phalanx, SETUPS[i], secs, &mut kernel_ns, notes) {
+                Ok(r) => runs[i].push(r),
+                Err(e) => {
+                    result = Err(e);
+                    break 'rounds;
                 }
             }
-            if let Some(d) = daemon {
-                let m = d.text("/metrics")?;
-                let drops = metric(&m, "phalanx_kernel_ring_full_drops_total")
-                    + metric(&m, "phalanx_capture_backlog_dropped_total");
-                writeln!(
-                    notes,
-                    "- iperf3 under {setup}: {:.2} Gbit/s, records decoded {}, drops {drops}",
-                    r.gbps,
-                    metric(&m, "phalanx_capture_records_decoded_total")
-                )?;
-                d.stop();
-            }
-            drop(dump);
-            gbps.push(r.gbps);
-            cpu_per_gb.push(r.cpu_s / (r.bytes / 1e9).max(1e-9));
         }
-        results.push((setup, median(gbps), median(cpu_per_gb)));
     }
     let _ = sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"]);
-    let base = results[0];
-    for (setup, gbps, cpu) in &results[1..] {
-        let cost = 100.0 * (1.0 - gbps / base.1);
-        let cpu_ratio = cpu / base.2;
-        let (goal_t, pass_t, goal_c, pass_c) = match *setup {
-            "tcx" => (
-                "≤ 5 % cost",
-                Some(cost <= 5.0),
-                "≤ 1.5× no program",
-                Some(cpu_ratio <= 1.5),
+    result?;
+    let summary: Vec<_> = runs
+        .iter()
+        .map(|v| {
+            let g = stats(&v.iter().map(|r| r.gbps).collect::<Vec<_>>());
+            let c = stats(&v.iter().map(|r| r.cpu_per_gb).collect::<Vec<_>>());
+            let p = stats(&v.iter().map(|r| r.capture_per_gb).collect::<Vec<_>>());
+            (g, c, p)
+        })
+        .collect();
+    for (setup, (g, c, p)) in SETUPS.iter().zip(&summary) {
+        writeln!(
+            notes,
+            "- {setup}: {rounds} runs of {secs} s, median {:.2} Gbit/s (spread {:.0} %), machine CPU {:.3} s/GB (spread {:.0} %), capture process {:.4} s/GB",
+            g.0,
+            100.0 * g.1,
+            c.0,
+            100.0 * c.1,
+            p.0
+        )?;
+    }
+    let base = summary[0];
+    for (i, setup) in SETUPS.iter().enumerate().skip(1) {
+        let (g, c, _) = summary[i];
+        let cost = 100.0 * (1.0 - g.0 / base.0 .0);
+        let cpu_ratio = c.0 / base.1 .0;
+        let tcx = *setup == "tcx";
+        rows.push(Row {
+            figure: format!("iperf3 over veth, {setup}: throughput (median, spread)"),
+            phalanx: format!("{:.2} Gbit/s (±{:.0} %)", g.0, 50.0 * g.1),
+            peer: format!(
+                "{:.2} Gbit/s (±{:.0} %) no program",
+                base.0 .0,
+                50.0 * base.0 .1
             ),
-            _ => ("-", None, "-", None),
-        };
-        rows.push(Row {
-            figure: format!("iperf3 over veth, {setup}: throughput"),
-            phalanx: format!("{gbps:.2} Gbit/s"),
-            peer: format!("{:.2} Gbit/s (no program)", base.1),
             ratio: format!("{cost:+.1} % cost"),
-            goal: goal_t.into(),
-            pass: pass_t,
+            goal: if tcx { "≤ 5 % cost" } else { "-" }.into(),
+            pass: tcx.then_some(cost <= 5.0),
+            verdict: None,
         });
         rows.push(Row {
-            figure: format!("iperf3 over veth, {setup}: CPU per GB"),
-            phalanx: format!("{cpu:.3} s/GB"),
-            peer: format!("{:.3} s/GB (no program)", base.2),
+            figure: format!("iperf3 over veth, {setup}: machine CPU per GB"),
+            phalanx: format!("{:.3} s/GB", c.0),
+            peer: format!("{:.3} s/GB no program", base.1 .0),
             ratio: format!("{cpu_ratio:.2}×"),
-            goal: goal_c.into(),
-            pass: pass_c,
+            goal: if tcx { "≤ 1.5× no program" } else { "-" }.into(),
+            pass: tcx.then_some(cpu_ratio <= 1.5),
+            verdict: None,
         });
     }
-    let by = |name: &str| results.iter().find(|r| r.0 == name).copied();
-    if let (Some(t), Some(d)) = (by("tcx"), by("tcpdump")) {
-        rows.push(Row {
-            figure: "tcx vs tcpdump -s 128: throughput".into(),
-            phalanx: format!("{:.2} Gbit/s", t.1),
-            peer: format!("{:.2} Gbit/s (tcpdump)", d.1),
-            ratio: format!("{:.2}×", t.1 / d.1),
-            goal: "better than tcpdump".into(),
-            pass: Some(t.1 >= d.1),
-        });
-        rows.push(Row {
-            figure: "tcx vs tcpdump -s 128: CPU per GB".into(),
-            phalanx: format!("{:.3} s/GB", t.2),
-            peer: format!("{:.3} s/GB (tcpdump)", d.2),
-            ratio: format!("{:.2}×", t.2 / d.2),
-            goal: "better than tcpdump".into(),
-            pass: Some(t.2 <= d.2),
-        });
-    }
+    let (t, d) = (summary[1], summary[3]);
+    let (pass, verdict) = better(t.0 .0, d.0 .0, t.0 .1.max(d.0 .1), true);
+    rows.push(Row {
+        figure: "tcx vs tcpdump -s 128: throughput".into(),
+        phalanx: format!("{:.2} Gbit/s", t.0 .0),
+        peer: format!("{:.2} Gbit/s (tcpdump)", d.0 .0),
+        ratio: format!("{:.2}×", t.0 .0 / d.0 .0),
+        goal: "better than tcpdump".into(),
+        pass,
+        verdict,
+    });
+    let (pass, verdict) = better(t.1 .0, d.1 .0, t.1 .1.max(d.1 .1), false);
+    rows.push(Row {
+        figure: "tcx vs tcpdump -s 128: machine CPU per GB".into(),
+        phalanx: format!("{:.3} s/GB", t.1 .0),
+        peer: format!("{:.3} s/GB (tcpdump)", d.1 .0),
+        ratio: format!("{:.2}×", t.1 .0 / d.1 .0),
+        goal: "better than tcpdump".into(),
+        pass,
+        verdict,
+    });
+    let (pass, verdict) = better(t.2 .0, d.2 .0, t.2 .1.max(d.2 .1), false);
+    rows.push(Row {
+        figure: "tcx vs tcpdump -s 128: capture process CPU per GB (daemon vs tcpdump)".into(),
+        phalanx: format!("{:.4} s/GB", t.2 .0),
+        peer: format!("{:.4} s/GB (tcpdump)", d.2 .0),
+        ratio: format!("{:.2}×", t.2 .0 / d.2 .0.max(1e-9)),
+        goal: "better than tcpdump".into(),
+        pass,
+        verdict,
+    });
     let mut grouped: Vec<(String, Vec<f64>)> = Vec::new();
     for (k, v) in kernel_ns {
         match grouped.iter_mut().find(|(n, _)| *n == k) {
@@ -267,158 +395,17 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
         }
     }
     for (k, vs) in grouped {
+        let (m, spread) = stats(&vs);
         rows.push(Row {
-            figure: format!("kernel cost, {k}"),
-            phalanx: format!("{:.0} ns/packet", median(vs)),
+            figure: format!("kernel cost, {k} (bpf_stats)"),
+            phalanx: format!("{m:.0} ns/packet (±{:.0} %)", 50.0 * spread),
             peer: "-".into(),
             ratio: "-".into(),
             goal: "-".into(),
             pass: None,
+            verdict: None,
         });
     }
-    Ok(())
-}
-
-/// A minimal Ethernet + IPv4 + TCP SYN frame (checksums are not checked by the parser).
-const SYN_FRAME: [u8; 54] = [
-    0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00, // Ethernet
-    0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2, // IPv4
-    0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0, // TCP SYN
-];
-
-/// Runs program `id` on `frame` `repeat` times with BPF_PROG_TEST_RUN.
-fn prog_run(id: &str, frame: &str, repeat: u64) -> Result<()> {
-    sh(&[
-        "bpftool",
-        "prog",
-        "run",
-        "id",
-        id,
-        "data_in",
-        frame,
-        "repeat",
-        &repeat.to_string(),
-    ])?;
-    Ok(())
-}
-
-/// Id of the newest loaded program called `name`.
-fn prog_id(name: &str) -> Result<u64> {
-    let out = sh(&["bpftool", "-j", "prog", "show"])?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"].as_str() == Some(name))
-        .filter_map(|p| p["id"].as_u64())
-        .max()
-        .with_context(|| format!("no loaded program {name}"))
-}
-
-/// Highest record rate the daemon consumes with zero drops, and the drops
-/// when overloaded. The load is the daemon's own XDP program run by
-/// BPF_PROG_TEST_RUN (`bpftool prog run`) on a 54-byte SYN, in paced
-/// chunks: it feeds the same ring buffer as live traffic, at rates no
-/// socket sender on this machine reaches.
-fn ring(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) -> Result<()> {
-    let lab = TwoHosts::new("br").context("lab")?;
-    let dir = std::env::temp_dir().join(format!("phalanx-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let frame = dir.join("syn.bin");
-    std::fs::write(&frame, SYN_FRAME)?;
-    let frame_arg = frame.display().to_string();
-    let secs = if quick { 2.0 } else { 4.0 };
-    let targets: &[f64] = if quick {
-        &[1.0e6, 1.5e6, 2.0e6, f64::INFINITY]
-    } else {
-        &[0.5e6, 1.0e6, 1.5e6, 2.0e6, 3.0e6, f64::INFINITY]
-    };
-    // Large chunks: each `bpftool prog run` costs a process start.
-    const CHUNK: u64 = 500_000;
-    let mut best_clean = 0.0f64;
-    let mut overload: Option<(f64, u64, u64)> = None;
-    let daemon = start_daemon(&lab, phalanx, "tcx", None)?;
-    let id = prog_id("phalanx_xdp")?.to_string();
-    for &target in targets {
-        let m0 = daemon.text("/metrics")?;
-        let start = Instant::now();
-        let mut sent = 0u64;
-        while start.elapsed().as_secs_f64() < secs {
-            prog_run(&id, &frame_arg, CHUNK)?;
-            sent += CHUNK;
-            let due = sent as f64 / target;
-            let now = start.elapsed().as_secs_f64();
-            if due > now {
-                std::thread::sleep(Duration::from_secs_f64(due - now));
-            }
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        std::thread::sleep(Duration::from_millis(300));
-        let m1 = daemon.text("/metrics")?;
-        let d = |n: &str| metric(&m1, n) - metric(&m0, n);
-        let decoded = d("phalanx_capture_records_decoded_total");
-        let submitted = d("phalanx_kernel_records_submitted_total");
-        let drops =
-            d("phalanx_kernel_ring_full_drops_total") + d("phalanx_capture_backlog_dropped_total");
-        let offered = sent as f64 / elapsed;
-        let label = if target.is_finite() {
-            format!("{:.1} M/s", target / 1e6)
-        } else {
-            "unpaced".into()
-        };
-        writeln!(notes, "- ring, target {label}: offered {:.2} M records/s, submitted {submitted}, decoded {decoded}, dropped {drops}", offered / 1e6)?;
-        if drops == 0 && decoded == submitted {
-            best_clean = best_clean.max(offered);
-        } else if overload.is_none() {
-            overload = Some((offered, drops, submitted));
-        }
-    }
-    daemon.stop();
-
-    // Overload: a 64 KiB ring cannot absorb an unpaced burst; every record
-    // must still be accounted for as decoded or counted as dropped.
-    let small = dir.join("small-ring.toml");
-    std::fs::write(&small, "[capture]\nring_buffer_bytes = 65536\n")?;
-    let daemon = start_daemon(&lab, phalanx, "tcx", Some(&small))?;
-    let id = prog_id("phalanx_xdp")?.to_string();
-    let m0 = daemon.text("/metrics")?;
-    let start = Instant::now();
-    prog_run(&id, &frame_arg, 4 * CHUNK)?;
-    let offered = (4 * CHUNK) as f64 / start.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(300));
-    let m1 = daemon.text("/metrics")?;
-    daemon.stop();
-    let d = |n: &str| metric(&m1, n) - metric(&m0, n);
-    let (submitted, decoded, full) = (
-        d("phalanx_kernel_records_submitted_total"),
-        d("phalanx_capture_records_decoded_total"),
-        d("phalanx_kernel_ring_full_drops_total") + d("phalanx_capture_backlog_dropped_total"),
-    );
-    writeln!(notes, "- ring overload (64 KiB ring, unpaced {:.2} M/s): submitted {submitted}, decoded {decoded}, dropped and counted {full}", offered / 1e6)?;
-    if full > 0 {
-        overload = Some((offered, full, submitted));
-    }
-    let accounted = decoded + d("phalanx_kernel_ring_full_drops_total") == submitted;
-
-    rows.push(Row {
-        figure: "ring buffer: records/s consumed with zero drops".into(),
-        phalanx: format!("{:.2} M/s", best_clean / 1e6),
-        peer: "-".into(),
-        ratio: "-".into(),
-        goal: "≥ 1.5 M/s".into(),
-        pass: Some(best_clean >= 1.5e6),
-    });
-    rows.push(Row {
-        figure: "ring buffer: overload drops counted".into(),
-        phalanx: overload.map_or("no overload reached".into(), |(r, d, s)| {
-            format!("{d} of {s} counted at {:.2} M/s", r / 1e6)
-        }),
-        peer: "-".into(),
-        ratio: "-".into(),
-        goal: "counted, never silent".into(),
-        pass: overload.map(|_| accounted),
-    });
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -438,23 +425,39 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, Linux {kernel}")
 }
 
-pub fn run(quick: bool, root: &Path) -> Result<()> {
+pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     crate::setup::build_release()?;
-    let phalanx: PathBuf = root.join("target/release/phalanx");
+    let build_s = started.elapsed().as_secs_f64();
+    let phalanx: PathBuf = crate::demo::release_binary();
     let mut rows = Vec::new();
     let mut notes = String::new();
-    live(&phalanx, quick, &mut rows, &mut notes)?;
-    ring(&phalanx, quick, &mut rows, &mut notes)?;
-    offline::offline(&phalanx, quick, &mut rows, &mut notes)?;
+    if wanted("live") {
+        live(&phalanx, quick, &mut rows, &mut notes)?;
+    }
+    if wanted("ring") {
+        ring::ring(&phalanx, quick, &mut rows, &mut notes)?;
+    }
+    if wanted("offline") {
+        offline::offline(&phalanx, quick, &mut rows, &mut notes)?;
+    }
+    if wanted("engine") {
+        engine::engine(quick, &mut rows, &mut notes)?;
+    }
+    if wanted("accuracy") {
+        accuracy::accuracy(&phalanx, quick, &mut rows, &mut notes)?;
+    }
 
     let mut table = String::new();
     writeln!(table, "| figure | Phalanx | peer | ratio | goal | pass |")?;
     writeln!(table, "|---|---|---|---|---|---|")?;
     for r in &rows {
-        let pass = match r.pass {
-            Some(true) => "pass",
-            Some(false) => "FAIL",
-            None => "-",
+        let pass = match (r.verdict, r.pass) {
+            (Some(v), _) => v,
+            (None, Some(true)) => "pass",
+            (None, Some(false)) => "FAIL",
+            (None, None) => "-",
         };
         writeln!(
             table,
@@ -463,13 +466,16 @@ pub fn run(quick: bool, root: &Path) -> Result<()> {
         )?;
     }
     let doc = format!(
-        "# Benchmark results\n\nMachine: {}. Mode: {}. Produced by `cargo xtask bench{}`.\n\n{table}\nDetails:\n{notes}",
+        "# Benchmark results\n\nMachine: {}. Mode: {}. Produced by `cargo xtask bench{}` in {:.0} s (build excluded).\n\n{table}\nDetails:\n{notes}",
         machine(),
         if quick { "quick" } else { "full" },
         if quick { " --quick" } else { "" },
+        started.elapsed().as_secs_f64() - build_s,
     );
     println!("{doc}");
-    std::fs::create_dir_all(root.join("bench"))?;
-    std::fs::write(root.join("bench/RESULTS.md"), doc)?;
+    if only.is_empty() {
+        std::fs::create_dir_all(root.join("bench"))?;
+        std::fs::write(root.join("bench/RESULTS.md"), doc)?;
+    }
     Ok(())
 }
