@@ -33,6 +33,7 @@ use crate::{
         service::{self as incidents, IncidentService, SharedHistory},
         Observation,
     },
+    stitch::live::LiveStitch,
 };
 
 /// Batches of records buffered between the ring consumer and the flow task.
@@ -107,6 +108,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         IncidentService::start(&cfg, history.clone(), &mut registry)
             .await
             .context("starting incidents")?;
+    let live = Arc::new(
+        LiveStitch::new(&cfg.stitch, &incidents::system_host(), &mut registry)
+            .context("starting live stitching")?,
+    );
+    let incident_service = incident_service.with_stitch(live.clone());
 
     let (capture, ringbuf) = Capture::load_and_attach(&cfg.capture)?;
     info!(
@@ -124,6 +130,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         registry: Arc::new(registry),
         flows: flows.clone(),
         incidents: incidents_view,
+        stitch: Some(live.clone()),
     };
 
     // Incidents: rules send observations here; the task owns the manager,
@@ -142,7 +149,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .instrument(info_span!("ring")),
     );
     let flow_task =
-        tokio::spawn(flow_loop(rx, flows.clone(), history).instrument(info_span!("flow")));
+        tokio::spawn(flow_loop(rx, flows.clone(), history, live).instrument(info_span!("flow")));
     let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
     let rules_task = tokio::spawn(
         rules_loop(flows.clone(), engine, observations.clone()).instrument(info_span!("rules")),
@@ -290,14 +297,16 @@ fn observation(f: crate::rules::Finding) -> Observation {
     }
 }
 
-/// Feeds record batches into the flow table (and the per-flow history kept
-/// for incident evidence); expires idle flows by record time.
+/// Feeds record batches into the flow table (and the per-flow histories kept
+/// for incident evidence and for stitch peers); expires idle flows by record time.
 async fn flow_loop(
     mut rx: mpsc::Receiver<Vec<PacketMeta>>,
     flows: Arc<Mutex<FlowTable>>,
     history: SharedHistory,
+    live: Arc<LiveStitch>,
 ) {
     while let Some(batch) = rx.recv().await {
+        live.record(&batch);
         if let Ok(mut h) = history.lock() {
             for m in &batch {
                 h.record(m);
