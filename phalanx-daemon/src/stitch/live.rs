@@ -515,8 +515,113 @@ pub fn summarize(r: &StitchReport) -> String {
     s
 }
 
-/// Observations kept for peers.
-type ObservationHistory = FlowHistory<FlowKey, Observation>;
+/// Observations kept for peers, and the last segment size seen per flow
+/// direction (to split GSO records).
+#[derive(Debug)]
+struct Kept {
+    observations: FlowHistory<FlowKey, Observation>,
+    seg_size: FlowHistory<(FlowKey, u8), u32>,
+}
+
+impl Kept {
+    fn new(per_flow: usize, flows: usize) -> Self {
+        Self {
+            observations: FlowHistory::new(HistoryBounds {
+                per_flow,
+                max_flows: flows,
+            }),
+            seg_size: FlowHistory::new(HistoryBounds {
+                per_flow: 1,
+                max_flows: flows.saturating_mul(2),
+            }),
+        }
+    }
+
+    fn record(&mut self, m: &PacketMeta) {
+        if m.ip_version != 4 && m.ip_version != 6 {
+            return;
+        }
+        let mut o = Observation::from_meta(m);
+        // Payload hashes are left out: a GSO record's hash covers the first
+        // segment's bytes and its other segments get none, so the hashes of
+        // one sender-side point would not compare with a downstream point's.
+        o.payload_hash = 0;
+        let tcp = m.kind == phalanx_common::RecordKind::Tcp as u8;
+        if !tcp || m.segs <= 1 || m.payload_len == 0 {
+            if tcp && m.payload_len > 0 {
+                let key = (o.flow, o.dir);
+                let known = self.seg_size.recent(&key).last().copied().unwrap_or(0);
+                self.seg_size.push(key, known.max(m.payload_len));
+            }
+            self.observations.push(o.flow, o);
+            return;
+        }
+        let key = (o.flow, o.dir);
+        let known = self.seg_size.recent(&key).last().copied();
+        let size = gso_segment_size(m.payload_len, u32::from(m.segs), known);
+        if known != Some(size) && m.payload_len % u32::from(m.segs) == 0 {
+            self.seg_size.push(key, size);
+        }
+        for seg in gso_segments(m, size) {
+            let mut so = Observation::from_meta(&seg);
+            so.payload_hash = 0;
+            self.observations.push(so.flow, so);
+        }
+    }
+}
+
+/// Segment size of a TCP GSO record of `payload` bytes in `segs` segments:
+/// every segment but the last has the same size `g`, so
+/// `(segs - 1) * g < payload <= segs * g`. The flow direction's known size
+/// (its largest single segment, or an earlier GSO split) when it fits, else
+/// `payload / segs` (exact when all segments are full, the usual case).
+pub fn gso_segment_size(payload: u32, segs: u32, known: Option<u32>) -> u32 {
+    let segs = segs.max(1);
+    let lo = payload.div_ceil(segs);
+    let hi = if segs > 1 {
+        (payload.saturating_sub(1)) / (segs - 1)
+    } else {
+        payload
+    };
+    match known {
+        Some(g) if (lo..=hi).contains(&g) => g,
+        _ => lo,
+    }
+}
+
+/// The wire segments of a TCP GSO record, as Linux's software segmentation
+/// makes them: sequence numbers `size` apart, the IPv4 ID incremented per
+/// segment, CWR on the first only, FIN and PSH on the last only, options
+/// (timestamps, SACK) copied.
+pub fn gso_segments(m: &PacketMeta, size: u32) -> impl Iterator<Item = PacketMeta> + '_ {
+    use phalanx_common::tcp_flags::{CWR, FIN, PSH};
+    let segs = u32::from(m.segs.max(1));
+    let size = size.max(1);
+    (0..segs).map_while(move |i| {
+        let offset = i.checked_mul(size)?;
+        if offset >= m.payload_len && i > 0 {
+            return None;
+        }
+        let mut s = *m;
+        s.segs = 1;
+        s.seq = m.seq.wrapping_add(offset);
+        s.payload_len = if i + 1 == segs {
+            m.payload_len - offset
+        } else {
+            size.min(m.payload_len - offset)
+        };
+        if m.ip_version == 4 {
+            s.ip_id = u32::from((m.ip_id as u16).wrapping_add(i as u16));
+        }
+        if i + 1 < segs {
+            s.tcp_flags &= !(FIN | PSH);
+        }
+        if i > 0 {
+            s.tcp_flags &= !CWR;
+        }
+        Some(s)
+    })
+}
 
 /// Live stitching: the local history, the peer endpoint and the client.
 #[derive(Debug)]
@@ -525,7 +630,7 @@ pub struct LiveStitch {
     peers: Vec<reqwest::Url>,
     secret: Option<Vec<u8>>,
     refresh: Duration,
-    history: Option<Mutex<ObservationHistory>>,
+    history: Option<Mutex<Kept>>,
     client: reqwest::Client,
     metrics: StitchMetrics,
 }
@@ -535,12 +640,9 @@ impl LiveStitch {
     /// registers the metrics. `host` names the hop when `stitch.hop` is empty.
     pub fn new(cfg: &StitchConfig, host: &str, registry: &mut Registry) -> Result<Self, LiveError> {
         let secret = cfg.load_secret()?;
-        let history = secret.as_ref().map(|_| {
-            Mutex::new(FlowHistory::new(HistoryBounds {
-                per_flow: cfg.history_packets,
-                max_flows: cfg.history_flows,
-            }))
-        });
+        let history = secret
+            .as_ref()
+            .map(|_| Mutex::new(Kept::new(cfg.history_packets, cfg.history_flows)));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .user_agent(concat!("phalanx/", env!("CARGO_PKG_VERSION")))
@@ -580,16 +682,15 @@ impl LiveStitch {
         &self.metrics
     }
 
-    /// Adds a batch of records to the history (no-op without a key).
+    /// Adds a batch of records to the history (no-op without a key). A TCP
+    /// GSO record (tc sees the sender's super-packets before they are
+    /// segmented) is kept as the wire segments it becomes, so that it
+    /// matches what points downstream see.
     pub fn record(&self, batch: &[PacketMeta]) {
         let Some(h) = &self.history else { return };
         let Ok(mut h) = h.lock() else { return };
         for m in batch {
-            if m.ip_version != 4 && m.ip_version != 6 {
-                continue;
-            }
-            let o = Observation::from_meta(m);
-            h.push(o.flow, o);
+            h.record(m);
         }
     }
 
@@ -601,7 +702,7 @@ impl LiveStitch {
         let Ok(h) = h.lock() else {
             return Vec::new();
         };
-        let mut v = h.recent(key);
+        let mut v = h.observations.recent(key);
         v.retain(|o| q.contains(o.ts_ns));
         v
     }
@@ -1070,6 +1171,54 @@ mod tests {
         assert_eq!(r.outcome, PeerOutcome::Unauthenticated);
         let key = FlowQuery::parse(body).expect("valid").1;
         assert!(l.local(&key, &FlowQuery::for_key(&key)).is_empty());
+    }
+
+    #[test]
+    fn gso_records_become_their_wire_segments() {
+        use phalanx_common::tcp_flags::{ACK, CWR, PSH};
+        assert_eq!(gso_segment_size(4344, 3, None), 1448, "all full");
+        assert_eq!(gso_segment_size(2996, 3, Some(1448)), 1448, "short last");
+        assert_eq!(
+            gso_segment_size(2996, 3, Some(1600)),
+            999,
+            "known size cannot fit"
+        );
+        assert_eq!(gso_segment_size(2000, 2, Some(1448)), 1448);
+        let mut m = seg(1000, 5);
+        m.ip_id = 0xfffe;
+        m.segs = 3;
+        m.payload_len = 2996;
+        m.tcp_flags = ACK | PSH | CWR;
+        let v: Vec<PacketMeta> = gso_segments(&m, 1448).collect();
+        assert_eq!(
+            v.iter()
+                .map(|s| (s.seq, s.payload_len, s.ip_id, s.tcp_flags, s.segs))
+                .collect::<Vec<_>>(),
+            vec![
+                (1000, 1448, 0xfffe, ACK | CWR, 1),
+                (2448, 1448, 0xffff, ACK, 1),
+                (3896, 100, 0, ACK | PSH, 1),
+            ]
+        );
+        // Kept as segments; the size learnt from single segments is used.
+        let l = live(Some("0123456789abcdef"));
+        let mut single = seg(0, 1);
+        single.payload_len = 1448;
+        l.record(&[single, m]);
+        let key = Observation::from_meta(&m).flow;
+        let kept = l.local(&key, &FlowQuery::for_key(&key));
+        assert_eq!(
+            kept.len(),
+            4,
+            "one single segment and three from the GSO record"
+        );
+        let fps: Vec<u64> = kept.iter().map(|o| o.fingerprint).collect();
+        let want: Vec<u64> = std::iter::once(single)
+            .chain(gso_segments(&m, 1448))
+            .map(|s| super::super::fingerprint(&s))
+            .collect();
+        assert_eq!(fps, want, "fingerprints of the wire segments");
+        assert!(kept.iter().all(|o| o.payload_hash == 0));
     }
 
     fn report(lost_fwd: u64, lost_rev: u64, p99: Option<f64>) -> StitchReport {
