@@ -50,6 +50,9 @@ const HOOK_PORT: u16 = 19771;
 /// From the end of the transfer to the stitched notification.
 const WITHIN: Duration = Duration::from_secs(20);
 
+/// Request headers: (name, value).
+type Headers = Vec<(&'static str, String)>;
+
 /// One HTTP/1.0 request; returns the status code and the body.
 fn http(
     addr: SocketAddr,
@@ -302,7 +305,7 @@ fn peers_localize_router_drops_in_the_incident() {
         ]
     };
     let malformed = br#"{"flow":"not a flow"}"#.to_vec();
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<(&str, Headers, Vec<u8>, u16)> = vec![
         (
             "wrong key",
             signed("another-key-of-enough-length", now, &flow_body),

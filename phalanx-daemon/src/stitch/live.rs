@@ -559,7 +559,7 @@ impl Kept {
         let key = (o.flow, o.dir);
         let known = self.seg_size.recent(&key).last().copied();
         let size = gso_segment_size(m.payload_len, u32::from(m.segs), known);
-        if known != Some(size) && m.payload_len % u32::from(m.segs) == 0 {
+        if known != Some(size) && m.payload_len.is_multiple_of(u32::from(m.segs)) {
             self.seg_size.push(key, size);
         }
         for seg in gso_segments(m, size) {
