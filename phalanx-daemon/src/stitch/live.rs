@@ -1221,6 +1221,138 @@ mod tests {
         assert!(kept.iter().all(|o| o.payload_hash == 0));
     }
 
+    /// Serves `live` on 127.0.0.1 with the daemon's router; returns its base URL.
+    async fn serve(live: Arc<LiveStitch>, dir: &std::path::Path) -> String {
+        use crate::incident::{
+            evidence::{EvidenceStore, Retention},
+            service::IncidentsView,
+            IncidentManager, ManagerSettings,
+        };
+        let evidence = EvidenceStore::open(
+            dir,
+            Retention {
+                max_bytes: 1 << 20,
+                max_files: 10,
+            },
+        )
+        .expect("evidence dir");
+        let state = crate::api::ApiState {
+            registry: Arc::new(Registry::default()),
+            flows: Arc::new(Mutex::new(crate::flow::FlowTable::new(
+                crate::flow::FlowConfig::default(),
+            ))),
+            incidents: IncidentsView {
+                manager: Arc::new(Mutex::new(IncidentManager::new(ManagerSettings::default()))),
+                evidence: Arc::new(evidence),
+            },
+            stitch: Some(live),
+        };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, crate::api::router(state)).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn two_daemons_stitch_over_http() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = "0123456789abcdef";
+        // Downstream point: every segment but seq 5, one hop later (TTL 63).
+        let down = Arc::new(
+            LiveStitch::new(
+                &StitchConfig {
+                    secret: key.into(),
+                    hop: "down".into(),
+                    ..StitchConfig::default()
+                },
+                "h",
+                &mut Registry::default(),
+            )
+            .expect("down"),
+        );
+        let t0 = 1_700_000_000_000_000_000u64;
+        let segs: Vec<PacketMeta> = (0..20u32)
+            .map(|i| {
+                let mut m = seg(1000 + i * 100, t0 + u64::from(i) * 1_000_000);
+                m.payload_len = 100;
+                m.ip_id = i;
+                m
+            })
+            .collect();
+        let arrived: Vec<PacketMeta> = segs
+            .iter()
+            .filter(|m| m.seq != 1500)
+            .map(|m| {
+                let mut a = *m;
+                a.ttl = 63;
+                a.ts_ns += 200_000;
+                a
+            })
+            .collect();
+        down.record(&arrived);
+        let url = serve(down.clone(), dir.path()).await;
+        let unreachable = "http://127.0.0.1:9/".to_string();
+        let wrong_key = Arc::new(
+            LiveStitch::new(
+                &StitchConfig {
+                    secret: "not-the-shared-key!".into(),
+                    hop: "x".into(),
+                    ..StitchConfig::default()
+                },
+                "h",
+                &mut Registry::default(),
+            )
+            .expect("x"),
+        );
+        let wrong_url = serve(wrong_key, dir.path()).await;
+        let peers = [url.as_str(), unreachable.as_str(), wrong_url.as_str()];
+        let up = Arc::new(
+            LiveStitch::new(
+                &StitchConfig {
+                    secret: key.into(),
+                    hop: "up".into(),
+                    peers: peers.iter().map(|p| p.parse().expect("url")).collect(),
+                    timeout_ms: 2000,
+                    ..StitchConfig::default()
+                },
+                "h",
+                &mut Registry::default(),
+            )
+            .expect("up"),
+        );
+        up.record(&segs);
+        let k = Observation::from_meta(&segs[0]).flow;
+        let r = up.stitch_flow(k, FlowQuery::for_key(&k)).await;
+        let rep = r
+            .report
+            .as_ref()
+            .expect("stitched despite two failing peers");
+        let l = rep.link("up", "down").expect("up -> down");
+        assert_eq!((l.packets, l.lost, l.unmatched), (20, 1, 0), "{l:?}");
+        assert_eq!(
+            r.summary.as_deref(),
+            Some("1 of 1 lost packets dropped between hop up and hop down (direction up -> down: 1 of 20 packets lost)")
+        );
+        assert_eq!(r.peers[0].hop.as_deref(), Some("down"));
+        assert_eq!(r.peers[0].observations, 19);
+        assert!(r.peers[1].error.is_some(), "unreachable peer reported");
+        let e = r.peers[2].error.as_deref().unwrap_or_default();
+        assert!(e.contains("401"), "peer with another key refuses: {e}");
+        assert_eq!(down.metrics().served(PeerOutcome::Ok), 1);
+        let errors = r.errors().expect("errors listed");
+        assert!(
+            errors.contains(&unreachable) && errors.contains(&wrong_url),
+            "{errors}"
+        );
+        let v = serde_json::to_value(&r).expect("json");
+        assert!(
+            v["links"].is_array() && v["hops"].is_array(),
+            "stitch --json fields: {v}"
+        );
+    }
+
     fn report(lost_fwd: u64, lost_rev: u64, p99: Option<f64>) -> StitchReport {
         use super::super::{
             link::DelayStats, ClockMethod, HopReport, LinkReport, OrderSource, PathDirection,
