@@ -456,6 +456,13 @@ fn peers_localize_router_drops_in_the_incident() {
         "incident report: client -> server lost {cs} vs router counter {dropped}"
     );
     assert_eq!(sc, 0, "incident report: nothing lost server -> client");
+    for l in rep["links"].as_array().into_iter().flatten() {
+        assert_eq!(
+            (l["unmatched"].as_u64(), l["duplicates"].as_u64()),
+            (Some(0), Some(0)),
+            "every packet seen downstream was seen upstream, once (GSO records split right): {l}"
+        );
+    }
 
     // On demand, naming the flow the other way round.
     let (code, text) = on_demand(server, port, client, cport);
