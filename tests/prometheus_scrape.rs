@@ -293,7 +293,7 @@ fn prometheus_scrapes_flow_kpis_that_match_the_capture() {
             (from_client.0 + from_server.0) as f64,
         ),
         (
-            format!("sum(phalanx_tcp_retransmissions_total{{group=\"bulk\"}})"),
+            "sum(phalanx_tcp_retransmissions_total{group=\"bulk\"})".to_string(),
             retrans as f64,
         ),
         (

@@ -6,10 +6,11 @@ use std::{
 };
 
 use axum::{
+    body::Bytes,
     extract::{Path, Query, State},
-    http::{header, StatusCode},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
     Json, Router,
 };
 use prometheus_client::{encoding::text::encode, registry::Registry};
@@ -22,6 +23,7 @@ use crate::{
         FlowTable,
     },
     incident::service::IncidentsView,
+    stitch::live::{self, FlowQuery, LiveStitch},
 };
 
 /// Shared state behind the HTTP handlers.
@@ -33,6 +35,8 @@ pub struct ApiState {
     pub flows: Arc<Mutex<FlowTable>>,
     /// Incidents and their evidence.
     pub incidents: IncidentsView,
+    /// Live stitching (peer endpoint and `/api/v1/stitch`); `None` answers 404.
+    pub stitch: Option<Arc<LiveStitch>>,
 }
 
 /// Builds the router.
@@ -44,6 +48,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/incidents", get(incidents))
         .route("/api/v1/incidents/{id}", get(incident))
         .route("/api/v1/incidents/{id}/pcapng", get(incident_pcapng))
+        .route(live::PEER_PATH, post(peer_observations))
+        .route("/api/v1/stitch", post(stitch_flow))
         .with_state(state)
 }
 
@@ -228,4 +234,62 @@ async fn incident_pcapng(
         bytes,
     )
         .into_response()
+}
+
+/// `POST /api/v1/peer/observations`: a peer asks for a flow's recent
+/// packets (signed request, signed answer; see [`crate::stitch::live`]).
+async fn peer_observations(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(live) = s.stitch else {
+        return not_found("live stitching is not available");
+    };
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let reply = live.answer(
+        h(live::TIMESTAMP_HEADER),
+        h(live::SIGNATURE_HEADER),
+        &body,
+        live::now_secs(),
+    );
+    let status = StatusCode::from_u16(reply.outcome.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    if reply.outcome != live::PeerOutcome::Ok {
+        tracing::debug!(outcome = %reply.outcome, "peer request rejected");
+    }
+    let mut resp = (status, reply.body).into_response();
+    let ctype = if reply.signed.is_some() {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let hs = resp.headers_mut();
+    if let Ok(v) = header::HeaderValue::from_str(ctype) {
+        hs.insert(header::CONTENT_TYPE, v);
+    }
+    if let Some((ts, sig)) = reply.signed {
+        for (name, value) in [(live::TIMESTAMP_HEADER, ts), (live::SIGNATURE_HEADER, sig)] {
+            if let Ok(v) = header::HeaderValue::from_str(&value) {
+                hs.insert(name, v);
+            }
+        }
+    }
+    resp
+}
+
+/// `POST /api/v1/stitch` with a [`FlowQuery`]: asks every peer for the
+/// flow's packets, stitches them with the local ones and returns the
+/// report (`phalanx stitch --json` fields plus per-peer status).
+async fn stitch_flow(State(s): State<ApiState>, body: Bytes) -> Response {
+    let Some(live) = s.stitch else {
+        return not_found("live stitching is not available");
+    };
+    let (q, key) = match FlowQuery::parse(&body) {
+        Ok(v) => v,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    if !live.has_peers() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "no stitch.peers configured: nothing to stitch with\n",
+        )
+            .into_response();
+    }
+    Json(live.stitch_flow(key, q).await).into_response()
 }

@@ -63,6 +63,8 @@ pub struct Config {
     pub alertmanager: AlertmanagerConfig,
     /// `[[webhooks]]`: generic webhook receivers.
     pub webhooks: Vec<WebhookConfig>,
+    /// `[stitch]`: live multi-hop stitching with peer daemons.
+    pub stitch: StitchConfig,
 }
 
 /// How the kernel programs attach.
@@ -359,6 +361,82 @@ pub struct WebhookConfig {
     pub secret: Option<String>,
 }
 
+/// `[stitch]` section: peer daemons on other hops of the paths, and what
+/// this daemon keeps so that peers can ask it about a flow.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StitchConfig {
+    /// Base URLs of the peer daemons' APIs (`http://host:9740`).
+    pub peers: Vec<HttpUrl>,
+    /// Shared HMAC-SHA256 key of the peer requests; "" = not set.
+    pub secret: String,
+    /// File holding the shared key (trailing newline ignored); "" = not set.
+    pub secret_file: std::path::PathBuf,
+    /// This daemon's hop name in stitch reports; "" = the system host name.
+    pub hop: String,
+    /// Timeout of one request to a peer, milliseconds.
+    pub timeout_ms: u64,
+    /// Firing incidents are stitched again this often (seconds).
+    pub refresh_secs: u64,
+    /// Packets kept per flow for peers (the most recent ones).
+    pub history_packets: usize,
+    /// Flows whose recent packets are kept for peers.
+    pub history_flows: usize,
+}
+
+impl Default for StitchConfig {
+    fn default() -> Self {
+        Self {
+            peers: Vec::new(),
+            secret: String::new(),
+            secret_file: std::path::PathBuf::new(),
+            hop: String::new(),
+            timeout_ms: 3000,
+            refresh_secs: 30,
+            history_packets: 4096,
+            history_flows: 256,
+        }
+    }
+}
+
+impl StitchConfig {
+    /// Whether a key is configured (the peer endpoint answers and a history is kept).
+    pub fn has_secret(&self) -> bool {
+        !self.secret.is_empty() || !self.secret_file.as_os_str().is_empty()
+    }
+
+    /// The shared key: `secret`, or the contents of `secret_file`.
+    pub fn load_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
+        if !self.secret.is_empty() {
+            return Ok(Some(self.secret.as_bytes().to_vec()));
+        }
+        if self.secret_file.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read(&self.secret_file).map_err(|e| {
+            ConfigError::Semantic(format!(
+                "stitch.secret_file: cannot read {}: {e}",
+                self.secret_file.display()
+            ))
+        })?;
+        let key = text.trim_ascii_end().to_vec();
+        check_secret_len("stitch.secret_file", key.len())?;
+        Ok(Some(key))
+    }
+}
+
+/// Shortest shared key accepted: HMAC keys shorter than this are guessable.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+fn check_secret_len(key: &str, len: usize) -> Result<(), ConfigError> {
+    if len < MIN_SECRET_BYTES {
+        return Err(ConfigError::Semantic(format!(
+            "{key}: the shared key must be at least {MIN_SECRET_BYTES} bytes, got {len}"
+        )));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Parses a configuration from TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
@@ -416,6 +494,7 @@ impl Config {
         }
         self.validate_incidents()?;
         self.metrics.validate().map_err(ConfigError::Semantic)?;
+        self.validate_stitch()?;
         let mut seen = std::collections::HashSet::new();
         for i in &self.capture.interfaces {
             if i.is_empty() || i.len() >= 16 {
@@ -516,6 +595,44 @@ impl Config {
                     "webhooks[{}].name must not be empty",
                     n + 1
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_stitch(&self) -> Result<(), ConfigError> {
+        let s = &self.stitch;
+        if !s.secret.is_empty() && !s.secret_file.as_os_str().is_empty() {
+            return Err(ConfigError::Semantic(
+                "stitch.secret and stitch.secret_file are both set; use one".into(),
+            ));
+        }
+        if !s.secret.is_empty() {
+            check_secret_len("stitch.secret", s.secret.len())?;
+        }
+        if !s.peers.is_empty() && !s.has_secret() {
+            return Err(ConfigError::Semantic(
+                "stitch.peers is set but stitch.secret (or stitch.secret_file) is not: \
+                 peer requests must be authenticated"
+                    .into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &s.peers {
+            if !seen.insert(p.0.as_str()) {
+                return Err(ConfigError::Semantic(format!(
+                    "stitch.peers: {p} is listed twice"
+                )));
+            }
+        }
+        for (key, v) in [
+            ("stitch.timeout_ms", s.timeout_ms),
+            ("stitch.refresh_secs", s.refresh_secs),
+            ("stitch.history_packets", s.history_packets as u64),
+            ("stitch.history_flows", s.history_flows as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Semantic(format!("{key} must be at least 1")));
             }
         }
         Ok(())
@@ -665,6 +782,62 @@ mod tests {
                 "{text:?}: expected {needle:?} in {msg}"
             );
         }
+    }
+
+    #[test]
+    fn stitch_section_is_validated() {
+        let ok = Config::from_toml(
+            "[stitch]\npeers = [\"http://10.0.2.2:9740\"]\nsecret = \"0123456789abcdef\"\nhop = \"a\"\n",
+            "t.toml",
+        )
+        .expect("valid stitch section");
+        assert_eq!(ok.stitch.peers.len(), 1);
+        assert_eq!(
+            ok.stitch.load_secret().expect("secret"),
+            Some(b"0123456789abcdef".to_vec())
+        );
+        for (text, needle) in [
+            (
+                "[stitch]\npeers = [\"http://10.0.2.2:9740\"]\n",
+                "stitch.secret",
+            ),
+            ("[stitch]\npeers = [\"10.0.2.2:9740\"]\n", "line 2"),
+            ("[stitch]\nsecret = \"short\"\n", "at least 16 bytes"),
+            (
+                "[stitch]\nsecret = \"0123456789abcdef\"\nsecret_file = \"/k\"\n",
+                "both set",
+            ),
+            (
+                "[stitch]\nsecret = \"0123456789abcdef\"\npeers = [\"http://a/\", \"http://a/\"]\n",
+                "twice",
+            ),
+            ("[stitch]\ntimeout_ms = 0\n", "stitch.timeout_ms"),
+            ("[stitch]\npeer = []\n", "line 2"),
+        ] {
+            let msg = Config::from_toml(text, "t.toml")
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(needle),
+                "{text:?}: expected {needle:?} in {msg}"
+            );
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "fedcba9876543210fedcba\n").expect("key file");
+        let cfg = Config::from_toml(
+            &format!("[stitch]\npeers = [\"http://h:9740\"]\nsecret_file = {key:?}\n"),
+            "t.toml",
+        )
+        .expect("secret_file accepted");
+        assert_eq!(
+            cfg.stitch.load_secret().expect("readable"),
+            Some(b"fedcba9876543210fedcba".to_vec()),
+            "trailing newline dropped"
+        );
+        std::fs::write(&key, "short\n").expect("key file");
+        let msg = cfg.stitch.load_secret().expect_err("short key").to_string();
+        assert!(msg.contains("stitch.secret_file"), "{msg}");
     }
 
     #[test]

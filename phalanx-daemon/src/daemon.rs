@@ -36,6 +36,7 @@ use crate::{
         service::{self as incidents, IncidentService, SharedHistory},
         Observation,
     },
+    stitch::live::LiveStitch,
 };
 
 /// Batches of records buffered between the ring consumer and the flow task.
@@ -110,6 +111,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         IncidentService::start(&cfg, history.clone(), &mut registry)
             .await
             .context("starting incidents")?;
+    let live = Arc::new(
+        LiveStitch::new(&cfg.stitch, &incidents::system_host(), &mut registry)
+            .context("starting live stitching")?,
+    );
+    let incident_service = incident_service.with_stitch(live.clone());
 
     let (capture, ringbuf) = Capture::load_and_attach(&cfg.capture)?;
     info!(
@@ -129,6 +135,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         registry: Arc::new(registry),
         flows: flows.clone(),
         incidents: incidents_view,
+        stitch: Some(live.clone()),
     };
 
     // Incidents: rules send observations here; the task owns the manager,
@@ -147,7 +154,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .instrument(info_span!("ring")),
     );
     let flow_task = tokio::spawn(
-        flow_loop(rx, flows.clone(), flow_metrics, history).instrument(info_span!("flow")),
+        flow_loop(rx, flows.clone(), flow_metrics, history, live).instrument(info_span!("flow")),
     );
     let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
     let rules_task = tokio::spawn(
@@ -297,15 +304,17 @@ fn observation(f: crate::rules::Finding) -> Observation {
 }
 
 /// Feeds record batches into the flow table, the per-group KPI metrics and
-/// the per-flow history kept for incident evidence; expires idle flows by
-/// record time.
+/// the per-flow histories kept for incident evidence and for stitch peers;
+/// expires idle flows by record time.
 async fn flow_loop(
     mut rx: mpsc::Receiver<Vec<PacketMeta>>,
     flows: Arc<Mutex<FlowTable>>,
     metrics: Arc<Mutex<FlowMetrics>>,
     history: SharedHistory,
+    live: Arc<LiveStitch>,
 ) {
     while let Some(batch) = rx.recv().await {
+        live.record(&batch);
         if let Ok(mut h) = history.lock() {
             for m in &batch {
                 h.record(m);

@@ -170,7 +170,7 @@ impl KpiCollector {
     }
 }
 
-fn labels<'a>(l: &'a SeriesLabels) -> [(&'static str, &'a str); 3] {
+fn labels(l: &SeriesLabels) -> [(&'static str, &str); 3] {
     [
         ("group", l.group.as_str()),
         ("service", l.service.as_str()),

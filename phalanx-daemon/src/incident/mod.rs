@@ -99,6 +99,10 @@ pub struct Incident {
     pub annotations: BTreeMap<String, String>,
     /// Alertmanager labels (alertname, severity, group, host): the alert's identity.
     pub labels: BTreeMap<String, String>,
+    /// Latest multi-hop stitch of the flow with the peer daemons
+    /// (`crate::stitch::live::LiveReport`), when peers are configured.
+    #[serde(default)]
+    pub stitch: Option<serde_json::Value>,
 }
 
 /// A lifecycle change, carrying the incident as it is after the change.
@@ -234,6 +238,7 @@ impl IncidentManager {
             evidence: obs.evidence,
             annotations: BTreeMap::new(),
             labels,
+            stitch: None,
         };
         fill_annotations(&mut inc);
         let id = inc.id.clone();
@@ -279,6 +284,26 @@ impl IncidentManager {
     pub fn annotate(&mut self, id: &str, key: &str, value: String) -> Option<Incident> {
         let inc = self.open.values_mut().find(|i| i.id == id)?;
         inc.annotations.insert(key.to_string(), value);
+        Some(inc.clone())
+    }
+
+    /// Stores a stitch result on a firing incident and sets (`Some`) or
+    /// removes (`None`) the annotations derived from it; returns the
+    /// updated incident.
+    pub fn set_stitch(
+        &mut self,
+        id: &str,
+        report: serde_json::Value,
+        annotations: &[(&str, Option<String>)],
+    ) -> Option<Incident> {
+        let inc = self.open.values_mut().find(|i| i.id == id)?;
+        inc.stitch = Some(report);
+        for (k, v) in annotations {
+            match v {
+                Some(v) => inc.annotations.insert((*k).to_string(), v.clone()),
+                None => inc.annotations.remove(*k),
+            };
+        }
         Some(inc.clone())
     }
 
@@ -609,6 +634,22 @@ mod tests {
             m.get(&id).expect("known").annotations["pcapng"],
             "f.pcapng.zst"
         );
+        let inc = m
+            .set_stitch(
+                &id,
+                serde_json::json!({"links": []}),
+                &[("stitch", Some("s".into())), ("pcapng", None)],
+            )
+            .expect("firing");
+        assert_eq!(inc.annotations["stitch"], "s");
+        assert!(!inc.annotations.contains_key("pcapng"), "None removes");
+        m.observe(obs("a", "g", "z"), T0 + 2 * S);
+        let inc = m.get(&id).expect("known");
+        assert_eq!(inc.annotations["stitch"], "s", "kept across updates");
+        assert_eq!(inc.stitch, Some(serde_json::json!({"links": []})));
+        let back: Incident =
+            serde_json::from_value(serde_json::to_value(inc).expect("json")).expect("round trip");
+        assert_eq!(&back, inc, "the stitch report survives a restart");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! bounded channel, ticks every second, writes evidence for new incidents
 //! and hands transitions to delivery.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -12,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::evidence::{EvidenceError, EvidenceStore, Retention};
 use super::{IncidentManager, ManagerSettings, Observation, Observed, Transition};
@@ -22,11 +23,21 @@ use crate::export::delivery::{
     Backoff, DeliveryError, DeliveryMetrics, DeliverySettings, Dispatcher,
 };
 use crate::export::spool::{Spool, SpoolError};
+use crate::stitch::live::{FlowQuery, LiveReport, LiveStitch};
 
 /// Observations buffered between the rules and the incident task.
 pub const OBSERVATION_QUEUE: usize = 1024;
 /// Lifecycle tick.
 const TICK: Duration = Duration::from_secs(1);
+/// Stitches of incident flows running at once (each asks every peer).
+const MAX_STITCHES_IN_FLIGHT: usize = 4;
+/// Stitch results waiting for the incident task.
+const STITCH_QUEUE: usize = 64;
+/// Annotation with the [`crate::stitch::live::summarize`] sentence.
+pub const STITCH_ANNOTATION: &str = "stitch";
+/// Annotation with peer and stitcher errors, when there are any.
+pub const STITCH_ERRORS_ANNOTATION: &str = "stitch_errors";
+
 /// File in `incidents.spool_dir` holding the firing incidents across restarts
 /// (not a `.json` name: the spool ignores it).
 pub const STATE_FILE: &str = "open-incidents.state";
@@ -147,6 +158,34 @@ pub struct IncidentService {
     external_url: String,
     resend: Duration,
     state_path: PathBuf,
+    stitch: Option<Stitching>,
+}
+
+/// Stitching of incident flows with the peer daemons.
+///
+/// The firing notification goes out at once; the flow is stitched in a
+/// spawned task (peers answer within `stitch.timeout_ms` or are reported as
+/// failed), and when the result is ready the incident gets the `stitch`
+/// annotation (plus `stitch_errors` when a peer failed) and the report,
+/// then is notified again as firing (same labels, so Alertmanager and
+/// webhook receivers update the alert rather than add one). While the
+/// incident fires it is stitched again every `stitch.refresh_secs`; a new
+/// notification goes out only when the sentence changes.
+#[derive(Debug)]
+struct Stitching {
+    live: Arc<LiveStitch>,
+    tx: mpsc::Sender<(String, LiveReport)>,
+    rx: Option<mpsc::Receiver<(String, LiveReport)>>,
+    /// Per firing incident id.
+    state: HashMap<String, StitchState>,
+}
+
+#[derive(Debug)]
+struct StitchState {
+    started: Instant,
+    in_flight: bool,
+    /// Sentence of the last notification sent with it.
+    notified: Option<String>,
 }
 
 /// Nanoseconds since the epoch.
@@ -156,7 +195,8 @@ pub fn wall_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn system_host() -> String {
+/// The system host name ("unknown" when unreadable).
+pub fn system_host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
@@ -227,14 +267,31 @@ impl IncidentService {
                 external_url,
                 resend: Duration::from_secs(cfg.alertmanager.resend_secs),
                 state_path,
+                stitch: None,
             },
             view,
         ))
     }
 
+    /// Stitches the flow of every firing incident with the peers of
+    /// `live` (nothing happens when it has no peers).
+    pub fn with_stitch(mut self, live: Arc<LiveStitch>) -> Self {
+        if live.has_peers() {
+            let (tx, rx) = mpsc::channel(STITCH_QUEUE);
+            self.stitch = Some(Stitching {
+                live,
+                tx,
+                rx: Some(rx),
+                state: HashMap::new(),
+            });
+        }
+        self
+    }
+
     /// Runs until the observation channel closes, then stops delivery
     /// (pending deliveries stay spooled).
     pub async fn run(mut self, mut rx: mpsc::Receiver<Observation>) {
+        let mut stitched = self.stitch.as_mut().and_then(|s| s.rx.take());
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resend = tokio::time::interval(self.resend);
@@ -249,6 +306,12 @@ impl IncidentService {
                     self.tick().await;
                 }
                 _ = tick.tick() => self.tick().await,
+                Some((id, report)) = async {
+                    match stitched.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.on_stitched(id, report).await,
                 _ = resend.tick() => {
                     self.resend();
                     self.save_state().await;
@@ -289,6 +352,96 @@ impl IncidentService {
             self.dispatcher.dispatch(&t).await;
         }
         if changed {
+            self.save_state().await;
+        }
+        self.start_stitches();
+    }
+
+    /// Starts a stitch for each firing incident with a flow that was never
+    /// stitched or not within `stitch.refresh_secs`, at most
+    /// [`MAX_STITCHES_IN_FLIGHT`] at once.
+    fn start_stitches(&mut self) {
+        let Some(st) = self.stitch.as_mut() else {
+            return;
+        };
+        let firing: Vec<(String, crate::flow::FlowKey)> = match self.view.manager.lock() {
+            Ok(m) => m
+                .firing()
+                .into_iter()
+                .filter_map(|i| i.flow.map(|f| (i.id.clone(), f)))
+                .collect(),
+            Err(_) => return,
+        };
+        st.state.retain(|id, _| firing.iter().any(|(f, _)| f == id));
+        let refresh = st.live.refresh();
+        let mut in_flight = st.state.values().filter(|s| s.in_flight).count();
+        for (id, flow) in firing {
+            if in_flight >= MAX_STITCHES_IN_FLIGHT {
+                break;
+            }
+            let due = st
+                .state
+                .get(&id)
+                .is_none_or(|s| !s.in_flight && s.started.elapsed() >= refresh);
+            if !due {
+                continue;
+            }
+            let entry = st.state.entry(id.clone()).or_insert(StitchState {
+                started: Instant::now(),
+                in_flight: true,
+                notified: None,
+            });
+            entry.started = Instant::now();
+            entry.in_flight = true;
+            in_flight += 1;
+            let (live, tx) = (st.live.clone(), st.tx.clone());
+            let span = info_span!("stitch", incident = %id);
+            tokio::spawn(
+                async move {
+                    let report = live.stitch_flow(flow, FlowQuery::for_key(&flow)).await;
+                    let _ = tx.send((id, report)).await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    /// Puts a stitch result on its incident and notifies again when the
+    /// sentence changed.
+    async fn on_stitched(&mut self, id: String, report: LiveReport) {
+        let Some(st) = self.stitch.as_mut() else {
+            return;
+        };
+        let Some(state) = st.state.get_mut(&id) else {
+            return; // resolved meanwhile
+        };
+        state.in_flight = false;
+        let value = match serde_json::to_value(&report) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(incident = %id, "encoding stitch report: {e}");
+                return;
+            }
+        };
+        let updated = match self.view.manager.lock() {
+            Ok(mut m) => m.set_stitch(
+                &id,
+                value,
+                &[
+                    (STITCH_ANNOTATION, report.summary.clone()),
+                    (STITCH_ERRORS_ANNOTATION, report.errors()),
+                ],
+            ),
+            Err(_) => return,
+        };
+        let Some(inc) = updated else { return };
+        match &report.summary {
+            Some(s) => info!(incident = %id, "stitched: {s}"),
+            None => warn!(incident = %id, errors = ?report.errors(), "not stitched"),
+        }
+        if report.summary.is_some() && state.notified != report.summary {
+            state.notified = report.summary.clone();
+            self.dispatcher.dispatch(&Transition::Fired(inc)).await;
             self.save_state().await;
         }
     }

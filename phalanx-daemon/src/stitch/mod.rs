@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod fingerprint;
 pub mod link;
+pub mod live;
 pub mod path;
 
 use std::collections::HashMap;
