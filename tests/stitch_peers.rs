@@ -357,7 +357,7 @@ fn peers_localize_router_drops_in_the_incident() {
         assert_eq!(metric(&served, &name), want, "{name} in:\n{served}");
     }
     assert!(
-        served.contains("# HELP phalanx_stitch_peer_requests "),
+        served.contains("# HELP phalanx_stitch_peer_requests_total "),
         "the counter is documented"
     );
 
