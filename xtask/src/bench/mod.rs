@@ -24,6 +24,7 @@ mod engine;
 mod offline;
 mod ring;
 mod sender;
+mod stitch;
 
 const API: &str = "127.0.0.1:19750";
 
@@ -444,6 +445,9 @@ pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
     }
     if wanted("engine") {
         engine::engine(quick, &mut rows, &mut notes)?;
+    }
+    if wanted("stitch") {
+        stitch::stitch(&mut rows, &mut notes)?;
     }
     if wanted("accuracy") {
         accuracy::accuracy(&phalanx, quick, &mut rows, &mut notes)?;
