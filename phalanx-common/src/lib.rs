@@ -35,7 +35,7 @@ pub const PROG_TC_EGRESS: &str = "phalanx_tc_egress";
 
 /// Records between two forced consumer wake-ups (per CPU); the daemon also
 /// drains on a short timer so a quiet tail never waits for the next batch.
-pub const WAKEUP_BATCH: u32 = 64;
+pub const WAKEUP_BATCH: u32 = 512;
 
 /// Record kind tag (first byte of a record's header).
 #[repr(u8)]
