@@ -277,6 +277,25 @@ fn records_match_the_wire(mode: AttachMode) {
         (UP as u64, DOWN as u64),
         "{mode}: payload bytes per direction"
     );
+    // GSO super-packets carry the kernel's segment size: every segment but
+    // the last is that long.
+    let gso: Vec<&PacketMeta> = recs.iter().filter(|r| r.segs > 1).collect();
+    for r in &gso {
+        let (g, n) = (u32::from(r.gso_size), u32::from(r.segs));
+        assert!(
+            g > 0 && r.payload_len > (n - 1) * g && r.payload_len <= n * g,
+            "{mode}: GSO record of {} bytes in {n} segments has segment size {g}",
+            r.payload_len
+        );
+    }
+    assert!(
+        !gso.is_empty(),
+        "{mode}: the sender's egress builds GSO super-packets"
+    );
+    assert!(
+        recs.iter().all(|r| r.segs > 1 || r.gso_size == 0),
+        "{mode}: single segments carry no GSO size"
+    );
     assert_eq!(
         counters[Counter::RingFull as usize],
         0,

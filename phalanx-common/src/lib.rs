@@ -240,9 +240,14 @@ pub struct PacketMeta {
     pub inner_seq: u32,
     /// Short hash of the first payload bytes (0 when payload was not seen).
     pub payload_hash: u32,
+    /// Segment size of a GSO super-packet (`segs` > 1): every segment but
+    /// the last carries this much payload. 0 when not known (files, XDP).
+    pub gso_size: u16,
+    /// Explicit padding.
+    pub _pad1: [u8; 6],
 }
 
-const _: () = assert!(core::mem::size_of::<PacketMeta>() == 176);
+const _: () = assert!(core::mem::size_of::<PacketMeta>() == 184);
 const _: () = assert!(core::mem::align_of::<PacketMeta>() == 8);
 
 impl PacketMeta {
@@ -292,6 +297,8 @@ impl PacketMeta {
             inner_dport: 0,
             inner_seq: 0,
             payload_hash: 0,
+            gso_size: 0,
+            _pad1: [0; 6],
         }
     }
 }

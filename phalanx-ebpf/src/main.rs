@@ -33,7 +33,7 @@ static PHX_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_CO
 #[map(name = "PHX_WATCHED")]
 static PHX_WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
 
-/// Per-CPU scratch record: the 176-byte record does not belong on the 512-byte stack.
+/// Per-CPU scratch record: the 184-byte record does not belong on the 512-byte stack.
 #[map(name = "PHX_SCRATCH")]
 static PHX_SCRATCH: PerCpuArray<PacketMeta> = PerCpuArray::with_max_entries(1, 0);
 
@@ -89,7 +89,13 @@ fn count(c: Counter) -> u64 {
 
 /// Parses, filters and submits one packet. Never fails the packet.
 #[inline(always)]
-fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32, vlan: Option<u16>) {
+fn capture<P: Packet>(
+    pkt: &P,
+    ifindex: u32,
+    direction: Direction,
+    (segs, gso_size): (u32, u32),
+    vlan: Option<u16>,
+) {
     count(Counter::Seen);
     let Some(meta) = PHX_SCRATCH.get_ptr_mut(0) else {
         return;
@@ -101,11 +107,12 @@ fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32, vl
     meta.ifindex = ifindex;
     meta.direction = direction as u8;
     meta.wire_len = pkt.len();
-    meta.segs = if segs > 1 {
-        segs.min(u16::MAX as u32) as u16
+    if segs > 1 {
+        meta.segs = segs.min(u16::MAX as u32) as u16;
+        meta.gso_size = gso_size.min(u16::MAX as u32) as u16;
     } else {
-        1
-    };
+        meta.segs = 1;
+    }
     // A tag the NIC (or veth) keeps out of band counts as the outer tag; tags
     // still in the bytes are parsed after it.
     if let Some(vid) = vlan {
@@ -154,7 +161,7 @@ fn capture<P: Packet>(pkt: &P, ifindex: u32, direction: Direction, segs: u32, vl
 pub fn phalanx_xdp(ctx: XdpContext) -> u32 {
     // SAFETY: ctx points at a valid xdp_md for the duration of the call.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    capture(&XdpPacket(&ctx), ifindex, Direction::Ingress, 1, None);
+    capture(&XdpPacket(&ctx), ifindex, Direction::Ingress, (1, 0), None);
     xdp_action::XDP_PASS
 }
 
@@ -163,10 +170,11 @@ fn tc(ctx: &TcContext, direction: Direction) -> i32 {
     // SAFETY: ctx.skb points at a valid __sk_buff for the duration of the call.
     let skb = ctx.skb.skb;
     // vlan_proto is non-zero exactly when the stack holds a tag out of band.
-    let (ifindex, segs, vlan_proto, vlan_tci, arrived_on) = unsafe {
+    let (ifindex, segs, gso_size, vlan_proto, vlan_tci, arrived_on) = unsafe {
         (
             (*skb).ifindex,
             (*skb).gso_segs,
+            (*skb).gso_size,
             (*skb).vlan_proto,
             (*skb).vlan_tci,
             (*skb).ingress_ifindex,
@@ -186,7 +194,7 @@ fn tc(ctx: &TcContext, direction: Direction) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let vlan = (vlan_proto != 0).then_some((vlan_tci & 0x0fff) as u16);
-    capture(&SkbPacket(ctx), ifindex, direction, segs, vlan);
+    capture(&SkbPacket(ctx), ifindex, direction, (segs, gso_size), vlan);
     // TCX_NEXT / "unspecified": let the next program and the stack decide.
     TC_ACT_UNSPEC
 }

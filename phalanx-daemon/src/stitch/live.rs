@@ -558,8 +558,16 @@ impl Kept {
         }
         let key = (o.flow, o.dir);
         let known = self.seg_size.recent(&key).last().copied();
-        let size = gso_segment_size(m.payload_len, u32::from(m.segs), known);
-        if known != Some(size) && m.payload_len.is_multiple_of(u32::from(m.segs)) {
+        // tc records carry the kernel's own segment size; the inference
+        // serves records without it.
+        let size = if m.gso_size > 0 {
+            u32::from(m.gso_size)
+        } else {
+            gso_segment_size(m.payload_len, u32::from(m.segs), known)
+        };
+        if known != Some(size)
+            && (m.gso_size > 0 || m.payload_len.is_multiple_of(u32::from(m.segs)))
+        {
             self.seg_size.push(key, size);
         }
         for seg in gso_segments(m, size) {
@@ -570,7 +578,8 @@ impl Kept {
     }
 }
 
-/// Segment size of a TCP GSO record of `payload` bytes in `segs` segments:
+/// Segment size of a TCP GSO record without the kernel's `gso_size` (a
+/// record from elsewhere than tc) of `payload` bytes in `segs` segments:
 /// every segment but the last has the same size `g`, so
 /// `(segs - 1) * g < payload <= segs * g`. The flow direction's known size
 /// (its largest single segment, or an earlier GSO split) when it fits, else
@@ -1219,6 +1228,28 @@ mod tests {
             .collect();
         assert_eq!(fps, want, "fingerprints of the wire segments");
         assert!(kept.iter().all(|o| o.payload_hash == 0));
+    }
+
+    /// A record with the kernel's segment size splits exactly even when the
+    /// last segment is short and no single segment taught the size.
+    #[test]
+    fn kernel_gso_size_splits_a_short_last_segment() {
+        let l = live(Some("0123456789abcdef"));
+        let mut m = seg(1000, 5);
+        m.segs = 3;
+        m.payload_len = 2996;
+        m.gso_size = 1448;
+        l.record(&[m]);
+        let key = Observation::from_meta(&m).flow;
+        let kept = l.local(&key, &FlowQuery::for_key(&key));
+        let want: Vec<u64> = gso_segments(&m, 1448)
+            .map(|s| super::super::fingerprint(&s))
+            .collect();
+        assert_eq!(
+            kept.iter().map(|o| o.fingerprint).collect::<Vec<_>>(),
+            want,
+            "segments of 1448, 1448 and 100 bytes, not three of 999"
+        );
     }
 
     /// Serves `live` on 127.0.0.1 with the daemon's router; returns its base URL.
