@@ -26,7 +26,7 @@ use phalanx_common::{Direction, PacketMeta};
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use super::parse::{parse_frame, LinkType, ParseError};
+use super::parse::{fill_frame, LinkType, ParseError};
 
 /// Largest pcap record or pcapng block accepted; a length field above this
 /// is treated as corruption instead of being buffered (Wireshark uses the same bound).
@@ -226,7 +226,8 @@ enum Format {
 
 /// What one step of the reader produced.
 enum Step {
-    Record(PacketMeta),
+    /// A record was appended to the batch.
+    Record,
     Skipped,
     End,
 }
@@ -363,6 +364,8 @@ pub struct CaptureReader {
     format: Format,
     stats: ReaderStats,
     done: bool,
+    /// The one-record batch behind [`Iterator::next`].
+    one: Vec<PacketMeta>,
 }
 
 impl fmt::Debug for CaptureReader {
@@ -460,6 +463,7 @@ impl CaptureReader {
             format,
             stats: ReaderStats::default(),
             done: false,
+            one: Vec::with_capacity(1),
         })
     }
 
@@ -491,17 +495,43 @@ impl CaptureReader {
         self.input.compressed
     }
 
-    fn step(&mut self) -> Result<Step, FileError> {
+    /// Appends the next records to `batch` until it holds `limit` records
+    /// or the input ends. Returns false once the input is exhausted; damage
+    /// to the file is returned once (after the records before it), and
+    /// every later call returns false. Records are decoded in place in the
+    /// batch, with no copy in between.
+    pub fn read_batch(
+        &mut self,
+        batch: &mut Vec<PacketMeta>,
+        limit: usize,
+    ) -> Result<bool, FileError> {
+        while !self.done {
+            if batch.len() >= limit {
+                return Ok(true);
+            }
+            match self.step(batch) {
+                Ok(Step::Record | Step::Skipped) => {}
+                Ok(Step::End) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn step(&mut self, batch: &mut Vec<PacketMeta>) -> Result<Step, FileError> {
         if self.input.at_end()? {
             return Ok(Step::End);
         }
         match &mut self.format {
-            Format::Pcap { .. } => self.step_pcap(),
-            Format::PcapNg { .. } => self.step_pcapng(),
+            Format::Pcap { .. } => self.step_pcap(batch),
+            Format::PcapNg { .. } => self.step_pcapng(batch),
         }
     }
 
-    fn step_pcap(&mut self) -> Result<Step, FileError> {
+    fn step_pcap(&mut self, batch: &mut Vec<PacketMeta>) -> Result<Step, FileError> {
         let Format::Pcap {
             parser,
             raw_link,
@@ -564,11 +594,21 @@ impl CaptureReader {
             .buf
             .get(record_start + lo..record_start + hi)
             .unwrap_or_default();
-        let res = parse_frame(link, frame, ts_ns, 0, Direction::Unknown, wire_len);
-        Ok(finish(&mut self.stats, &self.input, res, record_start))
+        batch.push(PacketMeta::zeroed());
+        let res = match batch.last_mut() {
+            Some(meta) => fill_frame(meta, link, frame, ts_ns, 0, Direction::Unknown, wire_len),
+            None => return Ok(Step::Skipped),
+        };
+        Ok(finish(
+            &mut self.stats,
+            &self.input,
+            batch,
+            res,
+            record_start,
+        ))
     }
 
-    fn step_pcapng(&mut self) -> Result<Step, FileError> {
+    fn step_pcapng(&mut self, batch: &mut Vec<PacketMeta>) -> Result<Step, FileError> {
         let Format::PcapNg { parser, interfaces } = &mut self.format else {
             return Ok(Step::End);
         };
@@ -668,24 +708,37 @@ impl CaptureReader {
             .get(block_start + lo..block_start + hi)
             .unwrap_or_default();
         let wire_len = packet.orig_len.max(frame.len() as u32);
-        let res = parse_frame(link, frame, ts_ns, packet.iface, packet.dir, wire_len);
-        Ok(finish(&mut self.stats, &self.input, res, block_start))
+        batch.push(PacketMeta::zeroed());
+        let res = match batch.last_mut() {
+            Some(meta) => fill_frame(meta, link, frame, ts_ns, packet.iface, packet.dir, wire_len),
+            None => return Ok(Step::Skipped),
+        };
+        Ok(finish(
+            &mut self.stats,
+            &self.input,
+            batch,
+            res,
+            block_start,
+        ))
     }
 }
 
-/// Counts a parsed frame and turns it into a step.
+/// Counts a parsed frame and turns it into a step; a frame that did not
+/// parse is taken off the batch again.
 fn finish(
     stats: &mut ReaderStats,
     input: &Input,
-    res: Result<PacketMeta, ParseError>,
+    batch: &mut Vec<PacketMeta>,
+    res: Result<(), ParseError>,
     unit_start: usize,
 ) -> Step {
     match res {
-        Ok(meta) => {
+        Ok(()) => {
             stats.records += 1;
-            Step::Record(meta)
+            Step::Record
         }
         Err(e) => {
+            batch.pop();
             if e.is_not_ip() {
                 stats.not_ip += 1;
             } else {
@@ -783,18 +836,17 @@ impl Iterator for CaptureReader {
     type Item = Result<PacketMeta, FileError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            match self.step() {
-                Ok(Step::Record(meta)) => return Some(Ok(meta)),
-                Ok(Step::Skipped) => {}
-                Ok(Step::End) => self.done = true,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
+        let mut one = std::mem::take(&mut self.one);
+        one.clear();
+        // With a limit of one, an error comes only when no record did.
+        let res = self.read_batch(&mut one, 1);
+        let rec = one.pop();
+        self.one = one;
+        match (rec, res) {
+            (Some(meta), _) => Some(Ok(meta)),
+            (None, Err(e)) => Some(Err(e)),
+            (None, Ok(_)) => None,
         }
-        None
     }
 }
 

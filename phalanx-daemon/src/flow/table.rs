@@ -602,7 +602,9 @@ impl FlowTable {
     /// their first packet.
     pub fn into_report(mut self) -> FlowReport {
         let mut flows = std::mem::take(&mut self.finished);
-        flows.extend(self.snapshot());
+        // Summaries straight into their final place: no second copy.
+        flows.reserve_exact(self.len());
+        flows.extend(self.iter().map(FlowSummary::of));
         flows.sort_by_key(|f| f.first_ts_ns);
         FlowReport {
             flows,
