@@ -103,10 +103,12 @@ pub fn analyze_records_with(
     finish(table, Vec::new(), rules)
 }
 
-fn finish(table: FlowTable, inputs: Vec<InputReport>, rules: &RuleEngine) -> Report {
+fn finish(mut table: FlowTable, inputs: Vec<InputReport>, rules: &RuleEngine) -> Report {
     // The capture's own clock: its last record.
     let now = table.now();
-    let rep = table.into_report();
+    let rep = table.report_all();
+    // Freeing every flow's state is not on the way to the output.
+    std::thread::spawn(move || drop(table));
     let findings = rules.evaluate(&rep.flows, now);
     Report {
         flows: rep.flows,
@@ -291,12 +293,12 @@ pub fn write_report<W: Write>(
     Ok(())
 }
 
-/// Flows encoded per block; two blocks are encoded at once, one on a
-/// second thread.
-const JSON_BLOCK: usize = 1024;
+/// Flows encoded per block: a second thread encodes every other block
+/// while this one encodes and writes the rest, in order.
+const JSON_BLOCK: usize = 512;
 
 /// The report as serde_json encodes it, with the flows (nearly all of the
-/// text) encoded directly by [`WriteJson`], a block at a time on two threads.
+/// text) encoded directly by [`WriteJson`], on two threads.
 fn write_json<W: Write>(report: &Report, out: &mut W) -> Result<(), AnalyzeError> {
     let Report {
         flows,
@@ -306,29 +308,42 @@ fn write_json<W: Write>(report: &Report, out: &mut W) -> Result<(), AnalyzeError
     } = report;
     out.write_all(b"{\"flows\":[")?;
     // Every flow is encoded with a leading comma; the first one's is dropped.
-    let encode = |flows: &[FlowSummary], buf: &mut Vec<u8>| {
+    let encode = |flows: &[FlowSummary], mut buf: Vec<u8>| {
         buf.clear();
         for f in flows {
             buf.push(b',');
-            f.write_json(buf);
+            f.write_json(&mut buf);
         }
+        buf
     };
-    let (mut first, mut second) = (Vec::new(), Vec::new());
-    let mut skip = 1;
-    for pair in flows.chunks(2 * JSON_BLOCK) {
-        let (a, b) = pair.split_at(pair.len().min(JSON_BLOCK));
-        std::thread::scope(|s| {
-            let other = (!b.is_empty()).then(|| s.spawn(|| encode(b, &mut second)));
-            encode(a, &mut first);
-            if let Some(h) = other {
-                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+    let blocks = flows.chunks(JSON_BLOCK);
+    if blocks.len() < 2 {
+        let buf = encode(flows, Vec::new());
+        out.write_all(buf.get(1..).unwrap_or_default())?;
+    } else {
+        std::thread::scope(|s| -> Result<(), AnalyzeError> {
+            let (odd_tx, odd_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+            let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
+            s.spawn(move || {
+                for block in flows.chunks(JSON_BLOCK).skip(1).step_by(2) {
+                    let buf = encode(block, spare_rx.try_recv().unwrap_or_default());
+                    if odd_tx.send(buf).is_err() {
+                        // The writer failed and stopped.
+                        return;
+                    }
+                }
+            });
+            let mut buf = Vec::new();
+            for (i, block) in flows.chunks(JSON_BLOCK).step_by(2).enumerate() {
+                buf = encode(block, buf);
+                out.write_all(buf.get(usize::from(i == 0)..).unwrap_or_default())?;
+                if let Ok(odd) = odd_rx.recv() {
+                    out.write_all(&odd)?;
+                    let _ = spare_tx.send(odd);
+                }
             }
-        });
-        out.write_all(first.get(skip..).unwrap_or_default())?;
-        skip = 0;
-        if !b.is_empty() {
-            out.write_all(&second)?;
-        }
+            Ok(())
+        })?;
     }
     out.write_all(b"],\"findings\":")?;
     serde_json::to_writer(&mut *out, findings)?;
@@ -426,7 +441,7 @@ mod tests {
     fn json_report_is_serde_json() {
         let g = synth::many_flows(&ManyFlows {
             packets: 60_000,
-            flows: 2 * JSON_BLOCK as u32 + 300,
+            flows: 5 * JSON_BLOCK as u32 + 300,
             loss: 0.01,
             timestamps: true,
             ..ManyFlows::default()
@@ -437,7 +452,7 @@ mod tests {
             error: Some("damaged".into()),
             ..Default::default()
         });
-        assert!(report.flows.len() > 2 * JSON_BLOCK);
+        assert!(report.flows.len() > 5 * JSON_BLOCK);
         let mut ours = Vec::new();
         write_report(&report, true, &mut ours).expect("encoding");
         let mut theirs = serde_json::to_vec(&report).expect("serde_json");
