@@ -270,10 +270,14 @@ pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
             eprintln!("warning: {e} (analysed the records before it)");
         }
     }
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    // Straight to the file descriptor: `Stdout` is line-buffered, and
+    // would search every large write for its last newline.
+    let stdout = std::io::stdout().lock();
+    let fd = std::os::fd::AsFd::as_fd(&stdout).try_clone_to_owned()?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::from(fd));
     write_report(&report, args.json, &mut out)?;
     out.flush()?;
+    drop(stdout);
     Ok(())
 }
 
