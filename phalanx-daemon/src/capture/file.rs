@@ -662,18 +662,29 @@ impl CaptureReader {
                 Err(e) => return Err(input.corrupt(what, e)),
             }
         }
-        let packet = match parser.next_block(avail) {
-            Ok((rest, block)) => {
-                let packet = Packet::from_block(avail, block);
-                let rest_len = rest.len();
-                input.consume_to(rest_len);
-                packet
+        let plain = if block_type == Some(ENHANCED_PACKET_BLOCK) {
+            plain_epb(avail, endianness)
+        } else {
+            None
+        };
+        let packet = if let Some((packet, len)) = plain {
+            let rest_len = avail.len() - len;
+            input.consume_to(rest_len);
+            packet
+        } else {
+            match parser.next_block(avail) {
+                Ok((rest, block)) => {
+                    let packet = Packet::from_block(avail, block);
+                    let rest_len = rest.len();
+                    input.consume_to(rest_len);
+                    packet
+                }
+                Err(PcapError::IncompleteBuffer) => {
+                    input.need_more(what)?;
+                    return Ok(Step::Skipped);
+                }
+                Err(e) => return Err(input.corrupt(what, e)),
             }
-            Err(PcapError::IncompleteBuffer) => {
-                input.need_more(what)?;
-                return Ok(Step::Skipped);
-            }
-            Err(e) => return Err(input.corrupt(what, e)),
         };
         self.stats.frames += 1;
         let Some(iface) = interfaces.get_mut(packet.iface as usize) else {
@@ -759,6 +770,30 @@ struct Packet {
     orig_len: u32,
     data: (usize, usize),
     dir: Direction,
+}
+
+/// An enhanced packet block without options, complete in `bytes` and
+/// consistent in every length (the common case, which `pcap-file` would
+/// accept and decode to the same fields), decoded without building a
+/// `Block`; returns the packet and the block's length. Anything else is
+/// left to `pcap-file`, for its checks and errors.
+fn plain_epb(bytes: &[u8], endianness: Endianness) -> Option<(Packet, usize)> {
+    let field = |at| peek_u32(bytes, at, endianness);
+    let len = field(4)? as usize;
+    let captured = field(20)? as usize;
+    let padded = captured.checked_add((4 - captured % 4) % 4)?;
+    if len != padded.checked_add(32)? || len > bytes.len() || field(len - 4)? as usize != len {
+        return None;
+    }
+    let ticks = (u64::from(field(12)?) << 32) + u64::from(field(16)?);
+    let packet = Packet {
+        iface: field(8)?,
+        ticks: Some(ticks),
+        orig_len: field(24)?,
+        data: (28, 28 + captured),
+        dir: Direction::Unknown,
+    };
+    Some((packet, len))
 }
 
 impl Packet {
@@ -856,6 +891,73 @@ impl std::iter::FusedIterator for CaptureReader {}
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The direct decoding of a plain EPB matches pcap-file's, in both
+    /// byte orders; a block with options is left to pcap-file.
+    #[test]
+    fn plain_epb_decodes_as_pcap_file_does() {
+        for endianness in [Endianness::Little, Endianness::Big] {
+            for captured in [0usize, 1, 3, 4, 61] {
+                let pad = (4 - captured % 4) % 4;
+                let len = 32 + captured + pad;
+                let mut b = Vec::new();
+                let mut put = |v: u32| match endianness {
+                    Endianness::Little => b.extend_from_slice(&v.to_le_bytes()),
+                    Endianness::Big => b.extend_from_slice(&v.to_be_bytes()),
+                };
+                for v in [
+                    ENHANCED_PACKET_BLOCK,
+                    len as u32,
+                    2,
+                    0x0001_2345,
+                    0x89ab_cdef,
+                ] {
+                    put(v);
+                }
+                put(captured as u32);
+                put(1500);
+                b.extend((0..captured).map(|i| i as u8));
+                b.extend(std::iter::repeat_n(0, pad));
+                let trailer = match endianness {
+                    Endianness::Little => (len as u32).to_le_bytes(),
+                    Endianness::Big => (len as u32).to_be_bytes(),
+                };
+                b.extend_from_slice(&trailer);
+                b.extend_from_slice(b"next");
+                let (fast, used) = plain_epb(&b, endianness).expect("plain EPB");
+                assert_eq!(used, len);
+                // A section header in the same byte order sets the parser's.
+                let u32b = |v: u32| match endianness {
+                    Endianness::Little => v.to_le_bytes(),
+                    Endianness::Big => v.to_be_bytes(),
+                };
+                let mut shb = Vec::new();
+                for v in [SECTION_HEADER_BLOCK, 28, 0x1A2B_3C4D] {
+                    shb.extend_from_slice(&u32b(v));
+                }
+                // Version 1.0: major and minor as two u16.
+                shb.extend_from_slice(&u32b(match endianness {
+                    Endianness::Little => 1,
+                    Endianness::Big => 1 << 16,
+                }));
+                shb.extend_from_slice(&[0xff; 8]); // section length unknown
+                shb.extend_from_slice(&u32b(28));
+                let (_, mut parser) = PcapNgParser::new(&shb).expect("section header");
+                let (rest, block) = parser.next_block(&b).expect("pcap-file");
+                assert_eq!(rest, b"next");
+                let slow = Packet::from_block(&b, block);
+                assert_eq!(
+                    (fast.iface, fast.ticks, fast.orig_len, fast.data, fast.dir),
+                    (slow.iface, slow.ticks, slow.orig_len, slow.data, slow.dir)
+                );
+                // Truncated, or with a wrong trailer: not decoded here.
+                assert!(plain_epb(&b[..len - 1], endianness).is_none());
+                let mut bad = b.clone();
+                bad[len - 1] ^= 0x40;
+                assert!(plain_epb(&bad, endianness).is_none());
+            }
+        }
+    }
 
     /// Drains a reader, checking that an error, if any, comes last and alone.
     fn drain(r: CaptureReader) -> (usize, Option<FileError>) {
