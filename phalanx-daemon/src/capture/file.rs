@@ -26,7 +26,7 @@ use phalanx_common::{Direction, PacketMeta};
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use super::parse::{parse_frame, LinkType, ParseError};
+use super::parse::{fill_frame, LinkType, ParseError};
 
 /// Largest pcap record or pcapng block accepted; a length field above this
 /// is treated as corruption instead of being buffered (Wireshark uses the same bound).
@@ -226,7 +226,8 @@ enum Format {
 
 /// What one step of the reader produced.
 enum Step {
-    Record(PacketMeta),
+    /// A record was appended to the batch.
+    Record,
     Skipped,
     End,
 }
@@ -363,6 +364,8 @@ pub struct CaptureReader {
     format: Format,
     stats: ReaderStats,
     done: bool,
+    /// The one-record batch behind [`Iterator::next`].
+    one: Vec<PacketMeta>,
 }
 
 impl fmt::Debug for CaptureReader {
@@ -460,6 +463,7 @@ impl CaptureReader {
             format,
             stats: ReaderStats::default(),
             done: false,
+            one: Vec::with_capacity(1),
         })
     }
 
@@ -491,17 +495,43 @@ impl CaptureReader {
         self.input.compressed
     }
 
-    fn step(&mut self) -> Result<Step, FileError> {
+    /// Appends the next records to `batch` until it holds `limit` records
+    /// or the input ends. Returns false once the input is exhausted; damage
+    /// to the file is returned once (after the records before it), and
+    /// every later call returns false. Records are decoded in place in the
+    /// batch, with no copy in between.
+    pub fn read_batch(
+        &mut self,
+        batch: &mut Vec<PacketMeta>,
+        limit: usize,
+    ) -> Result<bool, FileError> {
+        while !self.done {
+            if batch.len() >= limit {
+                return Ok(true);
+            }
+            match self.step(batch) {
+                Ok(Step::Record | Step::Skipped) => {}
+                Ok(Step::End) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn step(&mut self, batch: &mut Vec<PacketMeta>) -> Result<Step, FileError> {
         if self.input.at_end()? {
             return Ok(Step::End);
         }
         match &mut self.format {
-            Format::Pcap { .. } => self.step_pcap(),
-            Format::PcapNg { .. } => self.step_pcapng(),
+            Format::Pcap { .. } => self.step_pcap(batch),
+            Format::PcapNg { .. } => self.step_pcapng(batch),
         }
     }
 
-    fn step_pcap(&mut self) -> Result<Step, FileError> {
+    fn step_pcap(&mut self, batch: &mut Vec<PacketMeta>) -> Result<Step, FileError> {
         let Format::Pcap {
             parser,
             raw_link,
@@ -564,11 +594,21 @@ impl CaptureReader {
             .buf
             .get(record_start + lo..record_start + hi)
             .unwrap_or_default();
-        let res = parse_frame(link, frame, ts_ns, 0, Direction::Unknown, wire_len);
-        Ok(finish(&mut self.stats, &self.input, res, record_start))
+        batch.push(PacketMeta::zeroed());
+        let res = match batch.last_mut() {
+            Some(meta) => fill_frame(meta, link, frame, ts_ns, 0, Direction::Unknown, wire_len),
+            None => return Ok(Step::Skipped),
+        };
+        Ok(finish(
+            &mut self.stats,
+            &self.input,
+            batch,
+            res,
+            record_start,
+        ))
     }
 
-    fn step_pcapng(&mut self) -> Result<Step, FileError> {
+    fn step_pcapng(&mut self, batch: &mut Vec<PacketMeta>) -> Result<Step, FileError> {
         let Format::PcapNg { parser, interfaces } = &mut self.format else {
             return Ok(Step::End);
         };
@@ -622,18 +662,29 @@ impl CaptureReader {
                 Err(e) => return Err(input.corrupt(what, e)),
             }
         }
-        let packet = match parser.next_block(avail) {
-            Ok((rest, block)) => {
-                let packet = Packet::from_block(avail, block);
-                let rest_len = rest.len();
-                input.consume_to(rest_len);
-                packet
+        let plain = if block_type == Some(ENHANCED_PACKET_BLOCK) {
+            plain_epb(avail, endianness)
+        } else {
+            None
+        };
+        let packet = if let Some((packet, len)) = plain {
+            let rest_len = avail.len() - len;
+            input.consume_to(rest_len);
+            packet
+        } else {
+            match parser.next_block(avail) {
+                Ok((rest, block)) => {
+                    let packet = Packet::from_block(avail, block);
+                    let rest_len = rest.len();
+                    input.consume_to(rest_len);
+                    packet
+                }
+                Err(PcapError::IncompleteBuffer) => {
+                    input.need_more(what)?;
+                    return Ok(Step::Skipped);
+                }
+                Err(e) => return Err(input.corrupt(what, e)),
             }
-            Err(PcapError::IncompleteBuffer) => {
-                input.need_more(what)?;
-                return Ok(Step::Skipped);
-            }
-            Err(e) => return Err(input.corrupt(what, e)),
         };
         self.stats.frames += 1;
         let Some(iface) = interfaces.get_mut(packet.iface as usize) else {
@@ -668,24 +719,37 @@ impl CaptureReader {
             .get(block_start + lo..block_start + hi)
             .unwrap_or_default();
         let wire_len = packet.orig_len.max(frame.len() as u32);
-        let res = parse_frame(link, frame, ts_ns, packet.iface, packet.dir, wire_len);
-        Ok(finish(&mut self.stats, &self.input, res, block_start))
+        batch.push(PacketMeta::zeroed());
+        let res = match batch.last_mut() {
+            Some(meta) => fill_frame(meta, link, frame, ts_ns, packet.iface, packet.dir, wire_len),
+            None => return Ok(Step::Skipped),
+        };
+        Ok(finish(
+            &mut self.stats,
+            &self.input,
+            batch,
+            res,
+            block_start,
+        ))
     }
 }
 
-/// Counts a parsed frame and turns it into a step.
+/// Counts a parsed frame and turns it into a step; a frame that did not
+/// parse is taken off the batch again.
 fn finish(
     stats: &mut ReaderStats,
     input: &Input,
-    res: Result<PacketMeta, ParseError>,
+    batch: &mut Vec<PacketMeta>,
+    res: Result<(), ParseError>,
     unit_start: usize,
 ) -> Step {
     match res {
-        Ok(meta) => {
+        Ok(()) => {
             stats.records += 1;
-            Step::Record(meta)
+            Step::Record
         }
         Err(e) => {
+            batch.pop();
             if e.is_not_ip() {
                 stats.not_ip += 1;
             } else {
@@ -706,6 +770,30 @@ struct Packet {
     orig_len: u32,
     data: (usize, usize),
     dir: Direction,
+}
+
+/// An enhanced packet block without options, complete in `bytes` and
+/// consistent in every length (the common case, which `pcap-file` would
+/// accept and decode to the same fields), decoded without building a
+/// `Block`; returns the packet and the block's length. Anything else is
+/// left to `pcap-file`, for its checks and errors.
+fn plain_epb(bytes: &[u8], endianness: Endianness) -> Option<(Packet, usize)> {
+    let field = |at| peek_u32(bytes, at, endianness);
+    let len = field(4)? as usize;
+    let captured = field(20)? as usize;
+    let padded = captured.checked_add((4 - captured % 4) % 4)?;
+    if len != padded.checked_add(32)? || len > bytes.len() || field(len - 4)? as usize != len {
+        return None;
+    }
+    let ticks = (u64::from(field(12)?) << 32) + u64::from(field(16)?);
+    let packet = Packet {
+        iface: field(8)?,
+        ticks: Some(ticks),
+        orig_len: field(24)?,
+        data: (28, 28 + captured),
+        dir: Direction::Unknown,
+    };
+    Some((packet, len))
 }
 
 impl Packet {
@@ -783,18 +871,17 @@ impl Iterator for CaptureReader {
     type Item = Result<PacketMeta, FileError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        while !self.done {
-            match self.step() {
-                Ok(Step::Record(meta)) => return Some(Ok(meta)),
-                Ok(Step::Skipped) => {}
-                Ok(Step::End) => self.done = true,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
+        let mut one = std::mem::take(&mut self.one);
+        one.clear();
+        // With a limit of one, an error comes only when no record did.
+        let res = self.read_batch(&mut one, 1);
+        let rec = one.pop();
+        self.one = one;
+        match (rec, res) {
+            (Some(meta), _) => Some(Ok(meta)),
+            (None, Err(e)) => Some(Err(e)),
+            (None, Ok(_)) => None,
         }
-        None
     }
 }
 
@@ -804,6 +891,73 @@ impl std::iter::FusedIterator for CaptureReader {}
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The direct decoding of a plain EPB matches pcap-file's, in both
+    /// byte orders; a block with options is left to pcap-file.
+    #[test]
+    fn plain_epb_decodes_as_pcap_file_does() {
+        for endianness in [Endianness::Little, Endianness::Big] {
+            for captured in [0usize, 1, 3, 4, 61] {
+                let pad = (4 - captured % 4) % 4;
+                let len = 32 + captured + pad;
+                let mut b = Vec::new();
+                let mut put = |v: u32| match endianness {
+                    Endianness::Little => b.extend_from_slice(&v.to_le_bytes()),
+                    Endianness::Big => b.extend_from_slice(&v.to_be_bytes()),
+                };
+                for v in [
+                    ENHANCED_PACKET_BLOCK,
+                    len as u32,
+                    2,
+                    0x0001_2345,
+                    0x89ab_cdef,
+                ] {
+                    put(v);
+                }
+                put(captured as u32);
+                put(1500);
+                b.extend((0..captured).map(|i| i as u8));
+                b.extend(std::iter::repeat_n(0, pad));
+                let trailer = match endianness {
+                    Endianness::Little => (len as u32).to_le_bytes(),
+                    Endianness::Big => (len as u32).to_be_bytes(),
+                };
+                b.extend_from_slice(&trailer);
+                b.extend_from_slice(b"next");
+                let (fast, used) = plain_epb(&b, endianness).expect("plain EPB");
+                assert_eq!(used, len);
+                // A section header in the same byte order sets the parser's.
+                let u32b = |v: u32| match endianness {
+                    Endianness::Little => v.to_le_bytes(),
+                    Endianness::Big => v.to_be_bytes(),
+                };
+                let mut shb = Vec::new();
+                for v in [SECTION_HEADER_BLOCK, 28, 0x1A2B_3C4D] {
+                    shb.extend_from_slice(&u32b(v));
+                }
+                // Version 1.0: major and minor as two u16.
+                shb.extend_from_slice(&u32b(match endianness {
+                    Endianness::Little => 1,
+                    Endianness::Big => 1 << 16,
+                }));
+                shb.extend_from_slice(&[0xff; 8]); // section length unknown
+                shb.extend_from_slice(&u32b(28));
+                let (_, mut parser) = PcapNgParser::new(&shb).expect("section header");
+                let (rest, block) = parser.next_block(&b).expect("pcap-file");
+                assert_eq!(rest, b"next");
+                let slow = Packet::from_block(&b, block);
+                assert_eq!(
+                    (fast.iface, fast.ticks, fast.orig_len, fast.data, fast.dir),
+                    (slow.iface, slow.ticks, slow.orig_len, slow.data, slow.dir)
+                );
+                // Truncated, or with a wrong trailer: not decoded here.
+                assert!(plain_epb(&b[..len - 1], endianness).is_none());
+                let mut bad = b.clone();
+                bad[len - 1] ^= 0x40;
+                assert!(plain_epb(&bad, endianness).is_none());
+            }
+        }
+    }
 
     /// Drains a reader, checking that an error, if any, comes last and alone.
     fn drain(r: CaptureReader) -> (usize, Option<FileError>) {

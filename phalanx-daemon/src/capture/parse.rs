@@ -139,9 +139,25 @@ pub fn parse_frame(
     direction: Direction,
     wire_len: u32,
 ) -> Result<PacketMeta, ParseError> {
+    let mut meta = PacketMeta::zeroed();
+    fill_frame(&mut meta, link, frame, ts_ns, ifindex, direction, wire_len)?;
+    Ok(meta)
+}
+
+/// [`parse_frame`] into a record that is already zeroed (such as a slot
+/// of a batch), so that the record is built where it is kept. On error the
+/// record holds partial fields and is to be discarded.
+pub(crate) fn fill_frame(
+    meta: &mut PacketMeta,
+    link: LinkType,
+    frame: &[u8],
+    ts_ns: u64,
+    ifindex: u32,
+    direction: Direction,
+    wire_len: u32,
+) -> Result<(), ParseError> {
     // A zero or too small original length means "unknown": use what was captured.
     let wire_len = wire_len.max(u32::try_from(frame.len()).unwrap_or(u32::MAX));
-    let mut meta = PacketMeta::zeroed();
     meta.ts_ns = ts_ns;
     meta.ifindex = ifindex;
     meta.direction = direction as u8;
@@ -156,12 +172,12 @@ pub fn parse_frame(
         }
         LinkType::LinuxSll => {
             let (hdr, rest) = frame.split_at_checked(16).ok_or(truncated("Linux SLL"))?;
-            set_sll_direction(&mut meta, u16::from_be_bytes([hdr[0], hdr[1]]));
+            set_sll_direction(meta, u16::from_be_bytes([hdr[0], hdr[1]]));
             (u16::from_be_bytes([hdr[14], hdr[15]]), rest)
         }
         LinkType::LinuxSll2 => {
             let (hdr, rest) = frame.split_at_checked(20).ok_or(truncated("Linux SLL2"))?;
-            set_sll_direction(&mut meta, u16::from(hdr[10]));
+            set_sll_direction(meta, u16::from(hdr[10]));
             (u16::from_be_bytes([hdr[0], hdr[1]]), rest)
         }
         LinkType::RawIp => match frame.first().map(|b| b >> 4) {
@@ -197,15 +213,14 @@ pub fn parse_frame(
             (ethertype, rest)
         }
     };
-    let (ip, link_limit) = link_chain(&mut meta, ethertype, rest)?;
+    let (ip, link_limit) = link_chain(meta, ethertype, rest)?;
     // Offset of the IP header in the frame: every slice above is a prefix of a suffix.
     let ip_offset = (ip.as_ptr() as usize).saturating_sub(frame.as_ptr() as usize);
     let mut ip_len_limit = wire_len.saturating_sub(ip_offset as u32);
     if let Some(limit) = link_limit {
         ip_len_limit = ip_len_limit.min(limit);
     }
-    parse_ip(&mut meta, ip, ip_len_limit)?;
-    Ok(meta)
+    parse_ip(meta, ip, ip_len_limit)
 }
 
 fn truncated(layer: &'static str) -> ParseError {

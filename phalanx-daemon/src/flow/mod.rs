@@ -151,6 +151,7 @@
 
 pub mod config;
 pub mod jitter;
+pub mod json;
 pub mod key;
 pub mod loss;
 pub mod observe;

@@ -601,12 +601,21 @@ impl FlowTable {
     /// Every flow seen: the finished ones and the live ones, in order of
     /// their first packet.
     pub fn into_report(mut self) -> FlowReport {
+        self.report_all()
+    }
+
+    /// [`Self::into_report`] without consuming the table, so that the
+    /// caller chooses where its memory is freed. The finished flows are
+    /// handed over (as by [`Self::take_finished`]); the live ones stay.
+    pub fn report_all(&mut self) -> FlowReport {
         let mut flows = std::mem::take(&mut self.finished);
-        flows.extend(self.snapshot());
+        // Summaries straight into their final place: no second copy.
+        flows.reserve_exact(self.len());
+        flows.extend(self.iter().map(FlowSummary::of));
         flows.sort_by_key(|f| f.first_ts_ns);
         FlowReport {
             flows,
-            stats: self.stats,
+            stats: self.stats.clone(),
         }
     }
 

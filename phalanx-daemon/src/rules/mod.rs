@@ -421,9 +421,20 @@ impl RuleEngine {
 
 /// `addr:port` (IPv6 in brackets).
 pub(crate) fn endpoint(ip: IpAddr, port: u16) -> String {
-    match ip {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    Endpoint(ip, port).to_string()
+}
+
+/// An address and port that display as `addr:port` (IPv6 in brackets):
+/// formatted only when a finding's text uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint(pub IpAddr, pub u16);
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.1),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.1),
+        }
     }
 }
 
@@ -436,22 +447,22 @@ pub(crate) struct Side<'a> {
     /// The other direction's figures.
     pub peer: &'a DirReport,
     /// Sender endpoint.
-    pub from: String,
+    pub from: Endpoint,
     /// Receiver endpoint.
-    pub to: String,
+    pub to: Endpoint,
 }
 
 /// Both directions of a flow, `src_to_dst` first.
 pub(crate) fn sides(f: &FlowSummary) -> [Side<'_>; 2] {
-    let a = endpoint(f.src, f.sport);
-    let b = endpoint(f.dst, f.dport);
+    let a = Endpoint(f.src, f.sport);
+    let b = Endpoint(f.dst, f.dport);
     [
         Side {
             name: "src_to_dst",
             d: &f.src_to_dst,
             peer: &f.dst_to_src,
-            from: a.clone(),
-            to: b.clone(),
+            from: a,
+            to: b,
         },
         Side {
             name: "dst_to_src",
