@@ -13,15 +13,14 @@
 
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::Write as _,
+    net::SocketAddr,
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use phalanx_daemon::export::kpi::RTT_BUCKETS;
-use phalanx_lab::{http_get, privileged, Proc, Routed};
+use phalanx_lab::{http_get, privileged, upload, Proc, Routed};
 
 const BYTES: usize = 4 * 1024 * 1024;
 const API: &str = "127.0.0.1:19770";
@@ -169,7 +168,15 @@ fn prometheus_scrapes_flow_kpis_that_match_the_capture() {
         .server
         .tcpdump(Routed::IF, &["tcp", "port", port_s.as_str()], &pcap)
         .expect("tcpdump");
-    let received = transfer(&lab, server, port);
+    let received = upload(
+        &lab.client,
+        &lab.server,
+        SocketAddr::from((server, port)),
+        BYTES,
+        None,
+    )
+    .expect("upload")
+    .received;
     assert_eq!(received, BYTES, "the transfer completes");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(dump.stop().expect("tcpdump report"), 0, "capture complete");
@@ -354,54 +361,4 @@ fn get_ok(lab: &Routed) -> bool {
     lab.server
         .run(move || http_get(addr, "/healthz").is_ok())
         .unwrap_or(false)
-}
-
-/// Client -> server bulk transfer of [`BYTES`]; returns what the server read.
-fn transfer(lab: &Routed, server: std::net::Ipv4Addr, port: u16) -> usize {
-    std::thread::scope(|s| {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let srv = s.spawn(|| {
-            lab.server
-                .run(move || {
-                    let l = TcpListener::bind(SocketAddr::from((server, port))).expect("bind");
-                    ready_tx.send(()).expect("ready");
-                    let (mut c, _) = l.accept().expect("accept");
-                    c.set_read_timeout(Some(Duration::from_secs(20)))
-                        .expect("timeout");
-                    let mut n = 0usize;
-                    let mut buf = vec![0u8; 65536];
-                    loop {
-                        match c.read(&mut buf).expect("read") {
-                            0 => break n,
-                            k => n += k,
-                        }
-                    }
-                })
-                .expect("server namespace")
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(5))
-            .expect("server listening");
-        lab.client
-            .run(move || {
-                let mut c = TcpStream::connect_timeout(
-                    &SocketAddr::from((server, port)),
-                    Duration::from_secs(5),
-                )
-                .expect("connect");
-                c.set_write_timeout(Some(Duration::from_secs(20)))
-                    .expect("timeout");
-                let chunk = vec![0x5au8; 65536];
-                let mut left = BYTES;
-                while left > 0 {
-                    let k = left.min(chunk.len());
-                    c.write_all(&chunk[..k]).expect("send");
-                    left -= k;
-                }
-                c.shutdown(std::net::Shutdown::Write).expect("shutdown");
-                let _ = c.read(&mut [0u8; 1]);
-            })
-            .expect("client namespace");
-        srv.join().expect("server thread")
-    })
 }

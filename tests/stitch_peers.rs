@@ -26,7 +26,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::Stdio,
     sync::{
@@ -37,7 +37,7 @@ use std::{
 };
 
 use phalanx_daemon::stitch::live::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use phalanx_lab::{http_get, metric, privileged, Netns, Proc, Routed};
+use phalanx_lab::{http_get, metric, privileged, upload, Netns, Proc, Routed};
 
 /// Bytes sent client -> server: ~11,600 segments, ~230 drops at 2 %.
 const BYTES: usize = 16 << 20;
@@ -184,70 +184,6 @@ fn start_daemon(
     proc
 }
 
-/// Caps the socket's sending rate (TCP pacing): unpaced, the sender
-/// outruns the veth backlog and re-sends data that was never lost.
-fn pace(s: &TcpStream, bytes_per_sec: u32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on an open socket with a correctly sized u32 value.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MAX_PACING_RATE,
-            (&bytes_per_sec as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "SO_MAX_PACING_RATE: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
-/// Client -> server transfer of [`BYTES`]; returns (client port, bytes read).
-fn transfer(lab: &Routed, port: u16) -> (u16, usize) {
-    let addr = SocketAddr::V4(SocketAddrV4::new(lab.server_v4(), port));
-    let listener = lab
-        .server
-        .run(move || TcpListener::bind(addr))
-        .expect("server namespace")
-        .expect("bind server");
-    let server = std::thread::spawn(move || -> std::io::Result<usize> {
-        let (mut s, _) = listener.accept()?;
-        s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut n = 0;
-        loop {
-            match s.read(&mut buf)? {
-                0 => return Ok(n),
-                k => n += k,
-            }
-        }
-    });
-    let mut c = lab
-        .client
-        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-        .expect("client namespace")
-        .expect("connect");
-    let cport = c.local_addr().expect("local address").port();
-    c.set_write_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    c.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    pace(&c, PACING_BYTES_PER_SEC);
-    let chunk = vec![0x5au8; 1 << 16];
-    for _ in 0..BYTES / chunk.len() {
-        c.write_all(&chunk).expect("upload");
-    }
-    c.shutdown(Shutdown::Write).expect("FIN");
-    let mut rest = Vec::new();
-    c.read_to_end(&mut rest).expect("server's FIN");
-    let got = server.join().expect("server thread").expect("server reads");
-    (cport, got)
-}
-
 /// `N` and `M` of "N of M lost packets dropped between hop A and hop B ...".
 fn n_of_m(sentence: &str) -> Option<(u64, u64)> {
     let mut w = sentence.split_whitespace();
@@ -362,7 +298,15 @@ fn peers_localize_router_drops_in_the_incident() {
     );
 
     let t0 = Instant::now();
-    let (cport, got) = transfer(&lab, port);
+    let up = upload(
+        &lab.client,
+        &lab.server,
+        SocketAddr::from((lab.server_v4(), port)),
+        BYTES,
+        Some(PACING_BYTES_PER_SEC),
+    )
+    .expect("upload");
+    let (cport, got) = (up.client_port, up.received);
     let took = t0.elapsed();
     assert_eq!(got, BYTES, "the transfer completes despite the drops");
     let dropped = lab.router.dropped().expect("nft counter");

@@ -12,8 +12,7 @@
 
 use std::{
     collections::HashSet,
-    io::{Read, Write},
-    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -23,7 +22,7 @@ use phalanx_daemon::{
     capture::file,
     flow::{FlowConfig, FlowSummary},
 };
-use phalanx_lab::{privileged, sh, unique, Netns};
+use phalanx_lab::{privileged, sh, unique, upload, Netns};
 
 const PORT: u16 = 5201;
 /// Bytes sent client -> server: ~11,600 segments, ~230 drops at 2%.
@@ -122,70 +121,6 @@ impl Routed {
     }
 }
 
-/// Client -> server transfer of `BYTES`; returns the bytes the server read.
-fn transfer(lab: &Routed) -> usize {
-    let addr = SocketAddr::V4(SocketAddrV4::new(SERVER, PORT));
-    let listener = lab
-        .server
-        .run(move || TcpListener::bind(addr))
-        .expect("server netns")
-        .expect("bind server");
-    let server = std::thread::spawn(move || -> std::io::Result<usize> {
-        let (mut s, _) = listener.accept()?;
-        s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        let mut buf = vec![0u8; 1 << 16];
-        let mut n = 0;
-        loop {
-            match s.read(&mut buf)? {
-                0 => return Ok(n),
-                k => n += k,
-            }
-        }
-    });
-    let mut c = lab
-        .client
-        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
-        .expect("client netns")
-        .expect("connect");
-    c.set_write_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    c.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    pace(&c, PACING_BYTES_PER_SEC);
-    let chunk = vec![0x5au8; 1 << 16];
-    for _ in 0..BYTES / chunk.len() {
-        c.write_all(&chunk).expect("upload");
-    }
-    c.shutdown(Shutdown::Write).expect("FIN");
-    let mut rest = Vec::new();
-    c.read_to_end(&mut rest).expect("server's FIN");
-    server.join().expect("server thread").expect("server reads")
-}
-
-/// Caps the socket's sending rate (TCP's own pacing, no qdisc needed).
-/// Unpaced, a sender on veth outruns the receive backlog; ACKs then queue
-/// long enough for RACK to re-send data that was never lost, and the drop
-/// counter would no longer be the truth for the retransmissions.
-fn pace(s: &TcpStream, bytes_per_sec: u32) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: setsockopt on an open socket with a correctly sized u32 value.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_MAX_PACING_RATE,
-            (&bytes_per_sec as *const u32).cast(),
-            std::mem::size_of::<u32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "SO_MAX_PACING_RATE: {}",
-        std::io::Error::last_os_error()
-    );
-}
-
 /// The transmissions of data segments client -> server in a capture, keyed
 /// by (IP id, sequence): the same key at both points is the same packet.
 fn data_transmissions(pcap: &Path) -> Vec<(u32, u32)> {
@@ -282,7 +217,15 @@ fn retransmissions_match_router_drops_at_sender_and_receiver() {
         .expect("server tcpdump");
 
     let t0 = Instant::now();
-    let got = transfer(&lab);
+    let got = upload(
+        &lab.client,
+        &lab.server,
+        SocketAddr::from((SERVER, PORT)),
+        BYTES,
+        Some(PACING_BYTES_PER_SEC),
+    )
+    .expect("upload")
+    .received;
     let took = t0.elapsed();
     assert_eq!(got, BYTES, "server received everything");
     // Let the last ACKs and FINs reach the capture files.

@@ -590,3 +590,97 @@ impl Routed {
         Ok(())
     }
 }
+
+/// What [`upload`] measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upload {
+    /// The client's port.
+    pub client_port: u16,
+    /// Bytes the server read before the client's FIN.
+    pub received: usize,
+}
+
+/// Caps a socket's sending rate (TCP's own pacing, no qdisc needed).
+/// Unpaced, a sender on veth outruns the receive backlog; ACKs then queue
+/// long enough for RACK to re-send data that was never lost, and a drop
+/// counter would no longer be the truth for the retransmissions.
+pub fn pace(s: &TcpStream, bytes_per_sec: u32) -> Result<(), LabError> {
+    // SAFETY: setsockopt on an open socket with a correctly sized u32 value.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            (&bytes_per_sec as *const u32).cast(),
+            std::mem::size_of::<u32>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(LabError::Io(
+            "SO_MAX_PACING_RATE".into(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// A bulk upload of `bytes` from a client in `client` to a server it
+/// starts in `server` on `addr`, optionally paced; ends with both FINs, so
+/// a capture holds the whole connection. Every step is bounded by timeouts.
+pub fn upload(
+    client: &Netns,
+    server: &Netns,
+    addr: SocketAddr,
+    bytes: usize,
+    pace_bytes_per_sec: Option<u32>,
+) -> Result<Upload, LabError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| LabError::Io(what, e)
+    };
+    let listener = server
+        .run(move || std::net::TcpListener::bind(addr))?
+        .map_err(io("bind server"))?;
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0;
+        loop {
+            match s.read(&mut buf)? {
+                0 => return Ok(n),
+                k => n += k,
+            }
+        }
+    });
+    let mut c = client
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))?
+        .map_err(io("connect"))?;
+    let client_port = c.local_addr().map_err(io("local address"))?.port();
+    c.set_write_timeout(Some(Duration::from_secs(20)))
+        .map_err(io("timeout"))?;
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(io("timeout"))?;
+    if let Some(rate) = pace_bytes_per_sec {
+        pace(&c, rate)?;
+    }
+    let chunk = vec![0x5au8; 1 << 16];
+    let mut left = bytes;
+    while left > 0 {
+        let k = left.min(chunk.len());
+        c.write_all(&chunk[..k]).map_err(io("upload"))?;
+        left -= k;
+    }
+    c.shutdown(std::net::Shutdown::Write).map_err(io("FIN"))?;
+    // The server's FIN, so the close is captured too.
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).map_err(io("server's FIN"))?;
+    let received = reader
+        .join()
+        .map_err(|_| LabError::Io("server thread".into(), std::io::Error::other("panicked")))?
+        .map_err(io("server reads"))?;
+    Ok(Upload {
+        client_port,
+        received,
+    })
+}
