@@ -4,71 +4,18 @@
 //! deliver nothing. Needs root; skips without it, except under CI=true.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener},
-    sync::{mpsc, Arc, Mutex},
+    net::SocketAddr,
+    sync::{mpsc, Mutex},
     time::{Duration, Instant},
 };
 
-use phalanx_lab::{http_get, privileged, scenario::Scenario, Proc};
+use phalanx_lab::{http_get, privileged, scenario::Scenario, Proc, WebhookReceiver};
 
 /// Scenarios run one at a time: each loads programs and drives real traffic.
 static SERIAL: Mutex<()> = Mutex::new(());
 const API: &str = "127.0.0.1:19760";
 const HOOK_PORT: u16 = 19761;
 const WITHIN: Duration = Duration::from_secs(15);
-
-/// Accepts webhook POSTs inside the watch namespace and forwards each body.
-fn receiver(s: &Scenario, tx: mpsc::Sender<String>) -> Arc<Mutex<bool>> {
-    let stop = Arc::new(Mutex::new(false));
-    let listener = s
-        .watch()
-        .ns
-        .run(|| TcpListener::bind(("127.0.0.1", HOOK_PORT)))
-        .expect("namespace")
-        .expect("bind webhook receiver");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let stopped = stop.clone();
-    std::thread::spawn(move || loop {
-        if *stopped.lock().unwrap_or_else(|p| p.into_inner()) {
-            return;
-        }
-        let Ok((mut c, _)) = listener.accept() else {
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
-        };
-        let _ = c.set_nonblocking(false);
-        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut req = Vec::new();
-        let mut buf = [0u8; 65536];
-        // Headers, then Content-Length bytes of body.
-        let body = loop {
-            match c.read(&mut buf) {
-                Ok(0) | Err(_) => break None,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-            let Some(p) = req.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            let head = String::from_utf8_lossy(&req[..p]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            if req.len() >= p + 4 + len {
-                break Some(String::from_utf8_lossy(&req[p + 4..p + 4 + len]).to_string());
-            }
-        };
-        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        if let Some(b) = body {
-            let _ = tx.send(b);
-        }
-    });
-    stop
-}
 
 /// Runs `name` and returns the alert names delivered within [`WITHIN`] of the traffic start.
 fn delivered(name: &str) -> Vec<String> {
@@ -87,7 +34,7 @@ fn delivered(name: &str) -> Vec<String> {
     )
     .expect("config");
     let (tx, rx) = mpsc::channel();
-    let stop = receiver(&s, tx);
+    let receiver = WebhookReceiver::start(s.watch().ns, HOOK_PORT, tx).expect("webhook receiver");
     let watch = s.watch();
     let mut cmd = watch.ns.command(env!("CARGO_BIN_EXE_phalanx"));
     cmd.arg("run").arg("--config").arg(&cfg);
@@ -127,7 +74,7 @@ fn delivered(name: &str) -> Vec<String> {
         }
         (t.join().expect("traffic"), names)
     });
-    *stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    drop(receiver);
     let out = daemon.stop(Duration::from_secs(10)).expect("daemon output");
     assert!(out.status.success(), "{name}: clean daemon exit");
     let (traffic, names) = traffic;

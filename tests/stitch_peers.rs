@@ -26,18 +26,15 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::Path,
     process::Stdio,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
-    },
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
 use phalanx_daemon::stitch::live::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use phalanx_lab::{http_get, metric, privileged, upload, Netns, Proc, Routed};
+use phalanx_lab::{http_get, metric, privileged, upload, Netns, Proc, Routed, WebhookReceiver};
 
 /// Bytes sent client -> server: ~11,600 segments, ~230 drops at 2 %.
 const BYTES: usize = 16 << 20;
@@ -86,53 +83,6 @@ fn http(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     Ok((code, String::from_utf8_lossy(&raw[split..]).to_string()))
-}
-
-/// Accepts webhook POSTs on 127.0.0.1:[`HOOK_PORT`] inside `ns` and
-/// forwards each body; stops when `stop` is set.
-fn webhook_receiver(ns: &Netns, tx: mpsc::Sender<String>, stop: Arc<AtomicBool>) {
-    let listener = ns
-        .run(|| TcpListener::bind(("127.0.0.1", HOOK_PORT)))
-        .expect("client namespace")
-        .expect("bind webhook receiver");
-    listener.set_nonblocking(true).expect("nonblocking");
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((mut c, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            let _ = c.set_nonblocking(false);
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut req = Vec::new();
-            let mut buf = [0u8; 65536];
-            let body = loop {
-                match c.read(&mut buf) {
-                    Ok(0) | Err(_) => break None,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-                let Some(p) = req.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&req[..p]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                if req.len() >= p + 4 + len {
-                    break Some(String::from_utf8_lossy(&req[p + 4..p + 4 + len]).to_string());
-                }
-            };
-            let _ =
-                c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            if let Some(b) = body {
-                let _ = tx.send(b);
-            }
-        }
-    });
 }
 
 /// Starts `phalanx run` in `ns` on `eth0`, API on `me:9740`, `peer` as its
@@ -219,8 +169,7 @@ fn peers_localize_router_drops_in_the_incident() {
         .expect("nft drop rule");
     let dir = tempfile::tempdir().expect("tempdir");
     let (tx, rx) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    webhook_receiver(&lab.client, tx, stop.clone());
+    let receiver = WebhookReceiver::start(&lab.client, HOOK_PORT, tx).expect("webhook receiver");
     let cd = start_daemon(&lab.client, dir.path(), "client", client, server, true);
     let sd = start_daemon(&lab.server, dir.path(), "server", server, client, false);
     let (c_api, s_api) = (
@@ -352,7 +301,7 @@ fn peers_localize_router_drops_in_the_incident() {
         }
     }
     let notified = t0.elapsed();
-    stop.store(true, Ordering::Relaxed);
+    drop(receiver);
     let on_demand = |a: Ipv4Addr, ap: u16, b: Ipv4Addr, bp: u16| {
         let req = format!(r#"{{"flow":"{a}:{ap} -> {b}:{bp}"}}"#).into_bytes();
         lab.client

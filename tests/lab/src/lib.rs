@@ -684,3 +684,74 @@ pub fn upload(
         received,
     })
 }
+
+/// A webhook receiver on 127.0.0.1:`port` inside a namespace: answers every
+/// POST with 200 and forwards its body to the channel; stops when dropped.
+#[derive(Debug)]
+pub struct WebhookReceiver {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl WebhookReceiver {
+    /// Binds inside `ns` and serves on a thread.
+    pub fn start(ns: &Netns, port: u16, tx: mpsc::Sender<String>) -> Result<Self, LabError> {
+        let listener = ns
+            .run(move || std::net::TcpListener::bind(("127.0.0.1", port)))?
+            .map_err(|e| LabError::Io("bind webhook receiver".into(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| LabError::Io("nonblocking".into(), e))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut c, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let body = read_request_body(&mut c);
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                if let Some(b) = body {
+                    let _ = tx.send(b);
+                }
+            }
+        });
+        Ok(Self { stop })
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The body of one HTTP/1.1 request (headers, then Content-Length bytes).
+fn read_request_body(c: &mut TcpStream) -> Option<String> {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+        let Some(p) = req.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&req[..p]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        if req.len() >= p + 4 + len {
+            return Some(String::from_utf8_lossy(&req[p + 4..p + 4 + len]).to_string());
+        }
+    }
+}
