@@ -17,8 +17,56 @@ const API: &str = "127.0.0.1:19760";
 const HOOK_PORT: u16 = 19761;
 const WITHIN: Duration = Duration::from_secs(15);
 
-/// Runs `name` and returns the alert names delivered within [`WITHIN`] of the traffic start.
-fn delivered(name: &str) -> Vec<String> {
+/// What a scenario run delivered, with the daemon's own view for failure messages.
+struct Run {
+    /// Alert names delivered within [`WITHIN`] of the traffic start.
+    names: Vec<String>,
+    /// Traffic, the daemon's counters, worst flows, incidents and log.
+    report: String,
+}
+
+/// The daemon's view at the end of a run: the counters of capture, ring,
+/// rules and delivery, the worst flows and the incident list.
+fn daemon_view(ns: &phalanx_lab::Netns, api: SocketAddr) -> String {
+    let mut out = String::new();
+    for path in [
+        "/metrics",
+        "/api/v1/flows?sort=retransmissions&limit=4",
+        "/api/v1/incidents",
+    ] {
+        let body = ns
+            .run(move || http_get(api, path))
+            .ok()
+            .and_then(Result::ok)
+            .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|| "(no answer)".into());
+        let body = if path == "/metrics" {
+            body.lines()
+                .filter(|l| {
+                    !l.starts_with('#')
+                        && [
+                            "phalanx_kernel_",
+                            "phalanx_ring",
+                            "phalanx_records",
+                            "phalanx_incidents",
+                            "phalanx_webhook",
+                            "phalanx_flows_",
+                        ]
+                        .iter()
+                        .any(|p| l.starts_with(p))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            body.chars().take(6000).collect()
+        };
+        out.push_str(&format!("--- {path}\n{body}\n"));
+    }
+    out
+}
+
+/// Runs `name` and returns what was delivered within [`WITHIN`] of the traffic start.
+fn delivered(name: &str) -> Run {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scenario::new(name).expect("scenario");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -41,10 +89,12 @@ fn delivered(name: &str) -> Vec<String> {
     for i in &watch.interfaces {
         cmd.args(["--iface", i]);
     }
+    let log_path = dir.path().join("daemon.log");
+    let log = std::fs::File::create(&log_path).expect("daemon log");
     let daemon = Proc::new(
-        cmd.env("PHALANX_LOG", "warn")
+        cmd.env("PHALANX_LOG", "info")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn phalanx"),
     );
@@ -67,32 +117,44 @@ fn delivered(name: &str) -> Vec<String> {
                 let v: serde_json::Value = serde_json::from_str(&body).expect("webhook JSON");
                 for a in v["alerts"].as_array().into_iter().flatten() {
                     if a["status"] == "firing" {
-                        names.push(a["labels"]["alertname"].as_str().unwrap_or("?").to_string());
+                        let n = a["labels"]["alertname"].as_str().unwrap_or("?");
+                        eprintln!("{name}: {n} at {:.1} s", start.elapsed().as_secs_f64());
+                        names.push(n.to_string());
                     }
                 }
             }
         }
         (t.join().expect("traffic"), names)
     });
+    let view = daemon_view(watch.ns, api);
     drop(receiver);
     let out = daemon.stop(Duration::from_secs(10)).expect("daemon output");
-    assert!(out.status.success(), "{name}: clean daemon exit");
-    let (traffic, names) = traffic;
-    eprintln!(
-        "{name}: traffic {:?}; delivered {names:?}",
-        traffic.expect("traffic driver")
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log_tail: Vec<&str> = log.lines().rev().take(40).collect();
+    let log_tail = log_tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+    assert!(
+        out.status.success(),
+        "{name}: clean daemon exit\n--- log\n{log_tail}"
     );
-    names
+    let (traffic, names) = traffic;
+    let traffic = traffic.expect("traffic driver");
+    eprintln!("{name}: traffic {traffic:?}; delivered {names:?}");
+    Run {
+        names,
+        report: format!("traffic {traffic:?}\n{view}--- log\n{log_tail}"),
+    }
 }
 
 fn expect_fault(name: &str, rule: &str) {
     if !privileged(name) {
         return;
     }
-    let names = delivered(name);
+    let run = delivered(name);
     assert!(
-        names.iter().any(|n| n == rule),
-        "{name}: {rule} delivered within 15 s, got {names:?}"
+        run.names.iter().any(|n| n == rule),
+        "{name}: {rule} delivered within 15 s, got {:?}\n{}",
+        run.names,
+        run.report
     );
 }
 
@@ -101,10 +163,12 @@ fn healthy_fires_nothing() {
     if !privileged("healthy_fires_nothing") {
         return;
     }
+    let run = delivered("healthy");
     assert_eq!(
-        delivered("healthy"),
+        run.names,
         Vec::<String>::new(),
-        "healthy: no incident"
+        "healthy: no incident\n{}",
+        run.report
     );
 }
 

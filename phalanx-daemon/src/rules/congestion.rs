@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::config::CongestionConfig;
-use super::{endpoint, r3, Finding, FindingFlow, Severity};
+use super::{endpoint, r3, Finding, FindingFlow, Ms, Severity, Times};
 use crate::flow::FlowSummary;
 
 pub(super) fn check(c: &CongestionConfig, f: &FlowSummary, out: &mut Vec<Finding>) {
@@ -41,13 +41,13 @@ pub(super) fn check(c: &CongestionConfig, f: &FlowSummary, out: &mut Vec<Finding
         severity: Severity::Warning,
         flow: FindingFlow::of(f),
         summary: format!(
-            "The RTT of {} <-> {} rose to {:.1} ms ({}), {:.1} times its {:.1} ms baseline, with {} retransmissions and {} ECN congestion marks: a queue on the path is filling up.",
+            "The RTT of {} <-> {} rose to {} ({}), {} times its {} baseline, with {} retransmissions and {} ECN congestion marks: a queue on the path is filling up.",
             endpoint(f.src, f.sport),
             endpoint(f.dst, f.dport),
-            rtt,
+            Ms(rtt),
             which,
-            factor,
-            min,
+            Times(factor),
+            Ms(min),
             loss,
             f.ce_packets,
         ),

@@ -479,6 +479,34 @@ pub(crate) fn secs(from_ns: u64, to_ns: u64) -> f64 {
     to_ns.saturating_sub(from_ns) as f64 / 1e9
 }
 
+/// Milliseconds for a sentence, with the decimals their size needs: a
+/// 0.008 ms baseline on a LAN must not read "0.0 ms".
+pub(crate) struct Ms(pub f64);
+
+impl fmt::Display for Ms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        match v.abs() {
+            a if a >= 10.0 => write!(f, "{v:.1} ms"),
+            a if a >= 1.0 => write!(f, "{v:.2} ms"),
+            _ => write!(f, "{v:.3} ms"),
+        }
+    }
+}
+
+/// A ratio for a sentence: one decimal while small, whole above 100.
+pub(crate) struct Times(pub f64);
+
+impl fmt::Display for Times {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 >= 100.0 {
+            write!(f, "{:.0}", self.0)
+        } else {
+            write!(f, "{:.1}", self.0)
+        }
+    }
+}
+
 /// A number rounded to 3 decimals (evidence values in ms or s).
 pub(crate) fn r3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0

@@ -657,3 +657,13 @@ fn custom_rule_errors_name_rule_and_column() {
         "built-in names are reserved"
     );
 }
+
+#[test]
+fn sentences_keep_small_times_readable() {
+    use super::{Ms, Times};
+    assert_eq!(Ms(0.008).to_string(), "0.008 ms");
+    assert_eq!(Ms(2.345).to_string(), "2.35 ms");
+    assert_eq!(Ms(71.739).to_string(), "71.7 ms");
+    assert_eq!(Times(4.96).to_string(), "5.0");
+    assert_eq!(Times(8967.375).to_string(), "8967");
+}
