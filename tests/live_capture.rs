@@ -195,6 +195,61 @@ fn flow_records(recs: &[PacketMeta], port: u16) -> Vec<PacketMeta> {
         .collect()
 }
 
+/// The fields a record takes from the packet's headers (not the capture
+/// point's own: time, interface, direction, GSO shape), for comparing the
+/// kernel parser with the file parser on the same packets.
+#[allow(clippy::type_complexity)]
+fn header_fields(
+    r: &PacketMeta,
+) -> (
+    (u8, u8, u8, [u8; 16], [u8; 16], u32, u16, u8, u8, u8),
+    (u16, u16, u32, u32, u8, u16, u32),
+    (
+        u8,
+        u16,
+        u8,
+        u32,
+        u32,
+        u8,
+        [u32; 2 * phalanx_common::MAX_SACK_BLOCKS],
+    ),
+    (u8, u16, u16),
+) {
+    (
+        (
+            r.kind,
+            r.ip_version,
+            r.l4_proto,
+            r.src_addr,
+            r.dst_addr,
+            r.ip_id,
+            r.ip_len,
+            r.ttl,
+            r.tos,
+            r.ip_flags,
+        ),
+        (
+            r.sport,
+            r.dport,
+            r.seq,
+            r.ack,
+            r.tcp_flags,
+            r.window,
+            r.payload_len,
+        ),
+        (
+            r.tcp_opts,
+            r.mss,
+            r.wscale,
+            r.tsval,
+            r.tsecr,
+            r.sack_count,
+            r.sack,
+        ),
+        (r.vlan_count, r.outer_vlan, r.inner_vlan),
+    )
+}
+
 /// Payload bytes per direction (client->server, server->client) counted from records.
 fn payload_by_direction(recs: &[PacketMeta], server_port: u16) -> (u64, u64) {
     let mut up = 0;
@@ -277,6 +332,24 @@ fn records_match_the_wire(mode: AttachMode) {
         (UP as u64, DOWN as u64),
         "{mode}: payload bytes per direction"
     );
+    // Field by field, the kernel's records are the file parser's records of
+    // tcpdump's copy of the same packets.
+    let mut kernel: Vec<_> = recs.iter().map(header_fields).collect();
+    let mut file: Vec<_> = phalanx_daemon::capture::file::open(&pcap)
+        .expect("open tcpdump's capture")
+        .map(|r| r.expect("tcpdump's capture reads cleanly"))
+        .filter(|r| r.kind == RecordKind::Tcp as u8 && (r.sport == 9000 || r.dport == 9000))
+        .map(|r| header_fields(&r))
+        .collect();
+    kernel.sort();
+    file.sort();
+    for (k, f) in kernel.iter().zip(&file) {
+        assert_eq!(
+            k, f,
+            "{mode}: kernel record vs file parser on tcpdump's packet"
+        );
+    }
+    assert_eq!(kernel.len(), file.len());
     // GSO super-packets carry the kernel's segment size: every segment but
     // the last is that long.
     let gso: Vec<&PacketMeta> = recs.iter().filter(|r| r.segs > 1).collect();

@@ -21,6 +21,7 @@ use crate::daemon::{Daemon, Options};
 
 mod accuracy;
 mod engine;
+mod kernel;
 mod offline;
 mod ring;
 mod sender;
@@ -116,7 +117,32 @@ struct Iperf {
     cpu_s: f64,
 }
 
-fn iperf_tcp(lab: &TwoHosts, secs: u32) -> Result<Iperf> {
+/// CPU layout of the live runs. With 2 or more CPUs the iperf3 client and
+/// server share CPU 0 (the veth path, its softirq work and our kernel
+/// programs run there too) and the capture process gets CPU 1, as a
+/// capture daemon has its own core on a production host. Unpinned, four
+/// busy tasks on two cores make the scheduler the largest variable.
+#[derive(Clone, Copy)]
+struct Layout {
+    pinned: bool,
+}
+
+impl Layout {
+    fn detect() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self { pinned: cpus >= 2 }
+    }
+
+    /// Pins every thread of the capture process to CPU 1.
+    fn pin_capture(self, pid: u32) -> Result<()> {
+        if self.pinned {
+            sh(&["taskset", "-a", "-p", "-c", "1", &pid.to_string()])?;
+        }
+        Ok(())
+    }
+}
+
+fn iperf_tcp(lab: &TwoHosts, secs: u32, layout: Layout) -> Result<Iperf> {
     let server = lab.v4(2).to_string();
     let _srv = Proc::new(
         lab.b
@@ -128,9 +154,13 @@ fn iperf_tcp(lab: &TwoHosts, secs: u32) -> Result<Iperf> {
     );
     std::thread::sleep(Duration::from_millis(300));
     let cpu0 = cpu_busy_s();
-    let out = lab
-        .a
-        .exec(&["iperf3", "-c", &server, "-t", &secs.to_string(), "-J"])?;
+    let secs = secs.to_string();
+    let mut args = vec!["iperf3", "-c", &server, "-t", &secs, "-J"];
+    if layout.pinned {
+        // Client affinity, server affinity: both on CPU 0.
+        args.extend(["-A", "0,0"]);
+    }
+    let out = lab.a.exec(&args)?;
     let cpu = cpu_busy_s() - cpu0;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
     let r = &v["end"]["sum_received"];
@@ -192,6 +222,7 @@ fn live_run(
     phalanx: &Path,
     setup: &str,
     secs: u32,
+    layout: Layout,
     kernel_ns: &mut Vec<(String, f64)>,
     notes: &mut String,
 ) -> Result<LiveRun> {
@@ -227,9 +258,12 @@ fn live_run(
         .as_ref()
         .map(Daemon::pid)
         .or(dump.as_ref().map(Proc::id));
+    if let Some(pid) = capture_pid {
+        layout.pin_capture(pid)?;
+    }
     let before = prog_stats()?;
     let cap0 = capture_pid.map_or(0.0, proc_cpu_s);
-    let r = iperf_tcp(lab, secs)?;
+    let r = iperf_tcp(lab, secs, layout)?;
     let cap = capture_pid.map_or(0.0, proc_cpu_s) - cap0;
     if let Some(d) = daemon {
         for (name, t1, c1) in prog_stats()? {
@@ -289,7 +323,17 @@ fn better(
 /// all of them), plus kernel ns per packet.
 fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) -> Result<()> {
     let lab = TwoHosts::new("bl").context("lab")?;
-    let (secs, rounds) = if quick { (2, 2) } else { (4, 5) };
+    let (secs, rounds) = if quick { (2, 2) } else { (3, 9) };
+    let layout = Layout::detect();
+    writeln!(
+        notes,
+        "- live runs: {}",
+        if layout.pinned {
+            "iperf3 client and server pinned to CPU 0 (with the veth path and our kernel programs), the capture process (daemon or tcpdump) to CPU 1"
+        } else {
+            "one CPU: nothing pinned"
+        }
+    )?;
     let _ = sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"]);
     let mut runs: Vec<Vec<LiveRun>> = vec![Vec::new(); SETUPS.len()];
     let mut kernel_ns: Vec<(String, f64)> = Vec::new();
@@ -297,7 +341,15 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
     'rounds: for round in 0..rounds {
         for k in 0..SETUPS.len() {
             let i = (k + round) % SETUPS.len();
-            match live_run(&lab, phalanx, SETUPS[i], secs, &mut kernel_ns, notes) {
+            match live_run(
+                &lab,
+                phalanx,
+                SETUPS[i],
+                secs,
+                layout,
+                &mut kernel_ns,
+                notes,
+            ) {
                 Ok(r) => runs[i].push(r),
                 Err(e) => {
                     result = Err(e);
@@ -441,6 +493,9 @@ pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
     let mut notes = String::new();
     if wanted("live") {
         live(&phalanx, quick, &mut rows, &mut notes)?;
+    }
+    if wanted("kernel") {
+        kernel::kernel(&phalanx, quick, &mut rows, &mut notes)?;
     }
     if wanted("ring") {
         ring::ring(&phalanx, quick, &mut rows, &mut notes)?;

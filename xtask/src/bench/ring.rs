@@ -14,10 +14,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use phalanx_lab::{metric, sh, TwoHosts};
 
-use super::{sender, start_daemon, Row};
+use super::{
+    kernel::{prog_id, TestRun},
+    sender, start_daemon, Row,
+};
 
 /// Sender threads: one alone cannot keep a core's receive path busy, since
 /// each frame costs it a socket send as well.
@@ -281,109 +284,6 @@ fn prog_run(id: &str, frame: &str, repeat: u64) -> Result<()> {
         &repeat.to_string(),
     ])?;
     Ok(())
-}
-
-/// The daemon's loaded program, run from this process with
-/// BPF_PROG_TEST_RUN: small chunks paced precisely, where each
-/// `bpftool prog run` would cost a process start.
-struct TestRun {
-    fd: libc::c_int,
-    frame: Vec<u8>,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-
-/// `union bpf_attr` for BPF_PROG_TEST_RUN (the fields up to `batch_size`).
-#[repr(C, align(8))]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-impl TestRun {
-    fn open(id: u64, frame: &[u8]) -> Result<Self> {
-        // `union bpf_attr` for BPF_PROG_GET_FD_BY_ID: prog_id, next_id, open_flags.
-        let mut attr = [0u32; 4];
-        attr[0] = u32::try_from(id).context("program id")?;
-        // SAFETY: attr is a valid, zero-padded bpf_attr of the size passed.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_GET_FD_BY_ID,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if fd < 0 {
-            bail!(
-                "BPF_PROG_GET_FD_BY_ID {id}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        Ok(Self {
-            fd: fd as libc::c_int,
-            frame: frame.to_vec(),
-        })
-    }
-
-    fn run(&self, repeat: u32) -> Result<()> {
-        let mut attr = TestRunAttr {
-            prog_fd: self.fd as u32,
-            data_size_in: self.frame.len() as u32,
-            data_in: self.frame.as_ptr() as u64,
-            repeat,
-            ..TestRunAttr::default()
-        };
-        // SAFETY: attr points at a valid bpf_attr; data_in outlives the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestRunAttr,
-                std::mem::size_of::<TestRunAttr>(),
-            )
-        };
-        if r < 0 {
-            bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for TestRun {
-    fn drop(&mut self) {
-        // SAFETY: closing the descriptor this value owns.
-        unsafe { libc::close(self.fd) };
-    }
-}
-
-/// Id of the newest loaded program called `name`.
-fn prog_id(name: &str) -> Result<u64> {
-    let out = sh(&["bpftool", "-j", "prog", "show"])?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"].as_str() == Some(name))
-        .filter_map(|p| p["id"].as_u64())
-        .max()
-        .with_context(|| format!("no loaded program {name}"))
 }
 
 fn syn_file(dir: &Path) -> Result<String> {
