@@ -28,7 +28,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ),
     (
         "congestion",
-        "a 20 Mbit/s tbf bottleneck towards the client with a 200 ms queue, shared by 4 bulk downloads",
+        "a 20 Mbit/s tbf bottleneck towards the client with a 200 ms queue, shared by 4 bulk CUBIC downloads",
     ),
     ("asymmetric", "client->server via router r1, server->client via router r2 (100 Mbit/s); the daemon watches r1"),
     ("syn-blackhole", "the router drops every SYN to the server's port"),
@@ -49,6 +49,8 @@ pub struct Scenario {
     pub body_bytes: usize,
     /// Pause between a client's downloads (none: back to back).
     pub pause: Duration,
+    /// TCP congestion control of the server's sockets (None: the host's default).
+    pub congestion_control: Option<&'static str>,
 }
 
 /// Where the daemon of a scenario watches: namespace and interfaces.
@@ -96,6 +98,7 @@ impl Scenario {
             parallel: 2,
             body_bytes: 2 << 20,
             pause: Duration::ZERO,
+            congestion_control: None,
         };
         let client = s.net.client_v4().to_string();
         let server = s.net.server_v4().to_string();
@@ -136,6 +139,11 @@ impl Scenario {
                     "latency",
                     "200ms",
                 ])?;
+                // Loss-based congestion control, whatever the host's default
+                // (often BBR, which keeps queues short by design): the
+                // downloads fill the queue until it overflows, the classic
+                // congestion this scenario reproduces.
+                s.congestion_control = Some("cubic");
                 s.parallel = 4;
                 s.body_bytes = 4 << 20;
             }
@@ -264,6 +272,9 @@ impl Scenario {
         listener
             .set_nonblocking(true)
             .map_err(|e| LabError::Io("listener".into(), e))?;
+        if let Some(cc) = self.congestion_control {
+            set_congestion_control(&listener, cc)?;
+        }
         let server_stop = stop.clone();
         let server = std::thread::spawn(move || serve(listener, body, &server_stop));
         let deadline = Instant::now() + duration;
@@ -346,6 +357,28 @@ fn download(addr: SocketAddr, deadline: Instant) -> std::io::Result<usize> {
         }
     }
     Ok(body.unwrap_or(0))
+}
+
+/// Sets TCP_CONGESTION on a listener; the connections it accepts inherit it.
+fn set_congestion_control(listener: &TcpListener, name: &str) -> Result<(), LabError> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket and a buffer of the length passed.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(LabError::Io(
+            format!("TCP_CONGESTION {name}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
 }
 
 fn serve(listener: TcpListener, body_bytes: usize, stop: &AtomicBool) {

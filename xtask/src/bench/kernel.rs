@@ -172,9 +172,9 @@ fn time_program(id: u64, frame: &[u8], chunks: usize) -> Result<f64> {
     Ok(super::median(ns))
 }
 
-/// Kernel cost rows: every program on every frame, with a scope filter that
-/// lets the packets through (a record each) and one that does not (parse
-/// and filter only).
+/// Kernel cost rows: every program on every frame, with no scope filter (a
+/// record each) and, in the full run, with a filter the frames miss (parse
+/// and filter lookups, no record).
 pub(crate) fn kernel(
     phalanx: &Path,
     quick: bool,
@@ -195,7 +195,12 @@ pub(crate) fn kernel(
             ("tcx", &["phalanx_tc_ingress", "phalanx_tc_egress"][..]),
             ("xdp", &["phalanx_xdp"][..]),
         ] {
-            for (scope, config) in [("in scope", None), ("out of scope", Some(&out_of_scope))] {
+            let scopes: &[(&str, Option<&std::path::PathBuf>)] = if quick {
+                &[("in scope", None)]
+            } else {
+                &[("in scope", None), ("out of scope", Some(&out_of_scope))]
+            };
+            for &(scope, config) in scopes {
                 let daemon = start_daemon(&lab, phalanx, mode, config.map(|p| p.as_path()))?;
                 for &prog in programs {
                     let id = prog_id(prog)?;

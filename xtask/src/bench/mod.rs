@@ -59,9 +59,12 @@ fn cpu_busy_s() -> f64 {
         .skip(1)
         .filter_map(|x| x.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal
+    // user nice system idle iowait irq softirq steal guest guest_nice:
+    // time stolen by the hypervisor is not ours, guest time is already in
+    // user.
     let busy: u64 = v
         .iter()
+        .take(7)
         .enumerate()
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, x)| x)
@@ -298,32 +301,60 @@ fn live_run(
     })
 }
 
-/// Verdict of "a better than b" given both samples' spreads: a difference
-/// inside the larger spread is noise, not a result.
-fn better(
-    a: f64,
-    b: f64,
-    noise: f64,
-    higher_is_better: bool,
-) -> (Option<bool>, Option<&'static str>) {
-    let diff = if higher_is_better {
-        a / b - 1.0
-    } else {
-        b / a - 1.0
+/// 95 % bootstrap interval of median(a) / median(b): both samples
+/// resampled with replacement, a fixed seed so a rerun on the same figures
+/// prints the same interval.
+fn ratio_interval(a: &[f64], b: &[f64]) -> (f64, f64) {
+    const RESAMPLES: usize = 4000;
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        // xorshift64*: plenty for picking indices.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
     };
-    if diff.abs() <= noise {
-        (None, Some("within noise"))
+    let mut ratios = Vec::with_capacity(RESAMPLES);
+    for _ in 0..RESAMPLES {
+        let ra: Vec<f64> = (0..a.len()).map(|_| a[next(a.len())]).collect();
+        let rb: Vec<f64> = (0..b.len()).map(|_| b[next(b.len())]).collect();
+        let mb = median(rb);
+        if mb > 0.0 {
+            ratios.push(median(ra) / mb);
+        }
+    }
+    ratios.sort_by(|x, y| x.total_cmp(y));
+    if ratios.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let at = |q: f64| ratios[((ratios.len() - 1) as f64 * q).round() as usize];
+    (at(0.025), at(0.975))
+}
+
+/// Verdict of "ratio ≥ 1 is better" (or ≤ 1 when `higher_is_better` is
+/// false) from its interval: decided only when the whole interval is on
+/// one side.
+fn verdict((lo, hi): (f64, f64), higher_is_better: bool) -> (Option<bool>, Option<&'static str>) {
+    let (good, bad) = if higher_is_better {
+        (lo > 1.0, hi < 1.0)
     } else {
-        (Some(diff > 0.0), None)
+        (hi < 1.0, lo > 1.0)
+    };
+    match (good, bad) {
+        (true, _) => (Some(true), None),
+        (_, true) => (Some(false), None),
+        _ => (None, Some("within noise")),
     }
 }
 
 /// Live overhead rows: none / tcx / xdp / tcpdump in interleaved rounds
 /// (each round in a rotated order, so drift on a shared machine spreads over
-/// all of them), plus kernel ns per packet.
+/// all of them), plus kernel ns per packet. Comparisons carry a 95 %
+/// bootstrap interval; a goal is met or missed only when the whole interval
+/// says so.
 fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) -> Result<()> {
     let lab = TwoHosts::new("bl").context("lab")?;
-    let (secs, rounds) = if quick { (2, 2) } else { (3, 9) };
+    let (secs, rounds) = if quick { (2, 2) } else { (3, 13) };
     let layout = Layout::detect();
     writeln!(
         notes,
@@ -360,87 +391,108 @@ fn live(phalanx: &Path, quick: bool, rows: &mut Vec<Row>, notes: &mut String) ->
     }
     let _ = sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"]);
     result?;
-    let summary: Vec<_> = runs
+    let gbps: Vec<Vec<f64>> = runs
         .iter()
-        .map(|v| {
-            let g = stats(&v.iter().map(|r| r.gbps).collect::<Vec<_>>());
-            let c = stats(&v.iter().map(|r| r.cpu_per_gb).collect::<Vec<_>>());
-            let p = stats(&v.iter().map(|r| r.capture_per_gb).collect::<Vec<_>>());
-            (g, c, p)
-        })
+        .map(|v| v.iter().map(|r| r.gbps).collect())
         .collect();
-    for (setup, (g, c, p)) in SETUPS.iter().zip(&summary) {
+    let cpu: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|v| v.iter().map(|r| r.cpu_per_gb).collect())
+        .collect();
+    let capture: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|v| v.iter().map(|r| r.capture_per_gb).collect())
+        .collect();
+    for (i, setup) in SETUPS.iter().enumerate() {
+        let (g, gs) = stats(&gbps[i]);
+        let (c, cs) = stats(&cpu[i]);
         writeln!(
             notes,
-            "- {setup}: {rounds} runs of {secs} s, median {:.2} Gbit/s (spread {:.0} %), machine CPU {:.3} s/GB (spread {:.0} %), capture process {:.4} s/GB",
-            g.0,
-            100.0 * g.1,
-            c.0,
-            100.0 * c.1,
-            p.0
+            "- {setup}: {rounds} runs of {secs} s, median {g:.2} Gbit/s (spread {:.0} %), machine CPU {c:.3} s/GB (spread {:.0} %), capture process {:.4} s/GB",
+            100.0 * gs,
+            100.0 * cs,
+            median(capture[i].clone()),
         )?;
     }
-    let base = summary[0];
+    let pct = |x: f64| 100.0 * (x - 1.0);
+    let base_g = median(gbps[0].clone());
+    let base_c = median(cpu[0].clone());
     for (i, setup) in SETUPS.iter().enumerate().skip(1) {
-        let (g, c, _) = summary[i];
-        let cost = 100.0 * (1.0 - g.0 / base.0 .0);
-        let cpu_ratio = c.0 / base.1 .0;
         let tcx = *setup == "tcx";
+        let g = median(gbps[i].clone());
+        let c = median(cpu[i].clone());
+        // Cost = 1 - throughput ratio; within 5 % when the ratio is above 0.95.
+        let (lo, hi) = ratio_interval(&gbps[i], &gbps[0]);
+        let (pass, verdict_cost) = verdict((lo / 0.95, hi / 0.95), true);
         rows.push(Row {
-            figure: format!("iperf3 over veth, {setup}: throughput (median, spread)"),
-            phalanx: format!("{:.2} Gbit/s (±{:.0} %)", g.0, 50.0 * g.1),
-            peer: format!(
-                "{:.2} Gbit/s (±{:.0} %) no program",
-                base.0 .0,
-                50.0 * base.0 .1
+            figure: format!(
+                "iperf3 over veth, {setup}: throughput (median, 95 % interval of the cost)"
             ),
-            ratio: format!("{cost:+.1} % cost"),
+            phalanx: format!("{g:.2} Gbit/s"),
+            peer: format!("{base_g:.2} Gbit/s no program"),
+            ratio: format!(
+                "{:+.1} % cost ({:+.1} … {:+.1})",
+                -pct(g / base_g),
+                -pct(hi),
+                -pct(lo)
+            ),
             goal: if tcx { "≤ 5 % cost" } else { "-" }.into(),
-            // A cost over the goal by less than the runs' own spread is
-            // not a measured failure: more rounds (full mode) decide.
-            pass: (tcx && (cost <= 5.0 || cost > 5.0 + 100.0 * g.1.max(base.0 .1)))
-                .then_some(cost <= 5.0),
-            verdict: (tcx && cost > 5.0 && cost <= 5.0 + 100.0 * g.1.max(base.0 .1))
-                .then_some("within noise"),
+            pass: pass.filter(|_| tcx),
+            verdict: verdict_cost.filter(|_| tcx),
         });
+        let (lo, hi) = ratio_interval(&cpu[i], &cpu[0]);
+        let (pass, verdict_cpu) = verdict((lo / 1.5, hi / 1.5), false);
         rows.push(Row {
-            figure: format!("iperf3 over veth, {setup}: machine CPU per GB"),
-            phalanx: format!("{:.3} s/GB", c.0),
-            peer: format!("{:.3} s/GB no program", base.1 .0),
-            ratio: format!("{cpu_ratio:.2}×"),
+            figure: format!("iperf3 over veth, {setup}: machine CPU per GB (95 % interval)"),
+            phalanx: format!("{c:.3} s/GB"),
+            peer: format!("{base_c:.3} s/GB no program"),
+            ratio: format!("{:.2}× ({lo:.2} … {hi:.2})", c / base_c),
             goal: if tcx { "≤ 1.5× no program" } else { "-" }.into(),
-            pass: tcx.then_some(cpu_ratio <= 1.5),
-            verdict: None,
+            pass: pass.filter(|_| tcx),
+            verdict: verdict_cpu.filter(|_| tcx),
         });
     }
-    let (t, d) = (summary[1], summary[3]);
-    let (pass, verdict) = better(t.0 .0, d.0 .0, t.0 .1.max(d.0 .1), true);
+    let (t, d) = (1, 3);
+    let interval = ratio_interval(&gbps[t], &gbps[d]);
+    let (pass, v) = verdict(interval, true);
     rows.push(Row {
-        figure: "tcx vs tcpdump -s 128: throughput".into(),
-        phalanx: format!("{:.2} Gbit/s", t.0 .0),
-        peer: format!("{:.2} Gbit/s (tcpdump)", d.0 .0),
-        ratio: format!("{:.2}×", t.0 .0 / d.0 .0),
+        figure: "tcx vs tcpdump -s 128: throughput (95 % interval)".into(),
+        phalanx: format!("{:.2} Gbit/s", median(gbps[t].clone())),
+        peer: format!("{:.2} Gbit/s (tcpdump)", median(gbps[d].clone())),
+        ratio: format!(
+            "{:.3}× ({:.3} … {:.3})",
+            median(gbps[t].clone()) / median(gbps[d].clone()),
+            interval.0,
+            interval.1
+        ),
         goal: "better than tcpdump".into(),
         pass,
-        verdict,
+        verdict: v,
     });
-    let (pass, verdict) = better(t.1 .0, d.1 .0, t.1 .1.max(d.1 .1), false);
+    let interval = ratio_interval(&cpu[t], &cpu[d]);
+    let (pass, v) = verdict(interval, false);
     rows.push(Row {
-        figure: "tcx vs tcpdump -s 128: machine CPU per GB".into(),
-        phalanx: format!("{:.3} s/GB", t.1 .0),
-        peer: format!("{:.3} s/GB (tcpdump)", d.1 .0),
-        ratio: format!("{:.2}×", t.1 .0 / d.1 .0),
+        figure: "tcx vs tcpdump -s 128: machine CPU per GB (95 % interval)".into(),
+        phalanx: format!("{:.3} s/GB", median(cpu[t].clone())),
+        peer: format!("{:.3} s/GB (tcpdump)", median(cpu[d].clone())),
+        ratio: format!(
+            "{:.3}× ({:.3} … {:.3})",
+            median(cpu[t].clone()) / median(cpu[d].clone()),
+            interval.0,
+            interval.1
+        ),
         goal: "better than tcpdump".into(),
         pass,
-        verdict,
+        verdict: v,
     });
     // Part of the machine figure above, shown apart: the daemon analyses
     // every record, tcpdump -w /dev/null only copies them.
+    let (tp, dp) = (median(capture[t].clone()), median(capture[d].clone()));
     rows.push(Row {
         figure: "tcx vs tcpdump -s 128: capture process CPU per GB (daemon vs tcpdump), part of the machine figure".into(),
-        phalanx: format!("{:.4} s/GB", t.2 .0),
-        peer: format!("{:.4} s/GB (tcpdump)", d.2 .0),
-        ratio: format!("{:.2}×", t.2 .0 / d.2 .0.max(1e-9)),
+        phalanx: format!("{tp:.4} s/GB"),
+        peer: format!("{dp:.4} s/GB (tcpdump)"),
+        ratio: format!("{:.2}×", tp / dp.max(1e-9)),
         goal: "-".into(),
         pass: None,
         verdict: None,
@@ -542,4 +594,24 @@ pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
         std::fs::write(root.join("bench/RESULTS.md"), doc)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ratio_interval, verdict};
+
+    #[test]
+    fn intervals_decide_only_clear_differences() {
+        let a = [10.0, 10.4, 9.8, 10.1, 10.3, 9.9, 10.2];
+        let b = [8.0, 8.3, 7.9, 8.1, 8.2, 7.8, 8.4];
+        let (lo, hi) = ratio_interval(&a, &b);
+        assert!(lo > 1.15 && hi < 1.35, "{lo} {hi}");
+        assert_eq!(verdict((lo, hi), true), (Some(true), None));
+        assert_eq!(verdict((lo, hi), false), (Some(false), None));
+        // Overlapping samples: no verdict.
+        let c = [10.1, 9.7, 10.5, 9.9, 10.2, 10.0, 9.8];
+        let (lo, hi) = ratio_interval(&a, &c);
+        assert!(lo < 1.0 && hi > 1.0, "{lo} {hi}");
+        assert_eq!(verdict((lo, hi), true), (None, Some("within noise")));
+    }
 }
