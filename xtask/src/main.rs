@@ -41,7 +41,7 @@ enum Cmd {
         /// Short runs for CI smoke tests (under 3 minutes).
         #[arg(long)]
         quick: bool,
-        /// Run only these sections (live, kernel, ring, offline, engine, stitch, accuracy);
+        /// Run only these sections (live, profile, kernel, ring, offline, engine, stitch, accuracy);
         /// the table is printed but bench/RESULTS.md is left alone.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

@@ -22,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "iperf3",
     "tcptrace",
+    "linux-perf",
     "time",
     "prometheus",
     "prometheus-alertmanager",

@@ -23,6 +23,7 @@ mod accuracy;
 mod engine;
 mod kernel;
 mod offline;
+mod profile;
 mod ring;
 mod sender;
 mod stitch;
@@ -539,31 +540,35 @@ pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
     let started = Instant::now();
     let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     crate::setup::build_release()?;
+    if wanted("stitch") {
+        stitch::build()?;
+    }
     let build_s = started.elapsed().as_secs_f64();
     let phalanx: PathBuf = crate::demo::release_binary();
     let mut rows = Vec::new();
     let mut notes = String::new();
-    if wanted("live") {
-        live(&phalanx, quick, &mut rows, &mut notes)?;
+    type Section = fn(&Path, bool, &mut Vec<Row>, &mut String) -> Result<()>;
+    let sections: [(&str, Section); 8] = [
+        ("live", live),
+        ("profile", profile::profile),
+        ("kernel", kernel::kernel),
+        ("ring", ring::ring),
+        ("offline", offline::offline),
+        ("engine", |_, quick, rows, notes| {
+            engine::engine(quick, rows, notes)
+        }),
+        ("stitch", |_, _, rows, notes| stitch::stitch(rows, notes)),
+        ("accuracy", accuracy::accuracy),
+    ];
+    let mut took = Vec::new();
+    for (name, section) in sections {
+        if wanted(name) {
+            let t = Instant::now();
+            section(&phalanx, quick, &mut rows, &mut notes)?;
+            took.push(format!("{name} {:.0} s", t.elapsed().as_secs_f64()));
+        }
     }
-    if wanted("kernel") {
-        kernel::kernel(&phalanx, quick, &mut rows, &mut notes)?;
-    }
-    if wanted("ring") {
-        ring::ring(&phalanx, quick, &mut rows, &mut notes)?;
-    }
-    if wanted("offline") {
-        offline::offline(&phalanx, quick, &mut rows, &mut notes)?;
-    }
-    if wanted("engine") {
-        engine::engine(quick, &mut rows, &mut notes)?;
-    }
-    if wanted("stitch") {
-        stitch::stitch(&mut rows, &mut notes)?;
-    }
-    if wanted("accuracy") {
-        accuracy::accuracy(&phalanx, quick, &mut rows, &mut notes)?;
-    }
+    writeln!(notes, "- time per section: {}", took.join(", "))?;
 
     let mut table = String::new();
     writeln!(table, "| figure | Phalanx | peer | ratio | goal | pass |")?;

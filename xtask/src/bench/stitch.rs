@@ -30,6 +30,31 @@ fn parse(line: &str) -> Option<(u32, u64, f64, f64)> {
     ))
 }
 
+/// Builds the release test binary ahead, so its compile time is not
+/// counted as benchmark time.
+pub(crate) fn build() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(crate::demo::workspace_root())
+        .args([
+            "test",
+            "--release",
+            "--no-run",
+            "--quiet",
+            "-p",
+            "phalanx-daemon",
+            "--test",
+            "stitch",
+        ])
+        .stdin(Stdio::null())
+        .status()
+        .context("building the stitch throughput measurement")?;
+    if !status.success() {
+        bail!("building the stitch test binary failed with {status}");
+    }
+    Ok(())
+}
+
 pub(crate) fn stitch(rows: &mut Vec<Row>, notes: &mut String) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
