@@ -120,9 +120,10 @@ pub(crate) fn accuracy(
             continue;
         };
         let kernel = samples.iter().sum::<f64>() / samples.len() as f64;
+        let p50 = f["rtt"]["p50_ms"].as_f64().unwrap_or(f64::NAN);
         diffs_ms.push(avg - kernel);
         diffs_pct.push(100.0 * (avg - kernel) / kernel);
-        pairs.push((avg, kernel));
+        pairs.push((avg, kernel, p50));
         writeln!(
             notes,
             "- RTT of port {sport}: daemon mean {avg:.2} ms (p50 {:.2}, {} samples), ss -ti srtt mean {kernel:.2} ms ({} polls)",
@@ -144,12 +145,21 @@ pub(crate) fn accuracy(
     } else {
         Row {
             figure: "RTT at an endpoint vs kernel srtt (ss -ti), tbf 200 Mbit/s queue".into(),
-            phalanx: format!("{:.2} ms", median(pairs.iter().map(|p| p.0).collect())),
+            phalanx: format!(
+                "mean {:.2} ms, median {:.2} ms",
+                median(pairs.iter().map(|p| p.0).collect()),
+                median(pairs.iter().map(|p| p.2).collect())
+            ),
             peer: format!(
                 "{:.2} ms (ss -ti)",
                 median(pairs.iter().map(|p| p.1).collect())
             ),
-            ratio: format!("{:+.2} ms ({:+.1} %)", median(diffs_ms), median(diffs_pct)),
+            ratio: format!(
+                "mean {:+.2} ms ({:+.1} %), median {:+.1} %",
+                median(diffs_ms),
+                median(diffs_pct),
+                median(pairs.iter().map(|p| 100.0 * (p.2 - p.1) / p.1).collect())
+            ),
             goal: "-".into(),
             pass: None,
             verdict: None,
