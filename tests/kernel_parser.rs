@@ -426,3 +426,101 @@ fn non_ip_frames_are_counted_not_recorded() {
         );
     }
 }
+
+/// An IPv4 TCP frame as Linux sends it: `options` as given (NOP, NOP,
+/// timestamps first), `payload` bytes of data, `trailer` bytes after the IP
+/// packet (Ethernet padding), flags and the MF bit as given.
+fn linux_segment(options: &[u8], payload: usize, trailer: usize, flags: u8, mf: bool) -> Vec<u8> {
+    let doff = u8::try_from(5 + options.len() / 4).expect("data offset");
+    let mut f = eth_ipv4_tcp(5, doff, options, None);
+    f.resize(f.len() + payload, 0x5a);
+    let total = u16::try_from(f.len() - 14).expect("IP length");
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    if mf {
+        f[20] |= 0x20;
+    }
+    f[14 + 20 + 13] = flags;
+    f.resize(f.len() + trailer, 0);
+    f
+}
+
+#[test]
+fn linux_option_layouts_agree() {
+    if !privileged("linux_option_layouts_agree") {
+        return;
+    }
+    let (mut cap, mut ring) = load();
+    let ts = [1, 1, 8, 10, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
+    let sack = |blocks: u8| {
+        let mut o = ts.to_vec();
+        o.extend_from_slice(&[1, 1, 5, 2 + 8 * blocks]);
+        for b in 0..u32::from(blocks) {
+            o.extend_from_slice(&(0x1000 * (b + 1)).to_be_bytes());
+            o.extend_from_slice(&(0x1000 * (b + 1) + 0x800).to_be_bytes());
+        }
+        o
+    };
+    let ack = tcp_flags::ACK;
+    let psh = tcp_flags::ACK | tcp_flags::PSH;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("ACK with timestamps", linux_segment(&ts, 0, 0, ack, false)),
+        (
+            "data with timestamps",
+            linux_segment(&ts, 1448, 0, psh, false),
+        ),
+        (
+            "data with timestamps, first fragment",
+            linux_segment(&ts, 500, 0, psh, true),
+        ),
+        (
+            "data without options",
+            linux_segment(&[], 100, 0, psh, false),
+        ),
+        (
+            "ACK without options, Ethernet padding",
+            linux_segment(&[], 0, 6, ack, false),
+        ),
+        (
+            "ACK with timestamps, trailer past the IP packet",
+            linux_segment(&ts, 0, 10, ack, false),
+        ),
+        (
+            "ACK with timestamps and 1 SACK block",
+            linux_segment(&sack(1), 0, 0, ack, false),
+        ),
+        (
+            "ACK with timestamps and 3 SACK blocks",
+            linux_segment(&sack(3), 0, 0, ack, false),
+        ),
+        (
+            "timestamps not first",
+            linux_segment(&[8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1], 0, 0, ack, false),
+        ),
+    ];
+    for (what, frame) in &cases {
+        let user = parse_frame(
+            LinkType::Ethernet,
+            frame,
+            0,
+            0,
+            Direction::Unknown,
+            frame.len() as u32,
+        )
+        .expect("user parser accepts the frame");
+        assert_eq!(user.kind, RecordKind::Tcp as u8, "{what}: a TCP record");
+        for prog in ALL {
+            let (recs, delta) = run(&mut cap, &mut ring, prog, frame);
+            assert_eq!(
+                delta[Counter::ParseError as usize],
+                0,
+                "{what} ({prog:?}): no parse error"
+            );
+            assert_eq!(recs.len(), 1, "{what} ({prog:?}): one record");
+            assert_eq!(
+                comparable(recs[0]),
+                comparable(user),
+                "{what} ({prog:?}): kernel vs user record"
+            );
+        }
+    }
+}
