@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use phalanx_lab::{Proc, TwoHosts};
 
-use super::{median, start_daemon, Row};
+use super::{iperf_server, median, start_daemon, Row};
 
 /// Per local port: the `rtt:` values (ms) of `ss -tin` lines towards `server`.
 fn poll_ss(lab: &TwoHosts, server: &str, into: &mut HashMap<u16, Vec<f64>>) -> Result<()> {
@@ -62,15 +62,7 @@ pub(crate) fn accuracy(
     ])?;
     let server = lab.v4(2).to_string();
     let daemon = start_daemon(&lab, phalanx, "tcx", None)?;
-    let _srv = Proc::new(
-        lab.b
-            .command("iperf3")
-            .args(["-s", "-1", "-B", &server])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let _srv = iperf_server(&lab)?;
     let client = Proc::new(
         lab.a
             .command("timeout")

@@ -146,9 +146,10 @@ impl Layout {
     }
 }
 
-fn iperf_tcp(lab: &TwoHosts, secs: u32, layout: Layout) -> Result<Iperf> {
+/// A one-shot iperf3 server on host b (address 2), ready to accept.
+fn iperf_server(lab: &TwoHosts) -> Result<Proc> {
     let server = lab.v4(2).to_string();
-    let _srv = Proc::new(
+    let p = Proc::new(
         lab.b
             .command("iperf3")
             .args(["-s", "-1", "-B", &server])
@@ -157,6 +158,73 @@ fn iperf_tcp(lab: &TwoHosts, secs: u32, layout: Layout) -> Result<Iperf> {
             .spawn()?,
     );
     std::thread::sleep(Duration::from_millis(300));
+    Ok(p)
+}
+
+/// The capture under test on host a's interface: a Phalanx daemon (tcx or
+/// xdp), tcpdump, or nothing ("none"); pinned per `layout`.
+struct CaptureUnderTest<'a> {
+    daemon: Option<Daemon<'a>>,
+    dump: Option<Proc>,
+}
+
+impl<'a> CaptureUnderTest<'a> {
+    fn start(lab: &'a TwoHosts, phalanx: &Path, setup: &str, layout: Layout) -> Result<Self> {
+        let daemon = match setup {
+            "tcx" | "xdp" => Some(start_daemon(lab, phalanx, setup, None)?),
+            _ => None,
+        };
+        let dump = if setup == "tcpdump" {
+            let p = lab
+                .a
+                .command("tcpdump")
+                .args([
+                    "-Z",
+                    "root",
+                    "-i",
+                    &lab.a_if,
+                    "-s",
+                    "128",
+                    "-w",
+                    "/dev/null",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map(Proc::new)?;
+            std::thread::sleep(Duration::from_millis(500));
+            Some(p)
+        } else {
+            None
+        };
+        let c = Self { daemon, dump };
+        if let Some(pid) = c.pid() {
+            layout.pin_capture(pid)?;
+        }
+        Ok(c)
+    }
+
+    /// Pid of the capture process (`ip netns exec` execs the tool, so the
+    /// child's pid is the tool's).
+    fn pid(&self) -> Option<u32> {
+        self.daemon
+            .as_ref()
+            .map(Daemon::pid)
+            .or(self.dump.as_ref().map(Proc::id))
+    }
+
+    /// Stops the capture (the daemon detaches its programs).
+    fn stop(self) {
+        if let Some(d) = self.daemon {
+            d.stop();
+        }
+        drop(self.dump);
+    }
+}
+
+fn iperf_tcp(lab: &TwoHosts, secs: u32, layout: Layout) -> Result<Iperf> {
+    let server = lab.v4(2).to_string();
+    let _srv = iperf_server(lab)?;
     let cpu0 = cpu_busy_s();
     let secs = secs.to_string();
     let mut args = vec!["iperf3", "-c", &server, "-t", &secs, "-J"];
@@ -230,46 +298,13 @@ fn live_run(
     kernel_ns: &mut Vec<(String, f64)>,
     notes: &mut String,
 ) -> Result<LiveRun> {
-    let daemon = match setup {
-        "tcx" | "xdp" => Some(start_daemon(lab, phalanx, setup, None)?),
-        _ => None,
-    };
-    let dump = if setup == "tcpdump" {
-        let p = lab
-            .a
-            .command("tcpdump")
-            .args([
-                "-Z",
-                "root",
-                "-i",
-                &lab.a_if,
-                "-s",
-                "128",
-                "-w",
-                "/dev/null",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(Proc::new)?;
-        std::thread::sleep(Duration::from_millis(500));
-        Some(p)
-    } else {
-        None
-    };
-    // `ip netns exec` execs the program, so the child's pid is the tool's.
-    let capture_pid = daemon
-        .as_ref()
-        .map(Daemon::pid)
-        .or(dump.as_ref().map(Proc::id));
-    if let Some(pid) = capture_pid {
-        layout.pin_capture(pid)?;
-    }
+    let capture = CaptureUnderTest::start(lab, phalanx, setup, layout)?;
+    let capture_pid = capture.pid();
     let before = prog_stats()?;
     let cap0 = capture_pid.map_or(0.0, proc_cpu_s);
     let r = iperf_tcp(lab, secs, layout)?;
     let cap = capture_pid.map_or(0.0, proc_cpu_s) - cap0;
-    if let Some(d) = daemon {
+    if let Some(d) = &capture.daemon {
         for (name, t1, c1) in prog_stats()? {
             let (t0, c0) = before
                 .iter()
@@ -291,9 +326,8 @@ fn live_run(
             r.gbps,
             metric(&m, "phalanx_capture_records_decoded_total")
         )?;
-        d.stop();
     }
-    drop(dump);
+    capture.stop();
     let gb = (r.bytes / 1e9).max(1e-9);
     Ok(LiveRun {
         gbps: r.gbps,

@@ -10,7 +10,7 @@ use std::{fmt::Write as _, path::Path, process::Stdio, time::Duration};
 use anyhow::{Context as _, Result};
 use phalanx_lab::{sh, Proc, TwoHosts};
 
-use super::{start_daemon, Layout, Row};
+use super::{iperf_server, CaptureUnderTest, Layout, Row};
 
 /// Kernel functions only Phalanx's capture runs: its programs and the
 /// helpers they call. Shared ones (the TSC read behind the clock helper)
@@ -83,50 +83,9 @@ fn profiled_run(
     layout: Layout,
     dir: &Path,
 ) -> Result<(f64, f64)> {
-    let daemon = match setup {
-        "tcx" | "xdp" => Some(start_daemon(lab, phalanx, setup, None)?),
-        _ => None,
-    };
-    let dump = if setup == "tcpdump" {
-        let p = lab
-            .a
-            .command("tcpdump")
-            .args([
-                "-Z",
-                "root",
-                "-i",
-                &lab.a_if,
-                "-s",
-                "128",
-                "-w",
-                "/dev/null",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map(Proc::new)?;
-        std::thread::sleep(Duration::from_millis(500));
-        Some(p)
-    } else {
-        None
-    };
-    if let Some(pid) = daemon
-        .as_ref()
-        .map(crate::daemon::Daemon::pid)
-        .or(dump.as_ref().map(Proc::id))
-    {
-        layout.pin_capture(pid)?;
-    }
+    let capture = CaptureUnderTest::start(lab, phalanx, setup, layout)?;
     let server = lab.v4(2).to_string();
-    let _srv = Proc::new(
-        lab.b
-            .command("iperf3")
-            .args(["-s", "-1", "-B", &server])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let _srv = iperf_server(lab)?;
     let total = (secs + 2).to_string();
     let client = Proc::new(
         lab.a
@@ -153,10 +112,7 @@ fn profiled_run(
         &secs.to_string(),
     ])?;
     drop(client.stop(Duration::from_secs(5)));
-    if let Some(d) = daemon {
-        d.stop();
-    }
-    drop(dump);
+    capture.stop();
     let s = shares(&data)?;
     // Adding 0.0 turns the empty sum (-0.0) into 0.0.
     let sum =
