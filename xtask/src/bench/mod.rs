@@ -572,15 +572,6 @@ fn machine() -> String {
 
 pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
     let started = Instant::now();
-    let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
-    crate::setup::build_release()?;
-    if wanted("stitch") {
-        stitch::build()?;
-    }
-    let build_s = started.elapsed().as_secs_f64();
-    let phalanx: PathBuf = crate::demo::release_binary();
-    let mut rows = Vec::new();
-    let mut notes = String::new();
     type Section = fn(&Path, bool, &mut Vec<Row>, &mut String) -> Result<()>;
     let sections: [(&str, Section); 8] = [
         ("live", live),
@@ -594,6 +585,21 @@ pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
         ("stitch", |_, _, rows, notes| stitch::stitch(rows, notes)),
         ("accuracy", accuracy::accuracy),
     ];
+    if let Some(bad) = only.iter().find(|o| !sections.iter().any(|(n, _)| n == o)) {
+        anyhow::bail!(
+            "unknown bench section {bad:?}; sections: {}",
+            sections.map(|(n, _)| n).join(", ")
+        );
+    }
+    let wanted = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    crate::setup::build_release()?;
+    if wanted("stitch") {
+        stitch::build()?;
+    }
+    let build_s = started.elapsed().as_secs_f64();
+    let phalanx: PathBuf = crate::demo::release_binary();
+    let mut rows = Vec::new();
+    let mut notes = String::new();
     let mut took = Vec::new();
     for (name, section) in sections {
         if wanted(name) {
