@@ -661,6 +661,19 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Each config text must be refused with an error that names `needle`.
+    fn assert_rejected(cases: &[(&str, &str)]) {
+        for (text, needle) in cases {
+            let msg = Config::from_toml(text, "t.toml")
+                .expect_err(text)
+                .to_string();
+            assert!(
+                msg.contains(needle),
+                "{text:?}: expected {needle:?} in {msg}"
+            );
+        }
+    }
+
     #[test]
     fn documented_file_equals_defaults() {
         let documented = Config::from_toml(DOCUMENTED_DEFAULTS, "config/phalanx.toml")
@@ -683,7 +696,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected_with_line() {
-        for (text, needle) in [
+        assert_rejected(&[
             ("[capture]\nring_buffer_bytes = 5000\n", "power of two"),
             ("[capture]\nmode = \"af_packet\"\n", "af_packet"),
             ("[[capture.filters]]\ncidr = \"10.0.0.0/33\"\n", "line 2"),
@@ -710,15 +723,7 @@ mod tests {
                 "[[webhooks]]\nurl = \"http://h/\"\nsecrets = \"s\"\n",
                 "line 3",
             ),
-        ] {
-            let msg = Config::from_toml(text, "t.toml")
-                .expect_err(text)
-                .to_string();
-            assert!(
-                msg.contains(needle),
-                "{text:?}: expected {needle:?} in {msg}"
-            );
-        }
+        ]);
     }
 
     #[test]
@@ -756,7 +761,7 @@ mod tests {
         assert_eq!(r[0].url.as_str(), "http://127.0.0.1:9093/api/v2/alerts");
         assert_eq!(r[1].name, "oncall");
         assert_eq!(r[2].name, "http://127.0.0.1:8080/hook");
-        for (text, needle) in [
+        assert_rejected(&[
             (
                 "[[webhooks]]\nurl = \"http://a/\"\n[[webhooks]]\nurl = \"http://a/\"\n",
                 "twice",
@@ -773,15 +778,7 @@ mod tests {
                 "[incidents]\nspool_dir = \"/x\"\nevidence_dir = \"/x\"\n",
                 "must differ",
             ),
-        ] {
-            let msg = Config::from_toml(text, "t.toml")
-                .expect_err(text)
-                .to_string();
-            assert!(
-                msg.contains(needle),
-                "{text:?}: expected {needle:?} in {msg}"
-            );
-        }
+        ]);
     }
 
     #[test]
@@ -796,7 +793,7 @@ mod tests {
             ok.stitch.load_secret().expect("secret"),
             Some(b"0123456789abcdef".to_vec())
         );
-        for (text, needle) in [
+        assert_rejected(&[
             (
                 "[stitch]\npeers = [\"http://10.0.2.2:9740\"]\n",
                 "stitch.secret",
@@ -813,15 +810,7 @@ mod tests {
             ),
             ("[stitch]\ntimeout_ms = 0\n", "stitch.timeout_ms"),
             ("[stitch]\npeer = []\n", "line 2"),
-        ] {
-            let msg = Config::from_toml(text, "t.toml")
-                .expect_err(text)
-                .to_string();
-            assert!(
-                msg.contains(needle),
-                "{text:?}: expected {needle:?} in {msg}"
-            );
-        }
+        ]);
         let dir = tempfile::tempdir().expect("tempdir");
         let key = dir.path().join("key");
         std::fs::write(&key, "fedcba9876543210fedcba\n").expect("key file");
