@@ -609,6 +609,22 @@ pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
         }
     }
     writeln!(notes, "- time per section: {}", took.join(", "))?;
+    if quick {
+        // Two live rounds and a small capture make ratios a smoke reading,
+        // not a measurement: the full run decides these goals.
+        const SHORT_SAMPLE: [&str; 3] =
+            ["iperf3 over veth", "tcx vs tcpdump", "offline packets/s ("];
+        for r in rows
+            .iter_mut()
+            .filter(|r| SHORT_SAMPLE.iter().any(|p| r.figure.starts_with(p)))
+        {
+            r.verdict = match r.pass.take() {
+                Some(true) => Some("met in the quick run"),
+                Some(false) => Some("missed in the quick run; the full run decides"),
+                None => r.verdict,
+            };
+        }
+    }
 
     let mut table = String::new();
     writeln!(table, "| figure | Phalanx | peer | ratio | goal | pass |")?;
