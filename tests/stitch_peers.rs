@@ -25,8 +25,7 @@
 //! Needs root; skips without it, except under CI=true.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
     process::Stdio,
     sync::mpsc,
@@ -34,7 +33,9 @@ use std::{
 };
 
 use phalanx_daemon::stitch::live::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use phalanx_lab::{http_get, metric, privileged, upload, Netns, Proc, Routed, WebhookReceiver};
+use phalanx_lab::{
+    http_get, http_request, metric, privileged, upload, Netns, Proc, Routed, WebhookReceiver,
+};
 
 /// Bytes sent client -> server: ~11,600 segments, ~230 drops at 2 %.
 const BYTES: usize = 16 << 20;
@@ -50,7 +51,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 /// Request headers: (name, value).
 type Headers = Vec<(&'static str, String)>;
 
-/// One HTTP/1.0 request; returns the status code and the body.
+/// One HTTP/1.0 request with a JSON body; returns the status code and the body.
 fn http(
     addr: SocketAddr,
     method: &str,
@@ -58,31 +59,15 @@ fn http(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |p| p + 4);
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let code = head
+    let mut all = vec![("Content-Type", "application/json".to_string())];
+    all.extend(headers.iter().map(|(k, v)| (*k, v.clone())));
+    let (status, body) = http_request(addr, method, path, &all, body)?;
+    let code = status
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    Ok((code, String::from_utf8_lossy(&raw[split..]).to_string()))
+    Ok((code, String::from_utf8_lossy(&body).to_string()))
 }
 
 /// Starts `phalanx run` in `ns` on `eth0`, API on `me:9740`, `peer` as its
