@@ -13,7 +13,7 @@ use phalanx_daemon::{
         frame::{build_frame, PayloadMode},
         parse::{parse_frame, LinkType},
     },
-    config::CaptureConfig,
+    config::{CaptureConfig, FilterProto, FilterRule},
 };
 use phalanx_lab::privileged;
 
@@ -25,6 +25,18 @@ const ALL: [TestProgram; 3] = [
 
 fn load() -> (Capture, RingBuf<MapData>) {
     Capture::load(&CaptureConfig::default()).expect("load kernel programs")
+}
+
+/// The programs with TCP and UDP in scope (`proto = "any"`).
+fn load_any() -> (Capture, RingBuf<MapData>) {
+    Capture::load(&CaptureConfig {
+        filters: vec![FilterRule {
+            proto: FilterProto::Any,
+            ..FilterRule::default()
+        }],
+        ..CaptureConfig::default()
+    })
+    .expect("load kernel programs")
 }
 
 /// Runs `frame` through `prog`; returns the records it produced and the counter deltas.
@@ -176,7 +188,8 @@ fn kernel_and_user_parsers_agree() {
     if !privileged("kernel_and_user_parsers_agree") {
         return;
     }
-    let (mut cap, mut ring) = load();
+    let mut default_scope = load();
+    let mut any_scope = load_any();
     let mut g = Gen(0x9e37_79b9_7f4a_7c15);
     for i in 0..300 {
         let m = g.record();
@@ -190,32 +203,35 @@ fn kernel_and_user_parsers_agree() {
             frame.len() as u32,
         )
         .expect("user parser accepts a built frame");
-        for prog in ALL {
-            let (recs, delta) = run(&mut cap, &mut ring, prog, &frame);
-            // The default scope is TCP and ICMP errors quoting TCP; UDP is parsed but not submitted.
-            let expect_record = m.kind != RecordKind::Udp as u8;
-            assert_eq!(
-                delta[Counter::Parsed as usize],
-                1,
-                "case {i} {prog:?}: parsed"
-            );
-            assert_eq!(
-                delta[Counter::ParseError as usize],
-                0,
-                "case {i} {prog:?}: no parse error"
-            );
-            assert_eq!(
-                recs.len(),
-                usize::from(expect_record),
-                "case {i} {prog:?}: records for {m:?}"
-            );
-            if let Some(k) = recs.first() {
+        // The default scope is TCP and ICMP errors quoting TCP: UDP is
+        // parsed but not submitted. With `proto = "any"` every case is.
+        let udp = m.kind == RecordKind::Udp as u8;
+        for (scope, (cap, ring), expect_record) in [
+            ("default", &mut default_scope, !udp),
+            ("any", &mut any_scope, true),
+        ] {
+            for prog in ALL {
+                let (recs, delta) = run(cap, ring, prog, &frame);
+                let case = format!("case {i} {prog:?}, {scope} scope");
+                assert_eq!(delta[Counter::Parsed as usize], 1, "{case}: parsed");
                 assert_eq!(
-                    comparable(*k),
-                    comparable(user),
-                    "case {i} {prog:?}: kernel vs user record"
+                    delta[Counter::ParseError as usize],
+                    0,
+                    "{case}: no parse error"
                 );
-                assert_eq!(k.wire_len as usize, frame.len(), "case {i}: wire_len");
+                assert_eq!(
+                    recs.len(),
+                    usize::from(expect_record),
+                    "{case}: records for {m:?}"
+                );
+                if let Some(k) = recs.first() {
+                    assert_eq!(
+                        comparable(*k),
+                        comparable(user),
+                        "{case}: kernel vs user record"
+                    );
+                    assert_eq!(k.wire_len as usize, frame.len(), "{case}: wire_len");
+                }
             }
         }
     }
