@@ -27,13 +27,16 @@ fn load() -> (Capture, RingBuf<MapData>) {
     Capture::load(&CaptureConfig::default()).expect("load kernel programs")
 }
 
-/// The programs with TCP and UDP in scope (`proto = "any"`).
+/// The programs with every TCP and UDP packet in scope (`proto = "any"`
+/// for 0.0.0.0/0 and ::/0).
 fn load_any() -> (Capture, RingBuf<MapData>) {
+    let any = |cidr: &str| FilterRule {
+        proto: FilterProto::Any,
+        cidr: Some(cidr.parse().expect("CIDR")),
+        ..FilterRule::default()
+    };
     Capture::load(&CaptureConfig {
-        filters: vec![FilterRule {
-            proto: FilterProto::Any,
-            ..FilterRule::default()
-        }],
+        filters: vec![any("0.0.0.0/0"), any("::/0")],
         ..CaptureConfig::default()
     })
     .expect("load kernel programs")

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use phalanx_lab::{Proc, TwoHosts};
 
-use super::{iperf_server, median, start_daemon, Row};
+use super::{live::iperf_server, median, start_daemon, Row};
 
 /// Per local port: the `rtt:` values (ms) of `ss -tin` lines towards `server`.
 fn poll_ss(lab: &TwoHosts, server: &str, into: &mut HashMap<u16, Vec<f64>>) -> Result<()> {

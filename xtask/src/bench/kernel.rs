@@ -73,10 +73,16 @@ impl TestRun {
 
     /// Runs the program `repeat` times; returns the kernel's mean ns per run.
     pub(crate) fn run(&self, repeat: u32) -> Result<u32> {
+        self.run_on(&self.frame, repeat)
+    }
+
+    /// Runs the program `repeat` times on `frame` instead of the frame it
+    /// was opened with.
+    pub(crate) fn run_on(&self, frame: &[u8], repeat: u32) -> Result<u32> {
         let mut attr = TestRunAttr {
             prog_fd: self.fd as u32,
-            data_size_in: self.frame.len() as u32,
-            data_in: self.frame.as_ptr() as u64,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
             repeat,
             ..TestRunAttr::default()
         };
@@ -117,7 +123,7 @@ pub(crate) fn prog_id(name: &str) -> Result<u64> {
 }
 
 /// TCP options: NOP, NOP, timestamps (the Linux default on every segment).
-const OPT_TS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+pub(crate) const OPT_TS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
 /// Timestamps and one SACK block (a receiver reporting a hole).
 const OPT_TS_SACK: [u8; 24] = [
     1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2, 1, 1, 5, 10, 0, 0, 0x10, 0, 0, 0, 0x20, 0,
@@ -125,7 +131,7 @@ const OPT_TS_SACK: [u8; 24] = [
 
 /// Ethernet + IPv4 + TCP frame with `opts` and `payload` bytes of data
 /// (checksums are not checked by the parser).
-fn tcp_frame(opts: &[u8], payload: usize, flags: u8) -> Vec<u8> {
+pub(crate) fn tcp_frame(opts: &[u8], payload: usize, flags: u8) -> Vec<u8> {
     let tcp_len = 20 + opts.len();
     let ip_len = 20 + tcp_len + payload;
     let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];

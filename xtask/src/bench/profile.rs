@@ -10,7 +10,10 @@ use std::{fmt::Write as _, path::Path, process::Stdio, time::Duration};
 use anyhow::{Context as _, Result};
 use phalanx_lab::{sh, Proc, TwoHosts};
 
-use super::{iperf_server, CaptureUnderTest, Layout, Row};
+use super::{
+    live::{iperf_server, CaptureUnderTest, Layout},
+    Row,
+};
 
 /// Kernel functions only Phalanx's capture runs: its programs and the
 /// helpers they call. Shared ones (the TSC read behind the clock helper)

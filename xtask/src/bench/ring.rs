@@ -18,7 +18,8 @@ use anyhow::{Context as _, Result};
 use phalanx_lab::{metric, sh, TwoHosts};
 
 use super::{
-    kernel::{prog_id, TestRun},
+    kernel::{prog_id, tcp_frame, TestRun, OPT_TS},
+    live::Layout,
     sender, start_daemon, Row,
 };
 
@@ -92,7 +93,13 @@ fn measure(daemon: &Daemon<'_>, drive: impl FnOnce() -> Result<(u64, Duration)>)
 
 /// Sends from `lab.b` towards `lab.a` (where the daemon listens) with
 /// `threads` senders sharing the rate, each with its own 256 flows.
-fn blast(lab: &TwoHosts, threads: u16, rate: f64, secs: f64) -> Result<(u64, Duration)> {
+fn blast(
+    lab: &TwoHosts,
+    layout: Layout,
+    threads: u16,
+    rate: f64,
+    secs: f64,
+) -> Result<(u64, Duration)> {
     let per = rate / f64::from(threads);
     let results: Vec<Result<sender::Sent>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
@@ -108,13 +115,16 @@ fn blast(lab: &TwoHosts, threads: u16, rate: f64, secs: f64) -> Result<(u64, Dur
                     max_frames: (if per.is_finite() { per } else { 4e6 } * secs) as u64,
                     max_time: Duration::from_secs_f64(secs),
                 };
-                s.spawn(move || lab.b.run(move || sender::send(&load)))
+                s.spawn(move || -> Result<sender::Sent> {
+                    layout.pin_load_thread()?;
+                    lab.b.run(move || sender::send(&load))?
+                })
             })
             .collect();
         handles
             .into_iter()
             .map(|h| match h.join() {
-                Ok(r) => r.map_err(anyhow::Error::from).and_then(|r| r),
+                Ok(r) => r,
                 Err(_) => Err(anyhow::anyhow!("sender thread panicked")),
             })
             .collect()
@@ -183,12 +193,20 @@ fn run(
         ]
     };
     let modes: &[&str] = if quick { &["tcx"] } else { &["tcx", "xdp"] };
+    let layout = Layout::detect();
+    if layout.pinned {
+        writeln!(
+            notes,
+            "- ring runs: senders (and BPF_PROG_TEST_RUN) pinned to CPU 0 with the veth path and our programs, the daemon to CPU 1"
+        )?;
+    }
     for &mode in modes {
         let daemon = start_daemon(lab, phalanx, mode, None)?;
+        layout.pin_capture(daemon.pid())?;
         // Highest consumed rate with no drop at it or at any lower step.
         let mut ceiling = CleanCeiling::default();
         for &target in targets {
-            let s = measure(&daemon, || blast(lab, SENDERS, target, secs))?;
+            let s = measure(&daemon, || blast(lab, layout, SENDERS, target, secs))?;
             let label = if target.is_finite() {
                 format!("{:.2} M/s", target / 1e6)
             } else {
@@ -223,7 +241,8 @@ fn run(
     let small = dir.join("small-ring.toml");
     std::fs::write(&small, "[capture]\nring_buffer_bytes = 65536\n")?;
     let daemon = start_daemon(lab, phalanx, "xdp", Some(&small))?;
-    let s = measure(&daemon, || blast(lab, SENDERS, f64::INFINITY, secs))?;
+    layout.pin_capture(daemon.pid())?;
+    let s = measure(&daemon, || blast(lab, layout, SENDERS, f64::INFINITY, secs))?;
     note(
         notes,
         "ring overload (64 KiB ring, xdp), AF_PACKET sender unpaced",
@@ -259,7 +278,7 @@ fn run(
         verdict: None,
     });
 
-    prog_run_steps(lab, phalanx, quick, rows, notes)?;
+    prog_run_steps(lab, phalanx, layout, quick, rows, notes)?;
     Ok(())
 }
 
@@ -300,20 +319,41 @@ fn prog_run_burst(dir: &Path, n: u64) -> Result<(u64, Duration)> {
     Ok((n, start.elapsed()))
 }
 
+/// Flows the BPF_PROG_TEST_RUN load cycles through: as many as the
+/// offline benchmark's capture, more than the evidence history keeps
+/// (4096 by default), so the consumer pays for flow-table misses and
+/// history evictions as it would under real many-flow load.
+const TEST_RUN_FLOWS: u16 = 10_000;
+/// Runs of one flow's frame per call: a burst of one flow, as TCP sends.
+const TEST_RUN_BURST: u32 = 16;
+
 /// The consumer's ceiling without a network stack in front of it: the
 /// daemon's XDP program run in paced chunks by BPF_PROG_TEST_RUN from this
-/// process, writing into the daemon's ring buffer. On 2 cores a
-/// socket sender cannot offer this rate (its own stack path costs more than
-/// our program and the consumer together).
+/// process, writing into the daemon's ring buffer, on ACKs with timestamps
+/// of `TEST_RUN_FLOWS` flows in turn. On 2 cores a socket sender cannot
+/// offer this rate (its own stack path costs more than our program and the
+/// consumer together).
 fn prog_run_steps(
     lab: &TwoHosts,
     phalanx: &Path,
+    layout: Layout,
     quick: bool,
     rows: &mut Vec<Row>,
     notes: &mut String,
 ) -> Result<()> {
     let daemon = start_daemon(lab, phalanx, "xdp", None)?;
-    let driver = TestRun::open(prog_id("phalanx_xdp")?, &SYN_FRAME)?;
+    layout.pin_capture(daemon.pid())?;
+    let template = tcp_frame(&OPT_TS, 0, 0x10);
+    let frames: Vec<Vec<u8>> = (0..TEST_RUN_FLOWS)
+        .map(|i| {
+            let mut f = template.clone();
+            // TCP source port, after Ethernet (14) and IPv4 (20).
+            f[34..36].copy_from_slice(&(20_000 + i).to_be_bytes());
+            f
+        })
+        .collect();
+    let driver = TestRun::open(prog_id("phalanx_xdp")?, &template)?;
+    let mut next_flow = 0usize;
     let mut ceiling = CleanCeiling::default();
     let (targets, secs): (&[f64], f64) = if quick {
         (&[1.5e6, 2.0e6, f64::INFINITY], 1.5)
@@ -322,20 +362,34 @@ fn prog_run_steps(
     };
     // 5k runs take about 1.5 ms: pacing at that grain keeps bursts far
     // below the ring's capacity (45k records in 8 MiB).
-    const STEP: u32 = 5_000;
+    const STEP: u32 = 5_000 / TEST_RUN_BURST * TEST_RUN_BURST;
     for &target in targets {
         let s = measure(&daemon, || {
-            let start = Instant::now();
-            let mut sent = 0u64;
-            while start.elapsed().as_secs_f64() < secs {
-                driver.run(STEP)?;
-                sent += u64::from(STEP);
-                let ahead = sent as f64 / target - start.elapsed().as_secs_f64();
-                if ahead > 0.0 {
-                    std::thread::sleep(Duration::from_secs_f64(ahead));
-                }
-            }
-            Ok((sent, start.elapsed()))
+            std::thread::scope(|scope| {
+                let driver = &driver;
+                let frames = &frames;
+                let next_flow = &mut next_flow;
+                scope
+                    .spawn(move || -> Result<(u64, Duration)> {
+                        layout.pin_load_thread()?;
+                        let start = Instant::now();
+                        let mut sent = 0u64;
+                        while start.elapsed().as_secs_f64() < secs {
+                            for _ in 0..STEP / TEST_RUN_BURST {
+                                driver.run_on(&frames[*next_flow], TEST_RUN_BURST)?;
+                                *next_flow = (*next_flow + 1) % frames.len();
+                            }
+                            sent += u64::from(STEP);
+                            let ahead = sent as f64 / target - start.elapsed().as_secs_f64();
+                            if ahead > 0.0 {
+                                std::thread::sleep(Duration::from_secs_f64(ahead));
+                            }
+                        }
+                        Ok((sent, start.elapsed()))
+                    })
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("BPF_PROG_TEST_RUN thread panicked"))?
+            })
         })?;
         note(
             notes,
@@ -350,7 +404,7 @@ fn prog_run_steps(
     }
     daemon.stop();
     rows.push(Row {
-        figure: "ring buffer: records/s consumed with zero drops, our XDP program run by BPF_PROG_TEST_RUN from a separate process".into(),
+        figure: format!("ring buffer: records/s consumed with zero drops, our XDP program run by BPF_PROG_TEST_RUN from a separate process, {TEST_RUN_FLOWS} flows"),
         phalanx: format!("{:.2} M/s", ceiling.best / 1e6),
         peer: "-".into(),
         ratio: "-".into(),

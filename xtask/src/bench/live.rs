@@ -1,0 +1,661 @@
+//! Live overhead: iperf3 over a veth pair with no program, Phalanx tcx,
+//! Phalanx xdp, and `tcpdump -s 128 -w /dev/null`, interleaved in rounds,
+//! under two workloads: bulk TCP (offloads at their defaults, so GSO
+//! super-packets) and unpaced 64-byte UDP datagrams (one program run per
+//! packet, where a capture path's per-packet cost shows). Throughput,
+//! machine CPU per unit moved and the capture process's own CPU; kernel
+//! ns per packet from bpf_stats.
+
+use std::{fmt::Write as _, path::Path, process::Stdio, time::Duration};
+
+use anyhow::{Context as _, Result};
+use phalanx_lab::{metric, sh, Proc, TwoHosts};
+
+use super::{median, start_daemon, Daemon, Row};
+
+/// Busy CPU seconds of the whole machine so far (all CPUs, softirq included).
+fn cpu_busy_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return 0.0;
+    };
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice:
+    // time stolen by the hypervisor is not ours, guest time is already in
+    // user.
+    let busy: u64 = v
+        .iter()
+        .take(7)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    busy as f64 / hz
+}
+
+/// (run_time_ns, run_cnt) per Phalanx program, from bpf_stats.
+fn prog_stats() -> Result<Vec<(String, u64, u64)>> {
+    let out = sh(&["bpftool", "-j", "prog", "show"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?.to_string();
+            name.starts_with("phalanx_").then(|| {
+                (
+                    name,
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                )
+            })
+        })
+        .collect())
+}
+
+/// CPU layout of the live and ring runs. With 2 or more CPUs the load
+/// (iperf3 client and server, or the ring's senders) runs on CPU 0 with
+/// the veth path, its softirq work and our kernel programs, and the capture
+/// process gets CPU 1, as a capture daemon has its own core on a production
+/// host. Unpinned, four busy tasks on two cores make the scheduler the
+/// largest variable.
+#[derive(Clone, Copy)]
+pub(super) struct Layout {
+    pub(super) pinned: bool,
+}
+
+impl Layout {
+    pub(super) fn detect() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self { pinned: cpus >= 2 }
+    }
+
+    /// Pins the calling thread to CPU 0, where the load runs.
+    pub(super) fn pin_load_thread(self) -> Result<()> {
+        if !self.pinned {
+            return Ok(());
+        }
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+        // sched_setaffinity(0 = this thread) only read and write it.
+        let r = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if r != 0 {
+            anyhow::bail!("pinning to CPU 0: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Pins every thread of the capture process to CPU 1.
+    pub(super) fn pin_capture(self, pid: u32) -> Result<()> {
+        if self.pinned {
+            sh(&["taskset", "-a", "-p", "-c", "1", &pid.to_string()])?;
+        }
+        Ok(())
+    }
+}
+
+/// A one-shot iperf3 server on host b (address 2), ready to accept.
+pub(super) fn iperf_server(lab: &TwoHosts) -> Result<Proc> {
+    let server = lab.v4(2).to_string();
+    let p = Proc::new(
+        lab.b
+            .command("iperf3")
+            .args(["-s", "-1", "-B", &server])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(p)
+}
+
+/// The capture under test on host a's interface: a Phalanx daemon (tcx or
+/// xdp, TCP and UDP in scope), tcpdump, or nothing ("none"); pinned per
+/// `layout`.
+pub(super) struct CaptureUnderTest<'a> {
+    daemon: Option<Daemon<'a>>,
+    dump: Option<Proc>,
+}
+
+impl<'a> CaptureUnderTest<'a> {
+    pub(super) fn start(
+        lab: &'a TwoHosts,
+        phalanx: &Path,
+        setup: &str,
+        layout: Layout,
+    ) -> Result<Self> {
+        let daemon = match setup {
+            "tcx" | "xdp" => {
+                // Every TCP and UDP packet in scope, as tcpdump copies
+                // every packet (the default scope is TCP only).
+                let scope = std::env::temp_dir()
+                    .join(format!("phalanx-bench-scope-{}.toml", std::process::id()));
+                std::fs::write(
+                    &scope,
+                    "[[capture.filters]]\nproto = \"any\"\ncidr = \"0.0.0.0/0\"\n\n[[capture.filters]]\nproto = \"any\"\ncidr = \"::/0\"\n",
+                )?;
+                let d = start_daemon(lab, phalanx, setup, Some(&scope));
+                let _ = std::fs::remove_file(&scope);
+                Some(d?)
+            }
+            _ => None,
+        };
+        let dump = if setup == "tcpdump" {
+            let p = lab
+                .a
+                .command("tcpdump")
+                .args([
+                    "-Z",
+                    "root",
+                    "-i",
+                    &lab.a_if,
+                    "-s",
+                    "128",
+                    "-w",
+                    "/dev/null",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map(Proc::new)?;
+            std::thread::sleep(Duration::from_millis(500));
+            Some(p)
+        } else {
+            None
+        };
+        let c = Self { daemon, dump };
+        if let Some(pid) = c.pid() {
+            layout.pin_capture(pid)?;
+        }
+        Ok(c)
+    }
+
+    /// Pid of the capture process (`ip netns exec` execs the tool, so the
+    /// child's pid is the tool's).
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.daemon
+            .as_ref()
+            .map(Daemon::pid)
+            .or(self.dump.as_ref().map(Proc::id))
+    }
+
+    /// Stops the capture (the daemon detaches its programs).
+    pub(super) fn stop(self) {
+        if let Some(d) = self.daemon {
+            d.stop();
+        }
+        drop(self.dump);
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn proc_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    f.iter().sum::<u64>() as f64 / hz
+}
+
+/// The two loads iperf3 puts on the veth pair.
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    /// One TCP stream, default message size: GSO super-packets.
+    Bulk,
+    /// Unpaced UDP, 64-byte payloads: one packet per datagram.
+    Small,
+}
+
+impl Workload {
+    const ALL: [Workload; 2] = [Workload::Bulk, Workload::Small];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Bulk => "iperf3 TCP over veth",
+            Workload::Small => "iperf3 UDP 64-byte datagrams over veth",
+        }
+    }
+
+    /// Rate as printed, and the unit the machine's CPU is divided by.
+    fn units(self) -> (&'static str, &'static str) {
+        match self {
+            Workload::Bulk => ("Gbit/s", "s/GB"),
+            Workload::Small => ("k packets/s received", "s per M packets"),
+        }
+    }
+}
+
+/// One iperf3 run: its rate (Gbit/s, or thousands of datagrams received
+/// per second) and the whole machine's busy CPU seconds per unit moved
+/// (GB, or million datagrams received).
+#[derive(Clone, Copy, Default)]
+struct Measure {
+    rate: f64,
+    cpu_per_unit: f64,
+    /// Units moved (GB or million datagrams).
+    units: f64,
+}
+
+fn iperf(lab: &TwoHosts, workload: Workload, secs: u32, layout: Layout) -> Result<Measure> {
+    let server = lab.v4(2).to_string();
+    let _srv = iperf_server(lab)?;
+    let cpu0 = cpu_busy_s();
+    let secs = secs.to_string();
+    let mut args = vec!["iperf3", "-c", &server, "-t", &secs, "-J"];
+    if workload == Workload::Small {
+        args.extend(["-u", "-b", "0", "-l", "64"]);
+    }
+    if layout.pinned {
+        // Client affinity, server affinity: both on CPU 0.
+        args.extend(["-A", "0,0"]);
+    }
+    let out = lab.a.exec(&args)?;
+    let cpu = cpu_busy_s() - cpu0;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    let r = &v["end"]["sum_received"];
+    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    let m = match workload {
+        Workload::Bulk => Measure {
+            rate: f("bits_per_second") / 1e9,
+            cpu_per_unit: 0.0,
+            units: f("bytes") / 1e9,
+        },
+        Workload::Small => {
+            // The receiver's figures: datagrams the sender got out but the
+            // server never read (socket buffer overflow) do not count.
+            let received = f("packets") - f("lost_packets");
+            Measure {
+                rate: received / f("seconds").max(1e-9) / 1e3,
+                cpu_per_unit: 0.0,
+                units: received / 1e6,
+            }
+        }
+    };
+    anyhow::ensure!(m.units > 0.0, "iperf3 moved nothing: {}", r);
+    Ok(Measure {
+        cpu_per_unit: cpu / m.units,
+        ..m
+    })
+}
+
+/// One round's runs of one capture setup.
+#[derive(Clone, Copy)]
+struct LiveRun {
+    bulk: Measure,
+    small: Measure,
+    /// The capture process's own CPU seconds per GB of the bulk run.
+    capture_per_gb: f64,
+}
+
+impl LiveRun {
+    fn of(&self, w: Workload) -> Measure {
+        match w {
+            Workload::Bulk => self.bulk,
+            Workload::Small => self.small,
+        }
+    }
+}
+
+/// Median and relative spread ((max - min) / median) of a sample.
+fn stats(v: &[f64]) -> (f64, f64) {
+    let m = median(v.to_vec());
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (m, if m > 0.0 { (hi - lo) / m } else { 0.0 })
+}
+
+const SETUPS: [&str; 4] = ["none", "tcx", "xdp", "tcpdump"];
+
+fn live_run(
+    lab: &TwoHosts,
+    phalanx: &Path,
+    setup: &str,
+    secs: u32,
+    layout: Layout,
+    kernel_ns: &mut Vec<(String, f64)>,
+    notes: &mut String,
+) -> Result<LiveRun> {
+    let capture = CaptureUnderTest::start(lab, phalanx, setup, layout)?;
+    let capture_pid = capture.pid();
+    let before = prog_stats()?;
+    let cap0 = capture_pid.map_or(0.0, proc_cpu_s);
+    let bulk = iperf(lab, Workload::Bulk, secs, layout)?;
+    let cap = capture_pid.map_or(0.0, proc_cpu_s) - cap0;
+    if capture.daemon.is_some() {
+        for (name, t1, c1) in prog_stats()? {
+            let (t0, c0) = before
+                .iter()
+                .find(|(n, ..)| *n == name)
+                .map_or((0, 0), |(_, t, c)| (*t, *c));
+            if c1 > c0 {
+                kernel_ns.push((
+                    format!("{setup} {name}"),
+                    (t1 - t0) as f64 / (c1 - c0) as f64,
+                ));
+            }
+        }
+    }
+    let small = iperf(lab, Workload::Small, secs, layout)?;
+    if let Some(d) = &capture.daemon {
+        let m = d.text("/metrics")?;
+        let drops = metric(&m, "phalanx_kernel_ring_full_drops_total")
+            + metric(&m, "phalanx_capture_backlog_dropped_total");
+        writeln!(
+            notes,
+            "- {setup}: TCP {:.2} Gbit/s, UDP {:.0} k datagrams/s received; records decoded {}, drops {drops}, daemon CPU {cap:.2} s in the TCP run",
+            bulk.rate,
+            small.rate,
+            metric(&m, "phalanx_capture_records_decoded_total")
+        )?;
+    }
+    capture.stop();
+    Ok(LiveRun {
+        bulk,
+        small,
+        capture_per_gb: cap / bulk.units.max(1e-9),
+    })
+}
+
+/// 95 % bootstrap interval of the median of `a[i] / b[i]`: the setups of
+/// one round run back to back, so their ratio cancels what drifts between
+/// rounds on a shared machine. Rounds are resampled with replacement, from
+/// a fixed seed, so a rerun on the same figures prints the same interval.
+fn paired_interval(a: &[f64], b: &[f64]) -> (f64, f64) {
+    const RESAMPLES: usize = 4000;
+    let ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .filter(|(_, y)| **y > 0.0)
+        .map(|(x, y)| x / y)
+        .collect();
+    if ratios.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: usize| {
+        // xorshift64*: plenty for picking indices.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    };
+    let mut medians: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            median(
+                (0..ratios.len())
+                    .map(|_| ratios[next(ratios.len())])
+                    .collect(),
+            )
+        })
+        .collect();
+    medians.sort_by(|x, y| x.total_cmp(y));
+    let at = |q: f64| medians[((medians.len() - 1) as f64 * q).round() as usize];
+    (at(0.025), at(0.975))
+}
+
+/// Median of the per-round ratios `a[i] / b[i]`.
+fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    median(
+        a.iter()
+            .zip(b)
+            .filter(|(_, y)| **y > 0.0)
+            .map(|(x, y)| x / y)
+            .collect(),
+    )
+}
+
+/// Verdict of "ratio ≥ 1 is better" (or ≤ 1 when `higher_is_better` is
+/// false) from its interval: decided only when the whole interval is on
+/// one side.
+fn verdict((lo, hi): (f64, f64), higher_is_better: bool) -> (Option<bool>, Option<&'static str>) {
+    let (good, bad) = if higher_is_better {
+        (lo > 1.0, hi < 1.0)
+    } else {
+        (hi < 1.0, lo > 1.0)
+    };
+    match (good, bad) {
+        (true, _) => (Some(true), None),
+        (_, true) => (Some(false), None),
+        _ => (None, Some("within noise")),
+    }
+}
+
+/// Live overhead rows: none / tcx / xdp / tcpdump in interleaved rounds
+/// (each round in a rotated order, so drift on a shared machine spreads over
+/// all of them), plus kernel ns per packet. Comparisons carry a 95 %
+/// bootstrap interval over the rounds; a goal is met or missed only when
+/// the whole interval says so.
+pub(super) fn live(
+    phalanx: &Path,
+    quick: bool,
+    rows: &mut Vec<Row>,
+    notes: &mut String,
+) -> Result<()> {
+    let lab = TwoHosts::new("bl").context("lab")?;
+    let (secs, rounds) = if quick { (2, 2) } else { (3, 13) };
+    let layout = Layout::detect();
+    writeln!(
+        notes,
+        "- live runs: {}",
+        if layout.pinned {
+            "iperf3 client and server pinned to CPU 0 (with the veth path and our kernel programs), the capture process (daemon or tcpdump) to CPU 1"
+        } else {
+            "one CPU: nothing pinned"
+        }
+    )?;
+    let _ = sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"]);
+    let mut runs: Vec<Vec<LiveRun>> = vec![Vec::new(); SETUPS.len()];
+    let mut kernel_ns: Vec<(String, f64)> = Vec::new();
+    let mut result = Ok(());
+    'rounds: for round in 0..rounds {
+        for k in 0..SETUPS.len() {
+            let i = (k + round) % SETUPS.len();
+            match live_run(
+                &lab,
+                phalanx,
+                SETUPS[i],
+                secs,
+                layout,
+                &mut kernel_ns,
+                notes,
+            ) {
+                Ok(r) => runs[i].push(r),
+                Err(e) => {
+                    result = Err(e);
+                    break 'rounds;
+                }
+            }
+        }
+    }
+    let _ = sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"]);
+    result?;
+    for w in Workload::ALL {
+        workload_rows(w, &runs, secs, rows, notes)?;
+    }
+    // Part of the machine figure, shown apart: the daemon analyses every
+    // record, tcpdump -w /dev/null only copies them.
+    let capture = |i: usize| median(runs[i].iter().map(|r| r.capture_per_gb).collect());
+    let (tp, dp) = (capture(1), capture(3));
+    rows.push(Row {
+        figure: "tcx vs tcpdump -s 128, TCP: capture process CPU per GB (daemon vs tcpdump), part of the machine figure".into(),
+        phalanx: format!("{tp:.4} s/GB"),
+        peer: format!("{dp:.4} s/GB (tcpdump)"),
+        ratio: format!("{:.2}×", tp / dp.max(1e-9)),
+        goal: "-".into(),
+        pass: None,
+        verdict: None,
+    });
+    let mut grouped: Vec<(String, Vec<f64>)> = Vec::new();
+    for (k, v) in kernel_ns {
+        match grouped.iter_mut().find(|(n, _)| *n == k) {
+            Some((_, vs)) => vs.push(v),
+            None => grouped.push((k, vec![v])),
+        }
+    }
+    for (k, vs) in grouped {
+        let (m, spread) = stats(&vs);
+        rows.push(Row {
+            figure: format!("kernel cost, {k} (bpf_stats, TCP run)"),
+            phalanx: format!("{m:.0} ns/packet (±{:.0} %)", 50.0 * spread),
+            peer: "-".into(),
+            ratio: "-".into(),
+            goal: "-".into(),
+            pass: None,
+            verdict: None,
+        });
+    }
+    Ok(())
+}
+
+/// Rows of one workload: each setup against no program, and tcx against
+/// tcpdump, on rate and on machine CPU per unit moved.
+fn workload_rows(
+    w: Workload,
+    runs: &[Vec<LiveRun>],
+    secs: u32,
+    rows: &mut Vec<Row>,
+    notes: &mut String,
+) -> Result<()> {
+    let (rate_unit, cpu_unit) = w.units();
+    let rate: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|v| v.iter().map(|r| r.of(w).rate).collect())
+        .collect();
+    let cpu: Vec<Vec<f64>> = runs
+        .iter()
+        .map(|v| v.iter().map(|r| r.of(w).cpu_per_unit).collect())
+        .collect();
+    for (i, setup) in SETUPS.iter().enumerate() {
+        let (g, gs) = stats(&rate[i]);
+        let (c, cs) = stats(&cpu[i]);
+        writeln!(
+            notes,
+            "- {}, {setup}: {} runs of {secs} s, median {g:.2} {rate_unit} (spread {:.0} %), machine CPU {c:.3} {cpu_unit} (spread {:.0} %)",
+            w.name(),
+            rate[i].len(),
+            100.0 * gs,
+            100.0 * cs,
+        )?;
+    }
+    // Only the bulk workload carries the goals against no program;
+    // both carry "better than tcpdump".
+    let goals = w == Workload::Bulk;
+    let pct = |x: f64| 100.0 * (x - 1.0);
+    let base_g = median(rate[0].clone());
+    let base_c = median(cpu[0].clone());
+    for (i, setup) in SETUPS.iter().enumerate().skip(1) {
+        let goal = goals && *setup == "tcx";
+        let g = median(rate[i].clone());
+        let c = median(cpu[i].clone());
+        let r = paired_ratio(&rate[i], &rate[0]);
+        // Cost = 1 - throughput ratio; within 5 % when the ratio is above 0.95.
+        let (lo, hi) = paired_interval(&rate[i], &rate[0]);
+        let (pass, v) = verdict((lo / 0.95, hi / 0.95), true);
+        rows.push(Row {
+            figure: format!(
+                "{}, {setup}: throughput (median, cost with its 95 % interval)",
+                w.name()
+            ),
+            phalanx: format!("{g:.2} {rate_unit}"),
+            peer: format!("{base_g:.2} no program"),
+            ratio: format!(
+                "{:+.1} % cost ({:+.1} … {:+.1})",
+                -pct(r),
+                -pct(hi),
+                -pct(lo)
+            ),
+            goal: if goal { "≤ 5 % cost" } else { "-" }.into(),
+            pass: pass.filter(|_| goal),
+            verdict: v.filter(|_| goal),
+        });
+        let r = paired_ratio(&cpu[i], &cpu[0]);
+        let (lo, hi) = paired_interval(&cpu[i], &cpu[0]);
+        let (pass, v) = verdict((lo / 1.5, hi / 1.5), false);
+        rows.push(Row {
+            figure: format!(
+                "{}, {setup}: machine CPU {cpu_unit} (95 % interval)",
+                w.name()
+            ),
+            phalanx: format!("{c:.3} {cpu_unit}"),
+            peer: format!("{base_c:.3} no program"),
+            ratio: format!("{r:.2}× ({lo:.2} … {hi:.2})"),
+            goal: if goal { "≤ 1.5× no program" } else { "-" }.into(),
+            pass: pass.filter(|_| goal),
+            verdict: v.filter(|_| goal),
+        });
+    }
+    let (t, d) = (1, 3);
+    for (what, v, higher_is_better, unit) in [
+        ("throughput", &rate, true, rate_unit),
+        ("machine CPU", &cpu, false, cpu_unit),
+    ] {
+        let interval = paired_interval(&v[t], &v[d]);
+        let (pass, verdict) = verdict(interval, higher_is_better);
+        rows.push(Row {
+            figure: format!(
+                "tcx vs tcpdump -s 128, {}: {what} (95 % interval)",
+                w.name()
+            ),
+            phalanx: format!("{:.3} {unit}", median(v[t].clone())),
+            peer: format!("{:.3} (tcpdump)", median(v[d].clone())),
+            ratio: format!(
+                "{:.3}× ({:.3} … {:.3})",
+                paired_ratio(&v[t], &v[d]),
+                interval.0,
+                interval.1
+            ),
+            goal: "better than tcpdump".into(),
+            pass,
+            verdict,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{paired_interval, paired_ratio, verdict};
+
+    #[test]
+    fn intervals_decide_only_clear_differences() {
+        let a = [10.0, 10.4, 9.8, 10.1, 10.3, 9.9, 10.2];
+        let b = [8.0, 8.3, 7.9, 8.1, 8.2, 7.8, 8.4];
+        let (lo, hi) = paired_interval(&a, &b);
+        assert!(lo > 1.15 && hi < 1.35, "{lo} {hi}");
+        assert_eq!(verdict((lo, hi), true), (Some(true), None));
+        assert_eq!(verdict((lo, hi), false), (Some(false), None));
+        // Overlapping samples: no verdict.
+        let c = [10.1, 9.7, 10.5, 9.9, 10.2, 10.0, 9.8];
+        let (lo, hi) = paired_interval(&a, &c);
+        assert!(lo < 1.0 && hi > 1.0, "{lo} {hi}");
+        assert_eq!(verdict((lo, hi), true), (None, Some("within noise")));
+    }
+
+    #[test]
+    fn pairing_cancels_drift_between_rounds() {
+        // Each round runs both setups back to back; the machine drifts by
+        // ±30 % between rounds while `a` stays 3 % above `b` within each.
+        let b = [10.0, 13.0, 7.0, 12.0, 8.0, 11.0, 9.0];
+        let a: Vec<f64> = b.iter().map(|x| x * 1.03).collect();
+        assert!((paired_ratio(&a, &b) - 1.03).abs() < 1e-9);
+        let (lo, hi) = paired_interval(&a, &b);
+        assert!(lo > 1.0 && (lo - 1.03).abs() < 1e-9 && (hi - 1.03).abs() < 1e-9);
+    }
+}
