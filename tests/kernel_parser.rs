@@ -27,16 +27,22 @@ fn load() -> (Capture, RingBuf<MapData>) {
     Capture::load(&CaptureConfig::default()).expect("load kernel programs")
 }
 
-/// The programs with every TCP and UDP packet in scope (`proto = "any"`
-/// for 0.0.0.0/0 and ::/0).
-fn load_any() -> (Capture, RingBuf<MapData>) {
-    let any = |cidr: &str| FilterRule {
+/// The programs with every TCP and UDP packet in scope: `proto = "any"`
+/// alone (the whole-protocol setting) or for 0.0.0.0/0 and ::/0 (the
+/// prefix trie).
+fn load_any(cidrs: &[&str]) -> (Capture, RingBuf<MapData>) {
+    let any = |cidr: Option<&str>| FilterRule {
         proto: FilterProto::Any,
-        cidr: Some(cidr.parse().expect("CIDR")),
+        cidr: cidr.map(|c| c.parse().expect("CIDR")),
         ..FilterRule::default()
     };
+    let filters = if cidrs.is_empty() {
+        vec![any(None)]
+    } else {
+        cidrs.iter().map(|c| any(Some(c))).collect()
+    };
     Capture::load(&CaptureConfig {
-        filters: vec![any("0.0.0.0/0"), any("::/0")],
+        filters,
         ..CaptureConfig::default()
     })
     .expect("load kernel programs")
@@ -192,7 +198,8 @@ fn kernel_and_user_parsers_agree() {
         return;
     }
     let mut default_scope = load();
-    let mut any_scope = load_any();
+    let mut whole_protocols = load_any(&[]);
+    let mut any_address = load_any(&["0.0.0.0/0", "::/0"]);
     let mut g = Gen(0x9e37_79b9_7f4a_7c15);
     for i in 0..300 {
         let m = g.record();
@@ -211,7 +218,12 @@ fn kernel_and_user_parsers_agree() {
         let udp = m.kind == RecordKind::Udp as u8;
         for (scope, (cap, ring), expect_record) in [
             ("default", &mut default_scope, !udp),
-            ("any", &mut any_scope, true),
+            ("proto = \"any\"", &mut whole_protocols, true),
+            (
+                "proto = \"any\" for 0.0.0.0/0 and ::/0",
+                &mut any_address,
+                true,
+            ),
         ] {
             for prog in ALL {
                 let (recs, delta) = run(cap, ring, prog, &frame);

@@ -355,10 +355,19 @@ impl Counter {
 pub enum Setting {
     /// 0: no filters, every TCP packet is in scope. 1: only packets matching a filter.
     FilterMode = 0,
+    /// In filter mode, protocols whose every packet is in scope (rules that
+    /// name a protocol alone), as [`SCOPE_ALL_TCP`] | [`SCOPE_ALL_UDP`]: one
+    /// array read instead of the filter maps' lookups.
+    WholeProtocols = 1,
 }
 
 /// Number of entries in [`MAP_SETTINGS`].
-pub const SETTING_COUNT: u32 = 1;
+pub const SETTING_COUNT: u32 = 2;
+
+/// [`Setting::WholeProtocols`] bit: every TCP packet is in scope.
+pub const SCOPE_ALL_TCP: u32 = 1;
+/// [`Setting::WholeProtocols`] bit: every UDP packet is in scope.
+pub const SCOPE_ALL_UDP: u32 = 2;
 
 /// Key of the exact 5-tuple filter map. The kernel looks a packet up in
 /// both orientations, so one entry scopes both directions of a flow.

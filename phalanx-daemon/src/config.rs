@@ -141,6 +141,13 @@ pub enum FilterProto {
     Any,
 }
 
+impl FilterRule {
+    /// Whether the rule names a protocol alone: every packet of it is in scope.
+    pub fn is_whole_protocol(&self) -> bool {
+        self.flow.is_none() && self.cidr.is_none() && self.port.is_none()
+    }
+}
+
 impl FilterProto {
     /// IP protocol numbers this filter covers.
     pub fn numbers(self) -> &'static [u8] {
@@ -152,7 +159,8 @@ impl FilterProto {
     }
 }
 
-/// One `[[capture.filters]]` entry: either an exact flow, or a CIDR and/or port.
+/// One `[[capture.filters]]` entry: an exact flow, a CIDR and/or port, or
+/// (with none of those) every packet of `proto`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FilterRule {
@@ -481,11 +489,6 @@ impl Config {
                     "capture.filters[{n}]: `flow` cannot be combined with `cidr` or `port`"
                 )));
             }
-            if f.flow.is_none() && f.cidr.is_none() && f.port.is_none() {
-                return Err(ConfigError::Semantic(format!(
-                    "capture.filters[{n}]: needs `flow`, `cidr` or `port`"
-                )));
-            }
             if f.flow.is_some() && f.proto == FilterProto::Any {
                 return Err(ConfigError::Semantic(format!(
                     "capture.filters[{n}]: an exact `flow` needs proto \"tcp\" or \"udp\""
@@ -728,10 +731,13 @@ mod tests {
 
     #[test]
     fn semantic_errors_name_the_filter() {
-        let msg = Config::from_toml("[[capture.filters]]\nproto = \"udp\"\n", "t.toml")
-            .expect_err("empty filter")
-            .to_string();
-        assert!(msg.contains("capture.filters[1]"), "{msg}");
+        let msg = Config::from_toml(
+            "[[capture.filters]]\nproto = \"udp\"\n\n[[capture.filters]]\nproto = \"any\"\nflow = \"10.0.0.1:1 -> 10.0.0.2:2\"\n",
+            "t.toml",
+        )
+        .expect_err("flow with proto any")
+        .to_string();
+        assert!(msg.contains("capture.filters[2]"), "{msg}");
     }
 
     #[test]
@@ -840,5 +846,15 @@ mod tests {
         assert_eq!(cfg.capture.filters.len(), 2);
         let flow = cfg.capture.filters[1].flow.expect("flow");
         assert_eq!(flow.b.port(), 5353);
+        assert!(cfg.capture.filters.iter().all(|f| !f.is_whole_protocol()));
+    }
+
+    #[test]
+    fn a_protocol_alone_scopes_all_of_it() {
+        let cfg = Config::from_toml("[[capture.filters]]\nproto = \"udp\"\n", "t.toml")
+            .expect("a protocol alone is a valid filter");
+        let f = &cfg.capture.filters[0];
+        assert!(f.is_whole_protocol());
+        assert_eq!(f.proto.numbers(), &[17]);
     }
 }

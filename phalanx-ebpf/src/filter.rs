@@ -2,7 +2,8 @@
 //!
 //! With no filters (`Setting::FilterMode` = 0) every TCP packet is in scope,
 //! plus ICMP errors that quote a TCP packet. Otherwise a packet is in scope
-//! when its 5-tuple (either orientation) is in the exact map, or one of its
+//! when its protocol is in scope whole (`Setting::WholeProtocols`), its
+//! 5-tuple (either orientation) is in the exact map, or one of its
 //! endpoints (address, port) falls under a CIDR/port rule of the trie. ICMP
 //! errors are judged by the packet they quote.
 
@@ -12,7 +13,7 @@ use aya_ebpf::{
 };
 use phalanx_common::{
     ipproto, FilterPrefix, FilterTuple, PacketMeta, RecordKind, Setting, FILTER_PREFIX_HEAD_BITS,
-    SETTING_COUNT,
+    SCOPE_ALL_TCP, SCOPE_ALL_UDP, SETTING_COUNT,
 };
 
 /// Exact 5-tuples in scope.
@@ -75,6 +76,15 @@ pub(crate) fn matches(m: &PacketMeta) -> bool {
     if mode == 0 {
         return proto == ipproto::TCP
             && (m.kind == RecordKind::Tcp as u8 || m.kind == RecordKind::IcmpError as u8);
+    }
+    let whole = PHX_SETTINGS
+        .get(Setting::WholeProtocols as u32)
+        .copied()
+        .unwrap_or(0);
+    if (proto == ipproto::TCP && whole & SCOPE_ALL_TCP != 0)
+        || (proto == ipproto::UDP && whole & SCOPE_ALL_UDP != 0)
+    {
+        return true;
     }
     let mut t = FilterTuple {
         src: *src,

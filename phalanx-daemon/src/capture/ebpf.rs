@@ -8,9 +8,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use phalanx_common::{
-    user::ip_to_bytes, Counter, FilterPrefix, FilterTuple, Setting, FILTER_PREFIX_HEAD_BITS,
-    MAP_COUNTERS, MAP_EVENTS, MAP_FILTER_PREFIXES, MAP_FILTER_TUPLES, MAP_SETTINGS, MAP_WATCHED,
-    PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    ipproto, user::ip_to_bytes, Counter, FilterPrefix, FilterTuple, Setting,
+    FILTER_PREFIX_HEAD_BITS, MAP_COUNTERS, MAP_EVENTS, MAP_FILTER_PREFIXES, MAP_FILTER_TUPLES,
+    MAP_SETTINGS, MAP_WATCHED, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, SCOPE_ALL_TCP,
+    SCOPE_ALL_UDP,
 };
 use tracing::{debug, info};
 
@@ -289,7 +290,7 @@ impl Capture {
                     .map_err(map_err("clearing prefix filters"))?;
             }
             for (id, rule) in rules.iter().enumerate() {
-                if rule.flow.is_some() {
+                if rule.flow.is_some() || rule.is_whole_protocol() {
                     continue;
                 }
                 for &proto in rule.proto.numbers() {
@@ -300,12 +301,26 @@ impl Capture {
                 }
             }
         }
+        let whole = rules
+            .iter()
+            .filter(|r| r.is_whole_protocol())
+            .flat_map(|r| r.proto.numbers())
+            .fold(0, |bits, &p| match p {
+                ipproto::TCP => bits | SCOPE_ALL_TCP,
+                ipproto::UDP => bits | SCOPE_ALL_UDP,
+                _ => bits,
+            });
+        self.set(Setting::WholeProtocols, whole)?;
         self.set_mode(u32::from(!rules.is_empty()))?;
         debug!(rules = rules.len(), "filters installed");
         Ok(())
     }
 
     fn set_mode(&mut self, mode: u32) -> Result<(), CaptureError> {
+        self.set(Setting::FilterMode, mode)
+    }
+
+    fn set(&mut self, setting: Setting, value: u32) -> Result<(), CaptureError> {
         let mut settings: Array<_, u32> = Array::try_from(
             self.ebpf
                 .map_mut(MAP_SETTINGS)
@@ -313,8 +328,8 @@ impl Capture {
         )
         .map_err(map_err("settings map"))?;
         settings
-            .set(Setting::FilterMode as u32, mode, 0)
-            .map_err(map_err("setting filter mode"))
+            .set(setting as u32, value, 0)
+            .map_err(map_err("writing a setting"))
     }
 
     /// Current per-CPU counters summed, indexed like [`Counter::ALL`].
