@@ -268,27 +268,20 @@ fn iperf(lab: &TwoHosts, workload: Workload, secs: u32, layout: Layout) -> Resul
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
     let r = &v["end"]["sum_received"];
     let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
-    let m = match workload {
-        Workload::Bulk => Measure {
-            rate: f("bits_per_second") / 1e9,
-            cpu_per_unit: 0.0,
-            units: f("bytes") / 1e9,
-        },
+    let (rate, units) = match workload {
+        Workload::Bulk => (f("bits_per_second") / 1e9, f("bytes") / 1e9),
         Workload::Small => {
             // The receiver's figures: datagrams the sender got out but the
             // server never read (socket buffer overflow) do not count.
             let received = f("packets") - f("lost_packets");
-            Measure {
-                rate: received / f("seconds").max(1e-9) / 1e3,
-                cpu_per_unit: 0.0,
-                units: received / 1e6,
-            }
+            (received / f("seconds").max(1e-9) / 1e3, received / 1e6)
         }
     };
-    anyhow::ensure!(m.units > 0.0, "iperf3 moved nothing: {}", r);
+    anyhow::ensure!(units > 0.0, "iperf3 moved nothing: {}", r);
     Ok(Measure {
-        cpu_per_unit: cpu / m.units,
-        ..m
+        rate,
+        cpu_per_unit: cpu / units,
+        units,
     })
 }
 
@@ -370,11 +363,20 @@ fn live_run(
     })
 }
 
-/// 95 % bootstrap interval of the median of `a[i] / b[i]`: the setups of
-/// one round run back to back, so their ratio cancels what drifts between
-/// rounds on a shared machine. Rounds are resampled with replacement, from
-/// a fixed seed, so a rerun on the same figures prints the same interval.
-fn paired_interval(a: &[f64], b: &[f64]) -> (f64, f64) {
+/// Median of the per-round ratios `a[i] / b[i]` and its 95 % bootstrap
+/// interval.
+#[derive(Clone, Copy, Debug)]
+struct Paired {
+    ratio: f64,
+    lo: f64,
+    hi: f64,
+}
+
+/// Compares two setups round by round: the setups of one round run back to
+/// back, so their ratio cancels what drifts between rounds on a shared
+/// machine. Rounds are resampled with replacement, from a fixed seed, so a
+/// rerun on the same figures prints the same interval.
+fn paired(a: &[f64], b: &[f64]) -> Paired {
     const RESAMPLES: usize = 4000;
     let ratios: Vec<f64> = a
         .iter()
@@ -383,7 +385,11 @@ fn paired_interval(a: &[f64], b: &[f64]) -> (f64, f64) {
         .map(|(x, y)| x / y)
         .collect();
     if ratios.is_empty() {
-        return (f64::NAN, f64::NAN);
+        return Paired {
+            ratio: f64::NAN,
+            lo: f64::NAN,
+            hi: f64::NAN,
+        };
     }
     let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = |n: usize| {
@@ -404,18 +410,11 @@ fn paired_interval(a: &[f64], b: &[f64]) -> (f64, f64) {
         .collect();
     medians.sort_by(|x, y| x.total_cmp(y));
     let at = |q: f64| medians[((medians.len() - 1) as f64 * q).round() as usize];
-    (at(0.025), at(0.975))
-}
-
-/// Median of the per-round ratios `a[i] / b[i]`.
-fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
-    median(
-        a.iter()
-            .zip(b)
-            .filter(|(_, y)| **y > 0.0)
-            .map(|(x, y)| x / y)
-            .collect(),
-    )
+    Paired {
+        ratio: median(ratios),
+        lo: at(0.025),
+        hi: at(0.975),
+    }
 }
 
 /// Verdict of "ratio ≥ 1 is better" (or ≤ 1 when `higher_is_better` is
@@ -561,9 +560,8 @@ fn workload_rows(
         let goal = goals && *setup == "tcx";
         let g = median(rate[i].clone());
         let c = median(cpu[i].clone());
-        let r = paired_ratio(&rate[i], &rate[0]);
         // Cost = 1 - throughput ratio; within 5 % when the ratio is above 0.95.
-        let (lo, hi) = paired_interval(&rate[i], &rate[0]);
+        let Paired { ratio: r, lo, hi } = paired(&rate[i], &rate[0]);
         let (pass, v) = verdict((lo / 0.95, hi / 0.95), true);
         rows.push(Row {
             figure: format!(
@@ -582,8 +580,7 @@ fn workload_rows(
             pass: pass.filter(|_| goal),
             verdict: v.filter(|_| goal),
         });
-        let r = paired_ratio(&cpu[i], &cpu[0]);
-        let (lo, hi) = paired_interval(&cpu[i], &cpu[0]);
+        let Paired { ratio: r, lo, hi } = paired(&cpu[i], &cpu[0]);
         let (pass, v) = verdict((lo / 1.5, hi / 1.5), false);
         rows.push(Row {
             figure: format!(
@@ -603,8 +600,8 @@ fn workload_rows(
         ("throughput", &rate, true, rate_unit),
         ("machine CPU", &cpu, false, cpu_unit),
     ] {
-        let interval = paired_interval(&v[t], &v[d]);
-        let (pass, verdict) = verdict(interval, higher_is_better);
+        let p = paired(&v[t], &v[d]);
+        let (pass, verdict) = verdict((p.lo, p.hi), higher_is_better);
         rows.push(Row {
             figure: format!(
                 "tcx vs tcpdump -s 128, {}: {what} (95 % interval)",
@@ -612,12 +609,7 @@ fn workload_rows(
             ),
             phalanx: format!("{:.3} {unit}", median(v[t].clone())),
             peer: format!("{:.3} (tcpdump)", median(v[d].clone())),
-            ratio: format!(
-                "{:.3}× ({:.3} … {:.3})",
-                paired_ratio(&v[t], &v[d]),
-                interval.0,
-                interval.1
-            ),
+            ratio: format!("{:.3}× ({:.3} … {:.3})", p.ratio, p.lo, p.hi),
             goal: "better than tcpdump".into(),
             pass,
             verdict,
@@ -628,19 +620,19 @@ fn workload_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{paired_interval, paired_ratio, verdict};
+    use super::{paired, verdict};
 
     #[test]
     fn intervals_decide_only_clear_differences() {
         let a = [10.0, 10.4, 9.8, 10.1, 10.3, 9.9, 10.2];
         let b = [8.0, 8.3, 7.9, 8.1, 8.2, 7.8, 8.4];
-        let (lo, hi) = paired_interval(&a, &b);
+        let super::Paired { lo, hi, .. } = paired(&a, &b);
         assert!(lo > 1.15 && hi < 1.35, "{lo} {hi}");
         assert_eq!(verdict((lo, hi), true), (Some(true), None));
         assert_eq!(verdict((lo, hi), false), (Some(false), None));
         // Overlapping samples: no verdict.
         let c = [10.1, 9.7, 10.5, 9.9, 10.2, 10.0, 9.8];
-        let (lo, hi) = paired_interval(&a, &c);
+        let super::Paired { lo, hi, .. } = paired(&a, &c);
         assert!(lo < 1.0 && hi > 1.0, "{lo} {hi}");
         assert_eq!(verdict((lo, hi), true), (None, Some("within noise")));
     }
@@ -651,8 +643,8 @@ mod tests {
         // ±30 % between rounds while `a` stays 3 % above `b` within each.
         let b = [10.0, 13.0, 7.0, 12.0, 8.0, 11.0, 9.0];
         let a: Vec<f64> = b.iter().map(|x| x * 1.03).collect();
-        assert!((paired_ratio(&a, &b) - 1.03).abs() < 1e-9);
-        let (lo, hi) = paired_interval(&a, &b);
+        let super::Paired { ratio, lo, hi } = paired(&a, &b);
+        assert!((ratio - 1.03).abs() < 1e-9);
         assert!(lo > 1.0 && (lo - 1.03).abs() < 1e-9 && (hi - 1.03).abs() < 1e-9);
     }
 }
