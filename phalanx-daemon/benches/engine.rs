@@ -9,6 +9,10 @@
 //! - `engine/new_idle_flows`: records per second when every record opens a
 //!   flow (a SYN scan), and the memory one idle tracked flow costs with one
 //!   million of them in the table (printed; goal: at most 256 bytes).
+//! - `daemon/*`: records per second through the live daemon's whole flow
+//!   stage with its defaults (history, flow table, KPI metrics, stitch
+//!   history), in the ring consumer's batches: one UDP flow of 64-byte
+//!   datagrams (the live bench's small-packet load) and the synthetic mix.
 
 use std::hint::black_box;
 
@@ -17,6 +21,12 @@ use phalanx_common::{ipproto, tcp_flags, PacketMeta, RecordKind};
 use phalanx_daemon::capture::history::{FlowHistory, HistoryBounds};
 use phalanx_daemon::flow::{FlowConfig, FlowTable};
 use phalanx_daemon::synth::{self, ManyFlows};
+use phalanx_daemon::{
+    capture::ring::BATCH, config::Config, daemon::FlowStage, export::kpi::FlowMetrics,
+    incident::service as incidents, stitch::live::LiveStitch,
+};
+use prometheus_client::registry::Registry;
+use std::sync::{Arc, Mutex};
 
 const IDLE_FLOWS: u32 = 1_000_000;
 
@@ -55,6 +65,71 @@ fn mix(c: &mut Criterion) {
             BatchSize::PerIteration,
         );
     });
+    group.finish();
+}
+
+/// The daemon's flow stage as `phalanx run` builds it from `cfg`.
+fn stage(cfg: &Config) -> FlowStage {
+    let mut registry = Registry::default();
+    FlowStage {
+        flows: Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone()))),
+        metrics: Arc::new(Mutex::new(FlowMetrics::new(&cfg.metrics))),
+        history: incidents::history(&cfg.incidents),
+        live: Arc::new(
+            LiveStitch::new(&cfg.stitch, "bench", &mut registry).expect("default stitch config"),
+        ),
+    }
+}
+
+/// `n` 64-byte datagrams of one IPv4 UDP flow, received 5 us apart.
+fn udp_datagrams(n: u32) -> Vec<PacketMeta> {
+    let mut m = PacketMeta::zeroed();
+    m.kind = RecordKind::Udp as u8;
+    m.ip_version = 4;
+    m.l4_proto = ipproto::UDP;
+    m.src_addr[..4].copy_from_slice(&[10, 77, 0, 1]);
+    m.dst_addr[..4].copy_from_slice(&[10, 77, 0, 2]);
+    m.sport = 40_000;
+    m.dport = 5201;
+    m.ttl = 64;
+    m.payload_len = 64;
+    m.wire_len = 106;
+    m.segs = 1;
+    (0..n)
+        .map(|i| {
+            let mut r = m;
+            r.ts_ns = 1_700_000_000_000_000_000 + u64::from(i) * 5_000;
+            r
+        })
+        .collect()
+}
+
+fn daemon(c: &mut Criterion) {
+    let cfg = Config::default();
+    let loads = [
+        ("udp_one_flow", udp_datagrams(1_000_000)),
+        (
+            "many_flows_mix",
+            synth::many_flows(&ManyFlows::default()).records,
+        ),
+    ];
+    let mut group = c.benchmark_group("daemon");
+    group.sample_size(10);
+    for (name, recs) in &loads {
+        group.throughput(Throughput::Elements(recs.len() as u64));
+        group.bench_function(*name, |b| {
+            b.iter_batched(
+                || stage(&cfg),
+                |s| {
+                    for batch in recs.chunks(BATCH) {
+                        s.ingest(black_box(batch)).expect("not poisoned");
+                    }
+                    s
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
     group.finish();
 }
 
@@ -116,5 +191,5 @@ fn idle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, mix, idle);
+criterion_group!(benches, mix, daemon, idle);
 criterion_main!(benches);

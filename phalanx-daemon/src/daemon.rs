@@ -149,12 +149,29 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
 
     let (tx, rx) = mpsc::channel::<Vec<PacketMeta>>(CHANNEL_BATCHES);
+    let (spent_tx, spent_rx) = mpsc::channel::<Vec<PacketMeta>>(CHANNEL_BATCHES);
     let mut consumer = tokio::spawn(
-        ring::consume(ringbuf, tx, ring_stats.clone(), ring::ktime_offset_ns())
-            .instrument(info_span!("ring")),
+        ring::consume(
+            ringbuf,
+            tx,
+            spent_rx,
+            ring_stats.clone(),
+            ring::ktime_offset_ns(),
+        )
+        .instrument(info_span!("ring")),
     );
     let flow_task = tokio::spawn(
-        flow_loop(rx, flows.clone(), flow_metrics, history, live).instrument(info_span!("flow")),
+        flow_loop(
+            rx,
+            spent_tx,
+            FlowStage {
+                flows: flows.clone(),
+                metrics: flow_metrics,
+                history,
+                live,
+            },
+        )
+        .instrument(info_span!("flow")),
     );
     let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
     let rules_task = tokio::spawn(
@@ -303,32 +320,59 @@ fn observation(f: crate::rules::Finding) -> Observation {
     }
 }
 
-/// Feeds record batches into the flow table, the per-group KPI metrics and
-/// the per-flow histories kept for incident evidence and for stitch peers;
-/// expires idle flows by record time.
-async fn flow_loop(
-    mut rx: mpsc::Receiver<Vec<PacketMeta>>,
-    flows: Arc<Mutex<FlowTable>>,
-    metrics: Arc<Mutex<FlowMetrics>>,
-    history: SharedHistory,
-    live: Arc<LiveStitch>,
-) {
-    while let Some(batch) = rx.recv().await {
-        live.record(&batch);
-        if let Ok(mut h) = history.lock() {
-            for m in &batch {
-                h.record(m);
-            }
-        }
-        let (Ok(mut table), Ok(mut metrics)) = (flows.lock(), metrics.lock()) else {
-            error!("flow state poisoned; stopping the flow task");
-            return;
+/// The flow task's work on each batch: the flow table, the per-group KPI
+/// metrics and the per-flow histories kept for incident evidence and for
+/// stitch peers. Shared state, so the API, the rules and the incident task
+/// read what it writes.
+#[derive(Clone)]
+pub struct FlowStage {
+    /// Tracked flows.
+    pub flows: Arc<Mutex<FlowTable>>,
+    /// Per-group KPI figures.
+    pub metrics: Arc<Mutex<FlowMetrics>>,
+    /// Recent packets per flow, for incident evidence.
+    pub history: SharedHistory,
+    /// Recent observations per flow, for stitch peers.
+    pub live: Arc<LiveStitch>,
+}
+
+/// A lock of the flow state was poisoned by a panic elsewhere.
+#[derive(Debug, thiserror::Error)]
+#[error("flow state poisoned")]
+pub struct Poisoned;
+
+impl FlowStage {
+    /// Applies one batch of records; expires idle flows by record time.
+    pub fn ingest(&self, batch: &[PacketMeta]) -> Result<(), Poisoned> {
+        self.live.record(batch);
+        self.history.lock().map_err(|_| Poisoned)?.record_all(batch);
+        let (Ok(mut table), Ok(mut metrics)) = (self.flows.lock(), self.metrics.lock()) else {
+            return Err(Poisoned);
         };
-        for m in &batch {
+        for m in batch {
             table.ingest_observed(m, &mut *metrics);
         }
         if let Some(last) = batch.last() {
             table.expire(last.ts_ns);
         }
+        Ok(())
+    }
+}
+
+/// Feeds record batches into the [`FlowStage`] until the channel closes;
+/// hands each batch back emptied, for the ring consumer to refill.
+async fn flow_loop(
+    mut rx: mpsc::Receiver<Vec<PacketMeta>>,
+    spent: mpsc::Sender<Vec<PacketMeta>>,
+    stage: FlowStage,
+) {
+    while let Some(mut batch) = rx.recv().await {
+        if stage.ingest(&batch).is_err() {
+            error!("flow state poisoned; stopping the flow task");
+            return;
+        }
+        batch.clear();
+        // Full or closed: the consumer allocates instead.
+        let _ = spent.try_send(batch);
     }
 }

@@ -23,23 +23,59 @@ pub struct HistoryBounds {
     pub max_flows: usize,
 }
 
+/// Marks a slot whose key was evicted.
+const VACANT: u64 = u64::MAX;
+const NIL: u32 = u32::MAX;
+
 #[derive(Debug)]
-struct Entry<T> {
-    ring: VecDeque<T>,
-    /// Update stamp: position in the recency index.
+struct Entry<K, T> {
+    key: K,
+    /// Ring of the key's items: grows to `per_flow`, then the oldest (at
+    /// `head`) is overwritten in place.
+    items: Vec<T>,
+    head: usize,
+    /// Update stamp: position in the recency index, or `VACANT`.
     stamp: u64,
+}
+
+impl<K, T: Clone> Entry<K, T> {
+    #[inline]
+    fn append(&mut self, item: T, per_flow: usize) {
+        if self.items.len() < per_flow {
+            self.items.push(item);
+        } else {
+            self.items[self.head] = item;
+            self.head = if self.head + 1 == per_flow {
+                0
+            } else {
+                self.head + 1
+            };
+        }
+    }
+
+    fn ordered(&self) -> impl Iterator<Item = &T> {
+        self.items[self.head..]
+            .iter()
+            .chain(&self.items[..self.head])
+    }
 }
 
 /// Last `per_flow` items of each of at most `max_flows` keys.
 #[derive(Debug)]
 pub struct FlowHistory<K = FlowKey, T = PacketMeta> {
     bounds: HistoryBounds,
-    entries: HashMap<K, Entry<T>>,
-    /// (stamp, key) of every update, oldest first. An item is live while
-    /// its stamp is still the entry's; stale ones are skipped on eviction
+    /// Entries by slot; evicted slots are reused with their allocations.
+    slots: Vec<Entry<K, T>>,
+    free: Vec<u32>,
+    index: HashMap<K, u32>,
+    /// (stamp, slot) of every update, oldest first. An item is live while
+    /// its stamp is still the slot's; stale ones are skipped on eviction
     /// and compacted away. Appending here is what keeps a push O(1): an
     /// ordered index re-sorted on every record was the daemon's hottest path.
-    recency: VecDeque<(u64, K)>,
+    recency: VecDeque<(u64, u32)>,
+    /// Slot of the latest push. Its recency item is already the newest, so
+    /// a run of items of one key (a burst of one flow) skips the index.
+    last: u32,
     next_stamp: u64,
     evicted: u64,
 }
@@ -52,8 +88,11 @@ impl<K: Eq + Hash + Clone, T: Clone> FlowHistory<K, T> {
                 per_flow: bounds.per_flow.max(1),
                 max_flows: bounds.max_flows.max(1),
             },
-            entries: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
             recency: VecDeque::new(),
+            last: NIL,
             next_stamp: 0,
             evicted: 0,
         }
@@ -61,60 +100,100 @@ impl<K: Eq + Hash + Clone, T: Clone> FlowHistory<K, T> {
 
     /// Appends `item` to `key`'s ring, dropping its oldest item when full.
     pub fn push(&mut self, key: K, item: T) {
+        let per_flow = self.bounds.per_flow;
+        if let Some(e) = self.slots.get_mut(self.last as usize) {
+            if e.key == key {
+                e.append(item, per_flow);
+                return;
+            }
+        }
         let stamp = self.next_stamp;
         self.next_stamp += 1;
-        if let Some(e) = self.entries.get_mut(&key) {
+        if let Some(&slot) = self.index.get(&key) {
+            let e = &mut self.slots[slot as usize];
             e.stamp = stamp;
-            if e.ring.len() >= self.bounds.per_flow {
-                e.ring.pop_front();
-            }
-            e.ring.push_back(item);
-            self.recency.push_back((stamp, key));
+            e.append(item, per_flow);
+            self.recency.push_back((stamp, slot));
+            self.last = slot;
             self.compact();
             return;
         }
-        while self.entries.len() >= self.bounds.max_flows {
+        while self.index.len() >= self.bounds.max_flows {
             let Some((old_stamp, old)) = self.recency.pop_front() else {
                 break;
             };
-            if self.entries.get(&old).is_some_and(|e| e.stamp == old_stamp) {
-                self.entries.remove(&old);
+            let e = &mut self.slots[old as usize];
+            if e.stamp == old_stamp {
+                e.stamp = VACANT;
+                e.items.clear();
+                e.head = 0;
+                self.index.remove(&e.key);
+                self.free.push(old);
                 self.evicted += 1;
             }
         }
-        let mut ring = VecDeque::with_capacity(self.bounds.per_flow.min(16));
-        ring.push_back(item);
-        self.entries.insert(key.clone(), Entry { ring, stamp });
-        self.recency.push_back((stamp, key));
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                let e = &mut self.slots[slot as usize];
+                e.key = key.clone();
+                e.stamp = stamp;
+                e.items.push(item);
+                slot
+            }
+            None => {
+                let mut items = Vec::with_capacity(per_flow.min(16));
+                items.push(item);
+                self.slots.push(Entry {
+                    key: key.clone(),
+                    items,
+                    head: 0,
+                    stamp,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, slot);
+        self.recency.push_back((stamp, slot));
+        self.last = slot;
     }
 
     /// Drops stale recency items once they outnumber the live ones 3 to 1:
     /// memory stays bounded and the cost per push stays O(1) amortised.
     fn compact(&mut self) {
-        if self.recency.len() <= 4 * self.entries.len().max(64) {
+        if self.recency.len() <= 4 * self.index.len().max(64) {
             return;
         }
-        let entries = &self.entries;
+        let slots = &self.slots;
         self.recency
-            .retain(|(stamp, k)| entries.get(k).is_some_and(|e| e.stamp == *stamp));
+            .retain(|&(stamp, slot)| slots[slot as usize].stamp == stamp);
     }
 
     /// The items kept for `key`, oldest first.
     pub fn recent(&self, key: &K) -> Vec<T> {
-        self.entries
-            .get(key)
-            .map(|e| e.ring.iter().cloned().collect())
+        self.entry(key)
+            .map(|e| e.ordered().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The item pushed last for `key`.
+    pub fn latest(&self, key: &K) -> Option<&T> {
+        let e = self.entry(key)?;
+        let i = if e.head == 0 { e.items.len() } else { e.head };
+        e.items.get(i.checked_sub(1)?)
+    }
+
+    fn entry(&self, key: &K) -> Option<&Entry<K, T>> {
+        self.index.get(key).map(|&slot| &self.slots[slot as usize])
     }
 
     /// Keys held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.index.len()
     }
 
     /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.index.is_empty()
     }
 
     /// Keys evicted to respect `max_flows`.
@@ -134,6 +213,13 @@ impl FlowHistory<FlowKey, PacketMeta> {
     pub fn record(&mut self, rec: &PacketMeta) {
         if let Some(key) = flow_key_of(rec) {
             self.push(key, *rec);
+        }
+    }
+
+    /// Records every packet of a batch, in order.
+    pub fn record_all(&mut self, batch: &[PacketMeta]) {
+        for rec in batch {
+            self.record(rec);
         }
     }
 }
@@ -210,6 +296,50 @@ mod tests {
             h.recent(&1002).is_empty(),
             "the least recently updated one goes"
         );
+    }
+
+    proptest::proptest! {
+        /// Against a plain model: a list of (key, last items), most recently
+        /// updated last, trimmed from the front.
+        #[test]
+        fn matches_a_plain_model(
+            per_flow in 1usize..5,
+            max_flows in 1usize..4,
+            pushes in proptest::collection::vec((0u8..6, 0u32..1000), 0..200),
+        ) {
+            let mut h: FlowHistory<u8, u32> = FlowHistory::new(bounds(per_flow, max_flows));
+            let mut model: Vec<(u8, VecDeque<u32>)> = Vec::new();
+            let mut evicted = 0;
+            for &(k, v) in &pushes {
+                h.push(k, v);
+                let mut items = match model.iter().position(|(mk, _)| *mk == k) {
+                    Some(i) => model.remove(i).1,
+                    None => {
+                        if model.len() == max_flows {
+                            model.remove(0);
+                            evicted += 1;
+                        }
+                        VecDeque::new()
+                    }
+                };
+                if items.len() == per_flow {
+                    items.pop_front();
+                }
+                items.push_back(v);
+                model.push((k, items));
+                for key in 0u8..6 {
+                    let want: Vec<u32> = model
+                        .iter()
+                        .find(|(mk, _)| *mk == key)
+                        .map(|(_, i)| i.iter().copied().collect())
+                        .unwrap_or_default();
+                    proptest::prop_assert_eq!(h.latest(&key).copied(), want.last().copied());
+                    proptest::prop_assert_eq!(h.recent(&key), want);
+                }
+                proptest::prop_assert_eq!(h.len(), model.len());
+                proptest::prop_assert_eq!(h.evicted(), evicted);
+            }
+        }
     }
 
     #[test]

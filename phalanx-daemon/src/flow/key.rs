@@ -10,7 +10,7 @@
 use phalanx_common::PacketMeta;
 
 /// Canonical 5-tuple of a bidirectional flow (side 0 = lower endpoint).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowKey {
     /// Address of side 0 (IPv4 in the first 4 bytes).
     pub addr: [[u8; 16]; 2],
@@ -130,6 +130,15 @@ impl FlowKey {
             h = (h.rotate_left(23) ^ v).wrapping_mul(K);
         }
         h ^ (h >> 32)
+    }
+}
+
+/// Hashes through [`FlowKey::hash64`]: one pass over the key's words
+/// instead of a hasher call per field (flow histories key maps by it).
+impl std::hash::Hash for FlowKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash64());
     }
 }
 

@@ -550,14 +550,14 @@ impl Kept {
         if !tcp || m.segs <= 1 || m.payload_len == 0 {
             if tcp && m.payload_len > 0 {
                 let key = (o.flow, o.dir);
-                let known = self.seg_size.recent(&key).last().copied().unwrap_or(0);
+                let known = self.seg_size.latest(&key).copied().unwrap_or(0);
                 self.seg_size.push(key, known.max(m.payload_len));
             }
             self.observations.push(o.flow, o);
             return;
         }
         let key = (o.flow, o.dir);
-        let known = self.seg_size.recent(&key).last().copied();
+        let known = self.seg_size.latest(&key).copied();
         // tc records carry the kernel's own segment size; the inference
         // serves records without it.
         let size = if m.gso_size > 0 {

@@ -64,6 +64,8 @@ pub(crate) fn engine(quick: bool, rows: &mut Vec<Row>, notes: &mut String) -> Re
     let mix = throughput(&text, "engine/many_flows_mix").context("no many_flows_mix result")?;
     let history = throughput(&text, "engine/history_record");
     let syn = throughput(&text, "engine/new_idle_flows");
+    let stage_udp = throughput(&text, "daemon/udp_one_flow");
+    let stage_mix = throughput(&text, "daemon/many_flows_mix");
     let per_flow = text
         .lines()
         .find_map(|l| l.strip_prefix("engine/idle_flow_memory: "))
@@ -89,12 +91,17 @@ pub(crate) fn engine(quick: bool, rows: &mut Vec<Row>, notes: &mut String) -> Re
         pass: Some(per_flow <= 256.0),
         verdict: None,
     });
+    let rate =
+        |v: Option<f64>, unit: &str| v.map_or("-".into(), |h| format!("{:.2} M {unit}/s", h / 1e6));
     writeln!(
         notes,
-        "- engine (criterion, warm-up {warm} s, measurement {measure} s): mix {:.2} M records/s, packet history {}, new idle flows {}",
+        "- engine (criterion, warm-up {warm} s, measurement {measure} s): mix {:.2} M records/s, packet history {}, new idle flows {}; \
+         the daemon's whole flow stage (history, table, KPI metrics, in ring batches): one UDP flow {}, the mix {}",
         mix / 1e6,
-        history.map_or("-".into(), |h| format!("{:.2} M records/s", h / 1e6)),
-        syn.map_or("-".into(), |h| format!("{:.2} M flows/s", h / 1e6)),
+        rate(history, "records"),
+        rate(syn, "flows"),
+        rate(stage_udp, "records"),
+        rate(stage_mix, "records"),
     )?;
     Ok(())
 }
