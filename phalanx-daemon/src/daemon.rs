@@ -345,7 +345,12 @@ impl FlowStage {
     /// Applies one batch of records; expires idle flows by record time.
     pub fn ingest(&self, batch: &[PacketMeta]) -> Result<(), Poisoned> {
         self.live.record(batch);
-        self.history.lock().map_err(|_| Poisoned)?.record_all(batch);
+        {
+            let mut history = self.history.lock().map_err(|_| Poisoned)?;
+            for m in batch {
+                history.record(m);
+            }
+        }
         let (Ok(mut table), Ok(mut metrics)) = (self.flows.lock(), self.metrics.lock()) else {
             return Err(Poisoned);
         };

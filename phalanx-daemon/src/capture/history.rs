@@ -39,12 +39,13 @@ struct Entry<K, T> {
 }
 
 impl<K, T: Clone> Entry<K, T> {
+    /// Copies `item` straight into its slot (a record is 176 bytes).
     #[inline]
-    fn append(&mut self, item: T, per_flow: usize) {
+    fn append(&mut self, item: &T, per_flow: usize) {
         if self.items.len() < per_flow {
-            self.items.push(item);
+            self.items.push(item.clone());
         } else {
-            self.items[self.head] = item;
+            self.items[self.head].clone_from(item);
             self.head = if self.head + 1 == per_flow {
                 0
             } else {
@@ -99,7 +100,7 @@ impl<K: Eq + Hash + Clone, T: Clone> FlowHistory<K, T> {
     }
 
     /// Appends `item` to `key`'s ring, dropping its oldest item when full.
-    pub fn push(&mut self, key: K, item: T) {
+    pub fn push(&mut self, key: K, item: &T) {
         let per_flow = self.bounds.per_flow;
         if let Some(e) = self.slots.get_mut(self.last as usize) {
             if e.key == key {
@@ -137,12 +138,12 @@ impl<K: Eq + Hash + Clone, T: Clone> FlowHistory<K, T> {
                 let e = &mut self.slots[slot as usize];
                 e.key = key.clone();
                 e.stamp = stamp;
-                e.items.push(item);
+                e.items.push(item.clone());
                 slot
             }
             None => {
                 let mut items = Vec::with_capacity(per_flow.min(16));
-                items.push(item);
+                items.push(item.clone());
                 self.slots.push(Entry {
                     key: key.clone(),
                     items,
@@ -212,14 +213,7 @@ impl FlowHistory<FlowKey, PacketMeta> {
     /// ICMP error goes to the flow it quotes (it is that flow's evidence).
     pub fn record(&mut self, rec: &PacketMeta) {
         if let Some(key) = flow_key_of(rec) {
-            self.push(key, *rec);
-        }
-    }
-
-    /// Records every packet of a batch, in order.
-    pub fn record_all(&mut self, batch: &[PacketMeta]) {
-        for rec in batch {
-            self.record(rec);
+            self.push(key, rec);
         }
     }
 }
@@ -257,7 +251,7 @@ mod tests {
     fn ring_keeps_the_last_n() {
         let mut h: FlowHistory<u32, u32> = FlowHistory::new(bounds(4, 10));
         for i in 0..10 {
-            h.push(1, i);
+            h.push(1, &i);
         }
         assert_eq!(h.recent(&1), vec![6, 7, 8, 9], "last 4 of 10, oldest first");
         assert!(h.recent(&2).is_empty());
@@ -266,28 +260,28 @@ mod tests {
     #[test]
     fn evicts_the_least_recently_updated_flow() {
         let mut h: FlowHistory<u32, u32> = FlowHistory::new(bounds(2, 3));
-        h.push(1, 0);
-        h.push(2, 0);
-        h.push(3, 0);
-        h.push(1, 1); // 2 is now the least recently updated
-        h.push(4, 0);
+        h.push(1, &0);
+        h.push(2, &0);
+        h.push(3, &0);
+        h.push(1, &1); // 2 is now the least recently updated
+        h.push(4, &0);
         assert_eq!(h.len(), 3);
         assert_eq!(h.evicted(), 1);
         assert!(h.recent(&2).is_empty(), "flow 2 evicted");
         assert_eq!(h.recent(&1), vec![0, 1]);
         for k in 5..1005 {
-            h.push(k, k);
+            h.push(k, &k);
         }
         assert_eq!(h.len(), 3, "never more than max_flows keys");
         assert_eq!(h.evicted(), 1001);
         assert_eq!(h.recency.len(), 3, "recency index stays in step");
         // Updates of one key leave stale recency items; they stay bounded.
         for i in 0..100_000 {
-            h.push(1004, i);
+            h.push(1004, &i);
         }
         assert!(h.recency.len() <= 4 * 64 + 1, "stale items compacted");
-        h.push(2000, 0);
-        h.push(2001, 0);
+        h.push(2000, &0);
+        h.push(2001, &0);
         assert!(
             h.recent(&1004).len() == 2,
             "the most recently updated key survives"
@@ -311,7 +305,7 @@ mod tests {
             let mut model: Vec<(u8, VecDeque<u32>)> = Vec::new();
             let mut evicted = 0;
             for &(k, v) in &pushes {
-                h.push(k, v);
+                h.push(k, &v);
                 let mut items = match model.iter().position(|(mk, _)| *mk == k) {
                     Some(i) => model.remove(i).1,
                     None => {

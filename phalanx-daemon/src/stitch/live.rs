@@ -551,9 +551,9 @@ impl Kept {
             if tcp && m.payload_len > 0 {
                 let key = (o.flow, o.dir);
                 let known = self.seg_size.latest(&key).copied().unwrap_or(0);
-                self.seg_size.push(key, known.max(m.payload_len));
+                self.seg_size.push(key, &known.max(m.payload_len));
             }
-            self.observations.push(o.flow, o);
+            self.observations.push(o.flow, &o);
             return;
         }
         let key = (o.flow, o.dir);
@@ -568,12 +568,12 @@ impl Kept {
         if known != Some(size)
             && (m.gso_size > 0 || m.payload_len.is_multiple_of(u32::from(m.segs)))
         {
-            self.seg_size.push(key, size);
+            self.seg_size.push(key, &size);
         }
         for seg in gso_segments(m, size) {
             let mut so = Observation::from_meta(&seg);
             so.payload_hash = 0;
-            self.observations.push(so.flow, so);
+            self.observations.push(so.flow, &so);
         }
     }
 }
