@@ -33,9 +33,13 @@ pub const PROG_TC_INGRESS: &str = "phalanx_tc_ingress";
 /// Name of the TC (tcx) program for egress.
 pub const PROG_TC_EGRESS: &str = "phalanx_tc_egress";
 
-/// Records between two forced consumer wake-ups (per CPU); the daemon also
-/// drains on a short timer so a quiet tail never waits for the next batch.
-pub const WAKEUP_BATCH: u32 = 512;
+/// Records (per CPU) between two looks at the ring's fill level; a look
+/// that finds it at least 1/[`WAKEUP_FILL_DIVISOR`] full wakes the
+/// consumer. Below that the daemon drains on its timer, so a wake-up (tens
+/// of microseconds of CPU in a VM) is paid per ring fraction, not per batch.
+pub const WAKEUP_CHECK_EVERY: u32 = 64;
+/// See [`WAKEUP_CHECK_EVERY`].
+pub const WAKEUP_FILL_DIVISOR: u64 = 16;
 
 /// Record kind tag (first byte of a record's header).
 #[repr(u8)]

@@ -12,14 +12,19 @@ mod filter;
 mod parse;
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    bindings::{
+        xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+        TC_ACT_UNSPEC,
+    },
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use core::ffi::c_void;
-use phalanx_common::{Counter, Direction, PacketMeta, COUNTER_COUNT, WAKEUP_BATCH};
+use phalanx_common::{
+    Counter, Direction, PacketMeta, COUNTER_COUNT, WAKEUP_CHECK_EVERY, WAKEUP_FILL_DIVISOR,
+};
 
 /// Records to user space. Size is overridden at load time from the config.
 #[map(name = "PHX_EVENTS")]
@@ -142,8 +147,11 @@ fn capture<P: Packet>(
     }
     count(Counter::Matched);
     let n = count(Counter::Submitted);
-    // Wake the consumer once per batch; its timer drains the tail.
-    let flags = if n % WAKEUP_BATCH as u64 == 0 {
+    // Wake the consumer when the ring fills up; its timer drains the rest.
+    let flags = if n % WAKEUP_CHECK_EVERY as u64 == 0
+        && PHX_EVENTS.query(BPF_RB_AVAIL_DATA as u64) * WAKEUP_FILL_DIVISOR
+            >= PHX_EVENTS.query(BPF_RB_RING_SIZE as u64)
+    {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
