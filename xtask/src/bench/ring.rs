@@ -76,7 +76,7 @@ impl CleanCeiling {
 fn measure(daemon: &Daemon<'_>, drive: impl FnOnce() -> Result<(u64, Duration)>) -> Result<Step> {
     let m0 = daemon.text("/metrics")?;
     let (sent, elapsed) = drive()?;
-    // Let the consumer's drain timer (5 ms) and the flow task catch up.
+    // Let the consumer's drain timer (50 ms) and the flow task catch up.
     std::thread::sleep(Duration::from_millis(300));
     let m1 = daemon.text("/metrics")?;
     let d = |n: &str| metric(&m1, n) - metric(&m0, n);
