@@ -22,11 +22,11 @@ use phalanx_daemon::capture::history::{FlowHistory, HistoryBounds};
 use phalanx_daemon::flow::{FlowConfig, FlowTable};
 use phalanx_daemon::synth::{self, ManyFlows};
 use phalanx_daemon::{
-    capture::ring::BATCH, config::Config, daemon::FlowStage, export::kpi::FlowMetrics,
-    incident::service as incidents, stitch::live::LiveStitch,
+    capture::ring::BATCH, config::Config, daemon::FlowStage, incident::service as incidents,
+    stitch::live::LiveStitch,
 };
 use prometheus_client::registry::Registry;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const IDLE_FLOWS: u32 = 1_000_000;
 
@@ -70,15 +70,9 @@ fn mix(c: &mut Criterion) {
 
 /// The daemon's flow stage as `phalanx run` builds it from `cfg`.
 fn stage(cfg: &Config) -> FlowStage {
-    let mut registry = Registry::default();
-    FlowStage {
-        flows: Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone()))),
-        metrics: Arc::new(Mutex::new(FlowMetrics::new(&cfg.metrics))),
-        history: incidents::history(&cfg.incidents),
-        live: Arc::new(
-            LiveStitch::new(&cfg.stitch, "bench", &mut registry).expect("default stitch config"),
-        ),
-    }
+    let live = LiveStitch::new(&cfg.stitch, "bench", &mut Registry::default())
+        .expect("default stitch config");
+    FlowStage::new(cfg, incidents::history(&cfg.incidents), Arc::new(live))
 }
 
 /// `n` 64-byte datagrams of one IPv4 UDP flow, received 5 us apart.

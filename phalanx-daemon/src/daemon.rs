@@ -126,11 +126,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let capture = Arc::new(Mutex::new(capture));
     let ring_stats = Arc::new(RingStats::default());
-    let flows = Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone())));
+    let stage = FlowStage::new(&cfg, history, live.clone());
+    let flows = stage.flows.clone();
 
     CaptureCollector::register(&mut registry, capture.clone(), ring_stats.clone());
-    let flow_metrics = Arc::new(Mutex::new(FlowMetrics::new(&cfg.metrics)));
-    KpiCollector::register(&mut registry, flow_metrics.clone(), flows.clone());
+    KpiCollector::register(&mut registry, stage.metrics.clone(), flows.clone());
     let state = api::ApiState {
         registry: Arc::new(registry),
         flows: flows.clone(),
@@ -160,19 +160,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         )
         .instrument(info_span!("ring")),
     );
-    let flow_task = tokio::spawn(
-        flow_loop(
-            rx,
-            spent_tx,
-            FlowStage {
-                flows: flows.clone(),
-                metrics: flow_metrics,
-                history,
-                live,
-            },
-        )
-        .instrument(info_span!("flow")),
-    );
+    let flow_task = tokio::spawn(flow_loop(rx, spent_tx, stage).instrument(info_span!("flow")));
     let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
     let rules_task = tokio::spawn(
         rules_loop(flows.clone(), engine, observations.clone()).instrument(info_span!("rules")),
@@ -342,6 +330,17 @@ pub struct FlowStage {
 pub struct Poisoned;
 
 impl FlowStage {
+    /// A new flow table and KPI figures from `cfg`, with the histories the
+    /// incident service and the stitch peers read.
+    pub fn new(cfg: &Config, history: SharedHistory, live: Arc<LiveStitch>) -> Self {
+        Self {
+            flows: Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone()))),
+            metrics: Arc::new(Mutex::new(FlowMetrics::new(&cfg.metrics))),
+            history,
+            live,
+        }
+    }
+
     /// Applies one batch of records; expires idle flows by record time.
     pub fn ingest(&self, batch: &[PacketMeta]) -> Result<(), Poisoned> {
         self.live.record(batch);
