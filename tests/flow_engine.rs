@@ -429,6 +429,32 @@ fn table_is_bounded_and_expires_on_record_time() {
 }
 
 #[test]
+fn a_flow_seen_again_after_eviction_is_counted_in_a_new_flow() {
+    // One slot: each new 5-tuple evicts the other and reuses its slot, so
+    // nothing remembered about where a key lived may outlast its flow.
+    let cfg = FlowConfig {
+        max_flows: 1,
+        ..FlowConfig::default()
+    };
+    let mut t = FlowTable::new(cfg);
+    let a = |ts| tcp(ts, 1, 2, 1000, 80, tf::ACK);
+    let b = |ts| tcp(ts, 3, 4, 2000, 80, tf::ACK);
+    t.ingest(&a(1));
+    t.ingest(&a(2));
+    t.ingest(&b(3));
+    t.ingest(&a(4));
+    let flows = t.snapshot();
+    assert_eq!(flows.len(), 1);
+    assert_eq!(
+        flows[0].sport, 1000,
+        "the last record's flow holds the slot"
+    );
+    assert_eq!(flows[0].packets, 1, "a fresh flow: one packet");
+    assert_eq!(t.stats().flows_evicted_full, 2);
+    assert_eq!(t.stats().flows_created, 3);
+}
+
+#[test]
 fn port_reuse_after_close_starts_a_new_flow() {
     let mut recs = vec![
         tcp(0, 1, 2, 1000, 80, tf::SYN),

@@ -188,6 +188,11 @@ pub struct FlowTable {
     flows: Vec<Flow>,
     free: Vec<u32>,
     index: HashTable<u32>,
+    /// The last key found in the index and its chain head: consecutive
+    /// records mostly belong to one flow (a bulk transfer's data and ACKs),
+    /// and they skip the hash and the probe. Cleared when a flow leaves
+    /// (a new flow of a cached key chains behind the cached head).
+    last: (FlowKey, u32),
     lru: [(u32, u32); 4],
     live: usize,
     now: u64,
@@ -205,6 +210,7 @@ impl FlowTable {
             flows: Vec::new(),
             free: Vec::new(),
             index: HashTable::new(),
+            last: (FlowKey::default(), NIL),
             lru: [(NIL, NIL); 4],
             live: 0,
             now: 0,
@@ -288,14 +294,13 @@ impl FlowTable {
         let (mut key, d) = FlowKey::of_record(rec, ports);
         key.proto = proto;
         let vlan = vlan_of(rec);
-        let hash = key.hash64();
-        let mut i = match self.lookup(&key, hash, d, vlan, true) {
+        let mut i = match self.lookup(&key, d, vlan, true) {
             Some(i) => i,
-            None => self.create(key, hash, d, vlan, rec.ts_ns),
+            None => self.create(key, d, vlan, rec.ts_ns),
         };
         if proto == ipproto::TCP && tcp::is_new_connection(&self.flows[i as usize], d, rec) {
             self.finish(i, Exit::Restart);
-            i = self.create(key, hash, d, vlan, rec.ts_ns);
+            i = self.create(key, d, vlan, rec.ts_ns);
         }
         let f = &mut self.flows[i as usize];
         let mark = O::ENABLED.then(|| Mark::of(f));
@@ -344,9 +349,8 @@ impl FlowTable {
 
     fn on_icmp_error(&mut self, rec: &PacketMeta) {
         let (key, d) = FlowKey::of_icmp_quote(rec);
-        let hash = key.hash64();
         // The error travels back towards the quoted packet's sender.
-        let Some(i) = self.lookup(&key, hash, d ^ 1, vlan_of(rec), false) else {
+        let Some(i) = self.lookup(&key, d ^ 1, vlan_of(rec), false) else {
             self.stats.icmp_unmatched += 1;
             return;
         };
@@ -371,16 +375,22 @@ impl FlowTable {
     /// Finds the flow for `key` whose direction `d` is on `vlan`. With
     /// `attach`, a flow that has not yet seen direction `d` adopts it even
     /// on another VLAN (capture points that tag one direction only).
-    fn lookup(
-        &mut self,
-        key: &FlowKey,
-        hash: u64,
-        d: usize,
-        vlan: VlanTag,
-        attach: bool,
-    ) -> Option<u32> {
+    /// First flow of the key's chain.
+    #[inline]
+    fn head(&mut self, key: &FlowKey) -> Option<u32> {
+        if self.last.1 != NIL && self.last.0 == *key {
+            return Some(self.last.1);
+        }
         let flows = &self.flows;
-        let head = *self.index.find(hash, |&i| flows[i as usize].key == *key)?;
+        let head = *self
+            .index
+            .find(key.hash64(), |&i| flows[i as usize].key == *key)?;
+        self.last = (*key, head);
+        Some(head)
+    }
+
+    fn lookup(&mut self, key: &FlowKey, d: usize, vlan: VlanTag, attach: bool) -> Option<u32> {
+        let head = self.head(key)?;
         let mut i = head;
         while i != NIL {
             let f = &self.flows[i as usize];
@@ -404,10 +414,11 @@ impl FlowTable {
         None
     }
 
-    fn create(&mut self, key: FlowKey, hash: u64, d: usize, vlan: VlanTag, ts: u64) -> u32 {
+    fn create(&mut self, key: FlowKey, d: usize, vlan: VlanTag, ts: u64) -> u32 {
         if self.live >= self.cfg.max_flows.max(1) {
             self.evict_oldest();
         }
+        let hash = key.hash64();
         let class = if key.proto == ipproto::TCP {
             TimeoutClass::Established
         } else {
@@ -497,6 +508,7 @@ impl FlowTable {
     }
 
     fn remove(&mut self, i: u32) {
+        self.last.1 = NIL;
         self.unlink(i);
         let key = self.flows[i as usize].key;
         let chain = self.flows[i as usize].chain;
