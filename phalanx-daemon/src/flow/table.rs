@@ -372,9 +372,6 @@ impl FlowTable {
         }
     }
 
-    /// Finds the flow for `key` whose direction `d` is on `vlan`. With
-    /// `attach`, a flow that has not yet seen direction `d` adopts it even
-    /// on another VLAN (capture points that tag one direction only).
     /// First flow of the key's chain.
     #[inline]
     fn head(&mut self, key: &FlowKey) -> Option<u32> {
@@ -389,6 +386,9 @@ impl FlowTable {
         Some(head)
     }
 
+    /// Finds the flow for `key` whose direction `d` is on `vlan`. With
+    /// `attach`, a flow that has not yet seen direction `d` adopts it even
+    /// on another VLAN (capture points that tag one direction only).
     fn lookup(&mut self, key: &FlowKey, d: usize, vlan: VlanTag, attach: bool) -> Option<u32> {
         let head = self.head(key)?;
         let mut i = head;
