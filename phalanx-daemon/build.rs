@@ -35,6 +35,10 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     aya_build::build_ebpf([ebpf_package], Toolchain::Custom(EBPF_TOOLCHAIN))?;
+    // aya-build watches the kernel crate only; the record layout and the
+    // constants the programs compile in live in phalanx-common.
+    let common = std::path::Path::new(root_dir).join("../phalanx-common");
+    println!("cargo:rerun-if-changed={}", common.display());
 
     let out =
         std::path::PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?).join("phalanx");

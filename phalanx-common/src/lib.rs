@@ -39,7 +39,7 @@ pub const PROG_TC_EGRESS: &str = "phalanx_tc_egress";
 /// of microseconds of CPU in a VM) is paid per ring fraction, not per batch.
 pub const WAKEUP_CHECK_EVERY: u32 = 64;
 /// See [`WAKEUP_CHECK_EVERY`].
-pub const WAKEUP_FILL_DIVISOR: u64 = 16;
+pub const WAKEUP_FILL_DIVISOR: u64 = 4;
 
 /// Record kind tag (first byte of a record's header).
 #[repr(u8)]

@@ -12,7 +12,8 @@
 //! - `daemon/*`: records per second through the live daemon's whole flow
 //!   stage with its defaults (history, flow table, KPI metrics, stitch
 //!   history), in the ring consumer's batches: one UDP flow of 64-byte
-//!   datagrams (the live bench's small-packet load) and the synthetic mix.
+//!   datagrams (the live bench's small-packet load), one bulk TCP transfer
+//!   with timestamps (data segments and their ACKs) and the synthetic mix.
 
 use std::hint::black_box;
 
@@ -20,7 +21,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use phalanx_common::{ipproto, tcp_flags, PacketMeta, RecordKind};
 use phalanx_daemon::capture::history::{FlowHistory, HistoryBounds};
 use phalanx_daemon::flow::{FlowConfig, FlowTable};
-use phalanx_daemon::synth::{self, ManyFlows};
+use phalanx_daemon::synth::{self, ManyFlows, TcpScenario};
 use phalanx_daemon::{
     capture::ring::BATCH, config::Config, daemon::FlowStage, incident::service as incidents,
     stitch::live::LiveStitch,
@@ -100,8 +101,17 @@ fn udp_datagrams(n: u32) -> Vec<PacketMeta> {
 
 fn daemon(c: &mut Criterion) {
     let cfg = Config::default();
+    let bulk = synth::tcp_conversation(&TcpScenario {
+        segments: 500_000,
+        window: 40,
+        gap_ns: 2_000,
+        sack: false,
+        ..TcpScenario::default()
+    })
+    .records;
     let loads = [
         ("udp_one_flow", udp_datagrams(1_000_000)),
+        ("tcp_bulk_one_flow", bulk),
         (
             "many_flows_mix",
             synth::many_flows(&ManyFlows::default()).records,

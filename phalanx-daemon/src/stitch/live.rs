@@ -632,6 +632,20 @@ pub fn gso_segments(m: &PacketMeta, size: u32) -> impl Iterator<Item = PacketMet
     })
 }
 
+/// The stitch history held for recording (nothing when none is kept).
+pub struct Recorder<'a>(Option<std::sync::MutexGuard<'a, Kept>>);
+
+impl Recorder<'_> {
+    /// Adds a batch of records, as [`LiveStitch::record`] does.
+    pub fn record(&mut self, batch: &[PacketMeta]) {
+        if let Some(h) = &mut self.0 {
+            for m in batch {
+                h.record(m);
+            }
+        }
+    }
+}
+
 /// Live stitching: the local history, the peer endpoint and the client.
 #[derive(Debug)]
 pub struct LiveStitch {
@@ -697,9 +711,21 @@ impl LiveStitch {
     /// matches what points downstream see.
     pub fn record(&self, batch: &[PacketMeta]) {
         let Some(h) = &self.history else { return };
-        let Ok(mut h) = h.lock() else { return };
-        for m in batch {
-            h.record(m);
+        let Ok(h) = h.lock() else { return };
+        Recorder(Some(h)).record(batch);
+    }
+
+    /// The history locked for [`Recorder::record`] without waiting; `None`
+    /// while a peer request is reading it.
+    pub fn try_recorder(&self) -> Option<Recorder<'_>> {
+        let Some(h) = &self.history else {
+            return Some(Recorder(None));
+        };
+        match h.try_lock() {
+            Ok(g) => Some(Recorder(Some(g))),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+            // A panic elsewhere: recording stops, as with `record`.
+            Err(std::sync::TryLockError::Poisoned(_)) => Some(Recorder(None)),
         }
     }
 
