@@ -60,6 +60,8 @@ struct Hist {
     counts: [u64; 17],
     sum: f64,
     count: u64,
+    /// Bucket of the latest value.
+    last: u8,
 }
 
 impl Default for Hist {
@@ -68,13 +70,24 @@ impl Default for Hist {
             counts: [0; 17],
             sum: 0.0,
             count: 0,
+            last: 0,
         }
     }
 }
 
 impl Hist {
     fn observe(&mut self, bounds: &[f64; 16], v: f64) {
-        let i = bounds.partition_point(|&b| b < v);
+        // A running estimate (jitter after each packet) mostly stays in
+        // its bucket: two predictable compares before a search.
+        let last = usize::from(self.last);
+        let i =
+            if (last == 0 || bounds[last - 1] < v) && (last == bounds.len() || v <= bounds[last]) {
+                last
+            } else {
+                let i = bounds.partition_point(|&b| b < v);
+                self.last = i as u8;
+                i
+            };
         self.counts[i] += 1;
         self.sum += v;
         self.count += 1;
@@ -386,6 +399,26 @@ mod tests {
     use crate::export::groups::GroupConfig;
     use crate::flow::FlowConfig;
     use crate::synth::{self, TcpScenario};
+
+    proptest::proptest! {
+        #[test]
+        fn buckets_match_a_plain_search(values in proptest::collection::vec(
+            proptest::prop_oneof![
+                0.0..2.0f64,
+                proptest::sample::select(JITTER_BUCKETS.to_vec()),
+                proptest::strategy::Just(f64::NAN),
+            ],
+            1..200,
+        )) {
+            let mut h = Hist::default();
+            let mut want = [0u64; 17];
+            for &v in &values {
+                h.observe(&JITTER_BUCKETS, v);
+                want[JITTER_BUCKETS.partition_point(|&b| b < v)] += 1;
+            }
+            proptest::prop_assert_eq!(h.counts, want);
+        }
+    }
 
     fn run(records: &[PacketMeta], cfg: &MetricsConfig) -> (FlowMetrics, FlowTable) {
         let mut m = FlowMetrics::new(cfg);

@@ -29,6 +29,12 @@ impl Jitter {
         (self.n > 0).then_some(self.j_ns / 1e6)
     }
 
+    /// The estimate in seconds, `None` before the first difference.
+    #[inline]
+    pub fn seconds(&self) -> Option<f64> {
+        (self.n > 0).then_some(self.j_ns / 1e9)
+    }
+
     /// Number of differences folded in so far.
     #[inline]
     pub fn count(&self) -> u64 {

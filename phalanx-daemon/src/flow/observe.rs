@@ -124,11 +124,8 @@ impl Mark {
                 } else {
                     x.arrival.jitter
                 };
-                if let Some(ms) = j.ms() {
-                    d.jitter = Some(Sample {
-                        side: s,
-                        seconds: ms / 1e3,
-                    });
+                if let Some(seconds) = j.seconds() {
+                    d.jitter = Some(Sample { side: s, seconds });
                 }
             }
         }
