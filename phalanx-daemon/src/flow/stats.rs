@@ -22,6 +22,9 @@ pub struct SampleStats {
     exact: Vec<u32>,
     /// (bucket index, count), sorted by index; empty while in exact mode.
     buckets: Vec<(u16, u32)>,
+    /// Latest sketched sample and its bucket: a flow's consecutive samples
+    /// often repeat, and the logarithm is the costly part of a sample.
+    last: Option<(u32, u16)>,
 }
 
 /// Quantile summary of a series (milliseconds), as reported.
@@ -85,7 +88,14 @@ impl SampleStats {
     }
 
     fn bucket_add(&mut self, us: u32) {
-        let b = bucket_of(us);
+        let b = match self.last {
+            Some((v, b)) if v == us => b,
+            _ => {
+                let b = bucket_of(us);
+                self.last = Some((us, b));
+                b
+            }
+        };
         match self.buckets.binary_search_by_key(&b, |e| e.0) {
             Ok(i) => self.buckets[i].1 = self.buckets[i].1.saturating_add(1),
             Err(i) => self.buckets.insert(i, (b, 1)),
@@ -193,6 +203,25 @@ mod tests {
         assert!((p99 - 99_000.0).abs() / 99_000.0 < 0.011, "p99 {p99}");
         assert!(s.heap_bytes() < 8 * 1024, "sketch is compact");
         assert_eq!(s.min_us(), Some(10));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn sketch_counts_each_sample_in_its_own_bucket(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![0..4u32, 95..105u32, proptest::num::u32::ANY],
+                EXACT_SAMPLES + 1..400,
+            )
+        ) {
+            let mut s = SampleStats::default();
+            let mut want = std::collections::BTreeMap::new();
+            for &v in &values {
+                s.add(v);
+                *want.entry(bucket_of(v)).or_insert(0u32) += 1;
+            }
+            let want: Vec<(u16, u32)> = want.into_iter().collect();
+            proptest::prop_assert_eq!(&s.buckets, &want);
+        }
     }
 
     #[test]

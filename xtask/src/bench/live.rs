@@ -195,20 +195,17 @@ impl<'a> CaptureUnderTest<'a> {
     }
 }
 
-/// CPU seconds (user + system) a process has used so far.
+/// CPU seconds a process's threads have run so far, from schedstat (ns):
+/// in clock ticks (10 ms) a 3-s run's few milliseconds would round away.
 fn proc_cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    f.iter().sum::<u64>() as f64 / hz
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 /// The two loads iperf3 puts on the veth pair.
@@ -290,8 +287,8 @@ fn iperf(lab: &TwoHosts, workload: Workload, secs: u32, layout: Layout) -> Resul
 struct LiveRun {
     bulk: Measure,
     small: Measure,
-    /// The capture process's own CPU seconds per GB of the bulk run.
-    capture_per_gb: f64,
+    /// The capture process's own CPU seconds per unit moved, per workload.
+    capture: [f64; 2],
 }
 
 impl LiveRun {
@@ -300,6 +297,10 @@ impl LiveRun {
             Workload::Bulk => self.bulk,
             Workload::Small => self.small,
         }
+    }
+
+    fn capture_of(&self, w: Workload) -> f64 {
+        self.capture[usize::from(w == Workload::Small)]
     }
 }
 
@@ -331,9 +332,10 @@ fn live_run(
     let capture = CaptureUnderTest::start(lab, phalanx, setup, layout)?;
     let capture_pid = capture.pid();
     let before = prog_stats()?;
-    let cap0 = capture_pid.map_or(0.0, proc_cpu_s);
+    let cpu = || capture_pid.map_or(0.0, proc_cpu_s);
+    let cap0 = cpu();
     let bulk = iperf(lab, Workload::Bulk, secs, layout)?;
-    let cap = capture_pid.map_or(0.0, proc_cpu_s) - cap0;
+    let cap = cpu() - cap0;
     if capture.daemon.is_some() {
         for (name, t1, c1) in prog_stats()? {
             let (t0, c0) = before
@@ -348,24 +350,31 @@ fn live_run(
             }
         }
     }
+    let cap1 = cpu();
     let small = iperf(lab, Workload::Small, secs, layout)?;
+    let cap_small = cpu() - cap1;
     if let Some(d) = &capture.daemon {
         let m = d.text("/metrics")?;
         let drops = metric(&m, "phalanx_kernel_ring_full_drops_total")
             + metric(&m, "phalanx_capture_backlog_dropped_total");
         writeln!(
             notes,
-            "- {setup}: TCP {:.2} Gbit/s, UDP {:.0} k datagrams/s received; records decoded {}, drops {drops}, daemon CPU {cap:.2} s in the TCP run",
+            "- {setup}: TCP {:.2} Gbit/s, UDP {:.0} k datagrams/s received; records decoded {}, drops {drops}, daemon CPU {:.1} ms in the TCP run, {:.1} ms in the UDP run",
             bulk.rate,
             small.rate,
-            metric(&m, "phalanx_capture_records_decoded_total")
+            metric(&m, "phalanx_capture_records_decoded_total"),
+            1e3 * cap,
+            1e3 * cap_small,
         )?;
     }
     capture.stop();
     Ok(LiveRun {
         bulk,
         small,
-        capture_per_gb: cap / bulk.units.max(1e-9),
+        capture: [
+            cap / bulk.units.max(1e-9),
+            cap_small / small.units.max(1e-9),
+        ],
     })
 }
 
@@ -493,23 +502,26 @@ pub(super) fn live(
     }
     // Part of the machine figure, shown apart: the daemon analyses every
     // record, tcpdump -w /dev/null only copies them.
-    let capture = |i: usize| median(runs[i].iter().map(|r| r.capture_per_gb).collect());
-    let (tp, dp) = (capture(TCX), capture(TCPDUMP));
-    rows.push(Row {
-        figure: "tcx vs tcpdump -s 128, TCP: capture process CPU per GB (daemon vs tcpdump), part of the machine figure".into(),
-        phalanx: format!("{tp:.4} s/GB"),
-        peer: format!("{dp:.4} s/GB (tcpdump)"),
-        // Process CPU comes in clock ticks (10 ms): a quick run can leave
-        // tcpdump at zero, and no ratio is better than an absurd one.
-        ratio: if dp > 0.0 {
-            format!("{:.2}×", tp / dp)
-        } else {
-            "- (tcpdump below one clock tick)".into()
-        },
-        goal: "-".into(),
-        pass: None,
-        verdict: None,
-    });
+    for w in Workload::ALL {
+        let v: Vec<Vec<f64>> = runs
+            .iter()
+            .map(|r| r.iter().map(|x| x.capture_of(w)).collect())
+            .collect();
+        let p = paired(&v[TCX], &v[TCPDUMP]);
+        let unit = w.units().1;
+        rows.push(Row {
+            figure: format!(
+                "tcx vs tcpdump -s 128, {}: capture process CPU (daemon vs tcpdump; part of the machine figure; 95 % interval)",
+                w.name()
+            ),
+            phalanx: format!("{:.4} {unit}", median(v[TCX].clone())),
+            peer: format!("{:.4} {unit} (tcpdump)", median(v[TCPDUMP].clone())),
+            ratio: format!("{:.2}× ({:.2} … {:.2})", p.ratio, p.lo, p.hi),
+            goal: "-".into(),
+            pass: None,
+            verdict: None,
+        });
+    }
     let mut grouped: Vec<(String, Vec<f64>)> = Vec::new();
     for (k, v) in kernel_ns {
         match grouped.iter_mut().find(|(n, _)| *n == k) {
