@@ -29,7 +29,7 @@ use phalanx_common::PacketMeta;
 use tracing::warn;
 
 /// How often the consumer drains without a wake-up from the kernel.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Records per batch handed to the sink: 128 records (23 KiB) stay in L1.
 pub const BATCH: usize = 128;
 /// Batches held while the sink is busy (32 K records).
