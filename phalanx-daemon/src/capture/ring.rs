@@ -32,8 +32,9 @@ use tracing::warn;
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Records per batch handed to the sink: 128 records (23 KiB) stay in L1.
 pub const BATCH: usize = 128;
-/// Batches held while the sink is busy (32 K records).
-pub const BACKLOG_BATCHES: usize = 256;
+/// Batches held while the sink is busy: 256 K records (48 MiB), some 60 ms
+/// at the ring's highest rates, for a reader's snapshot of a large table.
+pub const BACKLOG_BATCHES: usize = 2048;
 /// How soon a waiting backlog is offered again.
 const BACKLOG_RETRY: Duration = Duration::from_millis(2);
 
