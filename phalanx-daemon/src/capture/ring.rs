@@ -72,7 +72,7 @@ pub struct Consumer {
     stop: Arc<AtomicBool>,
     wake: Arc<OwnedFd>,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
-    done: Option<tokio::sync::oneshot::Receiver<String>>,
+    done: tokio::sync::oneshot::Receiver<String>,
 }
 
 impl Consumer {
@@ -104,16 +104,15 @@ impl Consumer {
             stop,
             wake,
             thread: Some(thread),
-            done: Some(done),
+            done,
         })
     }
 
     /// Resolves when the thread ends by itself, with the reason.
     pub async fn stopped(&mut self) -> String {
-        match self.done.as_mut() {
-            Some(rx) => rx.await.unwrap_or_else(|_| "thread panicked".into()),
-            None => std::future::pending().await,
-        }
+        (&mut self.done)
+            .await
+            .unwrap_or_else(|_| "thread panicked".into())
     }
 
     /// Stops the thread and waits for it.
