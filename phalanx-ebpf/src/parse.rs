@@ -5,7 +5,7 @@
 //! are validated before use, so a malformed packet ends in
 //! `Error::Malformed` (counted) and never in a record with garbage.
 
-use aya_ebpf::helpers::bpf_loop;
+use aya_ebpf::{helpers::bpf_loop, macros::map, maps::PerCpuArray};
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use phalanx_common::{
@@ -403,7 +403,12 @@ fn tcp<P: Packet>(pkt: &P, off: u32, l3_end: u32, meta: &mut PacketMeta) -> Resu
     if opt_len == 0 {
         return Ok(());
     }
-    let mut walk = OptWalk::zeroed();
+    let Some(walk) = PHX_OPT_WALK.get_ptr_mut(0) else {
+        return Err(Error::Malformed);
+    };
+    // SAFETY: per-CPU slot, used only for the duration of this program run.
+    let walk = unsafe { &mut *walk };
+    walk.reset();
     walk.len = opt_len.min(TCP_MAX_OPTS as u32);
     if !pkt.load(off + 20, walk.opts.0.as_mut_ptr() as *mut c_void, opt_len) {
         return Err(Error::Malformed);
@@ -416,13 +421,17 @@ fn tcp<P: Packet>(pkt: &P, off: u32, l3_end: u32, meta: &mut PacketMeta) -> Resu
         walk.tsecr = be32(&walk.opts.0, 8);
         walk.pos = 12;
     }
-    tcp_options(&mut walk, meta);
+    tcp_options(walk, meta);
     Ok(())
 }
 
-/// State of the option walk, on the caller's stack and handed to the
-/// `bpf_loop` callback: the verifier checks the callback body once instead
-/// of once per unrolled iteration (a plain loop exceeds its 1M-insn budget).
+/// State of the option walk. It lives in a per-CPU map value, not on the
+/// stack, and the `bpf_loop` callback finds it by a map lookup: the verifier
+/// tracks no values in map memory, so every iteration starts from the same
+/// abstract state and the callback is checked about twice. Kept on the stack
+/// (the flags, positions and SACK count all known constants), each distinct
+/// combination is a state of its own, and with SACK blocks the walk passed
+/// the verifier's 1M-instruction budget.
 #[repr(C, align(8))]
 struct OptWalk {
     opts: Hdr<TCP_OPT_BUF>,
@@ -439,35 +448,39 @@ struct OptWalk {
     sack: [u32; 2 * MAX_SACK_BLOCKS],
 }
 
+/// The walk's per-CPU slot.
+#[map(name = "PHX_OPT_WALK")]
+static PHX_OPT_WALK: PerCpuArray<OptWalk> = PerCpuArray::with_max_entries(1, 0);
+
 impl OptWalk {
-    /// All zero, written as words (a struct literal compiles to a byte loop).
+    /// Zeroes everything after the option bytes, as words; the option bytes
+    /// are overwritten by the load and read only below `len`.
     #[inline(always)]
-    fn zeroed() -> Self {
-        let mut w = MaybeUninit::<OptWalk>::uninit();
-        let p = w.as_mut_ptr() as *mut u64;
-        for i in 0..core::mem::size_of::<OptWalk>() / 8 {
+    fn reset(&mut self) {
+        const FROM: usize = TCP_OPT_BUF / 8;
+        const WORDS: usize = core::mem::size_of::<OptWalk>() / 8;
+        let p = self as *mut OptWalk as *mut u64;
+        for i in FROM..WORDS {
             // SAFETY: OptWalk is 8-aligned and a whole number of words long.
             unsafe { core::ptr::write_volatile(p.add(i), 0) };
         }
-        // SAFETY: every byte was written; all fields are integers.
-        unsafe { w.assume_init() }
     }
 }
 
 const _: () = assert!(core::mem::size_of::<OptWalk>() % 8 == 0);
+const _: () = assert!(TCP_OPT_BUF % 8 == 0);
 
 /// Walks the option list from `walk.pos`; stops at the first inconsistency
 /// and flags it.
 #[inline(always)]
 fn tcp_options(walk: &mut OptWalk, meta: &mut PacketMeta) {
     if walk.pos < walk.len {
-        // SAFETY: bpf_loop calls `opt_step` with `walk` as its context, at
-        // most TCP_MAX_OPTS times, while `walk` lives on this stack frame.
+        // SAFETY: `opt_step` takes no context; it finds the walk in its map.
         unsafe {
             bpf_loop(
                 TCP_MAX_OPTS as u32,
                 opt_step as *mut c_void,
-                walk as *mut OptWalk as *mut c_void,
+                core::ptr::null_mut(),
                 0,
             );
         }
@@ -502,9 +515,12 @@ fn opt_be32(w: &OptWalk, i: usize) -> u32 {
 }
 
 /// One option per call; returns 1 to stop the loop.
-extern "C" fn opt_step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: ctx is the OptWalk passed to bpf_loop by `tcp_options`.
-    let w = unsafe { &mut *(ctx as *mut OptWalk) };
+extern "C" fn opt_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(w) = PHX_OPT_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, filled by `tcp` for the packet being parsed.
+    let w = unsafe { &mut *w };
     let i = w.pos as usize;
     let Some(kind) = opt_byte(w, i) else {
         return 1;
