@@ -522,17 +522,46 @@ fn router_records_forwarded_packets_once(mode: AttachMode) {
         tcpdump_count(&pcap_s, &format!("tcp port {fwd_port}")),
         "{mode}: every forwarded departure counted as skipped"
     );
+    // Packet for packet, the records are tcpdump's copy of eth0: a packet
+    // recorded twice (on arrival and again on departure) would show as a
+    // second record with the same IP ID. The server's packets reach eth0
+    // after forwarding, so the TTL is left out. The wire is the reference
+    // for resends too: on a loaded machine the client's sender may resend
+    // what a full veth queue dropped before eth0.
+    let id = |r: &PacketMeta| {
+        (
+            r.src_addr,
+            r.dst_addr,
+            r.sport,
+            r.dport,
+            r.ip_id,
+            r.seq,
+            r.ack,
+            r.tcp_flags,
+            r.payload_len,
+        )
+    };
+    let mut kernel: Vec<_> = fwd.iter().map(id).collect();
+    let wire_recs: Vec<PacketMeta> = phalanx_daemon::capture::file::open(&pcap)
+        .expect("open tcpdump's capture")
+        .map(|r| r.expect("tcpdump's capture reads cleanly"))
+        .filter(|r| r.kind == RecordKind::Tcp as u8 && (r.sport == fwd_port || r.dport == fwd_port))
+        .collect();
+    let mut wire: Vec<_> = wire_recs.iter().map(id).collect();
+    kernel.sort();
+    wire.sort();
+    assert_eq!(kernel, wire, "{mode}: each forwarded packet recorded once");
     let mut table = phalanx_daemon::flow::FlowTable::new(Default::default());
     for r in &fwd {
         table.ingest(r);
     }
     let flows = table.snapshot();
     assert_eq!(flows.len(), 1);
-    assert_eq!(
-        flows[0].retransmissions, 0,
-        "{mode}: no copy taken for a resend"
-    );
     assert_eq!(flows[0].packets as usize, on_wire);
+    eprintln!(
+        "{mode}: {} retransmissions in the forwarded flow",
+        flows[0].retransmissions
+    );
 
     let local = flow_records(&recs, local_port);
     let local_wire = tcpdump_count(&pcap_s, &format!("tcp port {local_port}"));
