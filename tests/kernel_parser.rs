@@ -520,6 +520,14 @@ fn linux_option_layouts_agree() {
             linux_segment(&sack(1), 0, 0, ack, false),
         ),
         (
+            "ACK with timestamps and 2 SACK blocks",
+            linux_segment(&sack(2), 0, 0, ack, false),
+        ),
+        (
+            "ACK with timestamps, SACK block and end of list",
+            linux_segment(&[sack(1), vec![0, 0, 0, 0]].concat(), 0, 0, ack, false),
+        ),
+        (
             "ACK with timestamps and 3 SACK blocks",
             linux_segment(&sack(3), 0, 0, ack, false),
         ),
