@@ -363,10 +363,22 @@ pub enum Setting {
     /// name a protocol alone), as [`SCOPE_ALL_TCP`] | [`SCOPE_ALL_UDP`]: one
     /// array read instead of the filter maps' lookups.
     WholeProtocols = 1,
+    /// In filter mode, the filter-map lookups some rule can answer, as
+    /// [`LOOKUP_TUPLES`] | [`LOOKUP_PORT`] | [`LOOKUP_ANY_PORT`]: a packet
+    /// out of scope skips the lookups no rule could match (each costs a
+    /// hash or a trie walk per packet).
+    Lookups = 2,
 }
 
 /// Number of entries in [`MAP_SETTINGS`].
-pub const SETTING_COUNT: u32 = 2;
+pub const SETTING_COUNT: u32 = 3;
+
+/// [`Setting::Lookups`] bit: some rule names an exact flow.
+pub const LOOKUP_TUPLES: u32 = 1;
+/// [`Setting::Lookups`] bit: some CIDR/port rule names a port.
+pub const LOOKUP_PORT: u32 = 2;
+/// [`Setting::Lookups`] bit: some CIDR rule names no port.
+pub const LOOKUP_ANY_PORT: u32 = 4;
 
 /// [`Setting::WholeProtocols`] bit: every TCP packet is in scope.
 pub const SCOPE_ALL_TCP: u32 = 1;

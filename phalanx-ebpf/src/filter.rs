@@ -5,7 +5,8 @@
 //! when its protocol is in scope whole (`Setting::WholeProtocols`), its
 //! 5-tuple (either orientation) is in the exact map, or one of its
 //! endpoints (address, port) falls under a CIDR/port rule of the trie. ICMP
-//! errors are judged by the packet they quote.
+//! errors are judged by the packet they quote. Lookups that no installed
+//! rule can answer are skipped (`Setting::Lookups`).
 
 use aya_ebpf::{
     macros::map,
@@ -13,7 +14,7 @@ use aya_ebpf::{
 };
 use phalanx_common::{
     ipproto, FilterPrefix, FilterTuple, PacketMeta, RecordKind, Setting, FILTER_PREFIX_HEAD_BITS,
-    SCOPE_ALL_TCP, SCOPE_ALL_UDP, SETTING_COUNT,
+    LOOKUP_ANY_PORT, LOOKUP_PORT, LOOKUP_TUPLES, SCOPE_ALL_TCP, SCOPE_ALL_UDP, SETTING_COUNT,
 };
 
 /// Exact 5-tuples in scope.
@@ -32,16 +33,21 @@ static PHX_SETTINGS: Array<u32> = Array::with_max_entries(SETTING_COUNT, 0);
 const FULL_PREFIX: u32 = FILTER_PREFIX_HEAD_BITS + 128;
 
 #[inline(always)]
-fn endpoint_in_scope(proto: u8, port: u16, version: u8, addr: &[u8; 16]) -> bool {
-    let exact = Key::new(
-        FULL_PREFIX,
-        FilterPrefix::endpoint(proto, port, version, addr),
-    );
-    if PHX_FILTER_PREFIXES.get(&exact).is_some() {
-        return true;
+fn endpoint_in_scope(lookups: u32, proto: u8, port: u16, version: u8, addr: &[u8; 16]) -> bool {
+    if lookups & LOOKUP_PORT != 0 {
+        let exact = Key::new(
+            FULL_PREFIX,
+            FilterPrefix::endpoint(proto, port, version, addr),
+        );
+        if PHX_FILTER_PREFIXES.get(&exact).is_some() {
+            return true;
+        }
     }
-    let any_port = Key::new(FULL_PREFIX, FilterPrefix::endpoint(proto, 0, version, addr));
-    PHX_FILTER_PREFIXES.get(&any_port).is_some()
+    if lookups & LOOKUP_ANY_PORT != 0 {
+        let any_port = Key::new(FULL_PREFIX, FilterPrefix::endpoint(proto, 0, version, addr));
+        return PHX_FILTER_PREFIXES.get(&any_port).is_some();
+    }
+    false
 }
 
 #[inline(always)]
@@ -86,15 +92,23 @@ pub(crate) fn matches(m: &PacketMeta) -> bool {
     {
         return true;
     }
-    let mut t = FilterTuple {
-        src: *src,
-        dst: *dst,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    };
-    tuple_in_scope(&mut t)
-        || endpoint_in_scope(proto, sport, m.ip_version, src)
-        || endpoint_in_scope(proto, dport, m.ip_version, dst)
+    let lookups = PHX_SETTINGS
+        .get(Setting::Lookups as u32)
+        .copied()
+        .unwrap_or(0);
+    if lookups & LOOKUP_TUPLES != 0 {
+        let mut t = FilterTuple {
+            src: *src,
+            dst: *dst,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        };
+        if tuple_in_scope(&mut t) {
+            return true;
+        }
+    }
+    endpoint_in_scope(lookups, proto, sport, m.ip_version, src)
+        || endpoint_in_scope(lookups, proto, dport, m.ip_version, dst)
 }

@@ -9,9 +9,9 @@ use aya::{
 };
 use phalanx_common::{
     ipproto, user::ip_to_bytes, Counter, FilterPrefix, FilterTuple, Setting,
-    FILTER_PREFIX_HEAD_BITS, MAP_COUNTERS, MAP_EVENTS, MAP_FILTER_PREFIXES, MAP_FILTER_TUPLES,
-    MAP_SETTINGS, MAP_WATCHED, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, SCOPE_ALL_TCP,
-    SCOPE_ALL_UDP,
+    FILTER_PREFIX_HEAD_BITS, LOOKUP_ANY_PORT, LOOKUP_PORT, LOOKUP_TUPLES, MAP_COUNTERS, MAP_EVENTS,
+    MAP_FILTER_PREFIXES, MAP_FILTER_TUPLES, MAP_SETTINGS, MAP_WATCHED, PROG_TC_EGRESS,
+    PROG_TC_INGRESS, PROG_XDP, SCOPE_ALL_TCP, SCOPE_ALL_UDP,
 };
 use tracing::{debug, info};
 
@@ -311,6 +311,7 @@ impl Capture {
                 _ => bits,
             });
         self.set(Setting::WholeProtocols, whole)?;
+        self.set(Setting::Lookups, filter_lookups(rules))?;
         self.set_mode(u32::from(!rules.is_empty()))?;
         debug!(rules = rules.len(), "filters installed");
         Ok(())
@@ -353,6 +354,21 @@ impl Capture {
 
 /// LPM keys for a CIDR/port rule. A rule without an address matches both
 /// families (prefix covers protocol and port only).
+/// The filter-map lookups the kernel needs for `rules` ([`Setting::Lookups`]).
+fn filter_lookups(rules: &[FilterRule]) -> u32 {
+    rules.iter().fold(0, |bits, r| {
+        if r.flow.is_some() {
+            bits | LOOKUP_TUPLES
+        } else if r.is_whole_protocol() {
+            bits
+        } else if r.port.is_some() {
+            bits | LOOKUP_PORT
+        } else {
+            bits | LOOKUP_ANY_PORT
+        }
+    })
+}
+
 fn prefix_keys(proto: u8, rule: &FilterRule) -> Vec<Key<FilterPrefix>> {
     let port = rule.port.unwrap_or(0);
     match rule.cidr {
