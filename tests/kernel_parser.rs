@@ -713,3 +713,21 @@ fn scope_rules_select_the_packets_they_name() {
         );
     }
 }
+
+/// The verifier's budget is 1M processed instructions; a program near it
+/// fails to load after a small change in code generation (a new LLVM), so
+/// each must verify within a quarter of it.
+#[test]
+fn programs_verify_well_inside_the_budget() {
+    if !privileged("programs_verify_well_inside_the_budget") {
+        return;
+    }
+    let (cap, _ring) = load();
+    let counts = cap.verified_instructions().expect("program info");
+    eprintln!("verified instructions: {counts:?}");
+    assert_eq!(counts.len(), 3);
+    for (name, n) in counts {
+        assert!(n > 0, "{name}: the kernel reports its verification");
+        assert!(n < 250_000, "{name}: {n} instructions processed");
+    }
+}

@@ -168,6 +168,9 @@ impl Capture {
             .xdp()?
             .load()
             .map_err(prog_err(format!("loading {PROG_XDP}")))?;
+        if let Ok(counts) = capture.verified_instructions() {
+            debug!(?counts, "programs verified (instructions processed)");
+        }
         Ok((capture, ring))
     }
 
@@ -185,6 +188,24 @@ impl Capture {
             .ok_or(CaptureError::Missing("xdp program"))?
             .try_into()
             .map_err(prog_err(PROG_XDP))
+    }
+
+    /// Instructions the verifier processed for each loaded program, by name:
+    /// a program past 1M (the verifier's budget) fails to load, so this is
+    /// the headroom left to code-generation changes.
+    pub fn verified_instructions(&self) -> Result<Vec<(&'static str, u32)>, CaptureError> {
+        [PROG_XDP, PROG_TC_INGRESS, PROG_TC_EGRESS]
+            .into_iter()
+            .map(|name| {
+                let info = self
+                    .ebpf
+                    .program(name)
+                    .ok_or(CaptureError::Missing("program"))?
+                    .info()
+                    .map_err(prog_err(format!("reading {name}'s info")))?;
+                Ok((name, info.verified_instruction_count().unwrap_or(0)))
+            })
+            .collect()
     }
 
     /// Runs one program on a packet with `BPF_PROG_TEST_RUN` (parser tests).
