@@ -69,6 +69,19 @@ fn run(
     (recs, delta)
 }
 
+/// The user-space parser's record of an Ethernet frame.
+fn user_record(frame: &[u8], what: &str) -> PacketMeta {
+    parse_frame(
+        LinkType::Ethernet,
+        frame,
+        0,
+        0,
+        Direction::Unknown,
+        frame.len() as u32,
+    )
+    .expect(what)
+}
+
 /// Fields the wire does not carry or that differ by design between the two parsers.
 fn comparable(mut m: PacketMeta) -> PacketMeta {
     m.ts_ns = 0;
@@ -204,15 +217,7 @@ fn kernel_and_user_parsers_agree() {
     for i in 0..300 {
         let m = g.record();
         let frame = build_frame(&m, PayloadMode::Zeroed);
-        let user = parse_frame(
-            LinkType::Ethernet,
-            &frame,
-            0,
-            0,
-            Direction::Unknown,
-            frame.len() as u32,
-        )
-        .expect("user parser accepts a built frame");
+        let user = user_record(&frame, "user parser accepts a built frame");
         // The default scope is TCP and ICMP errors quoting TCP: UDP is
         // parsed but not submitted. With `proto = "any"` every case is.
         let udp = m.kind == RecordKind::Udp as u8;
@@ -417,15 +422,7 @@ fn broken_option_lists_keep_the_segment_flagged() {
                 1,
                 "{what} ({prog:?}): counted"
             );
-            let user = parse_frame(
-                LinkType::Ethernet,
-                &frame,
-                0,
-                0,
-                Direction::Unknown,
-                frame.len() as u32,
-            )
-            .expect("user parser");
+            let user = user_record(&frame, "user parser");
             assert_eq!(
                 comparable(r),
                 comparable(user),
@@ -537,15 +534,7 @@ fn linux_option_layouts_agree() {
         ),
     ];
     for (what, frame) in &cases {
-        let user = parse_frame(
-            LinkType::Ethernet,
-            frame,
-            0,
-            0,
-            Direction::Unknown,
-            frame.len() as u32,
-        )
-        .expect("user parser accepts the frame");
+        let user = user_record(frame, "user parser accepts the frame");
         assert_eq!(user.kind, RecordKind::Tcp as u8, "{what}: a TCP record");
         for prog in ALL {
             let (recs, delta) = run(&mut cap, &mut ring, prog, frame);
@@ -681,15 +670,7 @@ fn scope_rules_select_the_packets_they_name() {
         let mut recorded = 0;
         for (i, m) in packets.iter().enumerate() {
             let frame = build_frame(m, PayloadMode::Zeroed);
-            let user = parse_frame(
-                LinkType::Ethernet,
-                &frame,
-                0,
-                0,
-                Direction::Unknown,
-                frame.len() as u32,
-            )
-            .expect("user parser accepts the frame");
+            let user = user_record(&frame, "user parser accepts the frame");
             let want = in_scope_model(rules, &user);
             for prog in ALL {
                 let (recs, _) = run(&mut cap, &mut ring, prog, &frame);
