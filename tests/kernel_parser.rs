@@ -615,21 +615,18 @@ fn scope_rules_select_the_packets_they_name() {
     let mut packets: Vec<PacketMeta> = (0..80)
         .map(|_| {
             let mut m = g.record();
-            m.kind = RecordKind::Tcp as u8;
-            m.l4_proto = if g.below(2) == 0 {
-                ipproto::TCP
+            (m.kind, m.l4_proto) = if g.below(2) == 0 {
+                (RecordKind::Tcp as u8, ipproto::TCP)
             } else {
-                m.kind = RecordKind::Udp as u8;
-                ipproto::UDP
+                (RecordKind::Udp as u8, ipproto::UDP)
             };
-            m.src_addr = [0; 16];
-            m.dst_addr = [0; 16];
             if g.below(4) == 0 {
                 m.ip_version = 6;
                 m.src_addr = v6_addrs[g.below(2) as usize];
                 m.dst_addr = v6_addrs[g.below(2) as usize];
             } else {
                 m.ip_version = 4;
+                (m.src_addr, m.dst_addr) = ([0; 16], [0; 16]);
                 m.src_addr[..4].copy_from_slice(&v4[g.below(4) as usize]);
                 m.dst_addr[..4].copy_from_slice(&v4[g.below(4) as usize]);
             }

@@ -268,6 +268,8 @@ impl Capture {
     /// rather than briefly "nothing".
     pub fn set_filters(&mut self, rules: &[FilterRule]) -> Result<(), CaptureError> {
         self.set_mode(0)?;
+        // The lookups the kernel needs: one bit per kind of key inserted.
+        let mut lookups = 0;
         {
             let mut tuples: HashMap<_, FilterTuple, u32> = HashMap::try_from(
                 self.ebpf
@@ -295,6 +297,7 @@ impl Capture {
                     tuples
                         .insert(key, id as u32, 0)
                         .map_err(map_err("inserting a flow filter"))?;
+                    lookups |= LOOKUP_TUPLES;
                 }
             }
         }
@@ -320,6 +323,12 @@ impl Capture {
                             .map_err(map_err("inserting a CIDR/port filter"))?;
                     }
                 }
+                // prefix_keys writes a rule without a port as port 0.
+                lookups |= if rule.port.unwrap_or(0) == 0 {
+                    LOOKUP_ANY_PORT
+                } else {
+                    LOOKUP_PORT
+                };
             }
         }
         let whole = rules
@@ -332,7 +341,7 @@ impl Capture {
                 _ => bits,
             });
         self.set(Setting::WholeProtocols, whole)?;
-        self.set(Setting::Lookups, filter_lookups(rules))?;
+        self.set(Setting::Lookups, lookups)?;
         self.set_mode(u32::from(!rules.is_empty()))?;
         debug!(rules = rules.len(), "filters installed");
         Ok(())
@@ -375,21 +384,6 @@ impl Capture {
 
 /// LPM keys for a CIDR/port rule. A rule without an address matches both
 /// families (prefix covers protocol and port only).
-/// The filter-map lookups the kernel needs for `rules` ([`Setting::Lookups`]).
-fn filter_lookups(rules: &[FilterRule]) -> u32 {
-    rules.iter().fold(0, |bits, r| {
-        if r.flow.is_some() {
-            bits | LOOKUP_TUPLES
-        } else if r.is_whole_protocol() {
-            bits
-        } else if r.port.is_some() {
-            bits | LOOKUP_PORT
-        } else {
-            bits | LOOKUP_ANY_PORT
-        }
-    })
-}
-
 fn prefix_keys(proto: u8, rule: &FilterRule) -> Vec<Key<FilterPrefix>> {
     let port = rule.port.unwrap_or(0);
     match rule.cidr {
