@@ -1,12 +1,19 @@
 //! Live overhead: iperf3 over a veth pair with no program, Phalanx tcx,
-//! Phalanx xdp, and `tcpdump -s 128 -w /dev/null`, interleaved in rounds,
-//! under two workloads: bulk TCP (offloads at their defaults, so GSO
-//! super-packets) and unpaced 64-byte UDP datagrams (one program run per
-//! packet, where a capture path's per-packet cost shows). Throughput,
-//! machine CPU per unit moved and the capture process's own CPU; kernel
-//! ns per packet from bpf_stats.
+//! Phalanx xdp, and `tcpdump -s 128 -w /dev/null`, under two workloads:
+//! bulk TCP (offloads at their defaults, so GSO super-packets) and unpaced
+//! 64-byte UDP datagrams (one program run per packet, where a capture
+//! path's per-packet cost shows). Each round runs one iperf3 connection per
+//! workload while the four setups take turns on it in a rotated order, each
+//! measured over a window of its own: throughput, machine CPU per unit
+//! moved and the capture process's own CPU; kernel ns per packet from
+//! bpf_stats.
 
-use std::{fmt::Write as _, path::Path, process::Stdio, time::Duration};
+use std::{
+    fmt::Write as _,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use phalanx_lab::{metric, sh, Proc, TwoHosts};
@@ -196,7 +203,7 @@ impl<'a> CaptureUnderTest<'a> {
 }
 
 /// CPU seconds a process's threads have run so far, from schedstat (ns):
-/// in clock ticks (10 ms) a 3-s run's few milliseconds would round away.
+/// in clock ticks (10 ms) a 3-s window's few milliseconds would round away.
 fn proc_cpu_s(pid: u32) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
@@ -234,74 +241,205 @@ impl Workload {
             Workload::Small => ("k packets/s received", "s per M packets"),
         }
     }
+
+    /// Printed rate per unit moved per second (GB/s as Gbit/s, M/s as k/s).
+    fn rate_scale(self) -> f64 {
+        match self {
+            Workload::Bulk => 8.0,
+            Workload::Small => 1e3,
+        }
+    }
 }
 
-/// One iperf3 run: its rate (Gbit/s, or thousands of datagrams received
-/// per second) and the whole machine's busy CPU seconds per unit moved
-/// (GB, or million datagrams received).
+/// Field `index` of interface `iface`'s line in a /proc/<pid>/net/dev.
+fn net_dev_field(text: &str, iface: &str, index: usize) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(iface)?.strip_prefix(':'))?
+        .split_whitespace()
+        .nth(index)?
+        .parse()
+        .ok()
+}
+
+/// A counter of /proc/<pid>/net/snmp: `group` ("Udp") and field name, from
+/// the group's header line and the value line after it.
+fn snmp_field(text: &str, group: &str, field: &str) -> Option<u64> {
+    let prefix = format!("{group}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let names = lines.next()?.split_whitespace().skip(1);
+    let values = lines.next()?.split_whitespace().skip(1);
+    names
+        .zip(values)
+        .find(|(n, _)| *n == field)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// One iperf3 connection that runs for a whole round while the capture
+/// setups take turns on the interface: a setup's window and the next
+/// setup's are seconds apart on the same connection, so neither the
+/// machine's drift nor a connection's own state separates them (TCP rounds
+/// differ by up to 20 % here; separate runs per setup gave intervals
+/// twice as wide).
+struct Load<'a> {
+    lab: &'a TwoHosts,
+    workload: Workload,
+    client: Proc,
+    server: Proc,
+}
+
+impl<'a> Load<'a> {
+    /// Starts server and client (both on CPU 0 when pinned) and waits out
+    /// slow start and buffer autotuning.
+    fn start(lab: &'a TwoHosts, workload: Workload, secs: u32, layout: Layout) -> Result<Self> {
+        let server = iperf_server(lab)?;
+        let address = lab.v4(2).to_string();
+        let secs = secs.to_string();
+        let mut args = vec!["-c", &address, "-t", &secs];
+        if workload == Workload::Small {
+            args.extend(["-u", "-b", "0", "-l", "64"]);
+        }
+        if layout.pinned {
+            // Client affinity, server affinity: both on CPU 0.
+            args.extend(["-A", "0,0"]);
+        }
+        let client = Proc::new(
+            lab.a
+                .command("iperf3")
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting iperf3")?,
+        );
+        let load = Load {
+            lab,
+            workload,
+            client,
+            server,
+        };
+        let before = load.moved()?;
+        std::thread::sleep(Duration::from_secs(1));
+        anyhow::ensure!(
+            load.moved()? > before,
+            "iperf3 moved nothing in its first second"
+        );
+        Ok(load)
+    }
+
+    /// Units moved so far: GB out of host a's interface (TCP), or million
+    /// datagrams delivered to the server's sockets in host b (UDP; those
+    /// its socket buffer refused are not counted). Read from the
+    /// namespaces' own /proc/<pid>/net files: no process spawned per read.
+    fn moved(&self) -> Result<f64> {
+        match self.workload {
+            Workload::Bulk => {
+                let path = format!("/proc/{}/net/dev", self.client.id());
+                let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+                // rx: bytes packets errs drop fifo frame compressed
+                // multicast, then tx bytes.
+                let bytes = net_dev_field(&text, &self.lab.a_if, 8)
+                    .with_context(|| format!("no {} in {path}", self.lab.a_if))?;
+                Ok(bytes as f64 / 1e9)
+            }
+            Workload::Small => {
+                let path = format!("/proc/{}/net/snmp", self.server.id());
+                let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+                let n = snmp_field(&text, "Udp", "InDatagrams")
+                    .with_context(|| format!("no Udp InDatagrams in {path}"))?;
+                Ok(n as f64 / 1e6)
+            }
+        }
+    }
+}
+
+/// What a window is measured between.
+#[derive(Clone, Copy)]
+struct Sample {
+    at: Instant,
+    moved: f64,
+    busy: f64,
+    capture: f64,
+}
+
+/// One window of one capture setup: its rate (Gbit/s, or thousands of
+/// datagrams delivered per second), the whole machine's busy CPU seconds
+/// per unit moved (GB, or million datagrams), and the capture process's
+/// own share of it.
 #[derive(Clone, Copy, Default)]
 struct Measure {
     rate: f64,
     cpu_per_unit: f64,
-    /// Units moved (GB or million datagrams).
-    units: f64,
+    capture_per_unit: f64,
 }
 
-fn iperf(lab: &TwoHosts, workload: Workload, secs: u32, layout: Layout) -> Result<Measure> {
-    let server = lab.v4(2).to_string();
-    let _srv = iperf_server(lab)?;
-    let cpu0 = cpu_busy_s();
-    let secs = secs.to_string();
-    let mut args = vec!["iperf3", "-c", &server, "-t", &secs, "-J"];
-    if workload == Workload::Small {
-        args.extend(["-u", "-b", "0", "-l", "64"]);
-    }
-    if layout.pinned {
-        // Client affinity, server affinity: both on CPU 0.
-        args.extend(["-A", "0,0"]);
-    }
-    let out = lab.a.exec(&args)?;
-    let cpu = cpu_busy_s() - cpu0;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
-    let r = &v["end"]["sum_received"];
-    let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
-    let (rate, units) = match workload {
-        Workload::Bulk => (f("bits_per_second") / 1e9, f("bytes") / 1e9),
-        Workload::Small => {
-            // The receiver's figures: datagrams the sender got out but the
-            // server never read (socket buffer overflow) do not count.
-            let received = f("packets") - f("lost_packets");
-            (received / f("seconds").max(1e-9) / 1e3, received / 1e6)
-        }
+/// What the daemons reported over a setup's windows.
+#[derive(Clone, Copy, Default)]
+struct Tally {
+    windows: u64,
+    decoded: u64,
+    drops: u64,
+}
+
+/// Time given a capture to settle after it is up, before its window opens.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Starts `setup` on the running load, measures a window of `secs`, stops it.
+fn window(
+    load: &Load<'_>,
+    phalanx: &Path,
+    setup: &str,
+    secs: f64,
+    layout: Layout,
+    kernel_ns: &mut Vec<(String, f64)>,
+    tally: &mut Tally,
+) -> Result<Measure> {
+    let capture = CaptureUnderTest::start(load.lab, phalanx, setup, layout)?;
+    std::thread::sleep(SETTLE);
+    let pid = capture.pid();
+    let sample = || -> Result<Sample> {
+        Ok(Sample {
+            at: Instant::now(),
+            moved: load.moved()?,
+            busy: cpu_busy_s(),
+            capture: pid.map_or(0.0, proc_cpu_s),
+        })
     };
-    anyhow::ensure!(units > 0.0, "iperf3 moved nothing: {}", r);
-    Ok(Measure {
-        rate,
-        cpu_per_unit: cpu / units,
-        units,
-    })
-}
-
-/// One round's runs of one capture setup.
-#[derive(Clone, Copy)]
-struct LiveRun {
-    bulk: Measure,
-    small: Measure,
-    /// The capture process's own CPU seconds per unit moved, per workload.
-    capture: [f64; 2],
-}
-
-impl LiveRun {
-    fn of(&self, w: Workload) -> Measure {
-        match w {
-            Workload::Bulk => self.bulk,
-            Workload::Small => self.small,
+    let stats0 = prog_stats()?;
+    let s0 = sample()?;
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let s1 = sample()?;
+    if let Some(d) = &capture.daemon {
+        if load.workload == Workload::Bulk {
+            for (name, t1, c1) in prog_stats()? {
+                let (t0, c0) = stats0
+                    .iter()
+                    .find(|(n, ..)| *n == name)
+                    .map_or((0, 0), |(_, t, c)| (*t, *c));
+                if c1 > c0 {
+                    kernel_ns.push((
+                        format!("{setup} {name}"),
+                        (t1 - t0) as f64 / (c1 - c0) as f64,
+                    ));
+                }
+            }
         }
+        let m = d.text("/metrics")?;
+        tally.windows += 1;
+        tally.decoded += metric(&m, "phalanx_capture_records_decoded_total");
+        tally.drops += metric(&m, "phalanx_kernel_ring_full_drops_total")
+            + metric(&m, "phalanx_capture_backlog_dropped_total");
     }
-
-    fn capture_of(&self, w: Workload) -> f64 {
-        self.capture[usize::from(w == Workload::Small)]
-    }
+    capture.stop();
+    let moved = s1.moved - s0.moved;
+    anyhow::ensure!(
+        moved > 0.0,
+        "iperf3 moved nothing in a {secs} s window under {setup}"
+    );
+    Ok(Measure {
+        rate: load.workload.rate_scale() * moved / (s1.at - s0.at).as_secs_f64(),
+        cpu_per_unit: (s1.busy - s0.busy) / moved,
+        capture_per_unit: (s1.capture - s0.capture) / moved,
+    })
 }
 
 /// Median and relative spread ((max - min) / median) of a sample.
@@ -319,64 +457,6 @@ const SETUPS: [&str; 4] = ["none", "tcx", "tcpdump", "xdp"];
 /// Indices of the setups compared with each other.
 const TCX: usize = 1;
 const TCPDUMP: usize = 2;
-
-fn live_run(
-    lab: &TwoHosts,
-    phalanx: &Path,
-    setup: &str,
-    secs: u32,
-    layout: Layout,
-    kernel_ns: &mut Vec<(String, f64)>,
-    notes: &mut String,
-) -> Result<LiveRun> {
-    let capture = CaptureUnderTest::start(lab, phalanx, setup, layout)?;
-    let capture_pid = capture.pid();
-    let before = prog_stats()?;
-    let cpu = || capture_pid.map_or(0.0, proc_cpu_s);
-    let cap0 = cpu();
-    let bulk = iperf(lab, Workload::Bulk, secs, layout)?;
-    let cap = cpu() - cap0;
-    if capture.daemon.is_some() {
-        for (name, t1, c1) in prog_stats()? {
-            let (t0, c0) = before
-                .iter()
-                .find(|(n, ..)| *n == name)
-                .map_or((0, 0), |(_, t, c)| (*t, *c));
-            if c1 > c0 {
-                kernel_ns.push((
-                    format!("{setup} {name}"),
-                    (t1 - t0) as f64 / (c1 - c0) as f64,
-                ));
-            }
-        }
-    }
-    let cap1 = cpu();
-    let small = iperf(lab, Workload::Small, secs, layout)?;
-    let cap_small = cpu() - cap1;
-    if let Some(d) = &capture.daemon {
-        let m = d.text("/metrics")?;
-        let drops = metric(&m, "phalanx_kernel_ring_full_drops_total")
-            + metric(&m, "phalanx_capture_backlog_dropped_total");
-        writeln!(
-            notes,
-            "- {setup}: TCP {:.2} Gbit/s, UDP {:.0} k datagrams/s received; records decoded {}, drops {drops}, daemon CPU {:.1} ms in the TCP run, {:.1} ms in the UDP run",
-            bulk.rate,
-            small.rate,
-            metric(&m, "phalanx_capture_records_decoded_total"),
-            1e3 * cap,
-            1e3 * cap_small,
-        )?;
-    }
-    capture.stop();
-    Ok(LiveRun {
-        bulk,
-        small,
-        capture: [
-            cap / bulk.units.max(1e-9),
-            cap_small / small.units.max(1e-9),
-        ],
-    })
-}
 
 /// Median of the per-round ratios `a[i] / b[i]` and its 95 % bootstrap
 /// interval.
@@ -460,7 +540,7 @@ pub(super) fn live(
     notes: &mut String,
 ) -> Result<()> {
     let lab = TwoHosts::new("bl").context("lab")?;
-    let (secs, rounds) = if quick { (2, 2) } else { (3, 16) };
+    let (secs, rounds) = if quick { (2.0, 2) } else { (3.0, 16) };
     let layout = Layout::detect();
     writeln!(
         notes,
@@ -472,40 +552,69 @@ pub(super) fn live(
         }
     )?;
     let _ = sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"]);
-    let mut runs: Vec<Vec<LiveRun>> = vec![Vec::new(); SETUPS.len()];
+    // runs[workload][setup]: one window a round.
+    let mut runs: Vec<Vec<Vec<Measure>>> = vec![vec![Vec::new(); SETUPS.len()]; 2];
+    let mut tallies = [[Tally::default(); SETUPS.len()]; 2];
     let mut kernel_ns: Vec<(String, f64)> = Vec::new();
     let mut result = Ok(());
+    // Long enough for a round's windows with their starts and stops; the
+    // load is stopped when the round ends.
+    let load_secs = SETUPS.len() as u32 * (secs as u32 + 15) + 10;
     'rounds: for round in 0..rounds {
-        for k in 0..SETUPS.len() {
-            let i = (k + round) % SETUPS.len();
-            match live_run(
-                &lab,
-                phalanx,
-                SETUPS[i],
-                secs,
-                layout,
-                &mut kernel_ns,
-                notes,
-            ) {
-                Ok(r) => runs[i].push(r),
+        for (wi, w) in Workload::ALL.into_iter().enumerate() {
+            let load = match Load::start(&lab, w, load_secs, layout) {
+                Ok(l) => l,
                 Err(e) => {
                     result = Err(e);
                     break 'rounds;
+                }
+            };
+            for k in 0..SETUPS.len() {
+                let i = (k + round) % SETUPS.len();
+                match window(
+                    &load,
+                    phalanx,
+                    SETUPS[i],
+                    secs,
+                    layout,
+                    &mut kernel_ns,
+                    &mut tallies[wi][i],
+                ) {
+                    Ok(m) => runs[wi][i].push(m),
+                    Err(e) => {
+                        result = Err(e);
+                        break 'rounds;
+                    }
                 }
             }
         }
     }
     let _ = sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"]);
     result?;
-    for w in Workload::ALL {
-        workload_rows(w, &runs, secs, rows, notes)?;
+    for (wi, w) in Workload::ALL.into_iter().enumerate() {
+        workload_rows(w, &runs[wi], secs, rows, notes)?;
+        for (i, t) in tallies[wi]
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.windows > 0)
+        {
+            writeln!(
+                notes,
+                "- {}, {}: {} windows, records decoded {}, drops {}",
+                w.name(),
+                SETUPS[i],
+                t.windows,
+                t.decoded,
+                t.drops
+            )?;
+        }
     }
     // Part of the machine figure, shown apart: the daemon analyses every
     // record, tcpdump -w /dev/null only copies them.
-    for w in Workload::ALL {
-        let v: Vec<Vec<f64>> = runs
+    for (wi, w) in Workload::ALL.into_iter().enumerate() {
+        let v: Vec<Vec<f64>> = runs[wi]
             .iter()
-            .map(|r| r.iter().map(|x| x.capture_of(w)).collect())
+            .map(|r| r.iter().map(|x| x.capture_per_unit).collect())
             .collect();
         let p = paired(&v[TCX], &v[TCPDUMP]);
         let unit = w.units().1;
@@ -548,26 +657,26 @@ pub(super) fn live(
 /// tcpdump, on rate and on machine CPU per unit moved.
 fn workload_rows(
     w: Workload,
-    runs: &[Vec<LiveRun>],
-    secs: u32,
+    runs: &[Vec<Measure>],
+    secs: f64,
     rows: &mut Vec<Row>,
     notes: &mut String,
 ) -> Result<()> {
     let (rate_unit, cpu_unit) = w.units();
     let rate: Vec<Vec<f64>> = runs
         .iter()
-        .map(|v| v.iter().map(|r| r.of(w).rate).collect())
+        .map(|v| v.iter().map(|r| r.rate).collect())
         .collect();
     let cpu: Vec<Vec<f64>> = runs
         .iter()
-        .map(|v| v.iter().map(|r| r.of(w).cpu_per_unit).collect())
+        .map(|v| v.iter().map(|r| r.cpu_per_unit).collect())
         .collect();
     for (i, setup) in SETUPS.iter().enumerate() {
         let (g, gs) = stats(&rate[i]);
         let (c, cs) = stats(&cpu[i]);
         writeln!(
             notes,
-            "- {}, {setup}: {} runs of {secs} s, median {g:.2} {rate_unit} (spread {:.0} %), machine CPU {c:.3} {cpu_unit} (spread {:.0} %)",
+            "- {}, {setup}: {} windows of {secs} s, median {g:.2} {rate_unit} (spread {:.0} %), machine CPU {c:.3} {cpu_unit} (spread {:.0} %)",
             w.name(),
             rate[i].len(),
             100.0 * gs,
@@ -644,7 +753,33 @@ fn workload_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{paired, verdict};
+    use super::{net_dev_field, paired, snmp_field, verdict};
+
+    #[test]
+    fn proc_net_counters_are_read_by_name() {
+        // Shapes as the kernel prints them: a counter may run into the colon.
+        let dev = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:  212528    1191    0    0    0     0          0         0   212528    1191    0    0    0     0       0          0
+  eth01: 5 6 0 0 0 0 0 0 7 8 0 0 0 0 0 0
+  eth0:12345678901 9 0 0 0 0 0 0 98765432109 11 0 0 0 0 0 0
+";
+        assert_eq!(net_dev_field(dev, "eth0", 8), Some(98_765_432_109));
+        assert_eq!(net_dev_field(dev, "eth0", 0), Some(12_345_678_901));
+        assert_eq!(net_dev_field(dev, "eth01", 8), Some(7));
+        assert_eq!(net_dev_field(dev, "eth1", 8), None);
+        let snmp = "Tcp: RtoAlgorithm RtoMin
+Tcp: 1 200
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors
+Udp: 4242 1 7 68 7
+UdpLite: InDatagrams NoPorts
+UdpLite: 99 0
+";
+        assert_eq!(snmp_field(snmp, "Udp", "InDatagrams"), Some(4242));
+        assert_eq!(snmp_field(snmp, "Udp", "RcvbufErrors"), Some(7));
+        assert_eq!(snmp_field(snmp, "UdpLite", "InDatagrams"), Some(99));
+        assert_eq!(snmp_field(snmp, "Udp", "MemErrors"), None);
+    }
 
     #[test]
     fn intervals_decide_only_clear_differences() {
