@@ -365,7 +365,7 @@ struct Sample {
 /// datagrams delivered per second), the whole machine's busy CPU seconds
 /// per unit moved (GB, or million datagrams), and the capture process's
 /// own share of it.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Measure {
     rate: f64,
     cpu_per_unit: f64,
@@ -543,9 +543,10 @@ fn verdict((lo, hi): (f64, f64), higher_is_better: bool) -> (Option<bool>, Optio
     }
 }
 
-/// Live overhead rows: none / tcx / tcpdump / xdp in interleaved rounds
-/// (each round in a rotated order, so drift on a shared machine spreads over
-/// all of them), plus kernel ns per packet. Comparisons carry a 95 %
+/// Live overhead rows: none / tcx / tcpdump / xdp taking turns on one
+/// iperf3 connection per workload and round (each round in a rotated
+/// order, so drift on a shared machine spreads over all of them), plus
+/// kernel ns per packet. Comparisons carry a 95 %
 /// bootstrap interval over the rounds; a goal is met or missed only when
 /// the whole interval says so.
 pub(super) fn live(
@@ -571,39 +572,30 @@ pub(super) fn live(
     let mut runs: Vec<Vec<Vec<Measure>>> = vec![vec![Vec::new(); SETUPS.len()]; 2];
     let mut tallies = [[Tally::default(); SETUPS.len()]; 2];
     let mut kernel_ns: Vec<(String, f64)> = Vec::new();
-    let mut result = Ok(());
     // Long enough for a round's windows with their starts and stops; the
     // load is stopped when the round ends.
     let load_secs = SETUPS.len() as u32 * (secs as u32 + 15) + 10;
-    'rounds: for round in 0..rounds {
-        for (wi, w) in Workload::ALL.into_iter().enumerate() {
-            let load = match Load::start(&lab, w, load_secs, layout) {
-                Ok(l) => l,
-                Err(e) => {
-                    result = Err(e);
-                    break 'rounds;
-                }
-            };
-            for k in 0..SETUPS.len() {
-                let i = (k + round) % SETUPS.len();
-                match window(
-                    &load,
-                    phalanx,
-                    SETUPS[i],
-                    secs,
-                    layout,
-                    &mut kernel_ns,
-                    &mut tallies[wi][i],
-                ) {
-                    Ok(m) => runs[wi][i].push(m),
-                    Err(e) => {
-                        result = Err(e);
-                        break 'rounds;
-                    }
+    let result = (|| -> Result<()> {
+        for round in 0..rounds {
+            for (wi, w) in Workload::ALL.into_iter().enumerate() {
+                let load = Load::start(&lab, w, load_secs, layout)?;
+                for k in 0..SETUPS.len() {
+                    let i = (k + round) % SETUPS.len();
+                    let m = window(
+                        &load,
+                        phalanx,
+                        SETUPS[i],
+                        secs,
+                        layout,
+                        &mut kernel_ns,
+                        &mut tallies[wi][i],
+                    )?;
+                    runs[wi][i].push(m);
                 }
             }
         }
-    }
+        Ok(())
+    })();
     let _ = sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"]);
     result?;
     for (wi, w) in Workload::ALL.into_iter().enumerate() {
