@@ -216,7 +216,7 @@ fn sv_http_body_hook_ipv6() {
     // tshark calls frame 541 out-of-order only because it follows 539 closely.
     check(
         "sv_http-body-hook-01_ipv6.pcap",
-        &[pin(2007, 3, 3, 0, 0, 0, 3, 0, 70, 0, 715, Some(30.986))],
+        &[pin(2007, 3, 3, 0, 0, 0, 3, 0, 70, 0, 715, Some(30.987))],
     );
 }
 
@@ -228,10 +228,11 @@ fn zeek_tcprs_comp008() {
     // (frames 1100, 1197-1199, 1727, 2761, 2764) re-send data seen before,
     // SACK-recovered. Our 3 spurious ones are tshark's (frames 1191, 2089,
     // 3200: data already acknowledged); our 3 reordered ones are TCPRS's
-    // (frames 609, 616, 2967).
+    // (frames 609, 616, 2967). RTT median from the sketch: 150.59 ms, the
+    // exact one of the same samples 151.148 ms (within the sketch's 0.8 %).
     check(
         "zeek-tcprs_comp008.pcap",
-        &[pin(3280, 56, 5, 51, 0, 3, 0, 3, 26, 0, 258, Some(151.971))],
+        &[pin(3280, 56, 5, 51, 0, 3, 0, 3, 26, 0, 258, Some(150.59))],
     );
 }
 

@@ -41,13 +41,23 @@ impl PacketMeta {
     pub fn dst_ip(&self) -> IpAddr {
         ip_from_bytes(self.ip_version, &self.dst_addr)
     }
-    /// Decodes a record from raw ring-buffer bytes (`None` if too short).
+    /// Decodes a record from raw ring-buffer bytes: a whole record, or its
+    /// first [`crate::RING_SHORT_LEN`] bytes with the rest zero. `None` for
+    /// any other length.
     pub fn from_bytes(buf: &[u8]) -> Option<Self> {
-        if buf.len() < core::mem::size_of::<Self>() {
-            return None;
+        let full = core::mem::size_of::<Self>();
+        let len = match buf.len() {
+            n if n >= full => full,
+            crate::RING_SHORT_LEN => crate::RING_SHORT_LEN,
+            _ => return None,
+        };
+        let mut m = Self::zeroed();
+        // SAFETY: `len` bytes are in `buf` and fit in `m`; PacketMeta is
+        // plain integers, so any bytes are a valid value.
+        unsafe {
+            core::ptr::copy_nonoverlapping(buf.as_ptr(), (&mut m as *mut Self).cast::<u8>(), len);
         }
-        // SAFETY: length checked; PacketMeta is Pod, read_unaligned copes with alignment.
-        Some(unsafe { core::ptr::read_unaligned(buf.as_ptr().cast::<Self>()) })
+        Some(m)
     }
 }
 
@@ -64,5 +74,38 @@ mod tests {
     #[test]
     fn decode_rejects_short_buffers() {
         assert!(PacketMeta::from_bytes(&[0u8; 10]).is_none());
+        assert!(PacketMeta::from_bytes(&[0u8; crate::RING_SHORT_LEN + 8]).is_none());
+    }
+
+    fn as_bytes(m: &PacketMeta) -> std::vec::Vec<u8> {
+        // SAFETY: PacketMeta is plain integers with explicit padding.
+        unsafe {
+            core::slice::from_raw_parts(
+                (m as *const PacketMeta).cast::<u8>(),
+                core::mem::size_of::<PacketMeta>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn short_ring_records_decode_to_the_whole_record() {
+        let mut m = PacketMeta::zeroed();
+        m.ts_ns = 7;
+        m.src_addr[15] = 1;
+        m.segs = 3;
+        m.icmp_mtu = 1400;
+        let bytes = as_bytes(&m);
+        let short = PacketMeta::from_bytes(&bytes[..crate::RING_SHORT_LEN]);
+        assert_eq!(short, Some(m), "the tail comes back zero");
+        m.sack[5] = 9;
+        m.inner_proto = 6;
+        let bytes = as_bytes(&m);
+        assert_eq!(PacketMeta::from_bytes(&bytes), Some(m));
+        assert_ne!(
+            PacketMeta::from_bytes(&bytes[..crate::RING_SHORT_LEN]),
+            Some(m),
+            "a short record has no tail"
+        );
     }
 }

@@ -52,8 +52,8 @@
 //!   `p50`, `p99`, `max`; `samples` is the total sample count); when only one
 //!   direction has samples, that direction's figures. Quantiles are nearest
 //!   rank over exact samples for the first 64 samples per direction, then a
-//!   log-bucket sketch with 1% relative accuracy. Per-direction figures are
-//!   in `src_to_dst.rtt` / `dst_to_src.rtt`.
+//!   log-linear sketch, exact below 128 µs and within 0.8 % above.
+//!   Per-direction figures are in `src_to_dst.rtt` / `dst_to_src.rtt`.
 //! - **retransmissions**: a segment carrying sequence space that passed the
 //!   vantage point before, or that fills a hole *late*. A hole is a range
 //!   skipped by a segment starting above the highest sequence seen; a fill

@@ -2,15 +2,21 @@
 //!
 //! The first [`EXACT_SAMPLES`] samples are kept verbatim, so short flows
 //! (and tests) get exact quantiles. Beyond that the samples move into a
-//! sparse log-bucket sketch (DDSketch style, 1% relative accuracy) whose
-//! size depends on the spread of the values, not on their number.
+//! sparse log-linear sketch (HDR histogram style: exact below
+//! [`EXACT_BELOW`] µs, then [`SUB_BUCKETS`] equal buckets per power of two,
+//! so a bucket's value is within 0.8 % of every sample in it) whose size
+//! depends on the spread of the values, not on their number. A bucket index
+//! is a shift and a mask away from its sample: no logarithm per sample.
 
 /// Samples kept verbatim before switching to the sketch.
 pub const EXACT_SAMPLES: usize = 64;
 
-/// Bucket growth factor: a bucket's representative value is within 1% of
-/// every sample in it.
-const GAMMA: f64 = 1.02;
+/// Bits of a sample kept below its leading one bit.
+const SUB_BITS: u32 = 6;
+/// Buckets per power of two.
+const SUB_BUCKETS: u32 = 1 << SUB_BITS;
+/// Samples below this many microseconds have a bucket each.
+const EXACT_BELOW: u32 = 2 * SUB_BUCKETS;
 
 /// Summary statistics of one series of RTT samples (microseconds).
 #[derive(Clone, Debug, Default)]
@@ -22,9 +28,6 @@ pub struct SampleStats {
     exact: Vec<u32>,
     /// (bucket index, count), sorted by index; empty while in exact mode.
     buckets: Vec<(u16, u32)>,
-    /// Latest sketched sample and its bucket: a flow's consecutive samples
-    /// often repeat, and the logarithm is the costly part of a sample.
-    last: Option<(u32, u16)>,
 }
 
 /// Quantile summary of a series (milliseconds), as reported.
@@ -45,21 +48,26 @@ pub struct Summary {
 }
 
 fn bucket_of(us: u32) -> u16 {
-    if us == 0 {
-        return 0;
+    if us < EXACT_BELOW {
+        return us as u16;
     }
-    // Index 1 holds 1 us; values grow by GAMMA per index.
-    let i = (f64::from(us).ln() / GAMMA.ln()).ceil() as i64 + 1;
-    i.clamp(1, i64::from(u16::MAX)) as u16
+    // us >> shift keeps the leading one and SUB_BITS bits below it.
+    let shift = (31 - us.leading_zeros()) - SUB_BITS;
+    let top = us >> shift;
+    (EXACT_BELOW + (shift - 1) * SUB_BUCKETS + (top - SUB_BUCKETS)) as u16
 }
 
+/// Midpoint of the samples a bucket holds.
 fn bucket_value(i: u16) -> f64 {
-    if i == 0 {
-        return 0.0;
+    let i = u32::from(i);
+    if i < EXACT_BELOW {
+        return f64::from(i);
     }
-    let upper = GAMMA.powi(i32::from(i) - 1);
-    // Midpoint between the bucket's bounds in relative terms.
-    2.0 * upper / (GAMMA + 1.0)
+    let k = i - EXACT_BELOW;
+    let shift = k / SUB_BUCKETS + 1;
+    let low = u64::from(SUB_BUCKETS + k % SUB_BUCKETS) << shift;
+    let width = 1u64 << shift;
+    low as f64 + (width - 1) as f64 / 2.0
 }
 
 impl SampleStats {
@@ -88,14 +96,7 @@ impl SampleStats {
     }
 
     fn bucket_add(&mut self, us: u32) {
-        let b = match self.last {
-            Some((v, b)) if v == us => b,
-            _ => {
-                let b = bucket_of(us);
-                self.last = Some((us, b));
-                b
-            }
-        };
+        let b = bucket_of(us);
         match self.buckets.binary_search_by_key(&b, |e| e.0) {
             Ok(i) => self.buckets[i].1 = self.buckets[i].1.saturating_add(1),
             Err(i) => self.buckets.insert(i, (b, 1)),
@@ -192,16 +193,19 @@ mod tests {
     }
 
     #[test]
-    fn sketch_stays_within_one_percent() {
+    fn sketch_stays_within_its_accuracy() {
         let mut s = SampleStats::default();
         for v in 1..=10_000u32 {
             s.add(v * 10);
         }
         let p50 = s.quantile_us(0.5).expect("samples");
         let p99 = s.quantile_us(0.99).expect("samples");
-        assert!((p50 - 50_000.0).abs() / 50_000.0 < 0.011, "p50 {p50}");
-        assert!((p99 - 99_000.0).abs() / 99_000.0 < 0.011, "p99 {p99}");
-        assert!(s.heap_bytes() < 8 * 1024, "sketch is compact");
+        assert!((p50 - 50_000.0).abs() / 50_000.0 < 0.008, "p50 {p50}");
+        assert!((p99 - 99_000.0).abs() / 99_000.0 < 0.008, "p99 {p99}");
+        // 10^4 distinct samples: a bucket for each of the 12 below 128 µs,
+        // at most 64 per power of two for the ten from 128 µs to 100 ms.
+        assert!(s.buckets.len() <= 12 + 10 * SUB_BUCKETS as usize);
+        assert!(s.heap_bytes() <= 8 * 1024, "sketch is compact");
         assert_eq!(s.min_us(), Some(10));
     }
 
@@ -221,6 +225,33 @@ mod tests {
             }
             let want: Vec<(u16, u32)> = want.into_iter().collect();
             proptest::prop_assert_eq!(&s.buckets, &want);
+        }
+    }
+
+    #[test]
+    fn buckets_are_ordered_and_their_values_within_accuracy() {
+        // Every value up to 2^20, then both sides of every power of two and
+        // a spread of values up to u32::MAX.
+        let wide = (20..32).flat_map(|e| {
+            let p = 1u64 << e;
+            [p - 1, p, p + 1, p + p / 3, p + p / 2]
+        });
+        let values = (0..1u64 << 20)
+            .chain(wide)
+            .chain([u64::from(u32::MAX)])
+            .map(|v| v as u32);
+        let mut prev = (0u32, 0u16);
+        for us in values {
+            let b = bucket_of(us);
+            assert!(b >= prev.1, "bucket of {us} below that of {}", prev.0);
+            let v = bucket_value(b);
+            if us < EXACT_BELOW {
+                assert_eq!(v, f64::from(us), "small samples are exact");
+            } else {
+                let err = (v - f64::from(us)).abs() / f64::from(us);
+                assert!(err < 0.008, "{us} -> {v} ({err})");
+            }
+            prev = (us, b);
         }
     }
 
