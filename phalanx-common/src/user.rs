@@ -45,17 +45,18 @@ impl PacketMeta {
     /// first [`crate::RING_SHORT_LEN`] bytes with the rest zero. `None` for
     /// any other length.
     pub fn from_bytes(buf: &[u8]) -> Option<Self> {
-        let full = core::mem::size_of::<Self>();
-        let len = match buf.len() {
-            n if n >= full => full,
-            crate::RING_SHORT_LEN => crate::RING_SHORT_LEN,
-            _ => return None,
-        };
+        const SHORT: usize = crate::RING_SHORT_LEN;
+        if buf.len() >= core::mem::size_of::<Self>() {
+            // SAFETY: length checked; PacketMeta is plain integers, so any
+            // bytes are a valid value; read_unaligned copes with alignment.
+            return Some(unsafe { core::ptr::read_unaligned(buf.as_ptr().cast::<Self>()) });
+        }
+        let head: &[u8; SHORT] = buf.try_into().ok()?;
         let mut m = Self::zeroed();
-        // SAFETY: `len` bytes are in `buf` and fit in `m`; PacketMeta is
-        // plain integers, so any bytes are a valid value.
+        // SAFETY: the head is the record's first SHORT bytes; a fixed-size
+        // copy (no call) of plain integers.
         unsafe {
-            core::ptr::copy_nonoverlapping(buf.as_ptr(), (&mut m as *mut Self).cast::<u8>(), len);
+            core::ptr::write_unaligned((&mut m as *mut Self).cast::<[u8; SHORT]>(), *head);
         }
         Some(m)
     }

@@ -36,7 +36,7 @@ fn throughput(out: &str, name: &str) -> Option<f64> {
 }
 
 pub(crate) fn engine(quick: bool, rows: &mut Vec<Row>, notes: &mut String) -> Result<()> {
-    let (warm, measure) = if quick { ("1", "2") } else { ("3", "10") };
+    let (warm, measure) = if quick { ("1", "2") } else { ("2", "6") };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(crate::demo::workspace_root())

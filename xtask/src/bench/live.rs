@@ -557,7 +557,7 @@ pub(super) fn live(
     notes: &mut String,
 ) -> Result<()> {
     let lab = TwoHosts::new("bl").context("lab")?;
-    let (secs, rounds) = if quick { (2.0, 2) } else { (2.5, 20) };
+    let (secs, rounds) = if quick { (2.0, 2) } else { (2.5, 24) };
     let layout = Layout::detect();
     writeln!(
         notes,
