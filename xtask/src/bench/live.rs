@@ -466,13 +466,35 @@ fn stats(v: &[f64]) -> (f64, f64) {
     (m, if m > 0.0 { (hi - lo) / m } else { 0.0 })
 }
 
-/// Capture setups in their round order. Rounds rotate it, so tcx sits next
-/// to no program and to tcpdump (the two comparisons with goals) in three
-/// rounds of four, where drift between neighbours is smallest.
+/// Capture setups; [`round_order`] says which take turns in a round.
 const SETUPS: [&str; 4] = ["none", "tcx", "tcpdump", "xdp"];
 /// Indices of the setups compared with each other.
 const TCX: usize = 1;
 const TCPDUMP: usize = 2;
+
+/// The setups of a round, in turn. Even rounds run all four in an order
+/// that rotates from one even round to the next; odd rounds run only tcx
+/// and tcpdump, in alternating order. The goals against tcpdump are
+/// decided by differences of 1–2 %, those against no program have wide
+/// margins (and xdp has no goal), so the windows go where the intervals
+/// need them: for the same time, 1.33× the tcx/tcpdump pairs of rounds of
+/// four alone, and the two windows of a pair back to back.
+fn round_order(round: usize) -> Vec<usize> {
+    let n = SETUPS.len();
+    match (round % 2, (round / 2) % 2) {
+        (0, _) => (0..n).map(|k| (k + round / 2) % n).collect(),
+        (_, 0) => vec![TCX, TCPDUMP],
+        _ => vec![TCPDUMP, TCX],
+    }
+}
+
+/// A setup's figure in each round, `None` where it sat the round out.
+type Series = Vec<Option<f64>>;
+
+/// The rounds' figures that are there.
+fn present(v: &[Option<f64>]) -> Vec<f64> {
+    v.iter().flatten().copied().collect()
+}
 
 /// Median of the per-round ratios `a[i] / b[i]` and its 95 % bootstrap
 /// interval.
@@ -483,15 +505,17 @@ struct Paired {
     hi: f64,
 }
 
-/// Compares two setups round by round: the setups of one round run back to
-/// back, so their ratio cancels what drifts between rounds on a shared
-/// machine. Rounds are resampled with replacement, from a fixed seed, so a
-/// rerun on the same figures prints the same interval.
-fn paired(a: &[f64], b: &[f64]) -> Paired {
+/// Compares two setups round by round, over the rounds both ran: the
+/// setups of one round run back to back, so their ratio cancels what
+/// drifts between rounds on a shared machine. Rounds are resampled with
+/// replacement, from a fixed seed, so a rerun on the same figures prints
+/// the same interval.
+fn paired(a: &[Option<f64>], b: &[Option<f64>]) -> Paired {
     const RESAMPLES: usize = 4000;
     let ratios: Vec<f64> = a
         .iter()
         .zip(b)
+        .filter_map(|(x, y)| Some((x.as_ref()?, y.as_ref()?)))
         .filter(|(_, y)| **y > 0.0)
         .map(|(x, y)| x / y)
         .collect();
@@ -544,12 +568,11 @@ fn verdict((lo, hi): (f64, f64), higher_is_better: bool) -> (Option<bool>, Optio
     }
 }
 
-/// Live overhead rows: none / tcx / tcpdump / xdp taking turns on one
-/// iperf3 connection per workload and round (each round in a rotated
-/// order, so drift on a shared machine spreads over all of them), plus
-/// kernel ns per packet. Comparisons carry a 95 %
-/// bootstrap interval over the rounds; a goal is met or missed only when
-/// the whole interval says so.
+/// Live overhead rows: the capture setups taking turns on one iperf3
+/// connection per workload and round (all four, or tcx and tcpdump alone:
+/// [`round_order`]), plus kernel ns per packet from windows of their own.
+/// Comparisons carry a 95 % bootstrap interval over the rounds both setups
+/// ran; a goal is met or missed only when the whole interval says so.
 pub(super) fn live(
     phalanx: &Path,
     quick: bool,
@@ -557,7 +580,7 @@ pub(super) fn live(
     notes: &mut String,
 ) -> Result<()> {
     let lab = TwoHosts::new("bl").context("lab")?;
-    let (secs, rounds) = if quick { (2.0, 2) } else { (2.5, 24) };
+    let (secs, rounds) = if quick { (2.0, 2) } else { (2.5, 32) };
     let layout = Layout::detect();
     writeln!(
         notes,
@@ -568,8 +591,9 @@ pub(super) fn live(
             "one CPU: nothing pinned"
         }
     )?;
-    // runs[workload][setup]: one window a round.
-    let mut runs: Vec<Vec<Vec<Measure>>> = vec![vec![Vec::new(); SETUPS.len()]; 2];
+    // runs[workload][setup][round]: one window, or none when the setup sat
+    // the round out.
+    let mut runs: Vec<Vec<Vec<Option<Measure>>>> = vec![vec![Vec::new(); SETUPS.len()]; 2];
     let mut tallies = [[Tally::default(); SETUPS.len()]; 2];
     let mut kernel_ns: Vec<(String, f64)> = Vec::new();
     // Long enough for a round's windows with their starts and stops; the
@@ -579,9 +603,9 @@ pub(super) fn live(
         for round in 0..rounds {
             for (wi, w) in Workload::ALL.into_iter().enumerate() {
                 let load = Load::start(&lab, w, load_secs, layout)?;
-                for k in 0..SETUPS.len() {
-                    let i = (k + round) % SETUPS.len();
-                    let m = window(
+                let mut got = [None; SETUPS.len()];
+                for i in round_order(round) {
+                    got[i] = Some(window(
                         &load,
                         phalanx,
                         SETUPS[i],
@@ -589,7 +613,9 @@ pub(super) fn live(
                         layout,
                         None,
                         &mut tallies[wi][i],
-                    )?;
+                    )?);
+                }
+                for (i, m) in got.into_iter().enumerate() {
                     runs[wi][i].push(m);
                 }
             }
@@ -638,9 +664,9 @@ pub(super) fn live(
     // Part of the machine figure, shown apart: the daemon analyses every
     // record, tcpdump -w /dev/null only copies them.
     for (wi, w) in Workload::ALL.into_iter().enumerate() {
-        let v: Vec<Vec<f64>> = runs[wi]
+        let v: Vec<Series> = runs[wi]
             .iter()
-            .map(|r| r.iter().map(|x| x.capture_per_unit).collect())
+            .map(|r| r.iter().map(|x| x.map(|m| m.capture_per_unit)).collect())
             .collect();
         let p = paired(&v[TCX], &v[TCPDUMP]);
         let unit = w.units().1;
@@ -649,8 +675,8 @@ pub(super) fn live(
                 "tcx vs tcpdump -s 128, {}: capture process CPU (daemon vs tcpdump; part of the machine figure; 95 % interval)",
                 w.name()
             ),
-            phalanx: format!("{:.4} {unit}", median(v[TCX].clone())),
-            peer: format!("{:.4} {unit} (tcpdump)", median(v[TCPDUMP].clone())),
+            phalanx: format!("{:.4} {unit}", median(present(&v[TCX]))),
+            peer: format!("{:.4} {unit} (tcpdump)", median(present(&v[TCPDUMP]))),
             ratio: format!("{:.2}× ({:.2} … {:.2})", p.ratio, p.lo, p.hi),
             goal: "-".into(),
             pass: None,
@@ -683,28 +709,28 @@ pub(super) fn live(
 /// tcpdump, on rate and on machine CPU per unit moved.
 fn workload_rows(
     w: Workload,
-    runs: &[Vec<Measure>],
+    runs: &[Vec<Option<Measure>>],
     secs: f64,
     rows: &mut Vec<Row>,
     notes: &mut String,
 ) -> Result<()> {
     let (rate_unit, cpu_unit) = w.units();
-    let rate: Vec<Vec<f64>> = runs
+    let rate: Vec<Series> = runs
         .iter()
-        .map(|v| v.iter().map(|r| r.rate).collect())
+        .map(|v| v.iter().map(|r| r.map(|m| m.rate)).collect())
         .collect();
-    let cpu: Vec<Vec<f64>> = runs
+    let cpu: Vec<Series> = runs
         .iter()
-        .map(|v| v.iter().map(|r| r.cpu_per_unit).collect())
+        .map(|v| v.iter().map(|r| r.map(|m| m.cpu_per_unit)).collect())
         .collect();
     for (i, setup) in SETUPS.iter().enumerate() {
-        let (g, gs) = stats(&rate[i]);
-        let (c, cs) = stats(&cpu[i]);
+        let (g, gs) = stats(&present(&rate[i]));
+        let (c, cs) = stats(&present(&cpu[i]));
         writeln!(
             notes,
             "- {}, {setup}: {} windows of {secs} s, median {g:.2} {rate_unit} (spread {:.0} %), machine CPU {c:.3} {cpu_unit} (spread {:.0} %)",
             w.name(),
-            rate[i].len(),
+            present(&rate[i]).len(),
             100.0 * gs,
             100.0 * cs,
         )?;
@@ -713,12 +739,12 @@ fn workload_rows(
     // both carry "better than tcpdump".
     let goals = w == Workload::Bulk;
     let pct = |x: f64| 100.0 * (x - 1.0);
-    let base_g = median(rate[0].clone());
-    let base_c = median(cpu[0].clone());
+    let base_g = median(present(&rate[0]));
+    let base_c = median(present(&cpu[0]));
     for (i, setup) in SETUPS.iter().enumerate().skip(1) {
         let goal = goals && i == TCX;
-        let g = median(rate[i].clone());
-        let c = median(cpu[i].clone());
+        let g = median(present(&rate[i]));
+        let c = median(present(&cpu[i]));
         // Cost = 1 - throughput ratio; within 5 % when the ratio is above 0.95.
         let Paired { ratio: r, lo, hi } = paired(&rate[i], &rate[0]);
         let (pass, v) = verdict((lo / 0.95, hi / 0.95), true);
@@ -766,8 +792,8 @@ fn workload_rows(
                 "tcx vs tcpdump -s 128, {}: {what} (95 % interval)",
                 w.name()
             ),
-            phalanx: format!("{:.3} {unit}", median(v[t].clone())),
-            peer: format!("{:.3} (tcpdump)", median(v[d].clone())),
+            phalanx: format!("{:.3} {unit}", median(present(&v[t]))),
+            peer: format!("{:.3} (tcpdump)", median(present(&v[d]))),
             ratio: format!("{:.3}× ({:.3} … {:.3})", p.ratio, p.lo, p.hi),
             goal: "better than tcpdump".into(),
             pass,
@@ -779,7 +805,12 @@ fn workload_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{net_dev_field, paired, snmp_field, verdict};
+    use super::{net_dev_field, round_order, snmp_field, verdict, SETUPS, TCPDUMP, TCX};
+
+    fn paired(a: &[f64], b: &[f64]) -> super::Paired {
+        let all = |v: &[f64]| v.iter().copied().map(Some).collect::<Vec<_>>();
+        super::paired(&all(a), &all(b))
+    }
 
     #[test]
     fn proc_net_counters_are_read_by_name() {
@@ -831,5 +862,42 @@ UdpLite: 99 0
         let super::Paired { ratio, lo, hi } = paired(&a, &b);
         assert!((ratio - 1.03).abs() < 1e-9);
         assert!(lo > 1.0 && (lo - 1.03).abs() < 1e-9 && (hi - 1.03).abs() < 1e-9);
+    }
+
+    #[test]
+    fn setups_pair_only_in_the_rounds_both_ran() {
+        // No program sits out the odd rounds: the comparison with it uses
+        // the even rounds alone, tcx against tcpdump every round.
+        let mut ran = [[false; SETUPS.len()]; 8];
+        for (round, r) in ran.iter_mut().enumerate() {
+            let order = round_order(round);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(
+                sorted.len(),
+                order.len(),
+                "round {round} runs a setup twice"
+            );
+            for i in order {
+                r[i] = true;
+            }
+        }
+        assert!(ran.iter().all(|r| r[TCX] && r[TCPDUMP]));
+        assert_eq!(ran.iter().filter(|r| r[0]).count(), 4);
+        // Each of the four goes first once over the even rounds, and tcx
+        // leads tcpdump in half the odd ones.
+        let firsts: Vec<usize> = (0..8).step_by(2).map(|r| round_order(r)[0]).collect();
+        assert_eq!(firsts, [0, 1, 2, 3]);
+        let tcx_first = (1..8)
+            .step_by(2)
+            .filter(|&r| round_order(r)[0] == TCX)
+            .count();
+        assert_eq!(tcx_first, 2);
+        // A round a setup sat out drops out of its pairs, not the others'.
+        let none = [Some(10.0), None, Some(10.0), None];
+        let tcx = [Some(10.3), Some(99.0), Some(10.3), Some(99.0)];
+        let p = super::paired(&tcx, &none);
+        assert!((p.ratio - 1.03).abs() < 1e-9 && (p.hi - 1.03).abs() < 1e-9);
     }
 }
