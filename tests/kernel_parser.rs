@@ -63,8 +63,7 @@ fn run(
     while let Some(item) = ring.next() {
         let rec = PacketMeta::from_bytes(&item).expect("record size");
         // Only a record whose tail is zero travels without it.
-        let short = rec.sack_count == 0 && rec.kind != RecordKind::IcmpError as u8;
-        let want = if short {
+        let want = if rec.tail_is_zero() {
             RING_SHORT_LEN
         } else {
             std::mem::size_of::<PacketMeta>()

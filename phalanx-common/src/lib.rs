@@ -263,6 +263,14 @@ const _: () = assert!(RING_SHORT_LEN == 112);
 const _: () = assert!(core::mem::align_of::<PacketMeta>() == 8);
 
 impl PacketMeta {
+    /// Whether everything from `sack` on is zero (no SACK blocks, not an
+    /// ICMP error): the ring then carries the first [`RING_SHORT_LEN`]
+    /// bytes only.
+    #[inline(always)]
+    pub fn tail_is_zero(&self) -> bool {
+        self.sack_count == 0 && self.kind != RecordKind::IcmpError as u8
+    }
+
     /// An all-zero record (every field valid as "absent").
     pub const fn zeroed() -> Self {
         Self {

@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use phalanx_common::{
-    Counter, Direction, PacketMeta, RecordKind, COUNTER_COUNT, RING_SHORT_LEN, WAKEUP_CHECK_EVERY,
+    Counter, Direction, PacketMeta, COUNTER_COUNT, RING_SHORT_LEN, WAKEUP_CHECK_EVERY,
     WAKEUP_FILL_DIVISOR,
 };
 
@@ -162,7 +162,7 @@ fn capture<P: Packet>(
     // Without SACK blocks or a quoted packet the record's tail is zero: the
     // ring carries its head only, fewer cache lines to write here and to
     // read in the daemon.
-    let sent = if meta.sack_count == 0 && meta.kind != RecordKind::IcmpError as u8 {
+    let sent = if meta.tail_is_zero() {
         // SAFETY: the head is the record's first RING_SHORT_LEN bytes, in
         // bounds and 8-aligned (asserted in phalanx-common).
         let head = unsafe { &*(meta as *const PacketMeta as *const [u64; RING_SHORT_WORDS]) };

@@ -408,7 +408,7 @@ fn window(
             capture: pid.map_or(0.0, proc_cpu_s),
         })
     };
-    let stats0 = prog_stats()?;
+    let stats0 = kernel_ns.is_some().then(prog_stats).transpose()?;
     let slices = (secs / SLICE.as_secs_f64()).round().max(1.0) as usize;
     let mut samples = vec![sample()?];
     for _ in 0..slices {
@@ -416,7 +416,7 @@ fn window(
         samples.push(sample()?);
     }
     if let Some(d) = &capture.daemon {
-        if let Some(kernel_ns) = kernel_ns {
+        if let (Some(kernel_ns), Some(stats0)) = (kernel_ns, stats0) {
             for (name, t1, c1) in prog_stats()? {
                 let (t0, c0) = stats0
                     .iter()
@@ -723,13 +723,14 @@ fn workload_rows(
         .map(|v| v.iter().map(|r| r.map(|m| m.cpu_per_unit)).collect())
         .collect();
     for (i, setup) in SETUPS.iter().enumerate() {
-        let (g, gs) = stats(&present(&rate[i]));
+        let windows = present(&rate[i]);
+        let (g, gs) = stats(&windows);
         let (c, cs) = stats(&present(&cpu[i]));
         writeln!(
             notes,
             "- {}, {setup}: {} windows of {secs} s, median {g:.2} {rate_unit} (spread {:.0} %), machine CPU {c:.3} {cpu_unit} (spread {:.0} %)",
             w.name(),
-            present(&rate[i]).len(),
+            windows.len(),
             100.0 * gs,
             100.0 * cs,
         )?;
