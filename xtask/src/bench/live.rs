@@ -86,20 +86,24 @@ impl Layout {
 
     /// Pins the calling thread to CPU 0, where the load runs.
     pub(super) fn pin_load_thread(self) -> Result<()> {
-        if !self.pinned {
-            return Ok(());
-        }
-        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
-        // sched_setaffinity(0 = this thread) only read and write it.
-        let r = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-        };
-        if r != 0 {
-            anyhow::bail!("pinning to CPU 0: {}", std::io::Error::last_os_error());
+        if self.pinned {
+            set_affinity(&[0])?;
         }
         Ok(())
+    }
+
+    /// Moves the calling thread to CPU 1, the capture's, until the guard
+    /// drops. Processes it spawns inherit the CPU from their first
+    /// instruction: a daemon verifying its programs or a tcpdump setting up
+    /// its ring never runs on the load's core, nor do the bench's own
+    /// readings and helpers.
+    pub(super) fn bench_on_capture_cpu(self) -> Result<CpuGuard> {
+        let all: Vec<usize> =
+            (0..std::thread::available_parallelism().map_or(1, usize::from)).collect();
+        if self.pinned {
+            set_affinity(&[1])?;
+        }
+        Ok(CpuGuard { all })
     }
 
     /// Pins every thread of the capture process to CPU 1.
@@ -109,6 +113,39 @@ impl Layout {
         }
         Ok(())
     }
+}
+
+/// Restores the calling thread's affinity to every CPU when dropped.
+pub(super) struct CpuGuard {
+    all: Vec<usize>,
+}
+
+impl Drop for CpuGuard {
+    fn drop(&mut self) {
+        if let Err(e) = set_affinity(&self.all) {
+            eprintln!("restoring the bench thread's CPUs: {e:#}");
+        }
+    }
+}
+
+/// Sets the calling thread's CPUs.
+fn set_affinity(cpus: &[usize]) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity(0 = this thread) only read and write it.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        anyhow::bail!(
+            "pinning to CPUs {cpus:?}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 /// A one-shot iperf3 server on host b (address 2), ready to accept.
@@ -473,18 +510,24 @@ const TCX: usize = 1;
 const TCPDUMP: usize = 2;
 const XDP: usize = 3;
 
-/// The setups of a round, in turn. Even rounds run all four, odd rounds
-/// leave out xdp (it has no goal); the order rotates from one round of a
-/// kind to the next. For the same time, the comparisons with goals (tcx
-/// against no program and against tcpdump, decided by differences of a
-/// few per cent) get 1.17× the rounds of rounds of four alone.
+/// The setups of a round, in turn. tcx runs between no program and
+/// tcpdump, so both comparisons with goals pair windows that follow each
+/// other (a connection's throughput shifts by up to 10 % within seconds
+/// here, so pairs further apart differ by more); over every four rounds
+/// each pair runs in both orders as often, so a trend within a round
+/// favours neither side. xdp (no goal) joins every other round, next to
+/// no program, and sits out the others: for the same time the goal
+/// comparisons get 1.17× the rounds of rounds of four alone.
 fn round_order(round: usize) -> Vec<usize> {
-    let n = if round.is_multiple_of(2) {
-        SETUPS.len()
-    } else {
-        XDP
-    };
-    (0..n).map(|k| (k + round / 2) % n).collect()
+    const NONE: usize = 0;
+    let mut order = vec![NONE, TCX, TCPDUMP];
+    if round.is_multiple_of(2) {
+        order.insert(0, XDP);
+    }
+    if matches!(round % 4, 1 | 2) {
+        order.reverse();
+    }
+    order
 }
 
 /// A setup's figure in each round, `None` where it sat the round out.
@@ -581,11 +624,12 @@ pub(super) fn live(
     let lab = TwoHosts::new("bl").context("lab")?;
     let (secs, rounds) = if quick { (2.0, 2) } else { (2.5, 28) };
     let layout = Layout::detect();
+    let _on_capture_cpu = layout.bench_on_capture_cpu()?;
     writeln!(
         notes,
         "- live runs: {}",
         if layout.pinned {
-            "iperf3 client and server pinned to CPU 0 (with the veth path and our kernel programs), the capture process (daemon or tcpdump) to CPU 1"
+            "iperf3 client and server pinned to CPU 0 (with the veth path and our kernel programs), the capture process (daemon or tcpdump) to CPU 1 from its start, with the bench's own readings and helpers"
         } else {
             "one CPU: nothing pinned"
         }
@@ -658,6 +702,28 @@ pub(super) fn live(
                 t.decoded,
                 t.drops
             )?;
+        }
+    }
+    // Every window's figures, for a reader who wants another estimator.
+    for (wi, w) in Workload::ALL.into_iter().enumerate() {
+        let (rate_unit, cpu_unit) = w.units();
+        writeln!(
+            notes,
+            "- {} windows per round, in the order run ({rate_unit}; machine CPU {cpu_unit}):",
+            w.name()
+        )?;
+        for round in 0..rounds {
+            let cells: Vec<String> = round_order(round)
+                .into_iter()
+                .filter_map(|i| {
+                    let m = runs[wi][i].get(round).copied().flatten()?;
+                    Some(format!(
+                        "{} {:.3}; {:.4}",
+                        SETUPS[i], m.rate, m.cpu_per_unit
+                    ))
+                })
+                .collect();
+            writeln!(notes, "  - round {}: {}", round + 1, cells.join(" | "))?;
         }
     }
     // Part of the machine figure, shown apart: the daemon analyses every
@@ -865,7 +931,7 @@ UdpLite: 99 0
     }
 
     #[test]
-    fn setups_pair_only_in_the_rounds_both_ran_and_xdp_sits_out_odd_rounds() {
+    fn compared_setups_run_back_to_back_in_both_orders_and_xdp_sits_out_odd_rounds() {
         // xdp sits out the odd rounds; the other three run every round.
         let mut ran = [[false; SETUPS.len()]; 12];
         for (round, r) in ran.iter_mut().enumerate() {
@@ -884,12 +950,23 @@ UdpLite: 99 0
         }
         assert!(ran.iter().all(|r| r[0] && r[TCX] && r[TCPDUMP]));
         assert_eq!(ran.iter().filter(|r| r[XDP]).count(), 6);
-        // Each setup goes first in turn over the rounds of a kind.
-        let firsts = |from: usize| -> Vec<usize> {
-            (from..12).step_by(2).map(|r| round_order(r)[0]).collect()
-        };
-        assert_eq!(firsts(0), [0, 1, 2, 3, 0, 1]);
-        assert_eq!(firsts(1), [0, 1, 2, 0, 1, 2]);
+        // Compared setups run back to back, each pair in both orders
+        // equally often over every four rounds.
+        let pos = |order: &[usize], i: usize| order.iter().position(|&x| x == i);
+        for (a, b) in [(TCX, 0), (TCX, TCPDUMP), (XDP, 0)] {
+            let mut first = 0;
+            let mut both = 0;
+            for round in 0..12 {
+                let order = round_order(round);
+                let (Some(pa), Some(pb)) = (pos(&order, a), pos(&order, b)) else {
+                    continue;
+                };
+                assert_eq!(pa.abs_diff(pb), 1, "round {round}: {order:?}");
+                both += 1;
+                first += usize::from(pa < pb);
+            }
+            assert_eq!(2 * first, both, "{} before {}", SETUPS[a], SETUPS[b]);
+        }
         // A round a setup sat out drops out of its pairs, not the others'.
         let xdp = [Some(10.0), None, Some(10.0), None];
         let tcx = [Some(10.3), Some(99.0), Some(10.3), Some(99.0)];
