@@ -98,12 +98,23 @@ impl Layout {
     /// its ring never runs on the load's core, nor do the bench's own
     /// readings and helpers.
     pub(super) fn bench_on_capture_cpu(self) -> Result<CpuGuard> {
-        let all: Vec<usize> =
-            (0..std::thread::available_parallelism().map_or(1, usize::from)).collect();
+        // SAFETY: a zeroed cpu_set_t is a valid empty set that
+        // sched_getaffinity(0 = this thread) fills.
+        let (r, before) = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            let r = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+            (r, set)
+        };
+        if r != 0 {
+            anyhow::bail!(
+                "reading the bench thread's CPUs: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         if self.pinned {
             set_affinity(&[1])?;
         }
-        Ok(CpuGuard { all })
+        Ok(CpuGuard { before })
     }
 
     /// Pins every thread of the capture process to CPU 1.
@@ -115,15 +126,23 @@ impl Layout {
     }
 }
 
-/// Restores the calling thread's affinity to every CPU when dropped.
+/// Gives the calling thread back the CPUs it had when dropped.
 pub(super) struct CpuGuard {
-    all: Vec<usize>,
+    before: libc::cpu_set_t,
 }
 
 impl Drop for CpuGuard {
     fn drop(&mut self) {
-        if let Err(e) = set_affinity(&self.all) {
-            eprintln!("restoring the bench thread's CPUs: {e:#}");
+        // SAFETY: `before` is the set sched_getaffinity filled; the call
+        // only reads it.
+        let r = unsafe {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.before)
+        };
+        if r != 0 {
+            eprintln!(
+                "restoring the bench thread's CPUs: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }
