@@ -94,10 +94,8 @@ impl Layout {
 
     /// Moves the calling thread to CPU 1, the capture's, until the guard
     /// drops. Processes it spawns inherit the CPU from their first
-    /// instruction: a daemon verifying its programs or a tcpdump setting up
-    /// its ring never runs on the load's core, nor do the bench's own
-    /// readings and helpers.
-    pub(super) fn bench_on_capture_cpu(self) -> Result<CpuGuard> {
+    /// instruction, and so do all their threads.
+    pub(super) fn move_to_capture_cpu(self) -> Result<CpuGuard> {
         // SAFETY: a zeroed cpu_set_t is a valid empty set that
         // sched_getaffinity(0 = this thread) fills.
         let (r, before) = unsafe {
@@ -117,12 +115,12 @@ impl Layout {
         Ok(CpuGuard { before })
     }
 
-    /// Pins every thread of the capture process to CPU 1.
-    pub(super) fn pin_capture(self, pid: u32) -> Result<()> {
-        if self.pinned {
-            sh(&["taskset", "-a", "-p", "-c", "1", &pid.to_string()])?;
-        }
-        Ok(())
+    /// Runs `start`, which spawns a capture process, from CPU 1: a daemon
+    /// verifying its programs or a tcpdump setting up its ring never runs
+    /// on the load's core.
+    pub(super) fn start_capture<T>(self, start: impl FnOnce() -> Result<T>) -> Result<T> {
+        let _back = self.move_to_capture_cpu()?;
+        start()
     }
 }
 
@@ -183,8 +181,8 @@ pub(super) fn iperf_server(lab: &TwoHosts) -> Result<Proc> {
 }
 
 /// The capture under test on host a's interface: a Phalanx daemon (tcx or
-/// xdp, TCP and UDP in scope), tcpdump, or nothing ("none"); pinned per
-/// `layout`.
+/// xdp, TCP and UDP in scope), tcpdump, or nothing ("none"); started on
+/// the capture CPU of `layout`.
 pub(super) struct CaptureUnderTest<'a> {
     daemon: Option<Daemon<'a>>,
     dump: Option<Proc>,
@@ -197,47 +195,45 @@ impl<'a> CaptureUnderTest<'a> {
         setup: &str,
         layout: Layout,
     ) -> Result<Self> {
-        let daemon = match setup {
-            "tcx" | "xdp" => {
-                // Every TCP and UDP packet in scope, as tcpdump copies
-                // every packet (the default scope is TCP only).
-                let scope = std::env::temp_dir()
-                    .join(format!("phalanx-bench-scope-{}.toml", std::process::id()));
-                std::fs::write(&scope, "[[capture.filters]]\nproto = \"any\"\n")?;
-                let d = start_daemon(lab, phalanx, setup, Some(&scope));
-                let _ = std::fs::remove_file(&scope);
-                Some(d?)
-            }
-            _ => None,
-        };
-        let dump = if setup == "tcpdump" {
-            let p = lab
-                .a
-                .command("tcpdump")
-                .args([
-                    "-Z",
-                    "root",
-                    "-i",
-                    &lab.a_if,
-                    "-s",
-                    "128",
-                    "-w",
-                    "/dev/null",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map(Proc::new)?;
-            std::thread::sleep(Duration::from_millis(500));
-            Some(p)
-        } else {
-            None
-        };
-        let c = Self { daemon, dump };
-        if let Some(pid) = c.pid() {
-            layout.pin_capture(pid)?;
-        }
-        Ok(c)
+        layout.start_capture(|| {
+            let daemon = match setup {
+                "tcx" | "xdp" => {
+                    // Every TCP and UDP packet in scope, as tcpdump copies
+                    // every packet (the default scope is TCP only).
+                    let scope = std::env::temp_dir()
+                        .join(format!("phalanx-bench-scope-{}.toml", std::process::id()));
+                    std::fs::write(&scope, "[[capture.filters]]\nproto = \"any\"\n")?;
+                    let d = start_daemon(lab, phalanx, setup, Some(&scope));
+                    let _ = std::fs::remove_file(&scope);
+                    Some(d?)
+                }
+                _ => None,
+            };
+            let dump = if setup == "tcpdump" {
+                let p = lab
+                    .a
+                    .command("tcpdump")
+                    .args([
+                        "-Z",
+                        "root",
+                        "-i",
+                        &lab.a_if,
+                        "-s",
+                        "128",
+                        "-w",
+                        "/dev/null",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map(Proc::new)?;
+                std::thread::sleep(Duration::from_millis(500));
+                Some(p)
+            } else {
+                None
+            };
+            Ok(Self { daemon, dump })
+        })
     }
 
     /// Pid of the capture process (`ip netns exec` execs the tool, so the
@@ -524,7 +520,8 @@ fn stats(v: &[f64]) -> (f64, f64) {
 
 /// Capture setups; [`round_order`] says which take turns in a round.
 const SETUPS: [&str; 4] = ["none", "tcx", "tcpdump", "xdp"];
-/// Indices of the setups compared with each other.
+/// Indices of the setups in [`SETUPS`].
+const NONE: usize = 0;
 const TCX: usize = 1;
 const TCPDUMP: usize = 2;
 const XDP: usize = 3;
@@ -538,7 +535,6 @@ const XDP: usize = 3;
 /// no program, and sits out the others: for the same time the goal
 /// comparisons get 1.17× the rounds of rounds of four alone.
 fn round_order(round: usize) -> Vec<usize> {
-    const NONE: usize = 0;
     let mut order = vec![NONE, TCX, TCPDUMP];
     if round.is_multiple_of(2) {
         order.insert(0, XDP);
@@ -551,6 +547,13 @@ fn round_order(round: usize) -> Vec<usize> {
 
 /// A setup's figure in each round, `None` where it sat the round out.
 type Series = Vec<Option<f64>>;
+
+/// One figure of every setup's windows, per setup.
+fn series(runs: &[Vec<Option<Measure>>], figure: fn(&Measure) -> f64) -> Vec<Series> {
+    runs.iter()
+        .map(|r| r.iter().map(|m| m.as_ref().map(figure)).collect())
+        .collect()
+}
 
 /// The rounds' figures that are there.
 fn present(v: &[Option<f64>]) -> Vec<f64> {
@@ -643,7 +646,9 @@ pub(super) fn live(
     let lab = TwoHosts::new("bl").context("lab")?;
     let (secs, rounds) = if quick { (2.0, 2) } else { (2.5, 28) };
     let layout = Layout::detect();
-    let _on_capture_cpu = layout.bench_on_capture_cpu()?;
+    // The bench's own readings and helpers (taskset, bpftool, API polls)
+    // stay off the load's core too.
+    let _on_capture_cpu = layout.move_to_capture_cpu()?;
     writeln!(
         notes,
         "- live runs: {}",
@@ -748,10 +753,7 @@ pub(super) fn live(
     // Part of the machine figure, shown apart: the daemon analyses every
     // record, tcpdump -w /dev/null only copies them.
     for (wi, w) in Workload::ALL.into_iter().enumerate() {
-        let v: Vec<Series> = runs[wi]
-            .iter()
-            .map(|r| r.iter().map(|x| x.map(|m| m.capture_per_unit)).collect())
-            .collect();
+        let v = series(&runs[wi], |m| m.capture_per_unit);
         let p = paired(&v[TCX], &v[TCPDUMP]);
         let unit = w.units().1;
         rows.push(Row {
@@ -799,14 +801,8 @@ fn workload_rows(
     notes: &mut String,
 ) -> Result<()> {
     let (rate_unit, cpu_unit) = w.units();
-    let rate: Vec<Series> = runs
-        .iter()
-        .map(|v| v.iter().map(|r| r.map(|m| m.rate)).collect())
-        .collect();
-    let cpu: Vec<Series> = runs
-        .iter()
-        .map(|v| v.iter().map(|r| r.map(|m| m.cpu_per_unit)).collect())
-        .collect();
+    let rate = series(runs, |m| m.rate);
+    let cpu = series(runs, |m| m.cpu_per_unit);
     for (i, setup) in SETUPS.iter().enumerate() {
         let windows = present(&rate[i]);
         let (g, gs) = stats(&windows);
@@ -824,14 +820,14 @@ fn workload_rows(
     // both carry "better than tcpdump".
     let goals = w == Workload::Bulk;
     let pct = |x: f64| 100.0 * (x - 1.0);
-    let base_g = median(present(&rate[0]));
-    let base_c = median(present(&cpu[0]));
+    let base_g = median(present(&rate[NONE]));
+    let base_c = median(present(&cpu[NONE]));
     for (i, setup) in SETUPS.iter().enumerate().skip(1) {
         let goal = goals && i == TCX;
         let g = median(present(&rate[i]));
         let c = median(present(&cpu[i]));
         // Cost = 1 - throughput ratio; within 5 % when the ratio is above 0.95.
-        let Paired { ratio: r, lo, hi } = paired(&rate[i], &rate[0]);
+        let Paired { ratio: r, lo, hi } = paired(&rate[i], &rate[NONE]);
         let (pass, v) = verdict((lo / 0.95, hi / 0.95), true);
         rows.push(Row {
             figure: format!(
@@ -850,7 +846,7 @@ fn workload_rows(
             pass: pass.filter(|_| goal),
             verdict: v.filter(|_| goal),
         });
-        let Paired { ratio: r, lo, hi } = paired(&cpu[i], &cpu[0]);
+        let Paired { ratio: r, lo, hi } = paired(&cpu[i], &cpu[NONE]);
         let (pass, v) = verdict((lo / 1.5, hi / 1.5), false);
         rows.push(Row {
             figure: format!(
@@ -890,7 +886,7 @@ fn workload_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{net_dev_field, round_order, snmp_field, verdict, SETUPS, TCPDUMP, TCX, XDP};
+    use super::{net_dev_field, round_order, snmp_field, verdict, NONE, SETUPS, TCPDUMP, TCX, XDP};
 
     fn paired(a: &[f64], b: &[f64]) -> super::Paired {
         let all = |v: &[f64]| v.iter().copied().map(Some).collect::<Vec<_>>();
@@ -967,12 +963,12 @@ UdpLite: 99 0
                 r[i] = true;
             }
         }
-        assert!(ran.iter().all(|r| r[0] && r[TCX] && r[TCPDUMP]));
+        assert!(ran.iter().all(|r| r[NONE] && r[TCX] && r[TCPDUMP]));
         assert_eq!(ran.iter().filter(|r| r[XDP]).count(), 6);
         // Compared setups run back to back, each pair in both orders
         // equally often over every four rounds.
         let pos = |order: &[usize], i: usize| order.iter().position(|&x| x == i);
-        for (a, b) in [(TCX, 0), (TCX, TCPDUMP), (XDP, 0)] {
+        for (a, b) in [(TCX, NONE), (TCX, TCPDUMP), (XDP, NONE)] {
             let mut first = 0;
             let mut both = 0;
             for round in 0..12 {

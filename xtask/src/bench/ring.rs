@@ -201,8 +201,7 @@ fn run(
         )?;
     }
     for &mode in modes {
-        let daemon = start_daemon(lab, phalanx, mode, None)?;
-        layout.pin_capture(daemon.pid())?;
+        let daemon = layout.start_capture(|| start_daemon(lab, phalanx, mode, None))?;
         // Highest consumed rate with no drop at it or at any lower step.
         let mut ceiling = CleanCeiling::default();
         for &target in targets {
@@ -240,8 +239,7 @@ fn run(
     // must still be accounted for as decoded or counted as dropped.
     let small = dir.join("small-ring.toml");
     std::fs::write(&small, "[capture]\nring_buffer_bytes = 65536\n")?;
-    let daemon = start_daemon(lab, phalanx, "xdp", Some(&small))?;
-    layout.pin_capture(daemon.pid())?;
+    let daemon = layout.start_capture(|| start_daemon(lab, phalanx, "xdp", Some(&small)))?;
     let s = measure(&daemon, || blast(lab, layout, SENDERS, f64::INFINITY, secs))?;
     note(
         notes,
@@ -341,8 +339,7 @@ fn prog_run_steps(
     rows: &mut Vec<Row>,
     notes: &mut String,
 ) -> Result<()> {
-    let daemon = start_daemon(lab, phalanx, "xdp", None)?;
-    layout.pin_capture(daemon.pid())?;
+    let daemon = layout.start_capture(|| start_daemon(lab, phalanx, "xdp", None))?;
     let template = tcp_frame(&OPT_TS, 0, 0x10);
     let frames: Vec<Vec<u8>> = (0..TEST_RUN_FLOWS)
         .map(|i| {
