@@ -20,11 +20,100 @@ use phalanx_lab::{metric, sh, Proc, TwoHosts};
 
 use super::{median, start_daemon, Daemon, Row};
 
-/// Busy CPU seconds of the whole machine so far (all CPUs, softirq included).
-fn cpu_busy_s() -> f64 {
+/// The machine's busy CPU time (all CPUs, softirq included), read from
+/// cpuidle's residency counters where every online CPU has them: exact to
+/// the microsecond, where /proc/stat counts 10-ms ticks, 2 % of a
+/// half-second slice. A CPU's counter moves when it leaves an idle state,
+/// so the reading runs on a CPU that is awake (the reader's) or busy (the
+/// load's).
+struct BusyClock {
+    /// Every idle state's `time` file (µs), or none to read /proc/stat.
+    idle: Vec<std::path::PathBuf>,
+    cpus: usize,
+    since: Instant,
+}
+
+impl BusyClock {
+    fn new() -> Self {
+        let mut idle = Vec::new();
+        let mut cpus = 0;
+        let online = std::fs::read_dir("/sys/devices/system/cpu")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("cpu"))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .filter(|p| {
+                std::fs::read_to_string(p.join("online")).map_or(true, |s| s.trim() == "1")
+            });
+        for cpu in online {
+            cpus += 1;
+            let states: Vec<_> = std::fs::read_dir(cpu.join("cpuidle"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("time"))
+                .filter(|t| t.exists())
+                .collect();
+            if states.is_empty() {
+                return Self::ticks();
+            }
+            idle.extend(states);
+        }
+        if cpus == 0 {
+            return Self::ticks();
+        }
+        Self {
+            idle,
+            cpus,
+            since: Instant::now(),
+        }
+    }
+
+    fn ticks() -> Self {
+        Self {
+            idle: Vec::new(),
+            cpus: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Where the readings come from, for the notes.
+    fn source(&self) -> &'static str {
+        if self.idle.is_empty() {
+            "/proc/stat ticks"
+        } else {
+            "cpuidle residency (µs)"
+        }
+    }
+
+    /// Busy CPU seconds so far (from an arbitrary origin), less the time
+    /// the hypervisor stole: that is not ours.
+    fn busy_s(&self) -> f64 {
+        let (busy, steal) = proc_stat_busy();
+        if self.idle.is_empty() {
+            return busy;
+        }
+        let idle_us: u64 = self
+            .idle
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok())
+            .sum();
+        self.cpus as f64 * self.since.elapsed().as_secs_f64() - idle_us as f64 / 1e6 - steal
+    }
+}
+
+/// Busy and stolen CPU seconds of the whole machine so far, from
+/// /proc/stat's ticks.
+fn proc_stat_busy() -> (f64, f64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().next() else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let v: Vec<u64> = cpu
         .split_whitespace()
@@ -41,9 +130,10 @@ fn cpu_busy_s() -> f64 {
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, x)| x)
         .sum();
+    let steal = v.get(7).copied().unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    busy as f64 / hz
+    (busy as f64 / hz, steal as f64 / hz)
 }
 
 /// (run_time_ns, run_cnt) per Phalanx program, from bpf_stats.
@@ -337,6 +427,7 @@ struct Load<'a> {
     workload: Workload,
     client: Proc,
     server: Proc,
+    clock: BusyClock,
 }
 
 impl<'a> Load<'a> {
@@ -368,6 +459,7 @@ impl<'a> Load<'a> {
             workload,
             client,
             server,
+            clock: BusyClock::new(),
         };
         let before = load.moved()?;
         std::thread::sleep(Duration::from_secs(1));
@@ -456,7 +548,7 @@ fn window(
         Ok(Sample {
             at: Instant::now(),
             moved: load.moved()?,
-            busy: cpu_busy_s(),
+            busy: load.clock.busy_s(),
             capture: pid.map_or(0.0, proc_cpu_s),
         })
     };
@@ -489,25 +581,49 @@ fn window(
             + metric(&m, "phalanx_capture_backlog_dropped_total");
     }
     capture.stop();
-    let mut rate = Vec::with_capacity(slices);
-    let mut cpu = Vec::with_capacity(slices);
-    let mut own = Vec::with_capacity(slices);
+    let mut parts = Vec::with_capacity(slices);
     for w in samples.windows(2) {
         let (a, b) = (w[0], w[1]);
         let moved = b.moved - a.moved;
         anyhow::ensure!(moved > 0.0, "iperf3 stalled for {:?} under {setup}", SLICE);
-        rate.push(load.workload.rate_scale() * moved / (b.at - a.at).as_secs_f64());
-        cpu.push((b.busy - a.busy) / moved);
-        own.push((b.capture - a.capture) / moved);
+        parts.push(Slice {
+            secs: (b.at - a.at).as_secs_f64(),
+            moved,
+            busy: b.busy - a.busy,
+            capture: b.capture - a.capture,
+        });
     }
-    // The window's median slice: a stall of the host (iperf3 dips by up to
-    // 20 % for about a second, every 12 s or so on this machine) counts as
-    // noise, not as the cost of whichever setup it happened to meet.
-    Ok(Measure {
-        rate: median(rate),
-        cpu_per_unit: median(cpu),
-        capture_per_unit: median(own),
-    })
+    Ok(fastest_slices(&parts, load.workload.rate_scale()))
+}
+
+/// One slice of a window: its length, units moved, the machine's busy CPU
+/// seconds and the capture process's.
+#[derive(Clone, Copy, Debug)]
+struct Slice {
+    secs: f64,
+    moved: f64,
+    busy: f64,
+    capture: f64,
+}
+
+/// A window's figures from its fastest slices, three of five: the host
+/// only ever takes throughput away (iperf3 dips by up to 20 % for a slice
+/// or two every 10–12 s on this machine), so a window's slowest slices
+/// are where it most likely met the host rather than the setup under
+/// test. Rate, machine CPU and the capture's CPU come from the same
+/// slices.
+fn fastest_slices(parts: &[Slice], rate_scale: f64) -> Measure {
+    let mut by_rate: Vec<&Slice> = parts.iter().collect();
+    by_rate.sort_by(|a, b| (b.moved / b.secs).total_cmp(&(a.moved / a.secs)));
+    let keep = ((parts.len() * 3 + 2) / 5).max(1);
+    let kept = &by_rate[..keep.min(by_rate.len())];
+    let sum = |f: fn(&Slice) -> f64| kept.iter().map(|p| f(p)).sum::<f64>();
+    let moved = sum(|p| p.moved);
+    Measure {
+        rate: rate_scale * moved / sum(|p| p.secs),
+        cpu_per_unit: sum(|p| p.busy) / moved,
+        capture_per_unit: sum(|p| p.capture) / moved,
+    }
 }
 
 /// Median and relative spread ((max - min) / median) of a sample.
@@ -560,8 +676,7 @@ fn present(v: &[Option<f64>]) -> Vec<f64> {
     v.iter().flatten().copied().collect()
 }
 
-/// Median of the per-round ratios `a[i] / b[i]` and its 95 % bootstrap
-/// interval.
+/// The typical per-round ratio `a[i] / b[i]` and its 95 % interval.
 #[derive(Clone, Copy, Debug)]
 struct Paired {
     ratio: f64,
@@ -571,48 +686,47 @@ struct Paired {
 
 /// Compares two setups round by round, over the rounds both ran: the
 /// setups of one round run back to back, so their ratio cancels what
-/// drifts between rounds on a shared machine. Rounds are resampled with
-/// replacement, from a fixed seed, so a rerun on the same figures prints
-/// the same interval.
+/// drifts between rounds on a shared machine. The estimate is the
+/// Hodges–Lehmann one on the log-ratios (the median of their pairwise
+/// means, the Walsh averages) and the interval the one that goes with it,
+/// from the Wilcoxon signed-rank distribution (normal approximation): with
+/// a window's slowest slices set aside the log-ratios have no heavy tail
+/// left, and this uses every round's value where a median of ratios rests
+/// on the one or two middle rounds (its bootstrap interval jumps between
+/// them). Deterministic: the same figures give the same interval.
 fn paired(a: &[Option<f64>], b: &[Option<f64>]) -> Paired {
-    const RESAMPLES: usize = 4000;
-    let ratios: Vec<f64> = a
+    let logs: Vec<f64> = a
         .iter()
         .zip(b)
-        .filter_map(|(x, y)| Some((x.as_ref()?, y.as_ref()?)))
-        .filter(|(_, y)| **y > 0.0)
-        .map(|(x, y)| x / y)
+        .filter_map(|(x, y)| Some((*x.as_ref()?, *y.as_ref()?)))
+        .filter(|(x, y)| *x > 0.0 && *y > 0.0)
+        .map(|(x, y)| (x / y).ln())
         .collect();
-    if ratios.is_empty() {
+    let n = logs.len();
+    if n == 0 {
         return Paired {
             ratio: f64::NAN,
             lo: f64::NAN,
             hi: f64::NAN,
         };
     }
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = |n: usize| {
-        // xorshift64*: plenty for picking indices.
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    };
-    let mut medians: Vec<f64> = (0..RESAMPLES)
-        .map(|_| {
-            median(
-                (0..ratios.len())
-                    .map(|_| ratios[next(ratios.len())])
-                    .collect(),
-            )
-        })
-        .collect();
-    medians.sort_by(|x, y| x.total_cmp(y));
-    let at = |q: f64| medians[((medians.len() - 1) as f64 * q).round() as usize];
+    let mut walsh = Vec::with_capacity(n * (n + 1) / 2);
+    for (i, x) in logs.iter().enumerate() {
+        for y in &logs[i..] {
+            walsh.push((x + y) / 2.0);
+        }
+    }
+    walsh.sort_by(|x, y| x.total_cmp(y));
+    // Walsh averages cut off on each side: the signed-rank statistic's
+    // 2.5 % point, n(n+1)/4 - 1.96 sd; few rounds (--quick) keep them all.
+    let nf = n as f64;
+    let cut =
+        nf * (nf + 1.0) / 4.0 - 1.959_964 * (nf * (nf + 1.0) * (2.0 * nf + 1.0) / 24.0).sqrt();
+    let k = (cut.floor().max(0.0) as usize).min((walsh.len() - 1) / 2);
     Paired {
-        ratio: median(ratios),
-        lo: at(0.025),
-        hi: at(0.975),
+        ratio: median(walsh.clone()).exp(),
+        lo: walsh[k].exp(),
+        hi: walsh[walsh.len() - 1 - k].exp(),
     }
 }
 
@@ -635,7 +749,7 @@ fn verdict((lo, hi): (f64, f64), higher_is_better: bool) -> (Option<bool>, Optio
 /// Live overhead rows: the capture setups taking turns on one iperf3
 /// connection per workload and round (all four, or all but xdp:
 /// [`round_order`]), plus kernel ns per packet from windows of their own.
-/// Comparisons carry a 95 % bootstrap interval over the rounds both setups
+/// Comparisons carry a 95 % signed-rank interval over the rounds both setups
 /// ran; a goal is met or missed only when the whole interval says so.
 pub(super) fn live(
     phalanx: &Path,
@@ -651,12 +765,13 @@ pub(super) fn live(
     let _on_capture_cpu = layout.move_to_capture_cpu()?;
     writeln!(
         notes,
-        "- live runs: {}",
+        "- live runs: {}; machine CPU from {}",
         if layout.pinned {
             "iperf3 client and server pinned to CPU 0 (with the veth path and our kernel programs), the capture process (daemon or tcpdump) to CPU 1 from its start, with the bench's own readings and helpers"
         } else {
             "one CPU: nothing pinned"
-        }
+        },
+        BusyClock::new().source()
     )?;
     // runs[workload][setup][round]: one window, or none when the setup sat
     // the round out.
@@ -886,7 +1001,10 @@ fn workload_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{net_dev_field, round_order, snmp_field, verdict, NONE, SETUPS, TCPDUMP, TCX, XDP};
+    use super::{
+        fastest_slices, net_dev_field, round_order, snmp_field, verdict, BusyClock, Slice, NONE,
+        SETUPS, TCPDUMP, TCX, XDP,
+    };
 
     fn paired(a: &[f64], b: &[f64]) -> super::Paired {
         let all = |v: &[f64]| v.iter().copied().map(Some).collect::<Vec<_>>();
@@ -920,6 +1038,57 @@ UdpLite: 99 0
     }
 
     #[test]
+    fn a_window_counts_its_three_fastest_slices_of_five_for_every_figure() {
+        let slice = |moved: f64, busy: f64, capture: f64| Slice {
+            secs: 0.5,
+            moved,
+            busy,
+            capture,
+        };
+        // The host took the CPU away in two slices: less moved for about
+        // the same busy time.
+        let parts = [
+            slice(1.00, 0.505, 0.002),
+            slice(0.60, 0.505, 0.002),
+            slice(1.02, 0.506, 0.003),
+            slice(0.80, 0.504, 0.002),
+            slice(0.98, 0.507, 0.001),
+        ];
+        let m = fastest_slices(&parts, 8.0);
+        assert!((m.rate - 8.0 * 3.0 / 1.5).abs() < 1e-9, "{}", m.rate);
+        assert!((m.cpu_per_unit - 1.518 / 3.0).abs() < 1e-9);
+        assert!((m.capture_per_unit - 0.006 / 3.0).abs() < 1e-9);
+        // Order does not matter; four slices keep two, one keeps itself.
+        let mut rev = parts;
+        rev.reverse();
+        assert_eq!(fastest_slices(&rev, 8.0).rate, m.rate);
+        let four = fastest_slices(&parts[..4], 1.0);
+        assert!((four.rate - 2.02 / 1.0).abs() < 1e-9, "{}", four.rate);
+        assert!((fastest_slices(&parts[1..2], 1.0).rate - 1.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn busy_clock_counts_a_spinning_thread() {
+        let clock = BusyClock::new();
+        let before = clock.busy_s();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let busy = clock.busy_s() - before;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let wall = t.elapsed().as_secs_f64();
+        // At least the spinning thread's time (one tick of slack for
+        // /proc/stat), at most every CPU's.
+        assert!(
+            busy >= 0.3 - 0.02 && busy <= cpus * wall + 0.02,
+            "{busy} s busy in {wall} s on {cpus} CPUs ({})",
+            clock.source()
+        );
+    }
+
+    #[test]
     fn intervals_decide_only_clear_differences() {
         let a = [10.0, 10.4, 9.8, 10.1, 10.3, 9.9, 10.2];
         let b = [8.0, 8.3, 7.9, 8.1, 8.2, 7.8, 8.4];
@@ -932,6 +1101,32 @@ UdpLite: 99 0
         let super::Paired { lo, hi, .. } = paired(&a, &c);
         assert!(lo < 1.0 && hi > 1.0, "{lo} {hi}");
         assert_eq!(verdict((lo, hi), true), (None, Some("within noise")));
+    }
+
+    #[test]
+    fn the_ratio_is_hodges_lehmann_with_its_signed_rank_interval() {
+        // Log-ratios -2 … +4 %: Walsh averages symmetric about +1 %; with
+        // seven rounds the signed-rank 2.5 % point cuts two of the 28 off
+        // each end, leaving -1 % … +3 %.
+        let b = [10.0; 7];
+        let a: Vec<f64> = (-2..=4)
+            .map(|i| 10.0 * (f64::from(i) / 100.0).exp())
+            .collect();
+        let super::Paired { ratio, lo, hi } = paired(&a, &b);
+        assert!((ratio.ln() - 0.01).abs() < 1e-9, "{ratio}");
+        assert!((lo.ln() + 0.01).abs() < 1e-9, "{lo}");
+        assert!((hi.ln() - 0.03).abs() < 1e-9, "{hi}");
+        // One wild round moves the estimate by less than a third of its
+        // own distance from the rest.
+        let mut wild = a.clone();
+        wild[6] = 10.0 * 1.5;
+        let moved = paired(&wild, &b).ratio.ln() - 0.01;
+        assert!(moved > 0.0 && moved < 0.01, "{moved}");
+        // A round where one setup sat out is left out.
+        let a_gap: Vec<_> = a.iter().copied().map(Some).chain([None]).collect();
+        let b_more: Vec<_> = b.iter().copied().map(Some).chain([Some(99.0)]).collect();
+        let gap = super::paired(&a_gap, &b_more);
+        assert!((gap.ratio - ratio).abs() < 1e-12);
     }
 
     #[test]
