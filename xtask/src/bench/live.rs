@@ -607,8 +607,8 @@ struct Slice {
 }
 
 /// A window's figures from its fastest slices, three of five: the host
-/// only ever takes throughput away (iperf3 dips by up to 20 % for a slice
-/// or two every 10–12 s on this machine), so a window's slowest slices
+/// only ever takes throughput away (iperf3 dips by 10–45 % for a slice or
+/// two, every 10–12 s on this machine), so a window's slowest slices
 /// are where it most likely met the host rather than the setup under
 /// test. Rate, machine CPU and the capture's CPU come from the same
 /// slices.
