@@ -35,11 +35,19 @@ struct BusyClock {
 
 impl BusyClock {
     fn new() -> Self {
-        let mut idle = Vec::new();
-        let mut cpus = 0;
+        let (idle, cpus) = Self::idle_files().unwrap_or_default();
+        Self {
+            idle,
+            cpus,
+            since: Instant::now(),
+        }
+    }
+
+    /// Every online CPU's idle-state `time` files and the number of CPUs,
+    /// or `None` when some CPU has no cpuidle driver.
+    fn idle_files() -> Option<(Vec<std::path::PathBuf>, usize)> {
         let online = std::fs::read_dir("/sys/devices/system/cpu")
-            .into_iter()
-            .flatten()
+            .ok()?
             .flatten()
             .map(|e| e.path())
             .filter(|p| {
@@ -51,36 +59,23 @@ impl BusyClock {
             .filter(|p| {
                 std::fs::read_to_string(p.join("online")).map_or(true, |s| s.trim() == "1")
             });
+        let mut idle = Vec::new();
+        let mut cpus = 0;
         for cpu in online {
             cpus += 1;
-            let states: Vec<_> = std::fs::read_dir(cpu.join("cpuidle"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path().join("time"))
-                .filter(|t| t.exists())
-                .collect();
-            if states.is_empty() {
-                return Self::ticks();
+            let before = idle.len();
+            idle.extend(
+                std::fs::read_dir(cpu.join("cpuidle"))
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.path().join("time"))
+                    .filter(|t| t.exists()),
+            );
+            if idle.len() == before {
+                return None;
             }
-            idle.extend(states);
         }
-        if cpus == 0 {
-            return Self::ticks();
-        }
-        Self {
-            idle,
-            cpus,
-            since: Instant::now(),
-        }
-    }
-
-    fn ticks() -> Self {
-        Self {
-            idle: Vec::new(),
-            cpus: 0,
-            since: Instant::now(),
-        }
+        (cpus > 0).then_some((idle, cpus))
     }
 
     /// Where the readings come from, for the notes.
@@ -427,13 +422,19 @@ struct Load<'a> {
     workload: Workload,
     client: Proc,
     server: Proc,
-    clock: BusyClock,
+    clock: &'a BusyClock,
 }
 
 impl<'a> Load<'a> {
     /// Starts server and client (both on CPU 0 when pinned) and waits out
     /// slow start and buffer autotuning.
-    fn start(lab: &'a TwoHosts, workload: Workload, secs: u32, layout: Layout) -> Result<Self> {
+    fn start(
+        lab: &'a TwoHosts,
+        clock: &'a BusyClock,
+        workload: Workload,
+        secs: u32,
+        layout: Layout,
+    ) -> Result<Self> {
         let server = iperf_server(lab)?;
         let address = lab.v4(2).to_string();
         let secs = secs.to_string();
@@ -459,7 +460,7 @@ impl<'a> Load<'a> {
             workload,
             client,
             server,
-            clock: BusyClock::new(),
+            clock,
         };
         let before = load.moved()?;
         std::thread::sleep(Duration::from_secs(1));
@@ -723,10 +724,11 @@ fn paired(a: &[Option<f64>], b: &[Option<f64>]) -> Paired {
     let cut =
         nf * (nf + 1.0) / 4.0 - 1.959_964 * (nf * (nf + 1.0) * (2.0 * nf + 1.0) / 24.0).sqrt();
     let k = (cut.floor().max(0.0) as usize).min((walsh.len() - 1) / 2);
+    let (lo, hi) = (walsh[k].exp(), walsh[walsh.len() - 1 - k].exp());
     Paired {
-        ratio: median(walsh.clone()).exp(),
-        lo: walsh[k].exp(),
-        hi: walsh[walsh.len() - 1 - k].exp(),
+        ratio: median(walsh).exp(),
+        lo,
+        hi,
     }
 }
 
@@ -760,6 +762,7 @@ pub(super) fn live(
     let lab = TwoHosts::new("bl").context("lab")?;
     let (secs, rounds) = if quick { (2.0, 2) } else { (2.5, 28) };
     let layout = Layout::detect();
+    let clock = BusyClock::new();
     // The bench's own readings and helpers (taskset, bpftool, API polls)
     // stay off the load's core too.
     let _on_capture_cpu = layout.move_to_capture_cpu()?;
@@ -771,7 +774,7 @@ pub(super) fn live(
         } else {
             "one CPU: nothing pinned"
         },
-        BusyClock::new().source()
+        clock.source()
     )?;
     // runs[workload][setup][round]: one window, or none when the setup sat
     // the round out.
@@ -784,7 +787,7 @@ pub(super) fn live(
     let result = (|| -> Result<()> {
         for round in 0..rounds {
             for (wi, w) in Workload::ALL.into_iter().enumerate() {
-                let load = Load::start(&lab, w, load_secs, layout)?;
+                let load = Load::start(&lab, &clock, w, load_secs, layout)?;
                 let mut got = [None; SETUPS.len()];
                 for i in round_order(round) {
                     got[i] = Some(window(
@@ -806,7 +809,7 @@ pub(super) fn live(
         // ns in this VM) that tcpdump's path does not pay: the comparison
         // windows above run without it, the kernel-cost windows apart.
         sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"])?;
-        let load = Load::start(&lab, Workload::Bulk, load_secs, layout)?;
+        let load = Load::start(&lab, &clock, Workload::Bulk, load_secs, layout)?;
         for _ in 0..rounds.min(3) {
             for setup in ["tcx", "xdp"] {
                 let mut tally = Tally::default();
