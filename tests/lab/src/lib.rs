@@ -112,6 +112,20 @@ impl Netns {
         c
     }
 
+    /// MAC address of interface `ifname` in the namespace.
+    pub fn mac(&self, ifname: &str) -> Result<String, LabError> {
+        let out = self.ip(&["-br", "link", "show", "dev", ifname])?;
+        // "eth0@if12  UP  aa:bb:cc:dd:ee:ff <...>"
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(2)
+            .map(str::to_string)
+            .ok_or_else(|| LabError::Command {
+                cmd: format!("ip -n {} -br link show dev {ifname}", self.name),
+                stderr: "no MAC address in the output".into(),
+            })
+    }
+
     /// Runs a command inside the namespace to completion.
     pub fn exec(&self, args: &[&str]) -> Result<Output, LabError> {
         let mut v = vec!["ip", "netns", "exec", &self.name];
@@ -498,6 +512,114 @@ impl TwoHosts {
     }
 }
 
+/// Two hosts joined by several veth pairs (`eth0`, `eth1`, ... on both
+/// sides), for captures compared side by side, one per pair: each host's
+/// address (10.X.0.1 on `a`, 10.X.0.2 on `b`) sits on loopback, every pair
+/// knows the other end's MAC statically, and one host route per side says
+/// which pair carries the traffic. Moving the routes moves a running
+/// connection to another pair between two packets.
+#[derive(Debug)]
+pub struct ParallelLinks {
+    /// Client side.
+    pub a: Netns,
+    /// Server side.
+    pub b: Netns,
+    /// Interface names, the same on both sides.
+    pub links: Vec<String>,
+    /// Second octet of the 10.X.0.0 addresses.
+    pub subnet: u8,
+}
+
+impl ParallelLinks {
+    /// Creates both namespaces and `n` links; the traffic starts on link 0.
+    pub fn new(prefix: &str, n: usize) -> Result<Self, LabError> {
+        let a = Netns::new(&unique(&format!("{prefix}a")))?;
+        let b = Netns::new(&unique(&format!("{prefix}b")))?;
+        let subnet =
+            (100 + SEQ.fetch_add(1, Ordering::Relaxed) % 100 + std::process::id() % 50) as u8;
+        let lab = ParallelLinks {
+            a,
+            b,
+            links: (0..n).map(|k| format!("eth{k}")).collect(),
+            subnet,
+        };
+        // Replies may arrive on the pair the route just left: no
+        // reverse-path filter may drop them.
+        for ns in [&lab.a, &lab.b] {
+            ns.exec(&[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ])?;
+        }
+        for (ns, host) in [(&lab.a, 1), (&lab.b, 2)] {
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("10.{subnet}.0.{host}/32"),
+                "dev",
+                "lo",
+            ])?;
+        }
+        for link in &lab.links {
+            let (tmp_a, tmp_b) = (unique("pxa"), unique("pxb"));
+            sh(&[
+                "ip", "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
+            ])?;
+            for (tmp, ns) in [(&tmp_a, &lab.a), (&tmp_b, &lab.b)] {
+                sh(&["ip", "link", "set", tmp, "netns", ns.name(), "name", link])?;
+                ns.ip(&["link", "set", link, "up"])?;
+            }
+        }
+        for link in &lab.links {
+            for (ns, peer, peer_host) in [(&lab.a, &lab.b, 2), (&lab.b, &lab.a, 1)] {
+                let mac = peer.mac(link)?;
+                let addr = format!("10.{subnet}.0.{peer_host}");
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    &addr,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    link,
+                    "nud",
+                    "permanent",
+                ])?;
+            }
+        }
+        lab.route_via(0)?;
+        Ok(lab)
+    }
+
+    /// IPv4 address of `a` (host 1) or `b` (host 2).
+    pub fn v4(&self, host: u8) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::new(10, self.subnet, 0, host)
+    }
+
+    /// Routes the traffic between the hosts, both ways, over link `k`.
+    pub fn route_via(&self, k: usize) -> Result<(), LabError> {
+        let link = self.links.get(k).ok_or_else(|| LabError::Command {
+            cmd: format!("route via link {k}"),
+            stderr: format!("the lab has {} links", self.links.len()),
+        })?;
+        for (ns, from, to) in [(&self.a, 1, 2), (&self.b, 2, 1)] {
+            ns.ip(&[
+                "route",
+                "replace",
+                &format!("{}/32", self.v4(to)),
+                "dev",
+                link,
+                "src",
+                &self.v4(from).to_string(),
+            ])?;
+        }
+        Ok(())
+    }
+}
+
 /// Three hosts on a routed path, each link a veth pair:
 /// `client` (10.X.1.2) — `router` (10.X.1.1 | 10.X.2.1, forwarding on) —
 /// `server` (10.X.2.2), with default routes through the router. Each end
@@ -775,5 +897,85 @@ fn read_request_body(c: &mut TcpStream) -> Option<String> {
         if req.len() >= p + 4 + len {
             return Some(String::from_utf8_lossy(&req[p + 4..p + 4 + len]).to_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{privileged, ParallelLinks};
+    use std::{
+        io::{Read as _, Write as _},
+        net::{SocketAddr, TcpListener, TcpStream},
+        time::Duration,
+    };
+
+    /// Bytes host a has sent out of each link.
+    fn tx_bytes(lab: &ParallelLinks) -> Vec<u64> {
+        lab.links
+            .iter()
+            .map(|l| {
+                let out = lab
+                    .a
+                    .exec(&["cat", &format!("/sys/class/net/{l}/statistics/tx_bytes")])
+                    .expect("read tx_bytes");
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .expect("a number")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn moving_the_route_moves_a_running_connection_to_another_link() {
+        if !privileged("moving_the_route_moves_a_running_connection_to_another_link") {
+            return;
+        }
+        const CHUNK: usize = 4 << 20;
+        const ROUTE: [usize; 4] = [0, 2, 1, 0];
+        let lab = ParallelLinks::new("tpl", 3).expect("lab");
+        let server = SocketAddr::new(lab.v4(2).into(), 5301);
+        let listener = lab
+            .b
+            .run(move || TcpListener::bind(server))
+            .expect("enter b")
+            .expect("bind");
+        // The server acknowledges every chunk with one byte, so the client
+        // knows the chunk crossed before the route moves on.
+        let echo = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = vec![0u8; CHUNK];
+            for _ in ROUTE {
+                s.read_exact(&mut buf).expect("read a chunk");
+                s.write_all(&[1]).expect("acknowledge");
+            }
+        });
+        let mut client = lab
+            .a
+            .run(move || TcpStream::connect_timeout(&server, Duration::from_secs(5)))
+            .expect("enter a")
+            .expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let chunk = vec![7u8; CHUNK];
+        for link in ROUTE {
+            lab.route_via(link).expect("move the route");
+            let before = tx_bytes(&lab);
+            client.write_all(&chunk).expect("send a chunk");
+            let mut ack = [0u8];
+            client.read_exact(&mut ack).expect("chunk acknowledged");
+            let after = tx_bytes(&lab);
+            for (k, (b, a)) in before.iter().zip(&after).enumerate() {
+                let sent = a - b;
+                if k == link {
+                    assert!(sent >= CHUNK as u64, "link {k} carried {sent} bytes");
+                } else {
+                    assert!(sent < 64 << 10, "link {k} carried {sent} bytes off route");
+                }
+            }
+        }
+        echo.join().expect("server");
+        assert!(lab.route_via(3).is_err(), "a link the lab lacks");
     }
 }

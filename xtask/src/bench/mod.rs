@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Result;
-use phalanx_lab::{sh, TwoHosts};
+use phalanx_lab::{sh, Netns, TwoHosts};
 
 use crate::daemon::{Daemon, Options};
 
@@ -53,14 +53,26 @@ fn start_daemon<'a>(
     mode: &str,
     config: Option<&Path>,
 ) -> Result<Daemon<'a>> {
+    start_daemon_on(&lab.a, &lab.a_if, API, phalanx, mode, config)
+}
+
+/// A daemon in `ns` on interface `iface`, its API on `listen`.
+fn start_daemon_on<'a>(
+    ns: &'a Netns,
+    iface: &str,
+    listen: &str,
+    phalanx: &Path,
+    mode: &str,
+    config: Option<&Path>,
+) -> Result<Daemon<'a>> {
     Daemon::start(
-        &lab.a,
+        ns,
         phalanx,
         &Options {
-            interfaces: vec![&lab.a_if],
+            interfaces: vec![iface],
             mode,
             config,
-            listen: API,
+            listen,
             log: "warn",
         },
     )

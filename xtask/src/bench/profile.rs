@@ -12,7 +12,7 @@ use phalanx_lab::{sh, Proc, TwoHosts};
 
 use super::{
     live::{iperf_server, CaptureUnderTest, Layout},
-    Row,
+    Row, API,
 };
 
 /// Kernel functions only Phalanx's capture runs: its programs and the
@@ -86,7 +86,7 @@ fn profiled_run(
     layout: Layout,
     dir: &Path,
 ) -> Result<(f64, f64)> {
-    let capture = CaptureUnderTest::start(lab, phalanx, setup, layout)?;
+    let capture = CaptureUnderTest::start(&lab.a, &lab.a_if, API, phalanx, setup, layout)?;
     let server = lab.v4(2).to_string();
     let _srv = iperf_server(lab)?;
     let total = (secs + 2).to_string();
