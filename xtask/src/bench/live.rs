@@ -342,7 +342,7 @@ impl<'a> CaptureUnderTest<'a> {
 }
 
 /// CPU seconds a process's threads have run so far, from schedstat (ns):
-/// in clock ticks (10 ms) a 3-s window's few milliseconds would round away.
+/// in clock ticks (10 ms) a slice's few milliseconds would round away.
 fn proc_cpu_s(pid: u32) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
@@ -700,19 +700,19 @@ fn cycle_orders(n: usize) -> Vec<[usize; 4]> {
 /// A setup's figure in each cycle, `None` where it has none.
 type Series = Vec<Option<f64>>;
 
-/// One figure of every setup's windows, per setup.
+/// One figure of every setup's slices, per setup.
 fn series(runs: &[Vec<Option<Measure>>], figure: fn(&Measure) -> f64) -> Vec<Series> {
     runs.iter()
         .map(|r| r.iter().map(|m| m.as_ref().map(figure)).collect())
         .collect()
 }
 
-/// The rounds' figures that are there.
+/// The cycles' figures that are there.
 fn present(v: &[Option<f64>]) -> Vec<f64> {
     v.iter().flatten().copied().collect()
 }
 
-/// The typical per-round ratio `a[i] / b[i]` and its 95 % interval.
+/// The typical per-cycle ratio `a[i] / b[i]` and its 95 % interval.
 #[derive(Clone, Copy, Debug)]
 struct Paired {
     ratio: f64,
@@ -720,15 +720,15 @@ struct Paired {
     hi: f64,
 }
 
-/// Compares two setups round by round, over the rounds both ran: the
-/// setups of one round run back to back, so their ratio cancels what
-/// drifts between rounds on a shared machine. The estimate is the
-/// Hodges–Lehmann one on the log-ratios (the median of their pairwise
+/// Compares two setups cycle by cycle, over the cycles both ran: the
+/// setups of one cycle run seconds apart on one connection, so their
+/// ratio cancels what drifts between cycles on a shared machine. The
+/// estimate is the Hodges–Lehmann one on the log-ratios (the median of their pairwise
 /// means, the Walsh averages) and the interval the one that goes with it,
 /// from the Wilcoxon signed-rank distribution (normal approximation): with
-/// a window's slowest slices set aside the log-ratios have no heavy tail
-/// left, and this uses every round's value where a median of ratios rests
-/// on the one or two middle rounds (its bootstrap interval jumps between
+/// a slice's slowest parts set aside the log-ratios have no heavy tail
+/// left, and this uses every cycle's value where a median of ratios rests
+/// on the one or two middle cycles (its bootstrap interval jumps between
 /// them). Deterministic: the same figures give the same interval.
 fn paired(a: &[Option<f64>], b: &[Option<f64>]) -> Paired {
     let logs: Vec<f64> = a
@@ -754,7 +754,7 @@ fn paired(a: &[Option<f64>], b: &[Option<f64>]) -> Paired {
     }
     walsh.sort_by(|x, y| x.total_cmp(y));
     // Walsh averages cut off on each side: the signed-rank statistic's
-    // 2.5 % point, n(n+1)/4 - 1.96 sd; few rounds (--quick) keep them all.
+    // 2.5 % point, n(n+1)/4 - 1.96 sd; few cycles (--quick) keep them all.
     let nf = n as f64;
     let cut =
         nf * (nf + 1.0) / 4.0 - 1.959_964 * (nf * (nf + 1.0) * (2.0 * nf + 1.0) / 24.0).sqrt();
@@ -837,7 +837,7 @@ impl<'a> Captures<'a> {
 
 /// Kernel ns per program run (bpf_stats) of the daemons on their links,
 /// the load over one daemon's link at a time.
-fn kernel_windows(
+fn kernel_slices(
     load: &Load<'_>,
     captures: &Captures<'_>,
     a: usize,
@@ -946,7 +946,7 @@ pub(super) fn live(
                 // the comparison slices above run without it.
                 sh(&["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"])?;
                 let load = Load::start(&lab, &clock, Workload::Bulk, load_secs, layout)?;
-                kernel_windows(&load, &captures, a, cycles.min(3), &mut kernel_ns)?;
+                kernel_slices(&load, &captures, a, cycles.min(3), &mut kernel_ns)?;
             }
             captures.stop();
         }
@@ -1246,7 +1246,7 @@ UdpLite: 99 0
     #[test]
     fn the_ratio_is_hodges_lehmann_with_its_signed_rank_interval() {
         // Log-ratios -2 … +4 %: Walsh averages symmetric about +1 %; with
-        // seven rounds the signed-rank 2.5 % point cuts two of the 28 off
+        // seven cycles the signed-rank 2.5 % point cuts two of the 28 off
         // each end, leaving -1 % … +3 %.
         let b = [10.0; 7];
         let a: Vec<f64> = (-2..=4)
@@ -1256,13 +1256,13 @@ UdpLite: 99 0
         assert!((ratio.ln() - 0.01).abs() < 1e-9, "{ratio}");
         assert!((lo.ln() + 0.01).abs() < 1e-9, "{lo}");
         assert!((hi.ln() - 0.03).abs() < 1e-9, "{hi}");
-        // One wild round moves the estimate by less than a third of its
+        // One wild cycle moves the estimate by less than a third of its
         // own distance from the rest.
         let mut wild = a.clone();
         wild[6] = 10.0 * 1.5;
         let moved = paired(&wild, &b).ratio.ln() - 0.01;
         assert!(moved > 0.0 && moved < 0.01, "{moved}");
-        // A round where one setup sat out is left out.
+        // A cycle where one setup has no slice is left out.
         let a_gap: Vec<_> = a.iter().copied().map(Some).chain([None]).collect();
         let b_more: Vec<_> = b.iter().copied().map(Some).chain([Some(99.0)]).collect();
         let gap = super::paired(&a_gap, &b_more);
@@ -1270,9 +1270,9 @@ UdpLite: 99 0
     }
 
     #[test]
-    fn pairing_cancels_drift_between_rounds() {
-        // Each round runs both setups back to back; the machine drifts by
-        // ±30 % between rounds while `a` stays 3 % above `b` within each.
+    fn pairing_cancels_drift_between_cycles() {
+        // Each cycle runs both setups seconds apart; the machine drifts by
+        // ±30 % between cycles while `a` stays 3 % above `b` within each.
         let b = [10.0, 13.0, 7.0, 12.0, 8.0, 11.0, 9.0];
         let a: Vec<f64> = b.iter().map(|x| x * 1.03).collect();
         let super::Paired { ratio, lo, hi } = paired(&a, &b);
