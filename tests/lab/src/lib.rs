@@ -76,6 +76,12 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}{n}", std::process::id() % 100_000)
 }
 
+/// A second octet for a lab's 10.X.0.0/16 addresses, apart from the other
+/// labs of this process and, most likely, of concurrent ones.
+fn fresh_subnet() -> u8 {
+    (100 + SEQ.fetch_add(1, Ordering::Relaxed) % 100 + std::process::id() % 50) as u8
+}
+
 /// A network namespace, deleted on drop (with every interface inside it).
 #[derive(Debug)]
 pub struct Netns {
@@ -124,6 +130,28 @@ impl Netns {
                 cmd: format!("ip -n {} -br link show dev {ifname}", self.name),
                 stderr: "no MAC address in the output".into(),
             })
+    }
+
+    /// Joins this namespace and `peer` by a veth pair, named `ifname` here
+    /// and `peer_ifname` there (both down).
+    pub fn link_to(&self, ifname: &str, peer: &Netns, peer_ifname: &str) -> Result<(), LabError> {
+        let (tmp, tmp_peer) = (unique("pxa"), unique("pxb"));
+        sh(&[
+            "ip", "link", "add", &tmp, "type", "veth", "peer", "name", &tmp_peer,
+        ])?;
+        for (t, ns, name) in [(&tmp, self, ifname), (&tmp_peer, peer, peer_ifname)] {
+            sh(&["ip", "link", "set", t, "netns", ns.name(), "name", name])?;
+        }
+        Ok(())
+    }
+
+    /// Whether process `pid` runs in this namespace (a process started by
+    /// `ip netns exec` enters it a moment after it is spawned).
+    pub fn holds(&self, pid: u32) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        let id = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        let inside = id(format!("/proc/{pid}/ns/net"));
+        inside.is_some() && inside == id(format!("/var/run/netns/{}", self.name))
     }
 
     /// Runs a command inside the namespace to completion.
@@ -416,42 +444,15 @@ impl TwoHosts {
     pub fn new(prefix: &str) -> Result<Self, LabError> {
         let a = Netns::new(&unique(&format!("{prefix}a")))?;
         let b = Netns::new(&unique(&format!("{prefix}b")))?;
-        let subnet =
-            (100 + SEQ.fetch_add(1, Ordering::Relaxed) % 100 + std::process::id() % 50) as u8;
-        let a_if = "eth0".to_string();
-        let b_if = "eth0".to_string();
-        let tmp_a = unique("pxa");
-        let tmp_b = unique("pxb");
-        sh(&[
-            "ip", "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
-        ])?;
+        let subnet = fresh_subnet();
         let hosts = TwoHosts {
             a,
             b,
-            a_if,
-            b_if,
+            a_if: "eth0".to_string(),
+            b_if: "eth0".to_string(),
             subnet,
         };
-        sh(&[
-            "ip",
-            "link",
-            "set",
-            &tmp_a,
-            "netns",
-            hosts.a.name(),
-            "name",
-            &hosts.a_if,
-        ])?;
-        sh(&[
-            "ip",
-            "link",
-            "set",
-            &tmp_b,
-            "netns",
-            hosts.b.name(),
-            "name",
-            &hosts.b_if,
-        ])?;
+        hosts.a.link_to(&hosts.a_if, &hosts.b, &hosts.b_if)?;
         for (ns, ifn, host) in [(&hosts.a, &hosts.a_if, 1), (&hosts.b, &hosts.b_if, 2)] {
             ns.ip(&[
                 "addr",
@@ -535,8 +536,7 @@ impl ParallelLinks {
     pub fn new(prefix: &str, n: usize) -> Result<Self, LabError> {
         let a = Netns::new(&unique(&format!("{prefix}a")))?;
         let b = Netns::new(&unique(&format!("{prefix}b")))?;
-        let subnet =
-            (100 + SEQ.fetch_add(1, Ordering::Relaxed) % 100 + std::process::id() % 50) as u8;
+        let subnet = fresh_subnet();
         let lab = ParallelLinks {
             a,
             b,
@@ -564,12 +564,8 @@ impl ParallelLinks {
             ])?;
         }
         for link in &lab.links {
-            let (tmp_a, tmp_b) = (unique("pxa"), unique("pxb"));
-            sh(&[
-                "ip", "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
-            ])?;
-            for (tmp, ns) in [(&tmp_a, &lab.a), (&tmp_b, &lab.b)] {
-                sh(&["ip", "link", "set", tmp, "netns", ns.name(), "name", link])?;
+            lab.a.link_to(link, &lab.b, link)?;
+            for ns in [&lab.a, &lab.b] {
                 ns.ip(&["link", "set", link, "up"])?;
             }
         }
@@ -648,8 +644,7 @@ impl Routed {
         let client = Netns::new(&unique(&format!("{prefix}c")))?;
         let router = Netns::new(&unique(&format!("{prefix}r")))?;
         let server = Netns::new(&unique(&format!("{prefix}s")))?;
-        let subnet =
-            (100 + SEQ.fetch_add(1, Ordering::Relaxed) % 100 + std::process::id() % 50) as u8;
+        let subnet = fresh_subnet();
         let lab = Routed {
             client,
             router,
@@ -660,30 +655,7 @@ impl Routed {
             (1u8, &lab.client, Self::IF, Self::IF),
             (2u8, &lab.server, Self::IF, Self::ROUTER_SERVER_IF),
         ] {
-            let (tmp_h, tmp_r) = (unique("pxh"), unique("pxr"));
-            sh(&[
-                "ip", "link", "add", &tmp_h, "type", "veth", "peer", "name", &tmp_r,
-            ])?;
-            sh(&[
-                "ip",
-                "link",
-                "set",
-                &tmp_h,
-                "netns",
-                host.name(),
-                "name",
-                host_if,
-            ])?;
-            sh(&[
-                "ip",
-                "link",
-                "set",
-                &tmp_r,
-                "netns",
-                lab.router.name(),
-                "name",
-                router_if,
-            ])?;
+            host.link_to(host_if, &lab.router, router_if)?;
             let gw = format!("10.{subnet}.{net}.1");
             host.ip(&[
                 "addr",

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{sh, unique, LabError, Netns, Routed};
+use crate::{unique, LabError, Netns, Routed};
 
 /// Port of the scenario's HTTP server.
 pub const HTTP_PORT: u16 = 8080;
@@ -176,19 +176,7 @@ impl Scenario {
             (3u8, &self.net.client, "eth1", "eth0"),
             (4u8, &self.net.server, "eth1", "eth1"),
         ] {
-            let (a, b) = (unique("pxh"), unique("pxr"));
-            sh(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b])?;
-            sh(&[
-                "ip",
-                "link",
-                "set",
-                &a,
-                "netns",
-                host.name(),
-                "name",
-                host_if,
-            ])?;
-            sh(&["ip", "link", "set", &b, "netns", r2.name(), "name", r2_if])?;
+            host.link_to(host_if, &r2, r2_if)?;
             host.ip(&[
                 "addr",
                 "add",

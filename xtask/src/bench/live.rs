@@ -460,7 +460,7 @@ impl<'a> Load<'a> {
         // Their counters are read from /proc/<pid>/net: only once `ip netns
         // exec` has entered the namespace are they the namespace's.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !(in_netns(client.id(), &lab.a) && in_netns(server.id(), &lab.b)) {
+        while !(lab.a.holds(client.id()) && lab.b.holds(server.id())) {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "iperf3 did not enter the lab's namespaces within 5 s"
@@ -583,14 +583,6 @@ fn fastest_parts(parts: &[Part], rate_scale: f64) -> Measure {
     }
 }
 
-/// Whether process `pid` runs in network namespace `ns`.
-fn in_netns(pid: u32, ns: &Netns) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let ino = |p: String| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    let inside = ino(format!("/proc/{pid}/ns/net"));
-    inside.is_some() && inside == ino(format!("/run/netns/{}", ns.name()))
-}
-
 /// What a slice is measured between.
 #[derive(Clone, Copy)]
 struct Sample {
@@ -611,7 +603,8 @@ struct Measure {
     capture_per_unit: f64,
 }
 
-/// What the daemons reported over a setup's slices.
+/// What a setup's daemon reported over its slices (none for setups
+/// without a daemon).
 #[derive(Clone, Copy, Default)]
 struct Tally {
     slices: u64,
@@ -794,38 +787,40 @@ struct Captures<'a> {
 impl<'a> Captures<'a> {
     /// Starts every setup on its link of assignment `a`.
     fn start(lab: &'a ParallelLinks, phalanx: &Path, a: usize, layout: Layout) -> Result<Self> {
+        let ids = || -> Result<Vec<u64>> { Ok(prog_stats()?.into_iter().map(|p| p.0).collect()) };
         let mut running = Vec::with_capacity(SETUPS.len());
         let mut programs = Vec::with_capacity(SETUPS.len());
+        let mut known = ids()?;
         for (i, setup) in SETUPS.iter().enumerate() {
             let link = &lab.links[link_of(i, a)];
-            let before = prog_stats()?;
             running.push(
                 CaptureUnderTest::start(&lab.a, link, LISTEN[i], phalanx, setup, layout)
                     .with_context(|| format!("starting {setup} on {link}"))?,
             );
+            let now = ids()?;
             programs.push(
-                prog_stats()?
-                    .into_iter()
-                    .map(|p| p.0)
-                    .filter(|id| before.iter().all(|p| p.0 != *id))
+                now.iter()
+                    .copied()
+                    .filter(|id| !known.contains(id))
                     .collect(),
             );
+            known = now;
         }
         Ok(Self { running, programs })
     }
 
-    /// Records decoded and dropped so far by setup `i`'s daemon (zero for
-    /// the others).
-    fn daemon_counts(&self, i: usize) -> Result<(u64, u64)> {
+    /// Records decoded and dropped so far by setup `i`'s daemon, `None`
+    /// for a setup without one.
+    fn daemon_counts(&self, i: usize) -> Result<Option<(u64, u64)>> {
         let Some(d) = &self.running[i].daemon else {
-            return Ok((0, 0));
+            return Ok(None);
         };
         let m = d.text("/metrics")?;
-        Ok((
+        Ok(Some((
             metric(&m, "phalanx_capture_records_decoded_total"),
             metric(&m, "phalanx_kernel_ring_full_drops_total")
                 + metric(&m, "phalanx_capture_backlog_dropped_total"),
-        ))
+        )))
     }
 
     fn stop(self) {
@@ -920,7 +915,7 @@ pub(super) fn live(
             let captures = Captures::start(&lab, phalanx, a, layout)?;
             let pids: Vec<Option<u32>> = captures.running.iter().map(|c| c.pid()).collect();
             for (wi, w) in Workload::ALL.into_iter().enumerate() {
-                let counts: Vec<(u64, u64)> = (0..SETUPS.len())
+                let counts: Vec<Option<(u64, u64)>> = (0..SETUPS.len())
                     .map(|i| captures.daemon_counts(i))
                     .collect::<Result<_>>()?;
                 let load = Load::start(&lab, &clock, w, load_secs, layout)?;
@@ -934,10 +929,13 @@ pub(super) fn live(
                     }
                 }
                 for (i, t) in tallies[wi].iter_mut().enumerate() {
-                    let (d1, x1) = captures.daemon_counts(i)?;
+                    let (Some((d0, x0)), Some((d1, x1))) = (counts[i], captures.daemon_counts(i)?)
+                    else {
+                        continue;
+                    };
                     t.slices += cycles as u64;
-                    t.decoded += d1 - counts[i].0;
-                    t.drops += x1 - counts[i].1;
+                    t.decoded += d1 - d0;
+                    t.drops += x1 - x0;
                 }
             }
             if a + 1 == assignments {
@@ -956,11 +954,7 @@ pub(super) fn live(
     result?;
     for (wi, w) in Workload::ALL.into_iter().enumerate() {
         workload_rows(w, &runs[wi], rows, notes)?;
-        for (i, t) in tallies[wi]
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !LISTEN[*i].is_empty())
-        {
+        for (i, t) in tallies[wi].iter().enumerate().filter(|(_, t)| t.slices > 0) {
             writeln!(
                 notes,
                 "- {}, {}: {} slices, records decoded {}, drops {}",
