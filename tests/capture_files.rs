@@ -38,9 +38,9 @@ const TSHARK_PACKETS: &[(&str, u64)] = &[
     ("zeek_vlan-collisions.pcap", 42),
 ];
 
-/// The shared captures live beside the repository (`../shared/pcaps`).
+/// The vendored third-party captures (`tests/data/pcaps`).
 fn pcaps_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps")
+    phalanx_lab::data::pcaps()
 }
 
 fn pcap_path(name: &str) -> PathBuf {
@@ -139,7 +139,7 @@ fn wire_fields(m: &PacketMeta) -> PacketMeta {
 #[test]
 fn every_shared_capture_reads_cleanly_with_tshark_packet_counts() {
     let mut on_disk: BTreeSet<String> = std::fs::read_dir(pcaps_dir())
-        .unwrap_or_else(|e| panic!("shared captures expected beside the repo: {e}"))
+        .unwrap_or_else(|e| panic!("vendored captures in tests/data/pcaps: {e}"))
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".pcap") || n.ends_with(".pcapng"))

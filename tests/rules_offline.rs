@@ -13,9 +13,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 fn analyze(name: &str) -> Report {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/pcaps")
-        .join(name);
+    let p = phalanx_lab::data::pcaps().join(name);
     analyze_files(&[p], &FlowConfig::default()).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 

@@ -6,9 +6,7 @@ use phalanx_daemon::analyze::{analyze_files, Report};
 use phalanx_daemon::flow::FlowConfig;
 
 fn pcap(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/pcaps")
-        .join(name)
+    phalanx_lab::data::pcaps().join(name)
 }
 
 fn analyze(name: &str) -> Report {
@@ -269,9 +267,9 @@ fn zeek_vlan_collisions() {
 
 #[test]
 fn every_capture_is_analysed_and_serialises() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps");
+    let dir = phalanx_lab::data::pcaps();
     let mut n = 0;
-    for e in std::fs::read_dir(&dir).expect("shared/pcaps exists") {
+    for e in std::fs::read_dir(&dir).expect("tests/data/pcaps exists") {
         let name = e.expect("entry").file_name().to_string_lossy().into_owned();
         if !(name.ends_with(".pcap") || name.ends_with(".pcapng")) {
             continue;

@@ -542,13 +542,9 @@ fn unified_capture_has_one_interface_per_hop_in_corrected_time_order() {
 
 #[test]
 fn shared_smtp_capture_two_points() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps");
+    let dir = phalanx_lab::data::pcaps();
     let client = dir.join("cs_mail_sender_client_1.pcapng");
     let server = dir.join("cs_mail_sender_server_2.pcapng");
-    if !client.exists() {
-        eprintln!("shared captures not present: skipped");
-        return;
-    }
     let args = StitchArgs {
         files: vec![server, client],
         ..Default::default()

@@ -951,3 +951,14 @@ mod tests {
         assert!(lab.route_via(3).is_err(), "a link the lab lacks");
     }
 }
+
+/// Test data vendored in the repository.
+pub mod data {
+    use std::path::PathBuf;
+
+    /// The third-party captures (`tests/data/pcaps`, origins and licences in
+    /// its README): inside the repository, so a clone tests itself.
+    pub fn pcaps() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/pcaps")
+    }
+}
