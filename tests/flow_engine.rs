@@ -587,7 +587,7 @@ fn idle_flow_memory_is_bounded() {
     println!(
         "Flow {} bytes, Extra {} bytes, idle table cost {per_flow:.0} bytes/flow",
         std::mem::size_of::<Flow>(),
-        std::mem::size_of::<phalanx_daemon::flow::tcp::Extra>()
+        std::mem::size_of::<phalanx_daemon::flow::state::Extra>()
     );
     assert!(per_flow <= 256.0, "{per_flow} bytes per idle flow");
 }

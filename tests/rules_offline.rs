@@ -1,8 +1,6 @@
 //! Diagnosis rules end to end: shared captures through `analyze`, the
 //! `[rules.*]` configuration, and the condition parser on arbitrary input.
 
-use std::path::PathBuf;
-
 use phalanx_daemon::analyze::{analyze_files, Report};
 use phalanx_daemon::config::Config;
 use phalanx_daemon::flow::FlowConfig;

@@ -1,4 +1,4 @@
-//! `cargo xtask setup | build-ebpf | test | demo | lab | bench`.
+//! `cargo xtask setup | build-ebpf | test | layers | demo | lab | bench`.
 //!
 //! xtask depends on nothing that needs the kernel toolchain, so `setup` runs
 //! on a machine that has only stable Rust.
@@ -7,6 +7,7 @@ mod bench;
 mod daemon;
 mod demo;
 mod lab;
+mod layers;
 mod setup;
 
 use anyhow::Result;
@@ -34,6 +35,13 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Check that the daemon's modules import only downwards (the layer
+    /// order in xtask/src/layers.rs) and without loops; `test` runs it first.
+    Layers {
+        /// Print the graph of imports between top-level modules.
+        #[arg(long)]
+        graph: bool,
     },
     /// Measure Phalanx beside the tools users would pick instead; writes
     /// bench/RESULTS.md. Needs root.
@@ -76,6 +84,7 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::run_setup(),
         Cmd::BuildEbpf => setup::build_release(),
         Cmd::Test { args } => setup::test(&args),
+        Cmd::Layers { graph } => layers::run(&demo::workspace_root(), graph),
         Cmd::Demo {
             requests,
             body_bytes,

@@ -39,8 +39,8 @@ impl Default for FlowConfig {
 
 impl FlowConfig {
     /// Timeout in nanoseconds for a timeout class.
-    pub(crate) fn timeout_ns(&self, class: super::table::TimeoutClass) -> u64 {
-        use super::table::TimeoutClass as C;
+    pub(crate) fn timeout_ns(&self, class: super::state::TimeoutClass) -> u64 {
+        use super::state::TimeoutClass as C;
         let s = match class {
             C::Syn => self.syn_timeout_secs,
             C::Established => self.established_timeout_secs,

@@ -15,7 +15,7 @@ use serde_json::ser::{CompactFormatter, Formatter as _};
 use super::report::{
     DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
 };
-use super::tcp::IcmpEvent;
+use super::state::IcmpEvent;
 
 /// A value that appends its compact JSON form to a byte buffer.
 pub trait WriteJson {

@@ -159,6 +159,7 @@ pub mod rank;
 pub mod report;
 pub mod rtt;
 pub mod seq;
+pub mod state;
 pub mod stats;
 pub mod table;
 pub mod tcp;
@@ -170,4 +171,5 @@ pub use observe::{Delta, FlowObserver, Sample};
 pub use report::{
     DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
 };
-pub use table::{Flow, FlowReport, FlowTable, TableStats};
+pub use state::Flow;
+pub use table::{FlowReport, FlowTable, TableStats};

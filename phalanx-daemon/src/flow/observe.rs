@@ -9,7 +9,7 @@
 
 use phalanx_common::PacketMeta;
 
-use super::table::Flow;
+use super::state::Flow;
 
 /// One new sample of a per-direction estimator.
 #[derive(Clone, Copy, Debug, PartialEq)]

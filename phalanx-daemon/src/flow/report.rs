@@ -9,12 +9,11 @@ use std::net::IpAddr;
 use phalanx_common::{ipproto, user::ip_from_bytes};
 use serde::Serialize;
 
-use super::stats::Summary;
-use super::table::Flow;
-use super::tcp::{
-    Dir, DirExtra, IcmpEvent, TcpState, F_ACK, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN, F_SYNACK,
-    F_TS, F_WS,
+use super::state::{
+    Dir, DirExtra, Flow, IcmpEvent, TcpState, F_ACK, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN,
+    F_SYNACK, F_TS, F_WS,
 };
+use super::stats::Summary;
 
 /// RTT figures in milliseconds (`null` without samples).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]

@@ -15,27 +15,13 @@ use super::jitter::ArrivalJitter;
 use super::key::{vlan_of, FlowKey, VlanTag};
 use super::observe::{FlowObserver, Mark};
 use super::report::FlowSummary;
-use super::tcp::{self, Dir, Extra, IcmpEvent, TcpState, TtlHistory, MAX_ICMP_EVENTS};
+use super::state::{
+    frame_bytes, track_ttl, Extra, Flow, IcmpEvent, TimeoutClass, MAX_ICMP_EVENTS, NIL, VACANT,
+};
+use super::tcp;
 
-const NIL: u32 = u32::MAX;
-/// Marks a free slab slot.
-const VACANT: u8 = u8::MAX;
 /// Record-time interval between expiry sweeps.
 const EXPIRE_EVERY_NS: u64 = 100_000_000;
-
-/// Which idle timeout applies to a flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum TimeoutClass {
-    /// TCP handshake in progress.
-    Syn = 0,
-    /// TCP established (or picked up mid-stream, or closing).
-    Established = 1,
-    /// TCP closed by FIN both ways or RST.
-    Closed = 2,
-    /// UDP and other IP protocols.
-    Udp = 3,
-}
 
 const CLASSES: [TimeoutClass; 4] = [
     TimeoutClass::Syn,
@@ -43,105 +29,6 @@ const CLASSES: [TimeoutClass; 4] = [
     TimeoutClass::Closed,
     TimeoutClass::Udp,
 ];
-
-/// One tracked flow. Hot state is inline; RTT sketches, holes and rare
-/// counters are in `extra`, allocated on first need.
-#[derive(Debug)]
-pub struct Flow {
-    /// Canonical 5-tuple.
-    pub key: FlowKey,
-    /// [`TcpState`] tag.
-    pub state: u8,
-    /// Side that opened the flow (SYN sender, else first packet's sender).
-    pub initiator: u8,
-    /// [`TimeoutClass`] tag, or `VACANT`.
-    class: u8,
-    /// VLAN tags per direction.
-    pub vlan: [VlanTag; 2],
-    /// First record time (ns).
-    pub first_ts: u64,
-    /// Latest record time (ns).
-    pub last_ts: u64,
-    prev: u32,
-    next: u32,
-    /// Next flow with the same 5-tuple on other VLANs.
-    chain: u32,
-    /// Per-direction hot state (index = side of the canonical key).
-    pub dir: [Dir; 2],
-    /// Lazily allocated state.
-    pub extra: Option<Box<Extra>>,
-    /// Slot of the [`FlowObserver`] (0 on a new flow).
-    pub tag: u16,
-}
-
-impl Flow {
-    fn new(key: FlowKey, vlan: VlanTag, d: usize, ts: u64, class: TimeoutClass) -> Self {
-        Self {
-            key,
-            state: TcpState::None as u8,
-            initiator: d as u8,
-            class: class as u8,
-            vlan: [vlan; 2],
-            first_ts: ts,
-            last_ts: ts,
-            prev: NIL,
-            next: NIL,
-            chain: NIL,
-            dir: Default::default(),
-            extra: None,
-            tag: 0,
-        }
-    }
-
-    /// The lazily allocated state, allocating it now if needed.
-    #[inline]
-    pub fn extra_mut(&mut self) -> &mut Extra {
-        self.extra.get_or_insert_with(Box::default)
-    }
-
-    fn timeout_class(&self) -> TimeoutClass {
-        if self.key.proto != ipproto::TCP {
-            return TimeoutClass::Udp;
-        }
-        match TcpState::from_u8(self.state) {
-            TcpState::SynSent | TcpState::SynReceived => TimeoutClass::Syn,
-            TcpState::Closed | TcpState::Reset => TimeoutClass::Closed,
-            _ => TimeoutClass::Established,
-        }
-    }
-
-    /// Bytes this flow occupies: the slab entry plus its heap state.
-    pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of::<Self>() + self.extra.as_deref().map_or(0, Extra::heap_bytes)
-    }
-}
-
-/// TTL / hop limit per direction: the latest value inline, the history
-/// (first, min, max, changes) only once it first changes (route changes
-/// are rare; most flows never allocate for this).
-#[inline]
-fn track_ttl(f: &mut Flow, d: usize, rec: &PacketMeta, first_in_dir: bool) {
-    let prev = f.dir[d].ttl;
-    if first_in_dir {
-        f.dir[d].ttl = rec.ttl;
-        return;
-    }
-    if rec.ttl == prev {
-        return;
-    }
-    f.dir[d].ttl = rec.ttl;
-    let h = f.extra_mut().dir[d].ttl.get_or_insert(TtlHistory {
-        first: prev,
-        min: prev,
-        max: prev,
-        first_change_ns: rec.ts_ns,
-        ..TtlHistory::default()
-    });
-    h.changes = h.changes.saturating_add(1);
-    h.min = h.min.min(rec.ttl);
-    h.max = h.max.max(rec.ttl);
-    h.last_change_ns = rec.ts_ns;
-}
 
 /// Table counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -307,7 +194,7 @@ impl FlowTable {
         let segs = u64::from(rec.segs.max(1));
         let first_in_dir = f.dir[d].packets == 0;
         f.dir[d].packets += segs;
-        f.dir[d].bytes += tcp::frame_bytes(rec);
+        f.dir[d].bytes += frame_bytes(rec);
         f.last_ts = f.last_ts.max(rec.ts_ns);
         track_ttl(f, d, rec, first_in_dir);
         if rec.tos & 3 == 3 {

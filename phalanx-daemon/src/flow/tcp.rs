@@ -8,350 +8,68 @@
 
 use phalanx_common::{tcp_flags as tf, tcp_opts, PacketMeta, MAX_SACK_BLOCKS};
 
-use super::jitter::{ArrivalJitter, Jitter};
-use super::loss::Holes;
-use super::rtt::{Probe, P_SYN, P_SYNACK};
-use super::stats::SampleStats;
-use super::table::Flow;
+use super::rtt::{P_SYN, P_SYNACK};
+use super::state::*;
 use super::{seq, window};
 
-/// SYN seen from this side.
-pub const F_SYN: u16 = 1 << 0;
-/// FIN seen from this side.
-pub const F_FIN: u16 = 1 << 1;
-/// RST seen from this side.
-pub const F_RST: u16 = 1 << 2;
-/// This side sent the timestamp option.
-pub const F_TS: u16 = 1 << 3;
-/// This side's SYN carried the window-scale option.
-pub const F_WS: u16 = 1 << 4;
-/// This side's SYN carried SACK-permitted.
-pub const F_SACK_PERM: u16 = 1 << 5;
-/// `first_seq`/`snd_max` are valid.
-pub const F_SEQ: u16 = 1 << 6;
-/// `last_ack` is valid.
-pub const F_ACK: u16 = 1 << 7;
-/// `window` is valid.
-pub const F_WIN: u16 = 1 << 8;
-/// `last_tsval` is valid.
-pub const F_TSVAL: u16 = 1 << 9;
-/// This side sent SYN/ACK.
-pub const F_SYNACK: u16 = 1 << 11;
-/// This side's MSS option was seen.
-pub const F_MSS: u16 = 1 << 12;
-/// `window` came from a SYN (never scaled, so not comparable with later ones).
-pub const F_WIN_SYN: u16 = 1 << 13;
-
-/// Hot per-direction state, kept inline in the flow.
-#[derive(Clone, Debug, Default)]
-pub struct Dir {
-    /// Packets (GSO records count as their segment count).
-    pub packets: u64,
-    /// Frame bytes as seen (GSO records expanded to their segments).
-    pub bytes: u64,
-    /// Payload bytes that advanced the highest sequence seen (first
-    /// transmissions only, holes included once).
-    pub goodput: u64,
-    /// Outstanding RTT probe of this direction's packets.
-    pub probe: Probe,
-    /// One past the highest sequence number seen.
-    pub snd_max: u32,
-    /// First sequence number seen.
-    pub first_seq: u32,
-    /// Highest cumulative ACK this side sent.
-    pub last_ack: u32,
-    /// Latest TSval this side sent.
-    pub last_tsval: u32,
-    /// Duplicate ACKs this side sent (RFC 5681 definition).
-    pub dup_acks: u32,
-    /// Latest window field this side advertised (unscaled).
-    pub window: u16,
-    /// MSS option value from this side's SYN.
-    pub mss: u16,
-    /// Duplicate ACKs sent since this side's ACK number last advanced.
-    pub dupack_run: u16,
-    /// `F_*` bits.
-    pub flags: u16,
-    /// Window-scale option value from this side's SYN.
-    pub wscale: u8,
-    /// TTL / hop limit of this side's latest packet (changes go to
-    /// [`DirExtra::ttl`]).
-    pub ttl: u8,
-    /// Times this side's cumulative ACK moved forward (saturating): proof
-    /// that it receives the other side's data, even unseen.
-    pub ack_advances: u16,
-}
-
-/// TTL / hop-limit history of one direction, kept once it first changes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TtlHistory {
-    /// TTL of the direction's first packet.
-    pub first: u8,
-    /// Smallest TTL seen.
-    pub min: u8,
-    /// Largest TTL seen.
-    pub max: u8,
-    /// Packets whose TTL differed from the previous packet's.
-    pub changes: u32,
-    /// Time of the first change (ns).
-    pub first_change_ns: u64,
-    /// Time of the latest change (ns).
-    pub last_change_ns: u64,
-}
-
-/// Retransmissions of the same data with no acknowledgment progress in
-/// between (a stalled connection: RTO backoff against a silent path).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StallRun {
-    /// Retransmissions in the run (the first transmission not counted).
-    pub count: u32,
-    /// Sequence number they all start at.
-    pub seq: u32,
-    /// Time of the first retransmission of the run (ns).
-    pub first_ns: u64,
-    /// Time of the latest one (ns).
-    pub last_ns: u64,
-}
-
-/// Rarely needed per-direction state, allocated with the flow's [`Extra`].
-#[derive(Clone, Debug, Default)]
-pub struct DirExtra {
-    /// RTT samples of this direction's packets: vantage point -> the
-    /// receiver of these packets -> vantage point.
-    pub rtt: SampleStats,
-    /// RFC 3550 jitter over consecutive RTT samples.
-    pub rtt_jitter: Jitter,
-    /// Previous RTT sample (us), for the jitter difference.
-    pub last_rtt_us: u32,
-    /// UDP/other: arrival jitter.
-    pub arrival: ArrivalJitter,
-    /// Missing ranges of this direction's sequence space.
-    pub holes: Holes,
-    /// Retransmitted segments (fast + timeout, spurious included).
-    pub retrans: u32,
-    /// Segments that filled a hole early: reordered, not retransmitted.
-    pub out_of_order: u32,
-    /// Retransmissions classified as fast (dup ACKs, SACK, recovery).
-    pub retrans_fast: u32,
-    /// Bytes SACKed above this side's latest cumulative ACK, summed over
-    /// the blocks of that ACK (0 without SACK): RFC 6675 loss evidence.
-    pub sacked_above: u32,
-    /// Retransmissions of data in flight when an ICMP "too big" error for
-    /// it arrived (path MTU discovery resends).
-    pub retrans_pmtud: u32,
-    /// Retransmissions found spurious (data already acknowledged, or D-SACK).
-    pub retrans_spurious: u32,
-    /// Retransmissions detected as late hole fills (loss upstream of the vantage point).
-    pub late_fills: u32,
-    /// Retransmitted payload bytes.
-    pub retrans_bytes: u64,
-    /// Largest RFC 4737 reorder extent seen.
-    pub reorder_extent_max: u32,
-    /// Zero-window episodes this side advertised.
-    pub zero_windows: u32,
-    /// Packets advertising a zero window.
-    pub zero_window_packets: u32,
-    /// Segments that filled the peer's advertised window.
-    pub window_full: u32,
-    /// Keep-alives sent.
-    pub keepalives: u32,
-    /// Zero-window probes sent.
-    pub zero_window_probes: u32,
-    /// Fast recovery: retransmissions stay "fast" until the peer ACKs this.
-    pub recovery_point: u32,
-    /// In fast recovery.
-    pub in_recovery: bool,
-    /// The peer's cumulative ACK that advanced while this side was in fast
-    /// recovery, and when it passed: a sender re-sends the segment it names
-    /// at once (RFC 6582 partial ACK), even when that segment was the
-    /// highest one sent and the vantage point never saw it.
-    pub partial_ack: Option<(u32, u64)>,
-    /// Latest retransmitted range, for D-SACK matching.
-    pub last_retx: Option<(u32, u32, bool)>,
-    /// TTL history, once the TTL first changed.
-    pub ttl: Option<TtlHistory>,
-    /// Packets carrying ECN Congestion Experienced (IP ECN bits `11`).
-    pub ce_packets: u32,
-    /// Time of this side's first RST (ns; 0 = none).
-    pub rst_ns: u64,
-    /// Start of the zero-window episode in progress (ns; 0 = window open).
-    pub zero_window_since_ns: u64,
-    /// Time spent in finished zero-window episodes (ns).
-    pub zero_window_ns: u64,
-    /// Time of the first zero-window advertisement (ns; 0 = none).
-    pub zero_window_first_ns: u64,
-    /// Largest per-segment payload sent (GSO records: the segment size).
-    pub max_segment: u32,
-    /// Largest first-transmission segment payload the peer acknowledged.
-    pub max_acked_segment: u32,
-    /// Outstanding size probe: `(start, end, segment payload)` of one
-    /// first transmission whose acknowledgment is awaited.
-    pub size_probe: Option<(u32, u32, u32)>,
-    /// Retransmissions of full-size segments (the largest size sent so
-    /// far) while no segment that large had been acknowledged.
-    pub full_size_retrans: u32,
-    /// Time of the first of them (ns).
-    pub full_size_retrans_first_ns: u64,
-    /// Time of the latest of them (ns).
-    pub full_size_retrans_last_ns: u64,
-    /// Stall run in progress (reset when the peer's ACK advances).
-    pub stall: StallRun,
-    /// Longest stall run seen.
-    pub stall_max: StallRun,
-    /// Smoothed RTT (RFC 6298 EWMA, gain 1/8) of this direction, us.
-    pub srtt_us: u32,
-}
-
-/// One ICMP/ICMPv6 error quoting a packet of the flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct IcmpEvent {
-    /// Record time (ns).
-    pub ts_ns: u64,
-    /// Sender of the error (the router or host that reported it).
-    pub from: std::net::IpAddr,
-    /// ICMP/ICMPv6 type.
-    #[serde(rename = "type")]
-    pub icmp_type: u8,
-    /// ICMP/ICMPv6 code.
-    pub code: u8,
-    /// Next-hop MTU (frag-needed) or MTU (packet too big); 0 otherwise.
-    pub mtu: u32,
-    /// Direction of the quoted packet: in the flow table, the canonical
-    /// key's side that sent it; in a [`super::FlowSummary`], 0 when it went
-    /// src -> dst and 1 when it went dst -> src.
-    #[serde(skip)]
-    pub quoted_dir: u8,
-    /// Quoted TCP sequence number.
-    pub quoted_seq: u32,
-    /// Highest sequence of the quoted direction when the error arrived.
-    #[serde(skip)]
-    pub snd_max_at: u32,
-}
-
-impl IcmpEvent {
-    /// ICMP "fragmentation needed" or ICMPv6 "packet too big".
-    pub fn is_too_big(&self, ip_version: u8) -> bool {
-        if ip_version == 6 {
-            self.icmp_type == 2
-        } else {
-            self.icmp_type == 3 && self.code == 4
-        }
-    }
-}
-
-/// ICMP errors kept per flow (the count keeps going past this).
-pub const MAX_ICMP_EVENTS: usize = 8;
-
-/// Lazily allocated per-flow state: RTT sketches, holes, rare counters.
-#[derive(Clone, Debug, Default)]
-pub struct Extra {
-    /// Per direction.
-    pub dir: [DirExtra; 2],
-    /// Downstream handshake part (SYN -> SYN/ACK), us.
-    pub hs_down_us: Option<u32>,
-    /// Upstream handshake part (SYN/ACK -> ACK), us.
-    pub hs_up_us: Option<u32>,
-    /// First ICMP errors quoting this flow.
-    pub icmp: Vec<IcmpEvent>,
-    /// All ICMP errors quoting this flow.
-    pub icmp_count: u32,
-}
-
-impl Extra {
-    /// Heap bytes held, including this box.
-    pub fn heap_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self
-                .dir
-                .iter()
-                .map(|d| d.rtt.heap_bytes() + d.holes.heap_bytes())
-                .sum::<usize>()
-            + self.icmp.capacity() * std::mem::size_of::<IcmpEvent>()
-    }
-}
-
-impl DirExtra {
-    fn add_rtt(&mut self, us: u32) {
-        if self.rtt.count() > 0 {
-            self.rtt_jitter
-                .update((f64::from(us) - f64::from(self.last_rtt_us)) * 1000.0);
-        }
-        self.last_rtt_us = us;
-        self.srtt_us = if self.rtt.count() == 0 {
-            us
-        } else {
-            // SRTT = 7/8 SRTT + 1/8 R, in integer microseconds.
-            ((u64::from(self.srtt_us) * 7 + u64::from(us)) / 8) as u32
-        };
-        self.rtt.add(us);
-    }
-}
-
-/// Frame bytes a record stands for: GSO records are expanded by repeating
-/// the headers (`wire_len - payload_len`) for every segment.
-#[inline]
-pub fn frame_bytes(rec: &PacketMeta) -> u64 {
-    let segs = u64::from(rec.segs.max(1));
-    let wire = u64::from(rec.wire_len);
-    let payload = u64::from(rec.payload_len);
-    if segs > 1 && wire > payload {
-        payload + segs * (wire - payload)
-    } else {
-        wire
-    }
-}
-
+/// What the data side made of a segment, for the RTT probe.
 enum DataKind {
     New,
     Retrans,
     Other,
 }
 
-/// Connection state of a TCP flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum TcpState {
-    /// No packet yet (or not TCP).
-    None = 0,
-    /// SYN seen, no SYN/ACK yet.
-    SynSent = 1,
-    /// SYN/ACK seen, handshake not completed.
-    SynReceived = 2,
-    /// Handshake completed or flow picked up mid-stream.
-    Established = 3,
-    /// FIN seen from one side.
-    Closing = 4,
-    /// FIN seen from both sides.
-    Closed = 5,
-    /// RST seen.
-    Reset = 6,
+/// One TCP record as the update's steps read it: decoded once.
+struct Segment<'a> {
+    rec: &'a PacketMeta,
+    /// Sender side.
+    d: usize,
+    /// The other side.
+    r: usize,
+    syn: bool,
+    ack: bool,
+    fin: bool,
+    rst: bool,
+    /// The timestamp option is present.
+    ts: bool,
+    /// Wire segments the record stands for (GSO).
+    segs: u32,
+    /// Sequence space: payload plus SYN and FIN.
+    len: u32,
+    /// Record time (ns).
+    now: u64,
+    /// Record time in us since the flow's first packet (wrapping).
+    now_us: u32,
 }
 
-impl TcpState {
-    /// From the stored tag.
-    pub fn from_u8(v: u8) -> Self {
-        match v {
-            1 => Self::SynSent,
-            2 => Self::SynReceived,
-            3 => Self::Established,
-            4 => Self::Closing,
-            5 => Self::Closed,
-            6 => Self::Reset,
-            _ => Self::None,
+impl<'a> Segment<'a> {
+    #[inline]
+    fn new(rec: &'a PacketMeta, d: usize, now: u64, now_us: u32) -> Self {
+        let fl = rec.tcp_flags;
+        let (syn, fin) = (fl & tf::SYN != 0, fl & tf::FIN != 0);
+        Self {
+            rec,
+            d,
+            r: d ^ 1,
+            syn,
+            ack: fl & tf::ACK != 0,
+            fin,
+            rst: fl & tf::RST != 0,
+            ts: rec.tcp_opts & tcp_opts::TIMESTAMPS != 0,
+            segs: u32::from(rec.segs.max(1)),
+            len: rec
+                .payload_len
+                .saturating_add(u32::from(syn))
+                .saturating_add(u32::from(fin)),
+            now,
+            now_us,
         }
     }
 
-    /// Name used in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::None => "new",
-            Self::SynSent => "syn_sent",
-            Self::SynReceived => "syn_received",
-            Self::Established => "established",
-            Self::Closing => "closing",
-            Self::Closed => "closed",
-            Self::Reset => "reset",
-        }
+    /// Its first sequence number and one past its last.
+    #[inline]
+    fn range(&self) -> (u32, u32) {
+        (self.rec.seq, self.rec.seq.wrapping_add(self.len))
     }
 }
 
@@ -370,164 +88,200 @@ pub fn is_new_connection(f: &Flow, d: usize, rec: &PacketMeta) -> bool {
 
 /// Applies one TCP record to the flow. `d` is the record's direction,
 /// `now_us` the record time in us since the flow's first packet (wrapping).
+#[inline]
 pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u32) {
-    let r = d ^ 1;
-    let fl = rec.tcp_flags;
-    let syn = fl & tf::SYN != 0;
-    let ackf = fl & tf::ACK != 0;
-    let fin = fl & tf::FIN != 0;
-    let rst = fl & tf::RST != 0;
-    if rst && f.dir[d].flags & F_RST == 0 {
-        f.extra_mut().dir[d].rst_ns = now.max(1);
-    }
-    let opts = rec.tcp_opts;
-    let has_ts = opts & tcp_opts::TIMESTAMPS != 0;
-    let segs = u32::from(rec.segs.max(1));
-    let payload = rec.payload_len;
-    let seg_len = payload
-        .saturating_add(u32::from(syn))
-        .saturating_add(u32::from(fin));
-
-    if syn {
-        let dir = &mut f.dir[d];
-        dir.flags |= F_SYN;
-        if ackf {
-            dir.flags |= F_SYNACK;
-        }
-        if opts & tcp_opts::MSS != 0 {
-            dir.mss = rec.mss;
-            dir.flags |= F_MSS;
-        }
-        if opts & tcp_opts::WSCALE != 0 {
-            dir.wscale = rec.wscale;
-            dir.flags |= F_WS;
-        }
-        if opts & tcp_opts::SACK_PERM != 0 {
-            dir.flags |= F_SACK_PERM;
-        }
-        if !ackf {
-            f.initiator = d as u8;
-        } else if f.dir[r].flags & F_SYN == 0 {
-            f.initiator = r as u8;
-        }
-    }
-    if has_ts {
-        f.dir[d].flags |= F_TS;
-    }
-
-    // 1. This packet as the echo of the other direction's probe.
-    let tsecr = (has_ts && ackf).then_some(rec.tsecr);
-    let ack_no = (ackf && !rst).then_some(rec.ack);
-    if let Some((us, kind)) = f.dir[r].probe.echo(now_us, tsecr, ack_no, has_ts) {
-        let ex = f.extra_mut();
-        ex.dir[r].add_rtt(us);
-        if kind & P_SYN != 0 && syn && ackf {
-            ex.hs_down_us = Some(us);
-        }
-        if kind & P_SYNACK != 0 && !syn {
-            ex.hs_up_us = Some(us);
-        }
-    }
-
-    // A zero-length segment one below the highest sequence: a keep-alive or
-    // a zero-window probe without data, not an ACK that reports anything.
-    let own = &f.dir[d];
-    let bare_probe =
-        seg_len == 0 && !rst && own.flags & F_SEQ != 0 && rec.seq == own.snd_max.wrapping_sub(1);
+    let seg = Segment::new(rec, d, now, now_us);
+    note_options(f, &seg);
+    echo_peer_probe(f, &seg);
+    let bare_probe = seg.len == 0 && !seg.rst && is_probe(f, &seg);
     if bare_probe {
-        let peer = &f.dir[r];
-        let zero = peer.flags & F_WIN != 0 && peer.window == 0;
-        let ex = &mut f.extra_mut().dir[d];
-        if zero {
-            ex.zero_window_probes = ex.zero_window_probes.saturating_add(1);
-        } else {
-            ex.keepalives = ex.keepalives.saturating_add(1);
-        }
+        count_probe(f, &seg);
     }
-
-    // 2. Acknowledgment side: this side acknowledges the other's data.
-    let advanced = ackf && !rst && on_ack(f, d, rec, syn || fin || bare_probe, now);
-    if !rst {
-        let dir = &mut f.dir[d];
-        let prev = (dir.flags & F_WIN != 0).then_some(dir.window);
-        if !syn && !fin {
-            let (zero, episode) = window::zero_window(prev, rec.window);
-            if zero {
-                let ex = &mut f.extra_mut().dir[d];
-                ex.zero_window_packets = ex.zero_window_packets.saturating_add(1);
-                if episode {
-                    ex.zero_windows = ex.zero_windows.saturating_add(1);
-                    ex.zero_window_since_ns = now.max(1);
-                    if ex.zero_window_first_ns == 0 {
-                        ex.zero_window_first_ns = now.max(1);
-                    }
-                }
-            } else if let Some(ex) = f.extra.as_deref_mut() {
-                let ex = &mut ex.dir[d];
-                if ex.zero_window_since_ns != 0 {
-                    ex.zero_window_ns += now.saturating_sub(ex.zero_window_since_ns);
-                    ex.zero_window_since_ns = 0;
-                }
-            }
-        }
-        let dir = &mut f.dir[d];
-        dir.window = rec.window;
-        dir.flags |= F_WIN;
-        if syn {
-            dir.flags |= F_WIN_SYN;
-        } else {
-            dir.flags &= !F_WIN_SYN;
-        }
+    let not_dup = seg.syn || seg.fin || bare_probe;
+    let advanced = seg.ack && !seg.rst && on_ack(f, &seg, not_dup);
+    if !seg.rst {
+        on_window(f, &seg);
     }
-
-    // 3. Data side.
-    let kind = if seg_len > 0 {
-        on_data(f, d, rec, seg_len, syn, fin, segs, now)
+    let kind = if seg.len > 0 {
+        on_data(f, &seg)
     } else {
         DataKind::Other
     };
+    start_probe(f, &seg, kind, advanced);
+    advance_state(f, &seg);
+}
 
-    // 4. Probe start for this direction.
-    let probe_kind = match (syn, ackf) {
+/// The RST time, the SYN's options and who opened the connection.
+#[inline]
+fn note_options(f: &mut Flow, seg: &Segment) {
+    let (d, r, rec) = (seg.d, seg.r, seg.rec);
+    if seg.rst && f.dir[d].flags & F_RST == 0 {
+        f.extra_mut().dir[d].rst_ns = seg.now.max(1);
+    }
+    if seg.ts {
+        f.dir[d].flags |= F_TS;
+    }
+    if !seg.syn {
+        return;
+    }
+    let opts = rec.tcp_opts;
+    let dir = &mut f.dir[d];
+    dir.flags |= F_SYN;
+    if seg.ack {
+        dir.flags |= F_SYNACK;
+    }
+    if opts & tcp_opts::MSS != 0 {
+        dir.mss = rec.mss;
+        dir.flags |= F_MSS;
+    }
+    if opts & tcp_opts::WSCALE != 0 {
+        dir.wscale = rec.wscale;
+        dir.flags |= F_WS;
+    }
+    if opts & tcp_opts::SACK_PERM != 0 {
+        dir.flags |= F_SACK_PERM;
+    }
+    if !seg.ack {
+        f.initiator = d as u8;
+    } else if f.dir[r].flags & F_SYN == 0 {
+        f.initiator = r as u8;
+    }
+}
+
+/// This packet as the echo of the other direction's RTT probe.
+#[inline]
+fn echo_peer_probe(f: &mut Flow, seg: &Segment) {
+    let tsecr = (seg.ts && seg.ack).then_some(seg.rec.tsecr);
+    let ack_no = (seg.ack && !seg.rst).then_some(seg.rec.ack);
+    let Some((us, kind)) = f.dir[seg.r].probe.echo(seg.now_us, tsecr, ack_no, seg.ts) else {
+        return;
+    };
+    let ex = f.extra_mut();
+    ex.dir[seg.r].add_rtt(us);
+    if kind & P_SYN != 0 && seg.syn && seg.ack {
+        ex.hs_down_us = Some(us);
+    }
+    if kind & P_SYNACK != 0 && !seg.syn {
+        ex.hs_up_us = Some(us);
+    }
+}
+
+/// A keep-alive or zero-window probe: at most one byte, one below the
+/// highest sequence, no SYN or FIN; it reports nothing and carries no
+/// new data.
+#[inline]
+fn is_probe(f: &Flow, seg: &Segment) -> bool {
+    let own = &f.dir[seg.d];
+    seg.rec.payload_len <= 1
+        && !seg.syn
+        && !seg.fin
+        && own.flags & F_SEQ != 0
+        && seg.rec.seq == own.snd_max.wrapping_sub(1)
+}
+
+/// Counts a probe as a zero-window probe while the peer's window is
+/// closed, else as a keep-alive.
+fn count_probe(f: &mut Flow, seg: &Segment) {
+    let peer = &f.dir[seg.r];
+    let zero = peer.flags & F_WIN != 0 && peer.window == 0;
+    let ex = &mut f.extra_mut().dir[seg.d];
+    if zero {
+        ex.zero_window_probes = ex.zero_window_probes.saturating_add(1);
+    } else {
+        ex.keepalives = ex.keepalives.saturating_add(1);
+    }
+}
+
+/// The advertised window: zero-window episodes and their duration.
+#[inline]
+fn on_window(f: &mut Flow, seg: &Segment) {
+    let (d, now, win) = (seg.d, seg.now, seg.rec.window);
+    let dir = &f.dir[d];
+    let prev = (dir.flags & F_WIN != 0).then_some(dir.window);
+    if !seg.syn && !seg.fin {
+        let (zero, episode) = window::zero_window(prev, win);
+        if zero {
+            let ex = &mut f.extra_mut().dir[d];
+            ex.zero_window_packets = ex.zero_window_packets.saturating_add(1);
+            if episode {
+                ex.zero_windows = ex.zero_windows.saturating_add(1);
+                ex.zero_window_since_ns = now.max(1);
+                if ex.zero_window_first_ns == 0 {
+                    ex.zero_window_first_ns = now.max(1);
+                }
+            }
+        } else if let Some(ex) = f.extra.as_deref_mut() {
+            let ex = &mut ex.dir[d];
+            if ex.zero_window_since_ns != 0 {
+                ex.zero_window_ns += now.saturating_sub(ex.zero_window_since_ns);
+                ex.zero_window_since_ns = 0;
+            }
+        }
+    }
+    let dir = &mut f.dir[d];
+    dir.window = win;
+    dir.flags |= F_WIN;
+    if seg.syn {
+        dir.flags |= F_WIN_SYN;
+    } else {
+        dir.flags &= !F_WIN_SYN;
+    }
+}
+
+/// Starts this direction's RTT probe where the segment allows one.
+#[inline]
+fn start_probe(f: &mut Flow, seg: &Segment, kind: DataKind, advanced: bool) {
+    let rec = seg.rec;
+    let probe_kind = match (seg.syn, seg.ack) {
         (true, false) => P_SYN,
         (true, true) => P_SYNACK,
         _ => 0,
     };
-    let dir = &mut f.dir[d];
-    let ts_new = has_ts && (dir.flags & F_TSVAL == 0 || rec.tsval != dir.last_tsval);
+    let dir = &mut f.dir[seg.d];
+    let ts_new = seg.ts && (dir.flags & F_TSVAL == 0 || rec.tsval != dir.last_tsval);
     match kind {
         DataKind::Retrans => {
             dir.probe.karn(rec.seq);
-            if has_ts && ts_new {
+            if ts_new {
                 // Timestamps name the transmission: re-probe on the retransmission.
-                dir.probe.start(now_us, Some(rec.tsval), None, probe_kind);
+                dir.probe
+                    .start(seg.now_us, Some(rec.tsval), None, probe_kind);
             }
         }
         DataKind::New if !dir.probe.active() => {
-            let end = rec.seq.wrapping_add(seg_len);
-            dir.probe
-                .start(now_us, ts_new.then_some(rec.tsval), Some(end), probe_kind);
+            let end = seg.range().1;
+            dir.probe.start(
+                seg.now_us,
+                ts_new.then_some(rec.tsval),
+                Some(end),
+                probe_kind,
+            );
         }
         // A pure ACK is echoed only when the peer next sends: time it only
         // when it acknowledges new data into an open window (the peer is
         // then expected to send at once), not when it merely repeats an
         // ACK or closes the window, where the echo waits on the peer's idle time.
-        _ if ts_new && !dir.probe.active() && (seg_len > 0 || (advanced && rec.window != 0)) => {
-            dir.probe.start(now_us, Some(rec.tsval), None, probe_kind);
+        _ if ts_new && !dir.probe.active() && (seg.len > 0 || (advanced && rec.window != 0)) => {
+            dir.probe
+                .start(seg.now_us, Some(rec.tsval), None, probe_kind);
         }
         _ => {}
     }
-    if has_ts {
+    if seg.ts {
         dir.last_tsval = rec.tsval;
         dir.flags |= F_TSVAL;
     }
+}
 
-    // 5. Connection state.
+/// The connection state after this segment.
+#[inline]
+fn advance_state(f: &mut Flow, seg: &Segment) {
+    let (d, r) = (seg.d, seg.r);
     let st = TcpState::from_u8(f.state);
-    let next = if rst {
+    let next = if seg.rst {
         f.dir[d].flags |= F_RST;
         TcpState::Reset
-    } else if fin {
+    } else if seg.fin {
         f.dir[d].flags |= F_FIN;
         if f.dir[r].flags & F_FIN != 0 {
             TcpState::Closed
@@ -535,7 +289,7 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
             TcpState::Closing
         }
     } else {
-        match (st, syn, ackf) {
+        match (st, seg.syn, seg.ack) {
             (TcpState::None, true, false) => TcpState::SynSent,
             (TcpState::None | TcpState::SynSent, true, true) => TcpState::SynReceived,
             (TcpState::None, _, _) => TcpState::Established,
@@ -544,29 +298,43 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
         }
     };
     // After RST only a new SYN changes the state.
-    if !matches!(st, TcpState::Reset) || syn {
+    if !matches!(st, TcpState::Reset) || seg.syn {
         f.state = next as u8;
     }
 }
 
-/// Returns whether the ACK number advanced.
-/// `not_dup`: the segment cannot be a duplicate ACK (SYN, FIN, keep-alive).
-fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool, now: u64) -> bool {
-    let r = d ^ 1;
-    let ack = rec.ack;
-    let outstanding = f.dir[r].flags & F_SEQ == 0 || seq::gt(f.dir[r].snd_max, ack);
-    let dir = &mut f.dir[d];
-    let mut advanced = false;
+/// The acknowledgment side: this side acknowledges the other's data.
+/// Returns whether the ACK number advanced. `not_dup`: the segment cannot
+/// be a duplicate ACK (SYN, FIN, keep-alive).
+#[inline]
+fn on_ack(f: &mut Flow, seg: &Segment, not_dup: bool) -> bool {
+    let advanced = count_ack(f, seg, not_dup);
+    read_sack(f, seg);
+    if advanced {
+        peer_data_acked(f, seg.r, seg.rec.ack, seg.now);
+    }
+    advanced
+}
+
+/// Cumulative ACK progress and RFC 5681 duplicate ACKs.
+#[inline]
+fn count_ack(f: &mut Flow, seg: &Segment, not_dup: bool) -> bool {
+    let (rec, ack) = (seg.rec, seg.rec.ack);
+    let peer = &f.dir[seg.r];
+    let outstanding = peer.flags & F_SEQ == 0 || seq::gt(peer.snd_max, ack);
+    let dir = &mut f.dir[seg.d];
     if dir.flags & F_ACK == 0 {
         dir.last_ack = ack;
         dir.flags |= F_ACK;
-        advanced = true;
-    } else if seq::gt(ack, dir.last_ack) {
+        return true;
+    }
+    if seq::gt(ack, dir.last_ack) {
         dir.last_ack = ack;
         dir.dupack_run = 0;
         dir.ack_advances = dir.ack_advances.saturating_add(1);
-        advanced = true;
-    } else if ack == dir.last_ack
+        return true;
+    }
+    if ack == dir.last_ack
         && rec.payload_len == 0
         && !not_dup
         && dir.flags & F_WIN != 0
@@ -577,7 +345,14 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool, now: u64) -> 
         dir.dup_acks = dir.dup_acks.saturating_add(1);
         dir.dupack_run = dir.dupack_run.saturating_add(1);
     }
+    false
+}
 
+/// SACK blocks: the bytes SACKed above the cumulative ACK (RFC 6675 loss
+/// evidence) and D-SACKs that prove the peer's latest resend spurious.
+#[inline]
+fn read_sack(f: &mut Flow, seg: &Segment) {
+    let (rec, ack) = (seg.rec, seg.rec.ack);
     let mut sacked_above = 0u32;
     if rec.tcp_opts & tcp_opts::SACK != 0 && rec.sack_count > 0 {
         let n = usize::from(rec.sack_count).min(MAX_SACK_BLOCKS);
@@ -595,147 +370,162 @@ fn on_ack(f: &mut Flow, d: usize, rec: &PacketMeta, not_dup: bool, now: u64) -> 
             }
         }
         if dsack {
-            let ex = &mut f.extra_mut().dir[r];
-            if let Some((s, e, marked)) = ex.last_retx {
-                if !marked && seq::lt(l0, e) && seq::lt(s, r0) {
+            let ex = &mut f.extra_mut().dir[seg.r];
+            if let Some(last) = ex.last_retx.as_mut() {
+                if !last.spurious && seq::lt(l0, last.end) && seq::lt(last.start, r0) {
+                    last.spurious = true;
                     ex.retrans_spurious = ex.retrans_spurious.saturating_add(1);
-                    ex.last_retx = Some((s, e, true));
                 }
             }
         }
     }
     if sacked_above > 0 {
-        f.extra_mut().dir[d].sacked_above = sacked_above;
+        f.extra_mut().dir[seg.d].sacked_above = sacked_above;
     } else if let Some(ex) = f.extra.as_deref_mut() {
-        ex.dir[d].sacked_above = 0;
+        ex.dir[seg.d].sacked_above = 0;
     }
-    if advanced {
-        if let Some(ex) = f.extra.as_deref_mut() {
-            let rx = &mut ex.dir[r];
-            rx.partial_ack = rx.in_recovery.then_some((ack, now));
-            if rx.in_recovery && seq::ge(ack, rx.recovery_point) {
-                rx.in_recovery = false;
-            }
-            if let Some((_, end, len)) = rx.size_probe {
-                if seq::ge(ack, end) {
-                    rx.max_acked_segment = rx.max_acked_segment.max(len);
-                    rx.size_probe = None;
-                }
-            }
-            if rx.stall.count > 0 && seq::gt(ack, rx.stall.seq) {
-                rx.stall = StallRun::default();
-            }
-            if !rx.holes.is_empty() {
-                rx.holes.acked(ack);
-            }
-        }
-    }
-    advanced
 }
 
-#[allow(clippy::too_many_arguments)]
-fn on_data(
-    f: &mut Flow,
-    d: usize,
-    rec: &PacketMeta,
-    seg_len: u32,
-    syn: bool,
-    fin: bool,
-    segs: u32,
-    now: u64,
-) -> DataKind {
-    let r = d ^ 1;
-    let s = rec.seq;
-    let e = s.wrapping_add(seg_len);
-    let payload = rec.payload_len;
-    let idx = f.dir[d].packets.saturating_sub(u64::from(segs));
+/// Side `r`'s data is acknowledged up to `ack`: recovery, size probe,
+/// stall run and holes move on.
+#[inline]
+fn peer_data_acked(f: &mut Flow, r: usize, ack: u32, now: u64) {
+    let Some(ex) = f.extra.as_deref_mut() else {
+        return;
+    };
+    let rx = &mut ex.dir[r];
+    rx.partial_ack = rx.in_recovery.then_some(PartialAck { ack, at_ns: now });
+    if rx.in_recovery && seq::ge(ack, rx.recovery_point) {
+        rx.in_recovery = false;
+    }
+    if let Some(p) = rx.size_probe {
+        if seq::ge(ack, p.end) {
+            rx.max_acked_segment = rx.max_acked_segment.max(p.segment);
+            rx.size_probe = None;
+        }
+    }
+    if rx.stall.count > 0 && seq::gt(ack, rx.stall.seq) {
+        rx.stall = StallRun::default();
+    }
+    if !rx.holes.is_empty() {
+        rx.holes.acked(ack);
+    }
+}
+
+/// The data side: new data, a hole fill (late: a retransmission; early:
+/// reordering), a keep-alive or probe, or a retransmission.
+#[inline]
+fn on_data(f: &mut Flow, seg: &Segment) -> DataKind {
+    let (d, (s, e), payload) = (seg.d, seg.range(), seg.rec.payload_len);
+    let idx = f.dir[d].packets.saturating_sub(u64::from(seg.segs));
     let dir = &mut f.dir[d];
     if dir.flags & F_SEQ == 0 {
         dir.first_seq = s;
-        dir.snd_max = e;
         dir.flags |= F_SEQ;
-        dir.goodput += u64::from(payload);
-        window_full(f, d, e);
-        first_transmission(f, d, e, payload, segs);
+        new_data(f, seg, e);
         return DataKind::New;
     }
     let snd_max = dir.snd_max;
     if seq::ge(s, snd_max) {
         if seq::gt(s, snd_max) {
-            f.extra_mut().dir[d].holes.open(snd_max, s, now, idx);
+            f.extra_mut().dir[d].holes.open(snd_max, s, seg.now, idx);
         }
-        let dir = &mut f.dir[d];
-        dir.snd_max = e;
-        dir.goodput += u64::from(payload);
-        window_full(f, d, e);
-        first_transmission(f, d, e, payload, segs);
+        new_data(f, seg, e);
         return DataKind::New;
     }
 
     // Below the highest sequence seen: a hole fill, a keep-alive or probe,
     // or a retransmission of data that passed the vantage point before.
-    let prompted = prompted_by_partial_ack(f, d, s, now);
+    let prompted = prompted_by_partial_ack(f, d, s, seg.now);
     let advance = seq::dist(snd_max, e);
     if advance > 0 {
         let dir = &mut f.dir[d];
         dir.snd_max = e;
         dir.goodput += u64::from(advance.min(payload));
     }
+    if let Some(kind) = fill_hole(f, seg, idx, prompted) {
+        return kind;
+    }
+    if is_probe(f, seg) {
+        count_probe(f, seg);
+        return DataKind::Other;
+    }
+    retransmission(
+        f,
+        seg,
+        Resend {
+            late: false,
+            prompted,
+        },
+    );
+    DataKind::Retrans
+}
+
+/// Data above the highest sequence: goodput, window and segment size.
+#[inline]
+fn new_data(f: &mut Flow, seg: &Segment, end: u32) {
+    let dir = &mut f.dir[seg.d];
+    dir.snd_max = end;
+    dir.goodput += u64::from(seg.rec.payload_len);
+    window_full(f, seg.d, end);
+    first_transmission(f, seg, end);
+}
+
+/// A segment filling a hole: a retransmission when late (it came at least
+/// one vantage-to-sender round trip after the hole opened, the other
+/// direction's minimum RTT; without any RTT, after three duplicate ACKs
+/// from the receiver; or in answer to a partial ACK), else reordering.
+/// `None` when it fills no hole.
+fn fill_hole(f: &mut Flow, seg: &Segment, idx: u64, prompted: bool) -> Option<DataKind> {
+    let (d, r, (s, e)) = (seg.d, seg.r, seg.range());
     let fill = f
         .extra
         .as_deref_mut()
-        .and_then(|ex| ex.dir[d].holes.fill(s, e));
-    if let Some(fill) = fill {
-        // First time these bytes pass the vantage point.
-        let dir = &mut f.dir[d];
-        dir.goodput += u64::from(fill.bytes.min(payload));
-        // Late if it came at least one vantage-to-sender round trip after
-        // the hole opened (the other direction's minimum RTT); without any
-        // RTT, three duplicate ACKs from the receiver say "loss".
-        let ref_us = f.extra.as_deref().and_then(|ex| ex.dir[r].rtt.min_us());
-        let late = prompted
-            || match ref_us {
-                Some(m) => now.saturating_sub(fill.t_ns) >= u64::from(m) * 1000,
-                None => f.dir[r].dupack_run >= 3,
-            };
-        if late {
-            retransmission(f, d, s, e, payload, segs, true, now, prompted);
-            return DataKind::Retrans;
-        }
-        let extent = u32::try_from(idx.saturating_sub(fill.idx)).unwrap_or(u32::MAX);
-        let ex = &mut f.extra_mut().dir[d];
-        ex.out_of_order = ex.out_of_order.saturating_add(segs);
-        ex.reorder_extent_max = ex.reorder_extent_max.max(extent);
-        return DataKind::Other;
+        .and_then(|ex| ex.dir[d].holes.fill(s, e))?;
+    // First time these bytes pass the vantage point.
+    f.dir[d].goodput += u64::from(fill.bytes.min(seg.rec.payload_len));
+    let ref_us = f.extra.as_deref().and_then(|ex| ex.dir[r].rtt.min_us());
+    let late = prompted
+        || match ref_us {
+            Some(m) => seg.now.saturating_sub(fill.t_ns) >= u64::from(m) * 1000,
+            None => f.dir[r].dupack_run >= 3,
+        };
+    if late {
+        retransmission(
+            f,
+            seg,
+            Resend {
+                late: true,
+                prompted,
+            },
+        );
+        return Some(DataKind::Retrans);
     }
-    if payload <= 1 && !syn && !fin && s == snd_max.wrapping_sub(1) {
-        let peer = &f.dir[r];
-        let zero = peer.flags & F_WIN != 0 && peer.window == 0;
-        let ex = &mut f.extra_mut().dir[d];
-        if zero {
-            ex.zero_window_probes = ex.zero_window_probes.saturating_add(1);
-        } else {
-            ex.keepalives = ex.keepalives.saturating_add(1);
-        }
-        return DataKind::Other;
-    }
-    retransmission(f, d, s, e, payload, segs, false, now, prompted);
-    DataKind::Retrans
+    let extent = u32::try_from(idx.saturating_sub(fill.idx)).unwrap_or(u32::MAX);
+    let ex = &mut f.extra_mut().dir[d];
+    ex.out_of_order = ex.out_of_order.saturating_add(seg.segs);
+    ex.reorder_extent_max = ex.reorder_extent_max.max(extent);
+    Some(DataKind::Other)
 }
 
 /// Segment-size bookkeeping for data passing the vantage point for the first
 /// time: the largest segment sent, and a size probe (one segment at a time,
 /// larger than any acknowledged so far) whose acknowledgment proves that
 /// segments of that size cross the path.
-fn first_transmission(f: &mut Flow, d: usize, end: u32, payload: u32, segs: u32) {
+fn first_transmission(f: &mut Flow, seg: &Segment, end: u32) {
+    let payload = seg.rec.payload_len;
     if payload == 0 {
         return;
     }
-    let seg = payload.div_ceil(segs.max(1));
-    let ex = &mut f.extra_mut().dir[d];
-    ex.max_segment = ex.max_segment.max(seg);
-    if ex.size_probe.is_none() && seg > ex.max_acked_segment {
-        ex.size_probe = Some((end.wrapping_sub(payload), end, seg));
+    let size = payload.div_ceil(seg.segs);
+    let ex = &mut f.extra_mut().dir[seg.d];
+    ex.max_segment = ex.max_segment.max(size);
+    if ex.size_probe.is_none() && size > ex.max_acked_segment {
+        ex.size_probe = Some(SizeProbe {
+            start: end.wrapping_sub(payload),
+            end,
+            segment: size,
+        });
     }
 }
 
@@ -747,30 +537,37 @@ fn prompted_by_partial_ack(f: &Flow, d: usize, s: u32, now: u64) -> bool {
     let Some(ex) = f.extra.as_deref() else {
         return false;
     };
-    let Some((ack, t)) = ex.dir[d].partial_ack else {
+    let Some(p) = ex.dir[d].partial_ack else {
         return false;
     };
     let Some(m) = ex.dir[d ^ 1].rtt.min_us() else {
         return false;
     };
-    let (m, since) = (u64::from(m) * 1000, now.saturating_sub(t));
+    let (m, since) = (u64::from(m) * 1000, now.saturating_sub(p.at_ns));
     // RTT samples are whole microseconds: allow one of rounding.
-    ack == s && since + 1000 >= m && since <= 2 * m + 1_000_000
+    p.ack == s && since + 1000 >= m && since <= 2 * m + 1_000_000
 }
 
-#[allow(clippy::too_many_arguments)]
-fn retransmission(
-    f: &mut Flow,
-    d: usize,
-    s: u32,
-    e: u32,
-    payload: u32,
-    segs: u32,
+/// How a retransmission was recognised.
+#[derive(Clone, Copy)]
+struct Resend {
+    /// It filled a hole late (the loss lay upstream of the vantage point).
     late: bool,
-    now: u64,
+    /// It answered a partial ACK.
     prompted: bool,
-) {
-    let r = d ^ 1;
+}
+
+/// Counts and classifies a retransmission (fast, timeout, PMTUD, spurious;
+/// full-size and stall evidence).
+fn retransmission(f: &mut Flow, seg: &Segment, how: Resend) {
+    let (d, r, (s, e), payload, segs, now) = (
+        seg.d,
+        seg.r,
+        seg.range(),
+        seg.rec.payload_len,
+        seg.segs,
+        seg.now,
+    );
     let peer = &f.dir[r];
     // RFC 6675 IsLost: DupThresh duplicate ACKs, or more than
     // (DupThresh - 1) * SMSS bytes SACKed above the cumulative ACK.
@@ -782,7 +579,7 @@ fn retransmission(
     let sacked = f.extra.as_deref().map_or(0, |ex| ex.dir[r].sacked_above);
     let peer_signalled = peer.dupack_run >= 3 || sacked > 2 * smss;
     // All of it was already acknowledged past the vantage point: not needed.
-    let acked = !late && peer.flags & F_ACK != 0 && seq::le(e, peer.last_ack);
+    let acked = !how.late && peer.flags & F_ACK != 0 && seq::le(e, peer.last_ack);
     let snd_max = f.dir[d].snd_max;
     let ipv = f.key.ip_version;
     let ex = f.extra_mut();
@@ -794,7 +591,7 @@ fn retransmission(
     });
     let ex = &mut ex.dir[d];
     ex.retrans = ex.retrans.saturating_add(segs);
-    let fast = !pmtud && (peer_signalled || ex.in_recovery || prompted);
+    let fast = !pmtud && (peer_signalled || ex.in_recovery || how.prompted);
     if pmtud {
         ex.retrans_pmtud = ex.retrans_pmtud.saturating_add(segs);
     }
@@ -806,24 +603,24 @@ fn retransmission(
             // this segment, which the vantage point had not seen when the
             // recovery began: at least its end. Otherwise a new recovery
             // runs to the highest sequence sent.
-            ex.recovery_point = if prompted { e } else { snd_max };
+            ex.recovery_point = if how.prompted { e } else { snd_max };
         }
     }
     if acked {
         ex.retrans_spurious = ex.retrans_spurious.saturating_add(segs);
     }
-    if late {
+    if how.late {
         ex.late_fills = ex.late_fills.saturating_add(segs);
     }
     // Karn: an acknowledgment of re-sent data says nothing about the size
     // of the first transmission.
-    if let Some((ps, pe, _)) = ex.size_probe {
-        if seq::lt(s, pe) && seq::gt(e, ps) {
+    if let Some(p) = ex.size_probe {
+        if seq::lt(s, p.end) && seq::gt(e, p.start) {
             ex.size_probe = None;
         }
     }
-    let seg = payload.div_ceil(segs.max(1));
-    if payload > 0 && seg >= ex.max_segment && seg > ex.max_acked_segment {
+    let size = payload.div_ceil(segs);
+    if payload > 0 && size >= ex.max_segment && size > ex.max_acked_segment {
         ex.full_size_retrans = ex.full_size_retrans.saturating_add(segs);
         if ex.full_size_retrans_first_ns == 0 {
             ex.full_size_retrans_first_ns = now.max(1);
@@ -832,24 +629,34 @@ fn retransmission(
     }
     // Data already acknowledged cannot stall the connection.
     if !pmtud && !acked {
-        let st = &mut ex.stall;
-        if st.count > 0 && st.seq == s {
-            st.count = st.count.saturating_add(1);
-            st.last_ns = now;
-        } else {
-            *st = StallRun {
-                count: 1,
-                seq: s,
-                first_ns: now,
-                last_ns: now,
-            };
-        }
-        if st.count > ex.stall_max.count {
-            ex.stall_max = *st;
-        }
+        extend_stall(ex, s, now);
     }
     ex.retrans_bytes += u64::from(payload);
-    ex.last_retx = Some((s, e, acked));
+    ex.last_retx = Some(Resent {
+        start: s,
+        end: e,
+        spurious: acked,
+    });
+}
+
+/// Another resend of the same data extends the stall run; other data
+/// starts a new one.
+fn extend_stall(ex: &mut DirExtra, s: u32, now: u64) {
+    let st = &mut ex.stall;
+    if st.count > 0 && st.seq == s {
+        st.count = st.count.saturating_add(1);
+        st.last_ns = now;
+    } else {
+        *st = StallRun {
+            count: 1,
+            seq: s,
+            first_ns: now,
+            last_ns: now,
+        };
+    }
+    if st.count > ex.stall_max.count {
+        ex.stall_max = *st;
+    }
 }
 
 fn window_full(f: &mut Flow, d: usize, end: u32) {
