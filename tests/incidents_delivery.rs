@@ -16,9 +16,9 @@ use std::{
 use phalanx_common::{ipproto, tcp_flags, PacketMeta, RecordKind};
 use phalanx_daemon::{
     api,
-    capture::history::flow_key_of,
     config::{Config, HttpUrl, WebhookConfig},
     export::webhook,
+    flow::FlowKey,
     flow::{FlowConfig, FlowTable},
     incident::{
         service::{self, IncidentService, IncidentsView, SharedHistory},
@@ -373,7 +373,7 @@ async fn alertmanager_and_signed_webhook_get_fired_then_resolved_with_evidence()
     // The flow loop's history: 100 segments seen, the last 64 kept.
     let history = service::history(&cfg.incidents);
     let segs = segments(100);
-    let flow = flow_key_of(&segs[0]).expect("flow key");
+    let (flow, _, _) = FlowKey::of(&segs[0]).expect("flow key");
     {
         let mut h = history.lock().expect("history");
         for s in &segs {

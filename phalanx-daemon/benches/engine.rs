@@ -19,7 +19,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use phalanx_common::{ipproto, tcp_flags, PacketMeta, RecordKind};
-use phalanx_daemon::capture::history::{FlowHistory, HistoryBounds};
+use phalanx_daemon::flow::history::{FlowHistory, HistoryBounds};
 use phalanx_daemon::flow::{FlowConfig, FlowTable};
 use phalanx_daemon::synth::{self, ManyFlows, TcpScenario};
 use phalanx_daemon::{

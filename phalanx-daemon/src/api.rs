@@ -247,7 +247,7 @@ async fn peer_observations(State(s): State<ApiState>, headers: HeaderMap, body: 
         h(live::TIMESTAMP_HEADER),
         h(live::SIGNATURE_HEADER),
         &body,
-        live::now_secs(),
+        crate::clock::wall_secs(),
     );
     let status = StatusCode::from_u16(reply.outcome.status()).unwrap_or(StatusCode::BAD_REQUEST);
     if reply.outcome != live::PeerOutcome::Ok {

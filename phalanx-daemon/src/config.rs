@@ -14,6 +14,7 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+pub use crate::flow::key::FlowSpec;
 use crate::rules::RuleError;
 
 /// The documented default configuration, committed as `config/phalanx.toml`.
@@ -172,47 +173,6 @@ pub struct FilterRule {
     pub port: Option<u16>,
     /// Exact flow `"10.0.0.1:40000 -> 10.0.0.2:80"` (both directions).
     pub flow: Option<FlowSpec>,
-}
-
-/// An exact flow, written `"SRC:PORT -> DST:PORT"` (IPv6 as `[addr]:port`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FlowSpec {
-    /// One endpoint.
-    pub a: SocketAddr,
-    /// The other endpoint.
-    pub b: SocketAddr,
-}
-
-impl FromStr for FlowSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, b) = s
-            .split_once("->")
-            .ok_or_else(|| format!("flow {s:?}: expected \"ADDR:PORT -> ADDR:PORT\""))?;
-        let parse = |x: &str| {
-            x.trim()
-                .parse::<SocketAddr>()
-                .map_err(|e| format!("flow {s:?}: {:?} is not ADDR:PORT ({e})", x.trim()))
-        };
-        let (a, b) = (parse(a)?, parse(b)?);
-        if a.is_ipv4() != b.is_ipv4() {
-            return Err(format!("flow {s:?}: mixes IPv4 and IPv6"));
-        }
-        Ok(FlowSpec { a, b })
-    }
-}
-
-impl fmt::Display for FlowSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} -> {}", self.a, self.b)
-    }
-}
-
-impl<'de> Deserialize<'de> for FlowSpec {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// `[http]` section.

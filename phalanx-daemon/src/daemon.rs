@@ -24,7 +24,6 @@ use crate::{
     api,
     capture::{
         ebpf::Capture,
-        history::FlowHistory,
         ring::{self, RingStats},
     },
     config::Config,
@@ -32,6 +31,7 @@ use crate::{
         kpi::{FlowMetrics, KpiCollector},
         metrics::CaptureCollector,
     },
+    flow::history::FlowHistory,
     flow::FlowTable,
     incident::{
         service::{self as incidents, IncidentService, SharedHistory},
@@ -254,46 +254,10 @@ async fn rules_loop(
             }
         };
         for finding in engine.evaluate(&summaries, now) {
-            if observations.send(observation(finding)).await.is_err() {
+            if observations.send(Observation::from(finding)).await.is_err() {
                 return;
             }
         }
-    }
-}
-
-/// An incident observation of a finding. Findings are grouped per service
-/// (responder address, port and protocol), so the flows of one fault make
-/// one incident; the finding's own flow supplies the evidence.
-fn observation(f: crate::rules::Finding) -> Observation {
-    use phalanx_common::user::ip_to_bytes;
-    let ff = &f.flow;
-    let group = format!("{}:{}/{}", ff.dst, ff.dport, ff.proto);
-    let proto = match ff.proto.as_str() {
-        "tcp" => Some(phalanx_common::ipproto::TCP),
-        "udp" => Some(phalanx_common::ipproto::UDP),
-        _ => None,
-    };
-    let flow = match (ff.src, ff.sport, proto) {
-        (Some(src), Some(sport), Some(proto)) => Some(
-            crate::flow::FlowKey::canonical(
-                if ff.dst.is_ipv4() { 4 } else { 6 },
-                proto,
-                &ip_to_bytes(src),
-                sport,
-                &ip_to_bytes(ff.dst),
-                ff.dport,
-            )
-            .0,
-        ),
-        _ => None,
-    };
-    Observation {
-        rule: f.rule,
-        severity: f.severity,
-        group,
-        flow,
-        summary: f.summary,
-        evidence: f.evidence,
     }
 }
 

@@ -4,6 +4,5 @@
 pub mod ebpf;
 pub mod file;
 pub mod frame;
-pub mod history;
 pub mod parse;
 pub mod ring;

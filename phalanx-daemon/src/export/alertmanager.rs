@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use reqwest::Url;
 use serde::Serialize;
 
-use crate::incident::{rfc3339, Incident, Status};
+use crate::clock::rfc3339;
+use crate::incident::{Incident, Status};
 
 /// One element of the v2 `postableAlerts` array.
 #[derive(Debug, Serialize)]

@@ -9,7 +9,9 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::wall_ns;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -199,12 +201,6 @@ pub struct Dispatcher {
     settings: DeliverySettings,
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 impl Dispatcher {
     /// Starts one worker per receiver and replays the spool into them.
     /// Spooled deliveries for receivers no longer configured are dropped
@@ -314,7 +310,7 @@ impl Dispatcher {
             };
             let d = Delivery {
                 receiver: w.receiver.name.clone(),
-                created_ns: now_ns(),
+                created_ns: wall_ns(),
                 body,
             };
             let spool = self.spool.clone();
@@ -367,7 +363,7 @@ impl Dispatcher {
             match alertmanager::body(firing, &self.settings.external_url) {
                 Ok(body) => w.push(Pending {
                     spool_name: None,
-                    created_ns: now_ns(),
+                    created_ns: wall_ns(),
                     body: body.into(),
                     resend: true,
                 }),
@@ -474,7 +470,7 @@ async fn work(
                     break true;
                 }
                 Err(AttemptError::Transient(why)) => {
-                    let age = now_ns().saturating_sub(p.created_ns);
+                    let age = wall_ns().saturating_sub(p.created_ns);
                     if p.resend {
                         metrics.inc(&name, Outcome::failed);
                         debug!(%why, "re-send failed; the next one replaces it");

@@ -237,11 +237,7 @@ impl Grouper {
             1
         };
         let port = k.port[service_side];
-        let proto = match k.proto {
-            ipproto::TCP => "tcp".to_string(),
-            ipproto::UDP => "udp".to_string(),
-            p => p.to_string(),
-        };
+        let proto = k.protocol();
         let matched = self.groups.iter().find(|g| {
             (g.ports.is_empty() || g.ports.contains(&port))
                 && (g.remote.is_empty() || g.remote.iter().any(|n| n.contains(&remote)))

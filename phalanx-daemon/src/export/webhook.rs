@@ -4,11 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use hmac::{Hmac, Mac as _};
 use serde::Serialize;
-use sha2::Sha256;
 
-use crate::incident::{rfc3339, Incident, Status};
+use crate::clock::rfc3339;
+use crate::incident::{Incident, Status};
 
 use super::alertmanager::incident_url;
 
@@ -112,41 +111,12 @@ pub fn body(
 
 /// `sha256=<hex of HMAC-SHA256(secret, body)>`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    };
-    mac.update(body);
-    let tag = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
-    for b in tag {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    crate::sign::sign(secret, &[body])
 }
 
 /// Checks a signature header value against the body (constant time).
 pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(hex) = header.strip_prefix("sha256=") else {
-        return false;
-    };
-    if hex.len() != 64 || !hex.is_ascii() {
-        return false;
-    }
-    let mut tag = [0u8; 32];
-    for (i, t) in tag.iter_mut().enumerate() {
-        match u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) {
-            Ok(b) => *t = b,
-            Err(_) => return false,
-        }
-    }
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return false;
-    };
-    mac.update(body);
-    mac.verify_slice(&tag).is_ok()
+    crate::sign::verify(secret, &[body], header)
 }
 
 #[cfg(test)]

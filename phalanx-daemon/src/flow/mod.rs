@@ -150,6 +150,7 @@
 //! about 1,400 bytes per flow in all.
 
 pub mod config;
+pub mod history;
 pub mod jitter;
 pub mod json;
 pub mod key;

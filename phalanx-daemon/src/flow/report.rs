@@ -281,16 +281,6 @@ pub struct FlowSummary {
     pub dst_to_src: DirReport,
 }
 
-fn proto_name(p: u8) -> String {
-    match p {
-        ipproto::TCP => "tcp".into(),
-        ipproto::UDP => "udp".into(),
-        ipproto::ICMP => "icmp".into(),
-        ipproto::ICMPV6 => "icmpv6".into(),
-        n => n.to_string(),
-    }
-}
-
 fn nz(v: u64) -> Option<u64> {
     (v != 0).then_some(v)
 }
@@ -457,7 +447,7 @@ impl FlowSummary {
             dst: ip_from_bytes(k.ip_version, &k.addr[r]),
             sport: k.port[s],
             dport: k.port[r],
-            proto: proto_name(k.proto),
+            proto: k.protocol().to_string(),
             vlan: a.vlan,
             first_ts_ns: f.first_ts,
             last_ts_ns: f.last_ts,

@@ -7,12 +7,12 @@
 //! are due and the longest-idle flow is found in O(1) when the table is full.
 
 use hashbrown::HashTable;
-use phalanx_common::{ipproto, PacketMeta, RecordKind};
+use phalanx_common::{ipproto, PacketMeta};
 use serde::Serialize;
 
 use super::config::FlowConfig;
 use super::jitter::ArrivalJitter;
-use super::key::{vlan_of, FlowKey, VlanTag};
+use super::key::{vlan_of, FlowKey, RecordRole, VlanTag};
 use super::observe::{FlowObserver, Mark};
 use super::report::FlowSummary;
 use super::state::{
@@ -158,34 +158,27 @@ impl FlowTable {
             self.expire(self.now);
             self.next_expire = self.now.saturating_add(EXPIRE_EVERY_NS);
         }
-        if rec.ip_version != 4 && rec.ip_version != 6 {
-            self.stats.ignored += 1;
-            return;
-        }
-        match RecordKind::try_from(rec.kind) {
-            Ok(RecordKind::Tcp) => self.on_packet(rec, ipproto::TCP, true, obs),
-            Ok(RecordKind::Udp) => self.on_packet(rec, ipproto::UDP, true, obs),
-            Ok(RecordKind::OtherIp) => self.on_packet(rec, rec.l4_proto, false, obs),
-            Ok(RecordKind::IcmpError) => self.on_icmp_error(rec),
-            Err(_) => self.stats.ignored += 1,
+        match FlowKey::of(rec) {
+            Some((key, d, RecordRole::Packet)) => self.on_packet(rec, key, d, obs),
+            Some((key, d, RecordRole::IcmpError)) => self.on_icmp_error(rec, key, d),
+            None => self.stats.ignored += 1,
         }
     }
 
     fn on_packet<O: FlowObserver>(
         &mut self,
         rec: &PacketMeta,
-        proto: u8,
-        ports: bool,
+        key: FlowKey,
+        d: usize,
         obs: &mut O,
     ) {
-        let (mut key, d) = FlowKey::of_record(rec, ports);
-        key.proto = proto;
+        let tcp = key.proto == ipproto::TCP;
         let vlan = vlan_of(rec);
         let mut i = match self.lookup(&key, d, vlan, true) {
             Some(i) => i,
             None => self.create(key, d, vlan, rec.ts_ns),
         };
-        if proto == ipproto::TCP && tcp::is_new_connection(&self.flows[i as usize], d, rec) {
+        if tcp && tcp::is_new_connection(&self.flows[i as usize], d, rec) {
             self.finish(i, Exit::Restart);
             i = self.create(key, d, vlan, rec.ts_ns);
         }
@@ -203,7 +196,7 @@ impl FlowTable {
         }
         // Wrapping microseconds since the flow began: probe clock.
         let now_us = (rec.ts_ns.saturating_sub(f.first_ts) / 1000) as u32;
-        if proto == ipproto::TCP {
+        if tcp {
             tcp::on_segment(f, d, rec, rec.ts_ns, now_us);
         } else if first_in_dir {
             // Datagram flows have no probes: the probe clock holds the
@@ -234,8 +227,7 @@ impl FlowTable {
         }
     }
 
-    fn on_icmp_error(&mut self, rec: &PacketMeta) {
-        let (key, d) = FlowKey::of_icmp_quote(rec);
+    fn on_icmp_error(&mut self, rec: &PacketMeta, key: FlowKey, d: usize) {
         // The error travels back towards the quoted packet's sender.
         let Some(i) = self.lookup(&key, d ^ 1, vlan_of(rec), false) else {
             self.stats.icmp_unmatched += 1;

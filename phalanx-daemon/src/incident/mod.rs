@@ -11,13 +11,14 @@ pub mod evidence;
 pub mod service;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::IpAddr;
-use std::time::{Duration, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
-use crate::flow::FlowKey;
+use crate::flow::key::{FlowKey, Proto};
+use crate::rules::Finding;
 
 /// How urgent an incident is: the severity of the rule that reports it.
 pub use crate::rules::Severity;
@@ -89,7 +90,6 @@ pub struct Incident {
     /// Observations folded into this incident.
     pub count: u64,
     /// Flow of the latest observation that named one.
-    #[serde(serialize_with = "ser_flow", deserialize_with = "de_flow")]
     pub flow: Option<FlowKey>,
     /// Latest summary.
     pub summary: String,
@@ -368,125 +368,62 @@ fn fill_annotations(inc: &mut Incident) {
     inc.annotations
         .insert("evidence".into(), inc.evidence.to_string());
     if let Some(f) = &inc.flow {
-        inc.annotations.insert("flow".into(), flow_text(f));
+        inc.annotations.insert("flow".into(), f.to_string());
     }
 }
 
-/// RFC 3339 (UTC, milliseconds) of a time in ns since the epoch.
-pub fn rfc3339(ns: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_nanos(ns)).to_string()
+/// An incident observation of a finding. Findings are grouped per service
+/// (responder address, port and protocol), so the flows of one fault make
+/// one incident; the finding's own flow supplies the evidence.
+impl From<Finding> for Observation {
+    fn from(f: Finding) -> Self {
+        let ff = &f.flow;
+        let group = format!("{}:{}/{}", ff.dst, ff.dport, ff.proto);
+        let flow = match (ff.src, ff.sport, ff.proto.parse::<Proto>()) {
+            (Some(src), Some(sport), Ok(proto)) => Some(
+                FlowKey::between(
+                    proto,
+                    SocketAddr::new(src, sport),
+                    SocketAddr::new(ff.dst, ff.dport),
+                )
+                .0,
+            ),
+            _ => None,
+        };
+        Self {
+            rule: f.rule,
+            severity: f.severity,
+            group,
+            flow,
+            summary: f.summary,
+            evidence: f.evidence,
+        }
+    }
 }
 
 fn ser_time<S: Serializer>(ns: &u64, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339(*ns))
+    s.serialize_str(&crate::clock::rfc3339(*ns))
 }
 
 fn ser_opt_time<S: Serializer>(ns: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
     match ns {
-        Some(n) => s.serialize_str(&rfc3339(*n)),
+        Some(n) => s.serialize_str(&crate::clock::rfc3339(*n)),
         None => s.serialize_none(),
     }
 }
 
 fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let s = String::deserialize(d)?;
-    parse_time(&s).map_err(serde::de::Error::custom)
+    crate::clock::parse_rfc3339(&s).map_err(serde::de::Error::custom)
 }
 
 fn de_opt_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     match Option::<String>::deserialize(d)? {
-        Some(s) => parse_time(&s).map(Some).map_err(serde::de::Error::custom),
+        Some(s) => crate::clock::parse_rfc3339(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
         None => Ok(None),
     }
-}
-
-fn parse_time(s: &str) -> Result<u64, String> {
-    let t = humantime::parse_rfc3339(s).map_err(|e| format!("{s:?}: {e}"))?;
-    let d = t
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| format!("{s:?} is before 1970"))?;
-    u64::try_from(d.as_nanos()).map_err(|_| format!("{s:?} is too far ahead"))
-}
-
-/// A flow as JSON: the canonical endpoints (side 0 sorts lower).
-#[derive(Serialize, Deserialize)]
-struct FlowJson {
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    proto: String,
-}
-
-fn ip_of(key: &FlowKey, side: usize) -> IpAddr {
-    let a = key.addr[side];
-    if key.ip_version == 4 {
-        IpAddr::from([a[0], a[1], a[2], a[3]])
-    } else {
-        IpAddr::from(a)
-    }
-}
-
-fn proto_text(p: u8) -> String {
-    match p {
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        1 => "icmp".into(),
-        58 => "icmpv6".into(),
-        n => n.to_string(),
-    }
-}
-
-fn ser_flow<S: Serializer>(f: &Option<FlowKey>, s: S) -> Result<S::Ok, S::Error> {
-    match f {
-        Some(k) => FlowJson {
-            src: ip_of(k, 0),
-            dst: ip_of(k, 1),
-            sport: k.port[0],
-            dport: k.port[1],
-            proto: proto_text(k.proto),
-        }
-        .serialize(s),
-        None => s.serialize_none(),
-    }
-}
-
-fn de_flow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FlowKey>, D::Error> {
-    let Some(f) = Option::<FlowJson>::deserialize(d)? else {
-        return Ok(None);
-    };
-    let proto = match f.proto.as_str() {
-        "tcp" => 6,
-        "udp" => 17,
-        "icmp" => 1,
-        "icmpv6" => 58,
-        n => n
-            .parse()
-            .map_err(|_| serde::de::Error::custom(format!("unknown protocol {n:?}")))?,
-    };
-    let bytes = |ip: IpAddr| match ip {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            b
-        }
-        IpAddr::V6(a) => a.octets(),
-    };
-    if f.src.is_ipv4() != f.dst.is_ipv4() {
-        return Err(serde::de::Error::custom("flow mixes IPv4 and IPv6"));
-    }
-    Ok(Some(FlowKey {
-        addr: [bytes(f.src), bytes(f.dst)],
-        port: [f.sport, f.dport],
-        proto,
-        ip_version: if f.src.is_ipv4() { 4 } else { 6 },
-    }))
-}
-
-/// `"10.0.0.1:40000 <-> 10.0.0.2:80 tcp"` (IPv6 in brackets).
-pub fn flow_text(k: &FlowKey) -> String {
-    let ep = |side: usize| std::net::SocketAddr::new(ip_of(k, side), k.port[side]).to_string();
-    format!("{} <-> {} {}", ep(0), ep(1), proto_text(k.proto))
 }
 
 #[cfg(test)]

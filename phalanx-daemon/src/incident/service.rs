@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::clock::wall_ns;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -17,12 +19,12 @@ use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::evidence::{EvidenceError, EvidenceStore, Retention};
 use super::{IncidentManager, ManagerSettings, Observation, Observed, Transition};
-use crate::capture::history::{FlowHistory, HistoryBounds};
 use crate::config::Config;
 use crate::export::delivery::{
     Backoff, DeliveryError, DeliveryMetrics, DeliverySettings, Dispatcher,
 };
 use crate::export::spool::{Spool, SpoolError};
+use crate::flow::history::{FlowHistory, HistoryBounds};
 use crate::stitch::live::{FlowQuery, LiveReport, LiveStitch};
 
 /// Observations buffered between the rules and the incident task.
@@ -186,13 +188,6 @@ struct StitchState {
     in_flight: bool,
     /// Sentence of the last notification sent with it.
     notified: Option<String>,
-}
-
-/// Nanoseconds since the epoch.
-pub fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// The system host name ("unknown" when unreadable).

@@ -17,11 +17,9 @@
 //! counted in `phalanx_stitch_peer_requests_total{outcome}`.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use hmac::{Hmac, Mac as _};
 use phalanx_common::PacketMeta;
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -29,14 +27,13 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use thiserror::Error;
 use tracing::{debug, warn, Instrument as _};
 
 use super::{HopCapture, Observation, StitchReport};
-use crate::capture::history::{FlowHistory, HistoryBounds};
-use crate::config::{FlowSpec, StitchConfig};
-use crate::flow::FlowKey;
+use crate::config::StitchConfig;
+use crate::flow::history::{FlowHistory, HistoryBounds};
+use crate::flow::key::{FlowKey, FlowSpec, Proto};
 
 /// Path of the peer endpoint (relative to a peer's base URL).
 pub const PEER_PATH: &str = "/api/v1/peer/observations";
@@ -70,27 +67,9 @@ pub enum AuthError {
     },
 }
 
-fn mac(secret: &[u8], ts: u64, body: &[u8]) -> Hmac<Sha256> {
-    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
-    let mut m = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    };
-    m.update(ts.to_string().as_bytes());
-    m.update(b"\n");
-    m.update(body);
-    m
-}
-
 /// `sha256=<hex of HMAC-SHA256(secret, "<ts>\n" + body)>`.
 pub fn sign(secret: &[u8], ts: u64, body: &[u8]) -> String {
-    let tag = mac(secret, ts, body).finalize().into_bytes();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
-    for b in tag {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    crate::sign::sign(secret, &[ts.to_string().as_bytes(), b"\n", body])
 }
 
 /// Checks the headers of a signed message against its body (constant-time
@@ -105,31 +84,19 @@ pub fn verify(
     let ts: u64 = ts
         .and_then(|t| t.trim().parse().ok())
         .ok_or(AuthError::Missing(TIMESTAMP_HEADER))?;
-    let hex = signature
-        .and_then(|s| s.trim().strip_prefix("sha256="))
+    let signature = signature
+        .map(str::trim)
+        .filter(|s| s.starts_with(crate::sign::PREFIX))
         .ok_or(AuthError::Missing(SIGNATURE_HEADER))?;
-    if hex.len() != 64 || !hex.is_ascii() {
+    let ts_text = ts.to_string();
+    if !crate::sign::verify(secret, &[ts_text.as_bytes(), b"\n", body], signature) {
         return Err(AuthError::BadSignature);
     }
-    let mut tag = [0u8; 32];
-    for (i, t) in tag.iter_mut().enumerate() {
-        *t = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| AuthError::BadSignature)?;
-    }
-    mac(secret, ts, body)
-        .verify_slice(&tag)
-        .map_err(|_| AuthError::BadSignature)?;
     let skew = ts.abs_diff(now_secs);
     if skew > REPLAY_WINDOW_SECS {
         return Err(AuthError::Stale { ts, skew });
     }
     Ok(ts)
-}
-
-/// Seconds since the epoch.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A request body that does not name a flow.
@@ -141,8 +108,8 @@ pub enum QueryError {
     /// `flow` is not `ADDR:PORT -> ADDR:PORT`.
     #[error("malformed request: {0}")]
     Flow(String),
-    /// `proto` is not tcp, udp or a protocol number.
-    #[error("malformed request: proto {0:?} is not \"tcp\", \"udp\" or a protocol number")]
+    /// `proto` is not a protocol name or number.
+    #[error("malformed request: proto {0:?} is not \"tcp\", \"udp\", \"icmp\", \"icmpv6\" or a protocol number")]
     Proto(String),
     /// `since_ns` after `until_ns`.
     #[error("malformed request: since_ns is after until_ns")]
@@ -172,26 +139,12 @@ pub struct FlowQuery {
     pub until_ns: Option<u64>,
 }
 
-fn side_addr(k: &FlowKey, side: usize) -> SocketAddr {
-    let a = k.addr[side];
-    let ip = if k.ip_version == 4 {
-        IpAddr::from([a[0], a[1], a[2], a[3]])
-    } else {
-        IpAddr::from(a)
-    };
-    SocketAddr::new(ip, k.port[side])
-}
-
 impl FlowQuery {
     /// The query for a whole flow.
     pub fn for_key(key: &FlowKey) -> Self {
         Self {
-            flow: format!("{} -> {}", side_addr(key, 0), side_addr(key, 1)),
-            proto: match key.proto {
-                6 => "tcp".into(),
-                17 => "udp".into(),
-                n => n.to_string(),
-            },
+            flow: FlowSpec::of(key).to_string(),
+            proto: key.protocol().to_string(),
             since_ns: None,
             until_ns: None,
         }
@@ -207,26 +160,16 @@ impl FlowQuery {
     /// The canonical key of the named flow.
     pub fn key(&self) -> Result<FlowKey, QueryError> {
         let spec: FlowSpec = self.flow.parse().map_err(QueryError::Flow)?;
-        let proto = match self.proto.as_str() {
-            "tcp" => 6,
-            "udp" => 17,
-            n => n.parse().map_err(|_| QueryError::Proto(n.to_string()))?,
-        };
+        let proto: Proto = self
+            .proto
+            .parse()
+            .map_err(|_| QueryError::Proto(self.proto.clone()))?;
         if let (Some(a), Some(b)) = (self.since_ns, self.until_ns) {
             if a > b {
                 return Err(QueryError::Window);
             }
         }
-        use phalanx_common::user::ip_to_bytes;
-        let (key, _) = FlowKey::canonical(
-            if spec.a.is_ipv4() { 4 } else { 6 },
-            proto,
-            &ip_to_bytes(spec.a.ip()),
-            spec.a.port(),
-            &ip_to_bytes(spec.b.ip()),
-            spec.b.port(),
-        );
-        Ok(key)
+        Ok(spec.key(proto))
     }
 
     fn contains(&self, ts_ns: u64) -> bool {
@@ -879,10 +822,10 @@ impl LiveStitch {
             Ok(Err(e)) => (None, Some(e.to_string())),
             Err(e) => (None, Some(format!("stitch task failed: {e}"))),
         };
-        debug!(flow = %crate::incident::flow_text(&key), ok = report.is_some(), "stitched");
+        debug!(flow = %key, ok = report.is_some(), "stitched");
         LiveReport {
-            flow: crate::incident::flow_text(&key),
-            stitched_at: crate::incident::rfc3339(crate::incident::service::wall_ns()),
+            flow: key.to_string(),
+            stitched_at: crate::clock::rfc3339(crate::clock::wall_ns()),
             summary: report.as_ref().map(summarize),
             error,
             local: LocalStatus {
@@ -896,8 +839,8 @@ impl LiveStitch {
 
     fn failed(&self, key: &FlowKey, error: String) -> LiveReport {
         LiveReport {
-            flow: crate::incident::flow_text(key),
-            stitched_at: crate::incident::rfc3339(crate::incident::service::wall_ns()),
+            flow: key.to_string(),
+            stitched_at: crate::clock::rfc3339(crate::clock::wall_ns()),
             summary: None,
             error: Some(error),
             local: LocalStatus {
@@ -916,7 +859,7 @@ impl LiveStitch {
         };
         let mut url = base.clone();
         url.set_path(&format!("{}{PEER_PATH}", base.path().trim_end_matches('/')));
-        let ts = now_secs();
+        let ts = crate::clock::wall_secs();
         let resp = self
             .client
             .post(url)
@@ -947,7 +890,7 @@ impl LiveStitch {
             ts_h.as_deref(),
             sig_h.as_deref(),
             &bytes,
-            now_secs(),
+            crate::clock::wall_secs(),
         )
         .map_err(|e| format!("answer rejected: {e}"))?;
         serde_json::from_slice(&bytes).map_err(|e| format!("malformed answer: {e}"))

@@ -10,9 +10,9 @@ use std::collections::VecDeque;
 use std::hash::Hash;
 
 use hashbrown::HashMap;
-use phalanx_common::{ipproto, PacketMeta, RecordKind};
+use phalanx_common::PacketMeta;
 
-use crate::flow::FlowKey;
+use super::key::FlowKey;
 
 /// Bounds of a [`FlowHistory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,33 +212,16 @@ impl FlowHistory<FlowKey, PacketMeta> {
     /// Records a packet under its flow, keyed as the flow table keys it: an
     /// ICMP error goes to the flow it quotes (it is that flow's evidence).
     pub fn record(&mut self, rec: &PacketMeta) {
-        if let Some(key) = flow_key_of(rec) {
+        if let Some((key, _, _)) = FlowKey::of(rec) {
             self.push(key, rec);
         }
     }
 }
 
-/// The flow a record belongs to, as the flow table keys it.
-pub fn flow_key_of(rec: &PacketMeta) -> Option<FlowKey> {
-    if rec.ip_version != 4 && rec.ip_version != 6 {
-        return None;
-    }
-    let (mut key, proto) = match RecordKind::try_from(rec.kind).ok()? {
-        RecordKind::Tcp => (FlowKey::of_record(rec, true).0, ipproto::TCP),
-        RecordKind::Udp => (FlowKey::of_record(rec, true).0, ipproto::UDP),
-        RecordKind::OtherIp => (FlowKey::of_record(rec, false).0, rec.l4_proto),
-        RecordKind::IcmpError => {
-            let (k, _) = FlowKey::of_icmp_quote(rec);
-            (k, k.proto)
-        }
-    };
-    key.proto = proto;
-    Some(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use phalanx_common::{ipproto, RecordKind};
 
     fn bounds(per_flow: usize, max_flows: usize) -> HistoryBounds {
         HistoryBounds {
@@ -369,7 +352,7 @@ mod tests {
         h.record(&a);
         h.record(&b);
         h.record(&icmp);
-        let key = flow_key_of(&a).expect("tcp key");
+        let (key, _, _) = FlowKey::of(&a).expect("tcp key");
         assert_eq!(
             h.len(),
             1,
