@@ -15,15 +15,15 @@ use std::{
 
 use phalanx_common::{ipproto, tcp_flags, PacketMeta, RecordKind};
 use phalanx_daemon::{
-    api,
-    config::{Config, HttpUrl, WebhookConfig},
-    export::webhook,
-    flow::FlowKey,
-    flow::{FlowConfig, FlowTable},
-    incident::{
+    alerting::webhook,
+    alerting::{
         service::{self, IncidentService, IncidentsView, SharedHistory},
         Observation, Severity,
     },
+    api,
+    config::{Config, HttpUrl, WebhookConfig},
+    flow::FlowKey,
+    flow::{FlowConfig, FlowTable},
 };
 use phalanx_lab::{http_get, Proc};
 use prometheus_client::registry::Registry;
@@ -275,7 +275,7 @@ struct Running {
 
 async fn start(cfg: &Config, history: SharedHistory) -> Running {
     let mut registry = Registry::default();
-    let (svc, view) = IncidentService::start(cfg, history, &mut registry)
+    let (svc, view) = IncidentService::start(&cfg.alerting(), history, &mut registry)
         .await
         .expect("incident service starts");
     let (tx, rx) = mpsc::channel(64);
@@ -368,7 +368,7 @@ async fn alertmanager_and_signed_webhook_get_fired_then_resolved_with_evidence()
     cfg.alertmanager.resend_secs = 1;
     cfg.alertmanager.urls = vec![format!("http://{}", am.addr).parse().expect("url")];
     cfg.webhooks = vec![webhook_cfg(hook_port)];
-    let am_name = cfg.receivers()[0].name.clone();
+    let am_name = cfg.alerting().receivers()[0].name.clone();
 
     // The flow loop's history: 100 segments seen, the last 64 kept.
     let history = service::history(&cfg.incidents);

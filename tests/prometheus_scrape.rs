@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use phalanx_daemon::export::kpi::RTT_BUCKETS;
+use phalanx_daemon::metrics::kpi::RTT_BUCKETS;
 use phalanx_lab::{http_get, privileged, upload, Proc, Routed};
 
 const BYTES: usize = 4 * 1024 * 1024;

@@ -101,7 +101,7 @@ fn start_daemon(
         ns.command(env!("CARGO_BIN_EXE_phalanx"))
             .args(["run", "--iface", Routed::IF, "--config"])
             .arg(&path)
-            .env("PHALANX_LOG", "warn,phalanx_daemon::incident=info")
+            .env("PHALANX_LOG", "warn,phalanx_daemon::alerting=info")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -23,7 +23,7 @@ use phalanx_daemon::flow::history::{FlowHistory, HistoryBounds};
 use phalanx_daemon::flow::{FlowConfig, FlowTable};
 use phalanx_daemon::synth::{self, ManyFlows, TcpScenario};
 use phalanx_daemon::{
-    capture::ring::BATCH, config::Config, daemon::FlowStage, incident::service as incidents,
+    alerting::service as incidents, capture::ring::BATCH, config::Config, daemon::FlowStage,
     stitch::live::LiveStitch,
 };
 use prometheus_client::registry::Registry;

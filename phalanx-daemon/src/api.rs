@@ -17,12 +17,12 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::net::TcpListener;
 
 use crate::{
-    export::text,
+    alerting::service::IncidentsView,
     flow::{
         rank::{self, RankBy},
         FlowTable,
     },
-    incident::service::IncidentsView,
+    metrics::text,
     stitch::live::{self, FlowQuery, LiveStitch},
 };
 
@@ -140,7 +140,7 @@ async fn flows(
 /// Body of `/api/v1/incidents`: firing (oldest first), then resolved (newest first).
 #[derive(serde::Serialize)]
 struct IncidentsResponse {
-    incidents: Vec<crate::incident::Incident>,
+    incidents: Vec<crate::alerting::Incident>,
 }
 
 fn poisoned() -> Response {

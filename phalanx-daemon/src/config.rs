@@ -5,17 +5,20 @@
 //! before the kernel is touched or a socket is bound.
 
 use std::{
-    fmt,
     net::{IpAddr, SocketAddr},
     path::Path,
-    str::FromStr,
 };
 
-use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
+pub use crate::alerting::config::{
+    AlertingConfig, AlertmanagerConfig, IncidentsConfig, WebhookConfig,
+};
+pub use crate::capture::config::{AttachMode, CaptureConfig, FilterProto, FilterRule, RingBytes};
 pub use crate::flow::key::FlowSpec;
 use crate::rules::RuleError;
+pub use crate::stitch::config::{check_secret_len, SecretError, StitchConfig, MIN_SECRET_BYTES};
+pub use crate::url::HttpUrl;
 
 /// The documented default configuration, committed as `config/phalanx.toml`.
 pub const DOCUMENTED_DEFAULTS: &str = include_str!("../../config/phalanx.toml");
@@ -44,6 +47,12 @@ pub enum ConfigError {
     Semantic(String),
 }
 
+impl From<SecretError> for ConfigError {
+    fn from(e: SecretError) -> Self {
+        ConfigError::Semantic(e.0)
+    }
+}
+
 /// Whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -55,7 +64,7 @@ pub struct Config {
     /// `[flows]`: flow table bounds.
     pub flows: crate::flow::FlowConfig,
     /// `[metrics]`: flow groups of the exported KPIs.
-    pub metrics: crate::export::groups::MetricsConfig,
+    pub metrics: crate::metrics::groups::MetricsConfig,
     /// `[rules.*]`: diagnosis rules and their thresholds.
     pub rules: crate::rules::RulesConfig,
     /// `[incidents]`: lifecycle, evidence, spool and retries.
@@ -66,113 +75,6 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// `[stitch]`: live multi-hop stitching with peer daemons.
     pub stitch: StitchConfig,
-}
-
-/// How the kernel programs attach.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// tcx (TC BPF links) on ingress and egress: sees GSO packets, costs little.
-    #[default]
-    Tcx,
-    /// XDP on ingress (for physical NICs) plus tcx on egress.
-    Xdp,
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AttachMode::Tcx => "tcx",
-            AttachMode::Xdp => "xdp",
-        })
-    }
-}
-
-/// `[capture]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CaptureConfig {
-    /// Interfaces to attach to (`--iface` replaces this list).
-    pub interfaces: Vec<String>,
-    /// `tcx` or `xdp`.
-    pub mode: AttachMode,
-    /// Ring buffer size: a power of two, at least 4096 bytes.
-    pub ring_buffer_bytes: RingBytes,
-    /// Scope filters; none means every TCP packet.
-    pub filters: Vec<FilterRule>,
-}
-
-impl Default for CaptureConfig {
-    fn default() -> Self {
-        Self {
-            interfaces: Vec::new(),
-            mode: AttachMode::Tcx,
-            ring_buffer_bytes: RingBytes(8 << 20),
-            filters: Vec::new(),
-        }
-    }
-}
-
-/// Ring-buffer size, validated while parsing so errors carry the line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RingBytes(pub u32);
-
-impl<'de> Deserialize<'de> for RingBytes {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = u64::deserialize(d)?;
-        if v < 4096 || !v.is_power_of_two() || v > (1 << 30) {
-            return Err(serde::de::Error::custom(format!(
-                "ring_buffer_bytes must be a power of two between 4096 and 1073741824, got {v}"
-            )));
-        }
-        Ok(RingBytes(v as u32))
-    }
-}
-
-/// Transport protocol a filter applies to.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum FilterProto {
-    /// TCP only.
-    #[default]
-    Tcp,
-    /// UDP only.
-    Udp,
-    /// TCP and UDP.
-    Any,
-}
-
-impl FilterRule {
-    /// Whether the rule names a protocol alone: every packet of it is in scope.
-    pub fn is_whole_protocol(&self) -> bool {
-        self.flow.is_none() && self.cidr.is_none() && self.port.is_none()
-    }
-}
-
-impl FilterProto {
-    /// IP protocol numbers this filter covers.
-    pub fn numbers(self) -> &'static [u8] {
-        match self {
-            FilterProto::Tcp => &[6],
-            FilterProto::Udp => &[17],
-            FilterProto::Any => &[6, 17],
-        }
-    }
-}
-
-/// One `[[capture.filters]]` entry: an exact flow, a CIDR and/or port, or
-/// (with none of those) every packet of `proto`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilterRule {
-    /// `tcp` (default), `udp` or `any`.
-    pub proto: FilterProto,
-    /// Either endpoint inside this network.
-    pub cidr: Option<IpNet>,
-    /// Either endpoint on this port.
-    pub port: Option<u16>,
-    /// Exact flow `"10.0.0.1:40000 -> 10.0.0.2:80"` (both directions).
-    pub flow: Option<FlowSpec>,
 }
 
 /// `[http]` section.
@@ -189,220 +91,6 @@ impl Default for HttpConfig {
             listen: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 9740),
         }
     }
-}
-
-/// An `http://` or `https://` URL with a host, validated while parsing so
-/// errors carry the key and line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HttpUrl(pub reqwest::Url);
-
-impl FromStr for HttpUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let u = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
-        if !matches!(u.scheme(), "http" | "https") {
-            return Err(format!(
-                "{s:?}: only http:// and https:// URLs are supported"
-            ));
-        }
-        if u.host_str().is_none_or(str::is_empty) {
-            return Err(format!("{s:?}: the URL has no host"));
-        }
-        Ok(HttpUrl(u))
-    }
-}
-
-impl fmt::Display for HttpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl<'de> Deserialize<'de> for HttpUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// An optional [`HttpUrl`] where `""` means "not set".
-fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if !s.is_empty() {
-        s.parse::<HttpUrl>().map_err(serde::de::Error::custom)?;
-    }
-    Ok(s)
-}
-
-/// `[incidents]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct IncidentsConfig {
-    /// Seconds without an observation after which an incident resolves.
-    pub resolve_after_secs: u64,
-    /// Most incidents firing at once.
-    pub max_open: usize,
-    /// Resolved incidents kept for the API.
-    pub keep_resolved: usize,
-    /// `host` label; empty: the system host name.
-    pub host: String,
-    /// Base URL of this daemon's API in links; empty: `http://<http.listen>`.
-    #[serde(deserialize_with = "de_opt_url")]
-    pub external_url: String,
-    /// Records kept per flow for evidence.
-    pub history_packets: usize,
-    /// Flows whose recent records are kept.
-    pub history_flows: usize,
-    /// Directory of evidence pcapng files.
-    pub evidence_dir: std::path::PathBuf,
-    /// Total bytes of evidence kept.
-    pub evidence_max_bytes: u64,
-    /// Evidence files kept.
-    pub evidence_max_files: usize,
-    /// Directory of pending deliveries.
-    pub spool_dir: std::path::PathBuf,
-    /// Most pending deliveries on disk.
-    pub spool_max_files: usize,
-    /// First retry wait ceiling, milliseconds.
-    pub retry_initial_ms: u64,
-    /// Largest retry wait ceiling, milliseconds.
-    pub retry_max_ms: u64,
-    /// Seconds after which an undelivered delivery is given up.
-    pub retry_give_up_secs: u64,
-    /// Timeout of one HTTP request, milliseconds.
-    pub request_timeout_ms: u64,
-}
-
-impl Default for IncidentsConfig {
-    fn default() -> Self {
-        Self {
-            resolve_after_secs: 300,
-            max_open: 1000,
-            keep_resolved: 200,
-            host: String::new(),
-            external_url: String::new(),
-            history_packets: 64,
-            history_flows: 4096,
-            evidence_dir: "/var/lib/phalanx/evidence".into(),
-            evidence_max_bytes: 256 << 20,
-            evidence_max_files: 1000,
-            spool_dir: "/var/lib/phalanx/spool".into(),
-            spool_max_files: 10_000,
-            retry_initial_ms: 1000,
-            retry_max_ms: 300_000,
-            retry_give_up_secs: 86_400,
-            request_timeout_ms: 10_000,
-        }
-    }
-}
-
-/// `[alertmanager]` section.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AlertmanagerConfig {
-    /// Base URLs of Alertmanager instances (each one gets every alert).
-    pub urls: Vec<HttpUrl>,
-    /// Seconds between re-sends of firing alerts.
-    pub resend_secs: u64,
-}
-
-impl Default for AlertmanagerConfig {
-    fn default() -> Self {
-        Self {
-            urls: Vec::new(),
-            resend_secs: 60,
-        }
-    }
-}
-
-/// One `[[webhooks]]` entry.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// URL the payload is POSTed to.
-    pub url: HttpUrl,
-    /// Receiver name (metric label, payload `receiver`); default: the URL.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Key of the `X-Phalanx-Signature` HMAC-SHA256 header.
-    #[serde(default)]
-    pub secret: Option<String>,
-}
-
-/// `[stitch]` section: peer daemons on other hops of the paths, and what
-/// this daemon keeps so that peers can ask it about a flow.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct StitchConfig {
-    /// Base URLs of the peer daemons' APIs (`http://host:9740`).
-    pub peers: Vec<HttpUrl>,
-    /// Shared HMAC-SHA256 key of the peer requests; "" = not set.
-    pub secret: String,
-    /// File holding the shared key (trailing newline ignored); "" = not set.
-    pub secret_file: std::path::PathBuf,
-    /// This daemon's hop name in stitch reports; "" = the system host name.
-    pub hop: String,
-    /// Timeout of one request to a peer, milliseconds.
-    pub timeout_ms: u64,
-    /// Firing incidents are stitched again this often (seconds).
-    pub refresh_secs: u64,
-    /// Packets kept per flow for peers (the most recent ones).
-    pub history_packets: usize,
-    /// Flows whose recent packets are kept for peers.
-    pub history_flows: usize,
-}
-
-impl Default for StitchConfig {
-    fn default() -> Self {
-        Self {
-            peers: Vec::new(),
-            secret: String::new(),
-            secret_file: std::path::PathBuf::new(),
-            hop: String::new(),
-            timeout_ms: 3000,
-            refresh_secs: 30,
-            history_packets: 4096,
-            history_flows: 256,
-        }
-    }
-}
-
-impl StitchConfig {
-    /// Whether a key is configured (the peer endpoint answers and a history is kept).
-    pub fn has_secret(&self) -> bool {
-        !self.secret.is_empty() || !self.secret_file.as_os_str().is_empty()
-    }
-
-    /// The shared key: `secret`, or the contents of `secret_file`.
-    pub fn load_secret(&self) -> Result<Option<Vec<u8>>, ConfigError> {
-        if !self.secret.is_empty() {
-            return Ok(Some(self.secret.as_bytes().to_vec()));
-        }
-        if self.secret_file.as_os_str().is_empty() {
-            return Ok(None);
-        }
-        let text = std::fs::read(&self.secret_file).map_err(|e| {
-            ConfigError::Semantic(format!(
-                "stitch.secret_file: cannot read {}: {e}",
-                self.secret_file.display()
-            ))
-        })?;
-        let key = text.trim_ascii_end().to_vec();
-        check_secret_len("stitch.secret_file", key.len())?;
-        Ok(Some(key))
-    }
-}
-
-/// Shortest shared key accepted: HMAC keys shorter than this are guessable.
-pub const MIN_SECRET_BYTES: usize = 16;
-
-fn check_secret_len(key: &str, len: usize) -> Result<(), ConfigError> {
-    if len < MIN_SECRET_BYTES {
-        return Err(ConfigError::Semantic(format!(
-            "{key}: the shared key must be at least {MIN_SECRET_BYTES} bytes, got {len}"
-        )));
-    }
-    Ok(())
 }
 
 impl Config {
@@ -544,7 +232,7 @@ impl Config {
             ));
         }
         let mut names = std::collections::HashSet::new();
-        for r in self.receivers() {
+        for r in self.alerting().receivers() {
             if !names.insert(r.name.clone()) {
                 return Err(ConfigError::Semantic(format!(
                     "receiver {:?} is configured twice (alertmanager.urls / webhooks[].name)",
@@ -600,23 +288,17 @@ impl Config {
         }
         Ok(())
     }
+}
 
-    /// Delivery targets: every Alertmanager, then every webhook.
-    pub fn receivers(&self) -> Vec<crate::export::delivery::Receiver> {
-        use crate::export::delivery::{Receiver, ReceiverKind};
-        let am = self.alertmanager.urls.iter().map(|u| Receiver {
-            name: u.0.to_string(),
-            url: crate::export::alertmanager::alerts_endpoint(&u.0),
-            kind: ReceiverKind::Alertmanager,
-        });
-        let hooks = self.webhooks.iter().map(|w| Receiver {
-            name: w.name.clone().unwrap_or_else(|| w.url.0.to_string()),
-            url: w.url.0.clone(),
-            kind: ReceiverKind::Webhook {
-                secret: w.secret.clone(),
-            },
-        });
-        am.chain(hooks).collect()
+impl Config {
+    /// The sections the incident task starts from.
+    pub fn alerting(&self) -> AlertingConfig<'_> {
+        AlertingConfig {
+            incidents: &self.incidents,
+            alertmanager: &self.alertmanager,
+            webhooks: &self.webhooks,
+            listen: self.http.listen,
+        }
     }
 }
 
@@ -722,7 +404,7 @@ mod tests {
             "t.toml",
         )
         .expect("valid receivers");
-        let r = cfg.receivers();
+        let r = cfg.alerting().receivers();
         assert_eq!(r.len(), 3);
         assert_eq!(r[0].url.as_str(), "http://127.0.0.1:9093/api/v2/alerts");
         assert_eq!(r[1].name, "oncall");

@@ -21,21 +21,21 @@ use tokio::{
 use tracing::{error, info, info_span, warn, Instrument as _};
 
 use crate::{
+    alerting::{
+        service::{self as incidents, IncidentService, SharedHistory},
+        Observation,
+    },
     api,
     capture::{
         ebpf::Capture,
         ring::{self, RingStats},
     },
     config::Config,
-    export::{
-        kpi::{FlowMetrics, KpiCollector},
-        metrics::CaptureCollector,
-    },
     flow::history::FlowHistory,
     flow::FlowTable,
-    incident::{
-        service::{self as incidents, IncidentService, SharedHistory},
-        Observation,
+    metrics::{
+        capture::CaptureCollector,
+        kpi::{FlowMetrics, KpiCollector},
     },
     stitch::live::LiveStitch,
 };
@@ -107,7 +107,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut registry = Registry::default();
     let history = incidents::history(&cfg.incidents);
     let (incident_service, incidents_view) =
-        IncidentService::start(&cfg, history.clone(), &mut registry)
+        IncidentService::start(&cfg.alerting(), history.clone(), &mut registry)
             .await
             .context("starting incidents")?;
     let live = Arc::new(

@@ -3,6 +3,7 @@
 //! The binary (`phalanx`) is a thin shell over these modules; tests and
 //! benchmarks drive the same code.
 
+pub mod alerting;
 pub mod analyze;
 pub mod api;
 pub mod capture;
@@ -10,10 +11,10 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod export;
 pub mod flow;
-pub mod incident;
+pub mod metrics;
 pub mod rules;
 pub mod sign;
 pub mod stitch;
 pub mod synth;
+pub mod url;

@@ -83,7 +83,10 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::run_setup(),
         Cmd::BuildEbpf => setup::build_release(),
-        Cmd::Test { args } => setup::test(&args),
+        Cmd::Test { args } => {
+            layers::run(&demo::workspace_root(), false)?;
+            setup::test(&args)
+        }
         Cmd::Layers { graph } => layers::run(&demo::workspace_root(), graph),
         Cmd::Demo {
             requests,

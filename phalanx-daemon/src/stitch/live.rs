@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tracing::{debug, warn, Instrument as _};
 
+use super::config::{SecretError, StitchConfig};
 use super::{HopCapture, Observation, StitchReport};
-use crate::config::StitchConfig;
 use crate::flow::history::{FlowHistory, HistoryBounds};
 use crate::flow::key::{FlowKey, FlowSpec, Proto};
 
@@ -333,7 +333,7 @@ impl StitchMetrics {
 pub enum LiveError {
     /// The key could not be loaded.
     #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
+    Secret(#[from] SecretError),
     /// The HTTP client could not be built.
     #[error("stitch HTTP client: {0}")]
     Client(#[from] reqwest::Error),
@@ -1223,7 +1223,7 @@ mod tests {
 
     /// Serves `live` on 127.0.0.1 with the daemon's router; returns its base URL.
     async fn serve(live: Arc<LiveStitch>, dir: &std::path::Path) -> String {
-        use crate::incident::{
+        use crate::alerting::{
             evidence::{EvidenceStore, Retention},
             service::IncidentsView,
             IncidentManager, ManagerSettings,

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod fingerprint;
 pub mod link;
 pub mod live;

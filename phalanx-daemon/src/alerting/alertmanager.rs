@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use reqwest::Url;
 use serde::Serialize;
 
+use crate::alerting::{Incident, Status};
 use crate::clock::rfc3339;
-use crate::incident::{Incident, Status};
 
 /// One element of the v2 `postableAlerts` array.
 #[derive(Debug, Serialize)]
@@ -71,7 +71,7 @@ pub fn alerts_endpoint(base: &Url) -> Url {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::incident::{IncidentManager, ManagerSettings, Observation, Severity, Transition};
+    use crate::alerting::{IncidentManager, ManagerSettings, Observation, Severity, Transition};
 
     /// A fired and a resolved incident with fixed times, for golden payloads.
     pub(crate) fn sample() -> (Incident, Incident) {

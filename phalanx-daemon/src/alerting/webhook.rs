@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::alerting::{Incident, Status};
 use crate::clock::rfc3339;
-use crate::incident::{Incident, Status};
 
 use super::alertmanager::incident_url;
 
@@ -122,7 +122,7 @@ pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::alertmanager::tests::sample;
+    use crate::alerting::alertmanager::tests::sample;
 
     #[test]
     fn hmac_sha256_known_vectors() {

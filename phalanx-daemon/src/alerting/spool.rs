@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::incident::evidence::{write_atomic, EvidenceError};
+use crate::alerting::evidence::{write_atomic, EvidenceError};
 
 /// Suffix of spool files.
 const SUFFIX: &str = ".json";
@@ -48,7 +48,7 @@ impl From<EvidenceError> for SpoolError {
 /// stored: signatures are computed when sending.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
-    /// Receiver name (see `export::delivery::Receiver::name`).
+    /// Receiver name (see `alerting::delivery::Receiver::name`).
     pub receiver: String,
     /// When the delivery was created (ns since the epoch); bounds retries.
     pub created_ns: u64,

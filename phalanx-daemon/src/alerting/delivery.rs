@@ -24,7 +24,7 @@ use tracing::{debug, info, info_span, warn, Instrument as _};
 
 use super::spool::{Delivery, Spool, SpoolError};
 use super::{alertmanager, webhook};
-use crate::incident::{Incident, Transition};
+use crate::alerting::{Incident, Transition};
 
 /// What a receiver speaks.
 #[derive(Clone, Debug, PartialEq, Eq)]

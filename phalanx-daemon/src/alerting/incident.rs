@@ -4,11 +4,8 @@
 //! incidents deduplicated per (rule, group), each firing until it has not
 //! been observed for `resolve_after`, then resolved. The manager is pure and
 //! runs on the caller's clock (`now_ns`, nanoseconds since the Unix epoch),
-//! so its lifecycle is tested with virtual time. Delivery and evidence live
-//! in [`service`], [`evidence`] and `crate::export`.
-
-pub mod evidence;
-pub mod service;
+//! so its lifecycle is tested with virtual time. The task that runs it is
+//! [`super::service`]; evidence and delivery are its siblings.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -17,13 +17,13 @@ use prometheus_client::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument as _};
 
+use super::config::{AlertingConfig, IncidentsConfig};
 use super::evidence::{EvidenceError, EvidenceStore, Retention};
 use super::{IncidentManager, ManagerSettings, Observation, Observed, Transition};
-use crate::config::Config;
-use crate::export::delivery::{
+use crate::alerting::delivery::{
     Backoff, DeliveryError, DeliveryMetrics, DeliverySettings, Dispatcher,
 };
-use crate::export::spool::{Spool, SpoolError};
+use crate::alerting::spool::{Spool, SpoolError};
 use crate::flow::history::{FlowHistory, HistoryBounds};
 use crate::stitch::live::{FlowQuery, LiveReport, LiveStitch};
 
@@ -143,7 +143,7 @@ pub struct IncidentsView {
 pub type SharedHistory = Arc<Mutex<FlowHistory>>;
 
 /// A history sized from `[incidents]`.
-pub fn history(cfg: &crate::config::IncidentsConfig) -> SharedHistory {
+pub fn history(cfg: &IncidentsConfig) -> SharedHistory {
     Arc::new(Mutex::new(FlowHistory::new(HistoryBounds {
         per_flow: cfg.history_packets,
         max_flows: cfg.history_flows,
@@ -204,11 +204,11 @@ impl IncidentService {
     /// starts delivery (replaying the spool) and returns the service with
     /// the view the API serves.
     pub async fn start(
-        cfg: &Config,
+        cfg: &AlertingConfig<'_>,
         history: SharedHistory,
         registry: &mut Registry,
     ) -> Result<(Self, IncidentsView), ServiceError> {
-        let ic = &cfg.incidents;
+        let ic = cfg.incidents;
         let evidence = Arc::new(EvidenceStore::open(
             &ic.evidence_dir,
             Retention {
@@ -217,11 +217,7 @@ impl IncidentService {
             },
         )?);
         let spool = Arc::new(Spool::open(&ic.spool_dir, ic.spool_max_files)?);
-        let external_url = if ic.external_url.is_empty() {
-            format!("http://{}", cfg.http.listen)
-        } else {
-            ic.external_url.trim_end_matches('/').to_string()
-        };
+        let external_url = cfg.external_url();
         let host = if ic.host.is_empty() {
             system_host()
         } else {

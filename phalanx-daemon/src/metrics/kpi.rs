@@ -396,8 +396,8 @@ mod tests {
     use phalanx_common::Direction;
 
     use super::*;
-    use crate::export::groups::GroupConfig;
     use crate::flow::FlowConfig;
+    use crate::metrics::groups::GroupConfig;
     use crate::synth::{self, TcpScenario};
 
     proptest::proptest! {

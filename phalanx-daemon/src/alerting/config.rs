@@ -1,0 +1,157 @@
+//! `[incidents]`, `[alertmanager]` and `[[webhooks]]`: the incident
+//! lifecycle, its evidence and spool, and where incidents are delivered.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Deserializer};
+
+use super::delivery::{Receiver, ReceiverKind};
+use crate::url::HttpUrl;
+
+/// An optional [`HttpUrl`] where `""` means "not set".
+fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.is_empty() {
+        s.parse::<HttpUrl>().map_err(serde::de::Error::custom)?;
+    }
+    Ok(s)
+}
+
+/// `[incidents]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// Seconds without an observation after which an incident resolves.
+    pub resolve_after_secs: u64,
+    /// Most incidents firing at once.
+    pub max_open: usize,
+    /// Resolved incidents kept for the API.
+    pub keep_resolved: usize,
+    /// `host` label; empty: the system host name.
+    pub host: String,
+    /// Base URL of this daemon's API in links; empty: `http://<http.listen>`.
+    #[serde(deserialize_with = "de_opt_url")]
+    pub external_url: String,
+    /// Records kept per flow for evidence.
+    pub history_packets: usize,
+    /// Flows whose recent records are kept.
+    pub history_flows: usize,
+    /// Directory of evidence pcapng files.
+    pub evidence_dir: std::path::PathBuf,
+    /// Total bytes of evidence kept.
+    pub evidence_max_bytes: u64,
+    /// Evidence files kept.
+    pub evidence_max_files: usize,
+    /// Directory of pending deliveries.
+    pub spool_dir: std::path::PathBuf,
+    /// Most pending deliveries on disk.
+    pub spool_max_files: usize,
+    /// First retry wait ceiling, milliseconds.
+    pub retry_initial_ms: u64,
+    /// Largest retry wait ceiling, milliseconds.
+    pub retry_max_ms: u64,
+    /// Seconds after which an undelivered delivery is given up.
+    pub retry_give_up_secs: u64,
+    /// Timeout of one HTTP request, milliseconds.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        Self {
+            resolve_after_secs: 300,
+            max_open: 1000,
+            keep_resolved: 200,
+            host: String::new(),
+            external_url: String::new(),
+            history_packets: 64,
+            history_flows: 4096,
+            evidence_dir: "/var/lib/phalanx/evidence".into(),
+            evidence_max_bytes: 256 << 20,
+            evidence_max_files: 1000,
+            spool_dir: "/var/lib/phalanx/spool".into(),
+            spool_max_files: 10_000,
+            retry_initial_ms: 1000,
+            retry_max_ms: 300_000,
+            retry_give_up_secs: 86_400,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[alertmanager]` section.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertmanagerConfig {
+    /// Base URLs of Alertmanager instances (each one gets every alert).
+    pub urls: Vec<HttpUrl>,
+    /// Seconds between re-sends of firing alerts.
+    pub resend_secs: u64,
+}
+
+impl Default for AlertmanagerConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            resend_secs: 60,
+        }
+    }
+}
+
+/// One `[[webhooks]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// URL the payload is POSTed to.
+    pub url: HttpUrl,
+    /// Receiver name (metric label, payload `receiver`); default: the URL.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Key of the `X-Phalanx-Signature` HMAC-SHA256 header.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// The sections the incident task starts from, and the API address its
+/// links point to when `incidents.external_url` is not set.
+#[derive(Clone, Copy, Debug)]
+pub struct AlertingConfig<'a> {
+    /// `[incidents]`.
+    pub incidents: &'a IncidentsConfig,
+    /// `[alertmanager]`.
+    pub alertmanager: &'a AlertmanagerConfig,
+    /// `[[webhooks]]`.
+    pub webhooks: &'a [WebhookConfig],
+    /// `[http] listen`.
+    pub listen: SocketAddr,
+}
+
+impl AlertingConfig<'_> {
+    /// Delivery targets: every Alertmanager, then every webhook.
+    pub fn receivers(&self) -> Vec<Receiver> {
+        let am = self.alertmanager.urls.iter().map(|u| Receiver {
+            name: u.0.to_string(),
+            url: super::alertmanager::alerts_endpoint(&u.0),
+            kind: ReceiverKind::Alertmanager,
+        });
+        let hooks = self.webhooks.iter().map(|w| Receiver {
+            name: w.name.clone().unwrap_or_else(|| w.url.0.to_string()),
+            url: w.url.0.clone(),
+            kind: ReceiverKind::Webhook {
+                secret: w.secret.clone(),
+            },
+        });
+        am.chain(hooks).collect()
+    }
+
+    /// Base URL of this daemon's API in links: `incidents.external_url`,
+    /// else `http://<http.listen>`.
+    pub fn external_url(&self) -> String {
+        let url = &self.incidents.external_url;
+        if url.is_empty() {
+            format!("http://{}", self.listen)
+        } else {
+            url.trim_end_matches('/').to_string()
+        }
+    }
+}
