@@ -23,7 +23,7 @@ use phalanx_daemon::flow::history::{FlowHistory, HistoryBounds};
 use phalanx_daemon::flow::{FlowConfig, FlowTable};
 use phalanx_daemon::synth::{self, ManyFlows, TcpScenario};
 use phalanx_daemon::{
-    alerting::service as incidents, capture::ring::BATCH, config::Config, daemon::FlowStage,
+    alerting::service as incidents, capture::ring::BATCH, config::Config, pipeline::Pipeline,
     stitch::live::LiveStitch,
 };
 use prometheus_client::registry::Registry;
@@ -70,10 +70,10 @@ fn mix(c: &mut Criterion) {
 }
 
 /// The daemon's flow stage as `phalanx run` builds it from `cfg`.
-fn stage(cfg: &Config) -> FlowStage {
+fn stage(cfg: &Config) -> Pipeline {
     let live = LiveStitch::new(&cfg.stitch, "bench", &mut Registry::default())
         .expect("default stitch config");
-    FlowStage::new(cfg, incidents::history(&cfg.incidents), Arc::new(live))
+    Pipeline::new(cfg, incidents::history(&cfg.incidents), Arc::new(live))
 }
 
 /// `n` 64-byte datagrams of one IPv4 UDP flow, received 5 us apart.

@@ -12,7 +12,6 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use phalanx_common::PacketMeta;
 use prometheus_client::registry::Registry;
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -22,7 +21,7 @@ use tracing::{error, info, info_span, warn, Instrument as _};
 
 use crate::{
     alerting::{
-        service::{self as incidents, IncidentService, SharedHistory},
+        service::{self as incidents, IncidentService},
         Observation,
     },
     api,
@@ -31,12 +30,8 @@ use crate::{
         ring::{self, RingStats},
     },
     config::Config,
-    flow::history::FlowHistory,
-    flow::FlowTable,
-    metrics::{
-        capture::CaptureCollector,
-        kpi::{FlowMetrics, KpiCollector},
-    },
+    metrics::{capture::CaptureCollector, kpi::KpiCollector},
+    pipeline::{self, Pipeline},
     stitch::live::LiveStitch,
 };
 
@@ -125,7 +120,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     );
     let capture = Arc::new(Mutex::new(capture));
     let ring_stats = Arc::new(RingStats::default());
-    let stage = FlowStage::new(&cfg, history, live.clone());
+    let stage = Pipeline::new(&cfg, history, live.clone());
     let flows = stage.flows.clone();
 
     CaptureCollector::register(&mut registry, capture.clone(), ring_stats.clone());
@@ -152,7 +147,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
             .context("starting the ring-buffer consumer")?;
     let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
     let rules_task = tokio::spawn(
-        rules_loop(flows.clone(), engine, observations.clone()).instrument(info_span!("rules")),
+        pipeline::rules_loop(flows.clone(), engine, observations.clone())
+            .instrument(info_span!("rules")),
     );
     let mut server = tokio::spawn(
         async move { axum::serve(listener, api::router(state)).await }
@@ -229,130 +225,5 @@ fn reload_filters(args: &RunArgs, capture: &Arc<Mutex<Capture>>) {
             "SIGHUP: filters reloaded"
         ),
         Err(e) => error!("SIGHUP: reloading filters failed: {e}"),
-    }
-}
-
-/// How often the rules look at the live flow table.
-const RULES_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Evaluates the diagnosis rules over the live flow table every
-/// [`RULES_INTERVAL`] and reports each finding to the incident manager.
-async fn rules_loop(
-    flows: Arc<Mutex<FlowTable>>,
-    engine: crate::rules::RuleEngine,
-    observations: mpsc::Sender<Observation>,
-) {
-    let mut tick = tokio::time::interval(RULES_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let (summaries, now) = match flows.lock() {
-            Ok(t) => (t.snapshot(), t.now()),
-            Err(_) => {
-                error!("flow table poisoned; stopping the rules task");
-                return;
-            }
-        };
-        for finding in engine.evaluate(&summaries, now) {
-            if observations.send(Observation::from(finding)).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// The flow task's work on each batch: the flow table, the per-group KPI
-/// metrics and the per-flow histories kept for incident evidence and for
-/// stitch peers. Shared state, so the API, the rules and the incident task
-/// read what it writes.
-#[derive(Clone)]
-pub struct FlowStage {
-    /// Tracked flows.
-    pub flows: Arc<Mutex<FlowTable>>,
-    /// Per-group KPI figures.
-    pub metrics: Arc<Mutex<FlowMetrics>>,
-    /// Recent packets per flow, for incident evidence.
-    pub history: SharedHistory,
-    /// Recent observations per flow, for stitch peers.
-    pub live: Arc<LiveStitch>,
-}
-
-/// A lock of the flow state was poisoned by a panic elsewhere.
-#[derive(Debug, thiserror::Error)]
-#[error("flow state poisoned")]
-pub struct Poisoned;
-
-impl FlowStage {
-    /// A new flow table and KPI figures from `cfg`, with the histories the
-    /// incident service and the stitch peers read.
-    pub fn new(cfg: &Config, history: SharedHistory, live: Arc<LiveStitch>) -> Self {
-        Self {
-            flows: Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone()))),
-            metrics: Arc::new(Mutex::new(FlowMetrics::new(&cfg.metrics))),
-            history,
-            live,
-        }
-    }
-
-    /// Applies one batch of records, waiting for the locks; expires idle
-    /// flows by record time.
-    pub fn ingest(&self, batch: &[PacketMeta]) -> Result<(), Poisoned> {
-        self.live.record(batch);
-        let mut history = self.history.lock().map_err(|_| Poisoned)?;
-        let (Ok(mut table), Ok(mut metrics)) = (self.flows.lock(), self.metrics.lock()) else {
-            return Err(Poisoned);
-        };
-        apply(batch, &mut history, &mut table, &mut metrics);
-        Ok(())
-    }
-}
-
-/// The batch's records into the evidence history, then the flow table
-/// and the KPI metrics: two passes, which measured faster than one.
-fn apply(
-    batch: &[PacketMeta],
-    history: &mut FlowHistory,
-    table: &mut FlowTable,
-    metrics: &mut FlowMetrics,
-) {
-    for m in batch {
-        history.record(m);
-    }
-    for m in batch {
-        table.ingest_observed(m, metrics);
-    }
-    if let Some(last) = batch.last() {
-        table.expire(last.ts_ns);
-    }
-}
-
-impl ring::Sink for FlowStage {
-    /// Applies the batch only if every lock is free: a reader holding one
-    /// (an API request, the rules, a peer) leaves it to the backlog, and
-    /// no part of the batch is applied twice.
-    fn offer(&mut self, batch: &[PacketMeta]) -> ring::Offer {
-        use std::sync::TryLockError::{Poisoned as P, WouldBlock};
-        let Some(mut live) = self.live.try_recorder() else {
-            return ring::Offer::Busy;
-        };
-        let locks = (
-            self.history.try_lock(),
-            self.flows.try_lock(),
-            self.metrics.try_lock(),
-        );
-        match locks {
-            (Ok(mut history), Ok(mut table), Ok(mut metrics)) => {
-                live.record(batch);
-                apply(batch, &mut history, &mut table, &mut metrics);
-                ring::Offer::Taken
-            }
-            (Err(P(_)), ..) | (_, Err(P(_)), _) | (.., Err(P(_))) => {
-                error!("flow state poisoned; stopping the ring consumer");
-                ring::Offer::Closed
-            }
-            (Err(WouldBlock), ..) | (_, Err(WouldBlock), _) | (.., Err(WouldBlock)) => {
-                ring::Offer::Busy
-            }
-        }
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod flow;
 pub mod metrics;
+pub mod pipeline;
 pub mod rules;
 pub mod sign;
 pub mod stitch;

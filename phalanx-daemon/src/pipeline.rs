@@ -1,0 +1,150 @@
+//! The live pipeline's stages after capture.
+//!
+//! The ring consumer hands each batch of records to [`Pipeline`]: the
+//! stitch recorder and the evidence history keep each flow's recent
+//! packets, the flow table updates its flows and the KPI metrics their
+//! groups. [`rules_loop`] evaluates the diagnosis rules on snapshots of the
+//! table and sends each finding to the incident task. `daemon.rs` wires
+//! these tasks; nothing here knows about signals or sockets.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use phalanx_common::PacketMeta;
+use tokio::sync::mpsc;
+use tracing::error;
+
+use crate::alerting::service::SharedHistory;
+use crate::alerting::Observation;
+use crate::capture::ring;
+use crate::config::Config;
+use crate::flow::history::FlowHistory;
+use crate::flow::FlowTable;
+use crate::metrics::kpi::FlowMetrics;
+use crate::rules::RuleEngine;
+use crate::stitch::live::LiveStitch;
+
+/// How often the rules look at the live flow table.
+const RULES_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Evaluates the diagnosis rules over the live flow table every
+/// [`RULES_INTERVAL`] and reports each finding to the incident manager.
+pub async fn rules_loop(
+    flows: Arc<Mutex<FlowTable>>,
+    engine: RuleEngine,
+    observations: mpsc::Sender<Observation>,
+) {
+    let mut tick = tokio::time::interval(RULES_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (summaries, now) = match flows.lock() {
+            Ok(t) => (t.snapshot(), t.now()),
+            Err(_) => {
+                error!("flow table poisoned; stopping the rules task");
+                return;
+            }
+        };
+        for finding in engine.evaluate(&summaries, now) {
+            if observations.send(Observation::from(finding)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The work on each batch of records: the per-flow histories kept for
+/// stitch peers and for incident evidence, the flow table and the
+/// per-group KPI metrics. Shared state, so the API, the rules and the
+/// incident task read what it writes.
+#[derive(Clone)]
+pub struct Pipeline {
+    /// Tracked flows.
+    pub flows: Arc<Mutex<FlowTable>>,
+    /// Per-group KPI figures.
+    pub metrics: Arc<Mutex<FlowMetrics>>,
+    /// Recent packets per flow, for incident evidence.
+    pub history: SharedHistory,
+    /// Recent observations per flow, for stitch peers.
+    pub live: Arc<LiveStitch>,
+}
+
+/// A lock of the flow state was poisoned by a panic elsewhere.
+#[derive(Debug, thiserror::Error)]
+#[error("flow state poisoned")]
+pub struct Poisoned;
+
+impl Pipeline {
+    /// A new flow table and KPI figures from `cfg`, with the histories the
+    /// incident service and the stitch peers read.
+    pub fn new(cfg: &Config, history: SharedHistory, live: Arc<LiveStitch>) -> Self {
+        Self {
+            flows: Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone()))),
+            metrics: Arc::new(Mutex::new(FlowMetrics::new(&cfg.metrics))),
+            history,
+            live,
+        }
+    }
+
+    /// Applies one batch of records, waiting for the locks; expires idle
+    /// flows by record time.
+    pub fn ingest(&self, batch: &[PacketMeta]) -> Result<(), Poisoned> {
+        self.live.record(batch);
+        let mut history = self.history.lock().map_err(|_| Poisoned)?;
+        let (Ok(mut table), Ok(mut metrics)) = (self.flows.lock(), self.metrics.lock()) else {
+            return Err(Poisoned);
+        };
+        apply(batch, &mut history, &mut table, &mut metrics);
+        Ok(())
+    }
+}
+
+/// The batch's records into the evidence history, then the flow table
+/// and the KPI metrics: two passes, which measured faster than one.
+fn apply(
+    batch: &[PacketMeta],
+    history: &mut FlowHistory,
+    table: &mut FlowTable,
+    metrics: &mut FlowMetrics,
+) {
+    for m in batch {
+        history.record(m);
+    }
+    for m in batch {
+        table.ingest_observed(m, metrics);
+    }
+    if let Some(last) = batch.last() {
+        table.expire(last.ts_ns);
+    }
+}
+
+impl ring::Sink for Pipeline {
+    /// Applies the batch only if every lock is free: a reader holding one
+    /// (an API request, the rules, a peer) leaves it to the backlog, and
+    /// no part of the batch is applied twice.
+    fn offer(&mut self, batch: &[PacketMeta]) -> ring::Offer {
+        use std::sync::TryLockError::{Poisoned as P, WouldBlock};
+        let Some(mut live) = self.live.try_recorder() else {
+            return ring::Offer::Busy;
+        };
+        let locks = (
+            self.history.try_lock(),
+            self.flows.try_lock(),
+            self.metrics.try_lock(),
+        );
+        match locks {
+            (Ok(mut history), Ok(mut table), Ok(mut metrics)) => {
+                live.record(batch);
+                apply(batch, &mut history, &mut table, &mut metrics);
+                ring::Offer::Taken
+            }
+            (Err(P(_)), ..) | (_, Err(P(_)), _) | (.., Err(P(_))) => {
+                error!("flow state poisoned; stopping the ring consumer");
+                ring::Offer::Closed
+            }
+            (Err(WouldBlock), ..) | (_, Err(WouldBlock), _) | (.., Err(WouldBlock)) => {
+                ring::Offer::Busy
+            }
+        }
+    }
+}
