@@ -17,5 +17,6 @@ pub mod pipeline;
 pub mod rules;
 pub mod sign;
 pub mod stitch;
+#[cfg(any(test, feature = "synth"))]
 pub mod synth;
 pub mod url;

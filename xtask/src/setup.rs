@@ -151,6 +151,9 @@ pub fn test(extra: &[String]) -> Result<()> {
             .arg("--workspace")
             .arg("--exclude")
             .arg("phalanx-ebpf")
+            // Test support (synthetic captures) is a feature, so the
+            // release binary does not carry it.
+            .args(["--features", "phalanx-daemon/synth"])
             .args(extra),
     )
 }

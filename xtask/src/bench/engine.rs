@@ -45,6 +45,8 @@ pub(crate) fn engine(quick: bool, rows: &mut Vec<Row>, notes: &mut String) -> Re
             "--quiet",
             "-p",
             "phalanx-daemon",
+            "--features",
+            "synth",
             "--bench",
             "engine",
             "--",
