@@ -165,6 +165,40 @@ struct Interface {
 }
 
 impl Interface {
+    /// The link type, or `None` (counted, and warned about once) when
+    /// this interface's link type is not one we parse.
+    fn link_or_warn(
+        &mut self,
+        file: &str,
+        index: u32,
+        stats: &mut ReaderStats,
+    ) -> Option<LinkType> {
+        if self.link.is_none() {
+            stats.unsupported_link += 1;
+            if !self.warned {
+                warn!(file = %file, interface = index, linktype = self.raw_link,
+                    "unsupported link type, packets skipped");
+                self.warned = true;
+            }
+        }
+        self.link
+    }
+
+    /// The captured bytes of a packet: SPB data runs to the end of the
+    /// block, padding included, so there the captured part is the
+    /// original length capped by the snap length.
+    fn captured(&self, packet: &Packet) -> (usize, usize) {
+        let (lo, mut hi) = packet.data;
+        if packet.ticks.is_none() {
+            let mut cap = packet.orig_len as usize;
+            if self.snaplen != 0 {
+                cap = cap.min(self.snaplen as usize);
+            }
+            hi = hi.min(lo + cap);
+        }
+        (lo, hi)
+    }
+
     fn from_idb(idb: &InterfaceDescriptionBlock<'_>) -> Self {
         let raw_link = u32::from(idb.linktype);
         let mut iface = Self {
@@ -594,17 +628,12 @@ impl CaptureReader {
             .buf
             .get(record_start + lo..record_start + hi)
             .unwrap_or_default();
-        batch.push(PacketMeta::zeroed());
-        let res = match batch.last_mut() {
-            Some(meta) => fill_frame(meta, link, frame, ts_ns, 0, Direction::Unknown, wire_len),
-            None => return Ok(Step::Skipped),
-        };
-        Ok(finish(
+        Ok(record_frame(
             &mut self.stats,
-            &self.input,
+            input,
             batch,
-            res,
             record_start,
+            |meta| fill_frame(meta, link, frame, ts_ns, 0, Direction::Unknown, wire_len),
         ))
     }
 
@@ -612,126 +641,150 @@ impl CaptureReader {
         let Format::PcapNg { parser, interfaces } = &mut self.format else {
             return Ok(Step::End);
         };
-        let what = "pcapng block";
         let input = &mut self.input;
         let block_start = input.start;
-        let avail = input.avail();
         // Peek the block type so that only blocks we use are decoded in full:
         // decoding the others is wasted work and, for some damaged name
         // resolution blocks, not panic-free in pcap-file 2.0.
         let endianness = parser.section().endianness;
-        let block_type = peek_u32(avail, 0, endianness);
-        // A section header carries its own byte order; pcap-file checks it.
-        if block_type != Some(SECTION_HEADER_BLOCK) {
-            if let Some(len) = peek_u32(avail, 4, endianness) {
-                if len as usize > MAX_UNIT_LEN {
-                    return Err(input.corrupt(
-                        what,
-                        format!("block length {len} exceeds the {MAX_UNIT_LEN}-byte limit"),
-                    ));
-                }
-            }
-        }
-        let wanted = matches!(
+        let block_type = peek_u32(input.avail(), 0, endianness);
+        check_block_len(input, block_type, endianness)?;
+        if !matches!(
             block_type,
             Some(ENHANCED_PACKET_BLOCK | SIMPLE_PACKET_BLOCK | PACKET_BLOCK)
-        );
-        if !wanted {
-            match parser.next_raw_block(avail) {
-                Ok((rest, raw)) => {
-                    let rest_len = rest.len();
-                    match raw.type_ {
-                        SECTION_HEADER_BLOCK => interfaces.clear(),
-                        INTERFACE_DESCRIPTION_BLOCK => {
-                            if let Some(idb) = parser.interfaces().last() {
-                                let iface = Interface::from_idb(idb);
-                                debug!(file = %input.name, linktype = iface.raw_link,
-                                    tsresol = iface.tsresol, "pcapng interface");
-                                interfaces.push(iface);
-                            }
-                        }
-                        _ => {}
-                    }
-                    input.consume_to(rest_len);
-                    return Ok(Step::Skipped);
-                }
-                Err(PcapError::IncompleteBuffer) => {
-                    input.need_more(what)?;
-                    return Ok(Step::Skipped);
-                }
-                Err(e) => return Err(input.corrupt(what, e)),
-            }
+        ) {
+            return read_other_block(parser, interfaces, input);
         }
-        let plain = if block_type == Some(ENHANCED_PACKET_BLOCK) {
-            plain_epb(avail, endianness)
-        } else {
-            None
-        };
-        let packet = if let Some((packet, len)) = plain {
-            let rest_len = avail.len() - len;
-            input.consume_to(rest_len);
-            packet
-        } else {
-            match parser.next_block(avail) {
-                Ok((rest, block)) => {
-                    let packet = Packet::from_block(avail, block);
-                    let rest_len = rest.len();
-                    input.consume_to(rest_len);
-                    packet
-                }
-                Err(PcapError::IncompleteBuffer) => {
-                    input.need_more(what)?;
-                    return Ok(Step::Skipped);
-                }
-                Err(e) => return Err(input.corrupt(what, e)),
-            }
+        let epb = block_type == Some(ENHANCED_PACKET_BLOCK);
+        let Some(packet) = read_packet_block(parser, input, epb)? else {
+            return Ok(Step::Skipped);
         };
         self.stats.frames += 1;
         let Some(iface) = interfaces.get_mut(packet.iface as usize) else {
             input.start = block_start;
             return Err(input.corrupt(
-                what,
+                PCAPNG_BLOCK,
                 format!("packet refers to undeclared interface {}", packet.iface),
             ));
         };
-        let Some(link) = iface.link else {
-            self.stats.unsupported_link += 1;
-            if !iface.warned {
-                warn!(file = %input.name, interface = packet.iface, linktype = iface.raw_link,
-                    "unsupported link type, packets skipped");
-                iface.warned = true;
-            }
+        let Some(link) = iface.link_or_warn(&input.name, packet.iface, &mut self.stats) else {
             return Ok(Step::Skipped);
         };
-        let (lo, mut hi) = packet.data;
-        if packet.ticks.is_none() {
-            // SPB data runs to the end of the block, padding included; the
-            // captured part is the original length capped by the snap length.
-            let mut cap = packet.orig_len as usize;
-            if iface.snaplen != 0 {
-                cap = cap.min(iface.snaplen as usize);
-            }
-            hi = hi.min(lo + cap);
-        }
+        let (lo, hi) = iface.captured(&packet);
         let ts_ns = packet.ticks.map_or(0, |t| iface.ts_ns(t));
         let frame = input
             .buf
             .get(block_start + lo..block_start + hi)
             .unwrap_or_default();
         let wire_len = packet.orig_len.max(frame.len() as u32);
-        batch.push(PacketMeta::zeroed());
-        let res = match batch.last_mut() {
-            Some(meta) => fill_frame(meta, link, frame, ts_ns, packet.iface, packet.dir, wire_len),
-            None => return Ok(Step::Skipped),
-        };
-        Ok(finish(
+        Ok(record_frame(
             &mut self.stats,
-            &self.input,
+            input,
             batch,
-            res,
             block_start,
+            |meta| fill_frame(meta, link, frame, ts_ns, packet.iface, packet.dir, wire_len),
         ))
     }
+}
+
+/// What pcapng errors name.
+const PCAPNG_BLOCK: &str = "pcapng block";
+
+/// Rejects an implausible block length before buffering that much data
+/// (a section header carries its own byte order; pcap-file checks it).
+fn check_block_len(
+    input: &Input,
+    block_type: Option<u32>,
+    endianness: Endianness,
+) -> Result<(), FileError> {
+    if block_type == Some(SECTION_HEADER_BLOCK) {
+        return Ok(());
+    }
+    match peek_u32(input.avail(), 4, endianness) {
+        Some(len) if len as usize > MAX_UNIT_LEN => Err(input.corrupt(
+            PCAPNG_BLOCK,
+            format!("block length {len} exceeds the {MAX_UNIT_LEN}-byte limit"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A block that carries no packet: a section header starts a new list of
+/// interfaces, an interface description adds one, others are skipped.
+fn read_other_block(
+    parser: &mut PcapNgParser,
+    interfaces: &mut Vec<Interface>,
+    input: &mut Input,
+) -> Result<Step, FileError> {
+    let rest_len = match parser.next_raw_block(input.avail()) {
+        Ok((rest, raw)) => {
+            match raw.type_ {
+                SECTION_HEADER_BLOCK => interfaces.clear(),
+                INTERFACE_DESCRIPTION_BLOCK => {
+                    if let Some(idb) = parser.interfaces().last() {
+                        let iface = Interface::from_idb(idb);
+                        debug!(file = %input.name, linktype = iface.raw_link,
+                            tsresol = iface.tsresol, "pcapng interface");
+                        interfaces.push(iface);
+                    }
+                }
+                _ => {}
+            }
+            rest.len()
+        }
+        Err(PcapError::IncompleteBuffer) => {
+            input.need_more(PCAPNG_BLOCK)?;
+            return Ok(Step::Skipped);
+        }
+        Err(e) => return Err(input.corrupt(PCAPNG_BLOCK, e)),
+    };
+    input.consume_to(rest_len);
+    Ok(Step::Skipped)
+}
+
+/// The packet of an enhanced, simple or obsolete packet block; `None` when
+/// more input is needed first. A plain enhanced packet block is decoded
+/// without pcap-file.
+fn read_packet_block(
+    parser: &mut PcapNgParser,
+    input: &mut Input,
+    epb: bool,
+) -> Result<Option<Packet>, FileError> {
+    let avail = input.avail();
+    let plain = if epb {
+        plain_epb(avail, parser.section().endianness)
+    } else {
+        None
+    };
+    let (packet, rest_len) = match plain {
+        Some((packet, len)) => (packet, avail.len() - len),
+        None => match parser.next_block(avail) {
+            Ok((rest, block)) => (Packet::from_block(avail, block), rest.len()),
+            Err(PcapError::IncompleteBuffer) => {
+                input.need_more(PCAPNG_BLOCK)?;
+                return Ok(None);
+            }
+            Err(e) => return Err(input.corrupt(PCAPNG_BLOCK, e)),
+        },
+    };
+    input.consume_to(rest_len);
+    Ok(Some(packet))
+}
+
+/// Parses a frame into a new record at the end of the batch and counts it.
+fn record_frame(
+    stats: &mut ReaderStats,
+    input: &Input,
+    batch: &mut Vec<PacketMeta>,
+    unit_start: usize,
+    fill: impl FnOnce(&mut PacketMeta) -> Result<(), ParseError>,
+) -> Step {
+    batch.push(PacketMeta::zeroed());
+    let res = match batch.last_mut() {
+        Some(meta) => fill(meta),
+        None => return Step::Skipped,
+    };
+    finish(stats, input, batch, res, unit_start)
 }
 
 /// Counts a parsed frame and turns it into a step; a frame that did not
