@@ -96,7 +96,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let listener = api::bind(cfg.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", cfg.http.listen))?;
-
     // Incident directories and the spool are opened before the kernel is
     // touched, so a bad path fails without attaching anything.
     let mut registry = Registry::default();
@@ -119,70 +118,127 @@ pub async fn run(args: RunArgs) -> Result<()> {
         "capturing"
     );
     let capture = Arc::new(Mutex::new(capture));
+    let pipeline = Pipeline::new(&cfg, history, live.clone());
     let ring_stats = Arc::new(RingStats::default());
-    let stage = Pipeline::new(&cfg, history, live.clone());
-    let flows = stage.flows.clone();
-
     CaptureCollector::register(&mut registry, capture.clone(), ring_stats.clone());
-    KpiCollector::register(&mut registry, stage.metrics.clone(), flows.clone());
+    KpiCollector::register(
+        &mut registry,
+        pipeline.metrics.clone(),
+        pipeline.flows.clone(),
+    );
     let state = api::ApiState {
         registry: Arc::new(registry),
-        flows: flows.clone(),
+        flows: pipeline.flows.clone(),
         incidents: incidents_view,
-        stitch: Some(live.clone()),
+        stitch: Some(live),
     };
+    let mut tasks = Tasks::spawn(
+        &cfg,
+        incident_service,
+        pipeline,
+        ringbuf,
+        ring_stats,
+        listener,
+        state,
+    )?;
+    let outcome = tasks.until_stopped(&args, &capture).await;
+    tasks.stop().await;
+    detach(capture);
+    info!("detached; bye");
+    outcome
+}
 
-    // Incidents: rules send observations here; the task owns the manager,
-    // ticks every second and drives delivery.
-    let (observations, observations_rx) =
-        mpsc::channel::<Observation>(incidents::OBSERVATION_QUEUE);
-    let incident_task = tokio::spawn(
-        incident_service
-            .run(observations_rx)
-            .instrument(info_span!("incidents")),
-    );
+/// The daemon's running tasks.
+struct Tasks {
+    consumer: ring::Consumer,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    rules: tokio::task::JoinHandle<()>,
+    observations: mpsc::Sender<Observation>,
+    incidents: tokio::task::JoinHandle<()>,
+}
 
-    let mut consumer =
-        ring::Consumer::spawn(ringbuf, stage, ring_stats.clone(), ring::ktime_offset_ns())
-            .context("starting the ring-buffer consumer")?;
-    let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
-    let rules_task = tokio::spawn(
-        pipeline::rules_loop(flows.clone(), engine, observations.clone())
-            .instrument(info_span!("rules")),
-    );
-    let mut server = tokio::spawn(
-        async move { axum::serve(listener, api::router(state)).await }
-            .instrument(info_span!("http")),
-    );
-
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    let outcome: Result<()> = loop {
-        tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break Ok(()) }
-            _ = sigint.recv() => { info!("SIGINT: shutting down"); break Ok(()) }
-            _ = sighup.recv() => reload_filters(&args, &capture),
-            why = consumer.stopped() => break Err(anyhow::anyhow!("ring-buffer consumer stopped: {why}")),
-            r = &mut server => break Err(anyhow::anyhow!("HTTP server stopped: {}", joined(r))),
-        }
-    };
-
-    if let Err(e) = consumer.stop() {
-        warn!("ring-buffer consumer: {e}");
+impl Tasks {
+    /// Starts the incident task, the ring consumer feeding the pipeline,
+    /// the rules over its flow table and the HTTP server.
+    fn spawn(
+        cfg: &Config,
+        incident_service: IncidentService,
+        pipeline: Pipeline,
+        ringbuf: aya::maps::RingBuf<aya::maps::MapData>,
+        ring_stats: Arc<RingStats>,
+        listener: tokio::net::TcpListener,
+        state: api::ApiState,
+    ) -> Result<Self> {
+        // Incidents: rules send observations here; the task owns the manager,
+        // ticks every second and drives delivery.
+        let (observations, observations_rx) =
+            mpsc::channel::<Observation>(incidents::OBSERVATION_QUEUE);
+        let incidents = tokio::spawn(
+            incident_service
+                .run(observations_rx)
+                .instrument(info_span!("incidents")),
+        );
+        let flows = pipeline.flows.clone();
+        let consumer =
+            ring::Consumer::spawn(ringbuf, pipeline, ring_stats, ring::ktime_offset_ns())
+                .context("starting the ring-buffer consumer")?;
+        let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
+        let rules = tokio::spawn(
+            pipeline::rules_loop(flows, engine, observations.clone())
+                .instrument(info_span!("rules")),
+        );
+        let server = tokio::spawn(
+            async move { axum::serve(listener, api::router(state)).await }
+                .instrument(info_span!("http")),
+        );
+        Ok(Self {
+            consumer,
+            server,
+            rules,
+            observations,
+            incidents,
+        })
     }
-    server.abort();
-    // Wait for the aborted server to drop its state (the metrics registry
-    // holds a handle on the capture), so the detach below is the last one.
-    let _ = server.await;
-    // Closing the channel stops the incident task; undelivered
-    // notifications stay in the spool for the next start.
-    rules_task.abort();
-    let _ = rules_task.await;
-    drop(observations);
-    let _ = tokio::time::timeout(GRACE, incident_task).await;
+
+    /// Serves until a signal asks to stop (SIGHUP reloads the filters) or
+    /// a task fails.
+    async fn until_stopped(&mut self, args: &RunArgs, capture: &Arc<Mutex<Capture>>) -> Result<()> {
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sighup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => { info!("SIGTERM: shutting down"); return Ok(()) }
+                _ = sigint.recv() => { info!("SIGINT: shutting down"); return Ok(()) }
+                _ = sighup.recv() => reload_filters(args, capture),
+                why = self.consumer.stopped() => return Err(anyhow::anyhow!("ring-buffer consumer stopped: {why}")),
+                r = &mut self.server => return Err(anyhow::anyhow!("HTTP server stopped: {}", joined(r))),
+            }
+        }
+    }
+
+    /// Stops the consumer and the server, then lets the incident task
+    /// finish within [`GRACE`].
+    async fn stop(self) {
+        if let Err(e) = self.consumer.stop() {
+            warn!("ring-buffer consumer: {e}");
+        }
+        self.server.abort();
+        // Wait for the aborted server to drop its state (the metrics registry
+        // holds a handle on the capture), so the detach after this is the last one.
+        let _ = self.server.await;
+        // Closing the channel stops the incident task; undelivered
+        // notifications stay in the spool for the next start.
+        self.rules.abort();
+        let _ = self.rules.await;
+        drop(self.observations);
+        let _ = tokio::time::timeout(GRACE, self.incidents).await;
+    }
+}
+
+/// Drops the capture, which detaches every program and link.
+fn detach(capture: Arc<Mutex<Capture>>) {
     match Arc::try_unwrap(capture) {
-        // Dropping the capture detaches every program and link.
         Ok(m) => drop(m),
         Err(still_shared) => {
             warn!(
@@ -192,8 +248,6 @@ pub async fn run(args: RunArgs) -> Result<()> {
             drop(still_shared);
         }
     }
-    info!("detached; bye");
-    outcome
 }
 
 fn joined<E: std::fmt::Display>(r: Result<Result<(), E>, tokio::task::JoinError>) -> String {

@@ -10,8 +10,8 @@ use phalanx_common::{ipproto, user::ip_from_bytes};
 use serde::Serialize;
 
 use super::state::{
-    Dir, DirExtra, Flow, IcmpEvent, TcpState, F_ACK, F_FIN, F_MSS, F_RST, F_SACK_PERM, F_SYN,
-    F_SYNACK, F_TS, F_WS,
+    Dir, DirExtra, Extra, Flow, IcmpEvent, TcpState, F_ACK, F_FIN, F_MSS, F_RST, F_SACK_PERM,
+    F_SYN, F_SYNACK, F_TS, F_WS,
 };
 use super::stats::Summary;
 
@@ -288,24 +288,6 @@ fn nz(v: u64) -> Option<u64> {
 fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64) -> DirReport {
     let g = |f: fn(&DirExtra) -> u32| x.map_or(0, f);
     let retrans = g(|x| x.retrans);
-    let ttl = match x.and_then(|x| x.ttl) {
-        Some(h) => TtlReport {
-            first: h.first,
-            min: h.min,
-            max: h.max,
-            last: d.ttl,
-            changes: h.changes,
-            first_change_ns: Some(h.first_change_ns),
-        },
-        None => TtlReport {
-            first: d.ttl,
-            min: d.ttl,
-            max: d.ttl,
-            last: d.ttl,
-            changes: 0,
-            first_change_ns: None,
-        },
-    };
     let zw_since = x.map_or(0, |x| x.zero_window_since_ns);
     let zw_ns = x.map_or(0, |x| x.zero_window_ns)
         + if zw_since != 0 {
@@ -313,19 +295,6 @@ fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64)
         } else {
             0
         };
-    let stall = x.map_or_else(StallReport::default, |x| {
-        let m = x.stall_max;
-        if m.count == 0 {
-            return StallReport::default();
-        }
-        StallReport {
-            retransmissions: m.count,
-            rel_seq: m.seq.wrapping_sub(d.first_seq),
-            first_ns: Some(m.first_ns),
-            last_ns: Some(m.last_ns),
-            open: x.stall.count > 0 && x.stall == m,
-        }
-    });
     let fast = g(|x| x.retrans_fast);
     let pmtud = g(|x| x.retrans_pmtud);
     DirReport {
@@ -366,7 +335,7 @@ fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64)
         rst_ns: x.and_then(|x| nz(x.rst_ns)),
         syn_only: tcp && d.flags & (F_SYN | F_ACK | F_RST | F_FIN) == F_SYN,
         ack_advances: u32::from(d.ack_advances),
-        ttl,
+        ttl: TtlReport::of(d, x),
         ce_packets: g(|x| x.ce_packets),
         srtt_ms: x
             .filter(|x| x.rtt.count() > 0)
@@ -379,7 +348,71 @@ fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64)
         full_size_retrans: g(|x| x.full_size_retrans),
         full_size_retrans_first_ns: x.and_then(|x| nz(x.full_size_retrans_first_ns)),
         full_size_retrans_last_ns: x.and_then(|x| nz(x.full_size_retrans_last_ns)),
-        stall,
+        stall: StallReport::of(d, x),
+    }
+}
+
+impl TtlReport {
+    /// A direction's TTL figures: its history once the TTL changed.
+    fn of(d: &Dir, x: Option<&DirExtra>) -> Self {
+        match x.and_then(|x| x.ttl) {
+            Some(h) => Self {
+                first: h.first,
+                min: h.min,
+                max: h.max,
+                last: d.ttl,
+                changes: h.changes,
+                first_change_ns: Some(h.first_change_ns),
+            },
+            None => Self {
+                first: d.ttl,
+                min: d.ttl,
+                max: d.ttl,
+                last: d.ttl,
+                changes: 0,
+                first_change_ns: None,
+            },
+        }
+    }
+}
+
+impl StallReport {
+    /// A direction's longest stall run, sequence relative to its first.
+    fn of(d: &Dir, x: Option<&DirExtra>) -> Self {
+        let Some(x) = x.filter(|x| x.stall_max.count > 0) else {
+            return Self::default();
+        };
+        let m = x.stall_max;
+        Self {
+            retransmissions: m.count,
+            rel_seq: m.seq.wrapping_sub(d.first_seq),
+            first_ns: Some(m.first_ns),
+            last_ns: Some(m.last_ns),
+            open: x.stall.count > 0 && x.stall == m,
+        }
+    }
+}
+
+impl HandshakeReport {
+    /// The handshake's parts, when either was measured.
+    fn of(x: &Extra) -> Option<Self> {
+        let ms = |v: Option<u32>| v.map(|u| f64::from(u) / 1000.0);
+        (x.hs_down_us.is_some() || x.hs_up_us.is_some()).then(|| Self {
+            downstream_ms: ms(x.hs_down_us),
+            upstream_ms: ms(x.hs_up_us),
+            total_ms: match (x.hs_down_us, x.hs_up_us) {
+                (Some(p), Some(q)) => Some((f64::from(p) + f64::from(q)) / 1000.0),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// Both sides' figures combined by `both`, or the one side that has one.
+fn either_or_both<T>(a: Option<T>, b: Option<T>, both: impl FnOnce(T, T) -> T) -> Option<T> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(both(x, y)),
+        (x, y) => x.or(y),
     }
 }
 
@@ -393,29 +426,15 @@ impl FlowSummary {
         let ex = f.extra.as_deref();
         let a = dir_report(&f.dir[s], ex.map(|x| &x.dir[s]), f.vlan[s], tcp, f.last_ts);
         let b = dir_report(&f.dir[r], ex.map(|x| &x.dir[r]), f.vlan[r], tcp, f.last_ts);
-        let rtt = {
-            let sa = ex.and_then(|x| x.dir[s].rtt.summary());
-            let sb = ex.and_then(|x| x.dir[r].rtt.summary());
-            match (sa, sb) {
-                (Some(x), Some(y)) => Some(x.plus(y)),
-                (x, y) => x.or(y),
-            }
-        };
+        let rtt = either_or_both(
+            ex.and_then(|x| x.dir[s].rtt.summary()),
+            ex.and_then(|x| x.dir[r].rtt.summary()),
+            |x, y| x.plus(y),
+        );
         let duration_ns = f.last_ts.saturating_sub(f.first_ts);
         let goodput = a.goodput_bytes + b.goodput_bytes;
         let st = TcpState::from_u8(f.state);
         let state = if tcp { st.name() } else { "active" };
-        let handshake = ex.and_then(|x| {
-            let ms = |v: Option<u32>| v.map(|u| f64::from(u) / 1000.0);
-            (x.hs_down_us.is_some() || x.hs_up_us.is_some()).then(|| HandshakeReport {
-                downstream_ms: ms(x.hs_down_us),
-                upstream_ms: ms(x.hs_up_us),
-                total_ms: match (x.hs_down_us, x.hs_up_us) {
-                    (Some(p), Some(q)) => Some((f64::from(p) + f64::from(q)) / 1000.0),
-                    _ => None,
-                },
-            })
-        });
         let rst_from = if f.dir[s].flags & F_RST != 0 {
             Some("src")
         } else if f.dir[r].flags & F_RST != 0 {
@@ -434,14 +453,8 @@ impl FlowSummary {
                 })
                 .collect()
         });
-        let jitter_ms = match (a.jitter_ms, b.jitter_ms) {
-            (Some(x), Some(y)) => Some(x.max(y)),
-            (x, y) => x.or(y),
-        };
-        let srtt_ms = match (a.srtt_ms, b.srtt_ms) {
-            (Some(x), Some(y)) => Some(round_us(x + y)),
-            (x, y) => x.or(y),
-        };
+        let jitter_ms = either_or_both(a.jitter_ms, b.jitter_ms, f64::max);
+        let srtt_ms = either_or_both(a.srtt_ms, b.srtt_ms, |x, y| round_us(x + y));
         Self {
             src: ip_from_bytes(k.ip_version, &k.addr[s]),
             dst: ip_from_bytes(k.ip_version, &k.addr[r]),
@@ -479,7 +492,7 @@ impl FlowSummary {
             jitter_ms,
             srtt_ms,
             ce_packets: a.ce_packets + b.ce_packets,
-            handshake,
+            handshake: ex.and_then(HandshakeReport::of),
             state,
             syn_unanswered: tcp && f.dir[s].flags & F_SYN != 0 && f.dir[r].flags & F_SYNACK == 0,
             rst_from,

@@ -40,7 +40,7 @@ use prometheus_client::{
 };
 
 use super::groups::{effective_groups, Grouper, MetricsConfig, SeriesLabels};
-use crate::flow::{Delta, Flow, FlowObserver, FlowTable};
+use crate::flow::{Delta, Flow, FlowObserver, FlowTable, TableStats};
 
 /// Upper bounds of the RTT histogram, seconds (100 us to 10 s).
 pub const RTT_BUCKETS: [f64; 16] = [
@@ -284,109 +284,128 @@ impl Collector for KpiCollector {
         };
         let table = self.flows.lock().ok().map(|t| (t.len(), t.stats().clone()));
         let rows: Vec<(&SeriesLabels, &Series)> = labels_.iter().zip(series.iter()).collect();
-
-        dir_counter_family(
-            &mut enc,
-            "phalanx_flow_packets",
-            "Packets of tracked flows by flow group and direction (rx: received by this host, tx: sent by it).",
-            &rows,
-            |s| s.packets,
-        )?;
-        dir_counter_family(
-            &mut enc,
-            "phalanx_flow_bytes",
-            "Frame bytes of tracked flows by flow group and direction.",
-            &rows,
-            |s| s.bytes,
-        )?;
-        counter_family(
-            &mut enc,
-            "phalanx_tcp_retransmissions",
-            "TCP segments carrying data seen before, or filling a hole late (loss recovery).",
-            &rows,
-            |s| s.retransmissions,
-        )?;
-        counter_family(
-            &mut enc,
-            "phalanx_tcp_out_of_order",
-            "TCP segments that filled a hole early: reordering, not loss.",
-            &rows,
-            |s| s.out_of_order,
-        )?;
-        counter_family(
-            &mut enc,
-            "phalanx_tcp_duplicate_acks",
-            "TCP duplicate ACKs (RFC 5681 definition).",
-            &rows,
-            |s| s.dup_acks,
-        )?;
-        counter_family(
-            &mut enc,
-            "phalanx_tcp_zero_window_episodes",
-            "TCP zero-window episodes: a receiver advertised a zero window after a non-zero one.",
-            &rows,
-            |s| s.zero_windows,
-        )?;
-        hist_family(
-            &mut enc,
-            "phalanx_flow_rtt_seconds",
-            "RTT samples; direction tx: this host's packets to the remote end and the answer back, rx: the remote's packets to this host's answer.",
-            &rows,
-            &RTT_BUCKETS,
-            |s| &s.rtt,
-        )?;
-        hist_family(
-            &mut enc,
-            "phalanx_flow_jitter_seconds",
-            "RFC 3550 jitter estimate after each update (TCP: over consecutive RTT samples; UDP: over arrival spacing).",
-            &rows,
-            &JITTER_BUCKETS,
-            |s| &s.jitter,
-        )?;
-        single(
-            &mut enc,
-            "phalanx_metrics_series",
-            "Flow-group label sets in use (bounded by metrics.series_budget plus one overflow series per group).",
-            labels_.len() as u64,
-            true,
-        )?;
-        single(
-            &mut enc,
-            "phalanx_metrics_overflow_flows",
-            "Flows counted in an overflow series because metrics.series_budget was spent.",
-            overflowed,
-            false,
-        )?;
+        encode_kpis(&mut enc, &rows)?;
+        encode_series_budget(&mut enc, labels_.len() as u64, overflowed)?;
         if let Some((active, stats)) = table {
-            single(
-                &mut enc,
-                "phalanx_flows_active",
-                "Flows tracked now.",
-                active as u64,
-                true,
-            )?;
-            single(
-                &mut enc,
-                "phalanx_flows_created",
-                "Flows the table started tracking.",
-                stats.flows_created,
-                false,
-            )?;
-            let mut fam = enc.encode_descriptor(
-                "phalanx_flows_evicted",
-                "Flows that left the table: idle past their timeout, or the longest idle when the table was full (flows.max_flows).",
-                None,
-                MetricType::Counter,
-            )?;
-            for (reason, v) in [
-                ("idle", stats.flows_expired),
-                ("table_full", stats.flows_evicted_full),
-            ] {
-                ConstCounter::new(v).encode(fam.encode_family(&[("reason", reason)])?)?;
-            }
+            encode_table(&mut enc, active as u64, &stats)?;
         }
         Ok(())
     }
+}
+
+/// The flow KPI families, one series per flow-group label set.
+fn encode_kpis(enc: &mut DescriptorEncoder, rows: &[(&SeriesLabels, &Series)]) -> std::fmt::Result {
+    dir_counter_family(
+        enc,
+        "phalanx_flow_packets",
+        "Packets of tracked flows by flow group and direction (rx: received by this host, tx: sent by it).",
+        rows,
+        |s| s.packets,
+    )?;
+    dir_counter_family(
+        enc,
+        "phalanx_flow_bytes",
+        "Frame bytes of tracked flows by flow group and direction.",
+        rows,
+        |s| s.bytes,
+    )?;
+    counter_family(
+        enc,
+        "phalanx_tcp_retransmissions",
+        "TCP segments carrying data seen before, or filling a hole late (loss recovery).",
+        rows,
+        |s| s.retransmissions,
+    )?;
+    counter_family(
+        enc,
+        "phalanx_tcp_out_of_order",
+        "TCP segments that filled a hole early: reordering, not loss.",
+        rows,
+        |s| s.out_of_order,
+    )?;
+    counter_family(
+        enc,
+        "phalanx_tcp_duplicate_acks",
+        "TCP duplicate ACKs (RFC 5681 definition).",
+        rows,
+        |s| s.dup_acks,
+    )?;
+    counter_family(
+        enc,
+        "phalanx_tcp_zero_window_episodes",
+        "TCP zero-window episodes: a receiver advertised a zero window after a non-zero one.",
+        rows,
+        |s| s.zero_windows,
+    )?;
+    hist_family(
+        enc,
+        "phalanx_flow_rtt_seconds",
+        "RTT samples; direction tx: this host's packets to the remote end and the answer back, rx: the remote's packets to this host's answer.",
+        rows,
+        &RTT_BUCKETS,
+        |s| &s.rtt,
+    )?;
+    hist_family(
+        enc,
+        "phalanx_flow_jitter_seconds",
+        "RFC 3550 jitter estimate after each update (TCP: over consecutive RTT samples; UDP: over arrival spacing).",
+        rows,
+        &JITTER_BUCKETS,
+        |s| &s.jitter,
+    )
+}
+
+/// How much of `metrics.series_budget` is spent.
+fn encode_series_budget(
+    enc: &mut DescriptorEncoder,
+    series: u64,
+    overflowed: u64,
+) -> std::fmt::Result {
+    single(
+        enc,
+        "phalanx_metrics_series",
+        "Flow-group label sets in use (bounded by metrics.series_budget plus one overflow series per group).",
+        series,
+        true,
+    )?;
+    single(
+        enc,
+        "phalanx_metrics_overflow_flows",
+        "Flows counted in an overflow series because metrics.series_budget was spent.",
+        overflowed,
+        false,
+    )
+}
+
+/// The flow table: flows tracked, started and gone.
+fn encode_table(enc: &mut DescriptorEncoder, active: u64, stats: &TableStats) -> std::fmt::Result {
+    single(
+        enc,
+        "phalanx_flows_active",
+        "Flows tracked now.",
+        active,
+        true,
+    )?;
+    single(
+        enc,
+        "phalanx_flows_created",
+        "Flows the table started tracking.",
+        stats.flows_created,
+        false,
+    )?;
+    let mut fam = enc.encode_descriptor(
+        "phalanx_flows_evicted",
+        "Flows that left the table: idle past their timeout, or the longest idle when the table was full (flows.max_flows).",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, v) in [
+        ("idle", stats.flows_expired),
+        ("table_full", stats.flows_evicted_full),
+    ] {
+        ConstCounter::new(v).encode(fam.encode_family(&[("reason", reason)])?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
