@@ -201,6 +201,52 @@ pub struct Dispatcher {
     settings: DeliverySettings,
 }
 
+/// Hands every spooled delivery to the worker of its receiver; those for
+/// receivers no longer configured are dropped and counted as failed.
+async fn replay_spool(
+    workers: &[Arc<Worker>],
+    spool: &Arc<Spool>,
+    metrics: &DeliveryMetrics,
+) -> Result<(), DeliveryError> {
+    let sp = spool.clone();
+    let (pending, bad) = tokio::task::spawn_blocking(move || sp.load())
+        .await
+        .map_err(|e| SpoolError::Io {
+            path: spool.dir().display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
+    if !bad.is_empty() {
+        warn!(count = bad.len(), "unreadable spool files set aside");
+    }
+    let mut replayed = 0usize;
+    for s in pending {
+        match workers
+            .iter()
+            .find(|w| w.receiver.name == s.delivery.receiver)
+        {
+            Some(w) => {
+                w.push(Pending {
+                    spool_name: Some(s.name),
+                    created_ns: s.delivery.created_ns,
+                    body: s.delivery.body.into(),
+                    resend: false,
+                });
+                replayed += 1;
+            }
+            None => {
+                warn!(receiver = %s.delivery.receiver, file = %s.name,
+                    "spooled delivery for a receiver no longer configured: dropped");
+                metrics.inc(&s.delivery.receiver, Outcome::failed);
+                remove_spooled(spool, &s.name).await;
+            }
+        }
+    }
+    if replayed > 0 {
+        info!(replayed, "replaying spooled deliveries");
+    }
+    Ok(())
+}
+
 impl Dispatcher {
     /// Starts one worker per receiver and replays the spool into them.
     /// Spooled deliveries for receivers no longer configured are dropped
@@ -226,43 +272,7 @@ impl Dispatcher {
             })
             .collect();
 
-        let sp = spool.clone();
-        let (pending, bad) = tokio::task::spawn_blocking(move || sp.load())
-            .await
-            .map_err(|e| SpoolError::Io {
-                path: spool.dir().display().to_string(),
-                source: std::io::Error::other(e.to_string()),
-            })??;
-        if !bad.is_empty() {
-            warn!(count = bad.len(), "unreadable spool files set aside");
-        }
-        let mut replayed = 0usize;
-        for s in pending {
-            match workers
-                .iter()
-                .find(|w| w.receiver.name == s.delivery.receiver)
-            {
-                Some(w) => {
-                    w.push(Pending {
-                        spool_name: Some(s.name),
-                        created_ns: s.delivery.created_ns,
-                        body: s.delivery.body.into(),
-                        resend: false,
-                    });
-                    replayed += 1;
-                }
-                None => {
-                    warn!(receiver = %s.delivery.receiver, file = %s.name,
-                        "spooled delivery for a receiver no longer configured: dropped");
-                    metrics.inc(&s.delivery.receiver, Outcome::failed);
-                    remove_spooled(&spool, &s.name).await;
-                }
-            }
-        }
-        if replayed > 0 {
-            info!(replayed, "replaying spooled deliveries");
-        }
-
+        replay_spool(&workers, &spool, &metrics).await?;
         let tasks = workers
             .iter()
             .map(|w| {

@@ -77,7 +77,6 @@ pub fn full_frame_len(meta: &PacketMeta) -> usize {
 
 fn build(meta: &PacketMeta, mode: PayloadMode) -> Built {
     let v6 = meta.ip_version == 6;
-    let later = meta.ip_flags & IP_FLAG_LATER_FRAGMENT != 0;
     let v6_frag = v6 && meta.ip_flags & (IP_FLAG_MF | IP_FLAG_LATER_FRAGMENT) != 0;
     let frag_len = if v6_frag { Ipv6FragmentHeader::LEN } else { 0 };
     let ip_hdr_len = if v6 {
@@ -87,26 +86,49 @@ fn build(meta: &PacketMeta, mode: PayloadMode) -> Built {
     };
     // Both IPv4 total length and IPv6 payload length are 16-bit fields.
     let max_l4 = usize::from(u16::MAX) - if v6 { frag_len } else { ip_hdr_len };
-
-    let src = meta.src_addr;
-    let dst = meta.dst_addr;
-    let checksum = Pseudo { v6, src, dst };
-    let kind = RecordKind::try_from(meta.kind).unwrap_or(RecordKind::OtherIp);
-    let (l4, l4_full_len) = if later {
-        raw_payload(meta, mode, max_l4)
-    } else {
-        match kind {
-            RecordKind::Tcp => tcp_segment(meta, mode, max_l4, &checksum),
-            RecordKind::Udp => udp_datagram(meta, mode, max_l4, &checksum),
-            RecordKind::IcmpError => icmp_message(meta, mode, max_l4, &checksum, quote(meta)),
-            RecordKind::OtherIp if is_icmp(meta) => {
-                icmp_message(meta, mode, max_l4, &checksum, Vec::new())
-            }
-            RecordKind::OtherIp => raw_payload(meta, mode, max_l4),
-        }
-    };
+    let (l4, l4_full_len) = transport(meta, mode, max_l4);
 
     let mut out = Vec::with_capacity(14 + 8 + ip_hdr_len + frag_len + l4.len());
+    push_link_header(&mut out, meta);
+    let link_len = out.len();
+    let l4_len16 = u16::try_from(l4_full_len).unwrap_or(u16::MAX);
+    if v6 {
+        push_ipv6_header(&mut out, meta, l4_len16, v6_frag);
+    } else {
+        push_ipv4_header(&mut out, meta, l4_len16);
+    }
+    out.extend_from_slice(&l4);
+    Built {
+        bytes: out,
+        full_len: link_len + ip_hdr_len + frag_len + l4_full_len,
+    }
+}
+
+/// The transport part (or, for a later fragment, raw payload) and its
+/// length before any payload was left out.
+fn transport(meta: &PacketMeta, mode: PayloadMode, max_l4: usize) -> (Vec<u8>, usize) {
+    let checksum = Pseudo {
+        v6: meta.ip_version == 6,
+        src: meta.src_addr,
+        dst: meta.dst_addr,
+    };
+    if meta.ip_flags & IP_FLAG_LATER_FRAGMENT != 0 {
+        return raw_payload(meta, mode, max_l4);
+    }
+    match RecordKind::try_from(meta.kind).unwrap_or(RecordKind::OtherIp) {
+        RecordKind::Tcp => tcp_segment(meta, mode, max_l4, &checksum),
+        RecordKind::Udp => udp_datagram(meta, mode, max_l4, &checksum),
+        RecordKind::IcmpError => icmp_message(meta, mode, max_l4, &checksum, quote(meta)),
+        RecordKind::OtherIp if is_icmp(meta) => {
+            icmp_message(meta, mode, max_l4, &checksum, Vec::new())
+        }
+        RecordKind::OtherIp => raw_payload(meta, mode, max_l4),
+    }
+}
+
+/// Ethernet with the record's VLAN tags (none, 802.1Q, or QinQ).
+fn push_link_header(out: &mut Vec<u8>, meta: &PacketMeta) {
+    let v6 = meta.ip_version == 6;
     let tags = usize::from(meta.vlan_count.min(2));
     let ip_ethertype = if v6 { EtherType::IPV6 } else { EtherType::IPV4 };
     let first_type = match tags {
@@ -116,8 +138,8 @@ fn build(meta: &PacketMeta, mode: PayloadMode) -> Built {
     };
     out.extend_from_slice(
         &Ethernet2Header {
-            source: mac_for(&src, v6),
-            destination: mac_for(&dst, v6),
+            source: mac_for(&meta.src_addr, v6),
+            destination: mac_for(&meta.dst_addr, v6),
             ether_type: first_type,
         }
         .to_bytes(),
@@ -134,60 +156,60 @@ fn build(meta: &PacketMeta, mode: PayloadMode) -> Built {
         out.extend_from_slice(&vlan(meta.outer_vlan, EtherType::VLAN_TAGGED_FRAME).to_bytes());
         out.extend_from_slice(&vlan(meta.inner_vlan, ip_ethertype).to_bytes());
     }
-    let link_len = out.len();
+}
 
-    let l4_len16 = u16::try_from(l4_full_len).unwrap_or(u16::MAX);
-    if v6 {
-        let mut h = Ipv6Header {
-            traffic_class: meta.tos,
-            flow_label: Ipv6FlowLabel::try_new(meta.ip_id & 0x000f_ffff)
-                .unwrap_or(Ipv6FlowLabel::ZERO),
-            payload_length: l4_len16.saturating_add(frag_len as u16),
-            next_header: IpNumber(meta.l4_proto),
-            hop_limit: meta.ttl,
-            source: src,
-            destination: dst,
-        };
-        if v6_frag {
-            h.next_header = IpNumber::IPV6_FRAGMENTATION_HEADER;
-            out.extend_from_slice(&h.to_bytes());
-            let offset = if later { LATER_FRAGMENT_OFFSET } else { 0 };
-            out.extend_from_slice(&v6_fragment_header(
-                meta.l4_proto,
-                offset,
-                meta.ip_flags & IP_FLAG_MF != 0,
-            ));
-        } else {
-            out.extend_from_slice(&h.to_bytes());
-        }
-    } else {
-        let mut h = Ipv4Header {
-            dscp: IpDscp::try_new(meta.tos >> 2).unwrap_or(IpDscp::ZERO),
-            ecn: IpEcn::try_new(meta.tos & 0x3).unwrap_or(IpEcn::ZERO),
-            total_len: l4_len16.saturating_add(Ipv4Header::MIN_LEN as u16),
-            identification: meta.ip_id as u16,
-            dont_fragment: meta.ip_flags & IP_FLAG_DF != 0,
-            more_fragments: meta.ip_flags & IP_FLAG_MF != 0,
-            fragment_offset: if later {
-                IpFragOffset::try_new(LATER_FRAGMENT_OFFSET).unwrap_or(IpFragOffset::ZERO)
-            } else {
-                IpFragOffset::ZERO
-            },
-            time_to_live: meta.ttl,
-            protocol: IpNumber(meta.l4_proto),
-            header_checksum: 0,
-            source: [src[0], src[1], src[2], src[3]],
-            destination: [dst[0], dst[1], dst[2], dst[3]],
-            options: Default::default(),
-        };
-        h.header_checksum = h.calc_header_checksum();
+/// The IPv6 header, and a fragment header when the record is a fragment.
+fn push_ipv6_header(out: &mut Vec<u8>, meta: &PacketMeta, l4_len: u16, fragment: bool) {
+    let frag_len = if fragment { Ipv6FragmentHeader::LEN } else { 0 };
+    let mut h = Ipv6Header {
+        traffic_class: meta.tos,
+        flow_label: Ipv6FlowLabel::try_new(meta.ip_id & 0x000f_ffff).unwrap_or(Ipv6FlowLabel::ZERO),
+        payload_length: l4_len.saturating_add(frag_len as u16),
+        next_header: IpNumber(meta.l4_proto),
+        hop_limit: meta.ttl,
+        source: meta.src_addr,
+        destination: meta.dst_addr,
+    };
+    if !fragment {
         out.extend_from_slice(&h.to_bytes());
+        return;
     }
-    out.extend_from_slice(&l4);
-    Built {
-        bytes: out,
-        full_len: link_len + ip_hdr_len + frag_len + l4_full_len,
-    }
+    h.next_header = IpNumber::IPV6_FRAGMENTATION_HEADER;
+    out.extend_from_slice(&h.to_bytes());
+    let later = meta.ip_flags & IP_FLAG_LATER_FRAGMENT != 0;
+    let offset = if later { LATER_FRAGMENT_OFFSET } else { 0 };
+    out.extend_from_slice(&v6_fragment_header(
+        meta.l4_proto,
+        offset,
+        meta.ip_flags & IP_FLAG_MF != 0,
+    ));
+}
+
+/// The IPv4 header with its checksum.
+fn push_ipv4_header(out: &mut Vec<u8>, meta: &PacketMeta, l4_len: u16) {
+    let (src, dst) = (meta.src_addr, meta.dst_addr);
+    let later = meta.ip_flags & IP_FLAG_LATER_FRAGMENT != 0;
+    let mut h = Ipv4Header {
+        dscp: IpDscp::try_new(meta.tos >> 2).unwrap_or(IpDscp::ZERO),
+        ecn: IpEcn::try_new(meta.tos & 0x3).unwrap_or(IpEcn::ZERO),
+        total_len: l4_len.saturating_add(Ipv4Header::MIN_LEN as u16),
+        identification: meta.ip_id as u16,
+        dont_fragment: meta.ip_flags & IP_FLAG_DF != 0,
+        more_fragments: meta.ip_flags & IP_FLAG_MF != 0,
+        fragment_offset: if later {
+            IpFragOffset::try_new(LATER_FRAGMENT_OFFSET).unwrap_or(IpFragOffset::ZERO)
+        } else {
+            IpFragOffset::ZERO
+        },
+        time_to_live: meta.ttl,
+        protocol: IpNumber(meta.l4_proto),
+        header_checksum: 0,
+        source: [src[0], src[1], src[2], src[3]],
+        destination: [dst[0], dst[1], dst[2], dst[3]],
+        options: Default::default(),
+    };
+    h.header_checksum = h.calc_header_checksum();
+    out.extend_from_slice(&h.to_bytes());
 }
 
 /// Addresses for transport checksums.
