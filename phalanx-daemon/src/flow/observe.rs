@@ -54,7 +54,7 @@ pub trait FlowObserver {
     /// `tag` is the flow's slot for the observer's own use (0 on a new
     /// flow); the observer may store a small id there, e.g. the flow's
     /// metric group, to classify each flow once.
-    fn observe(&mut self, flow: &Flow, tag: &mut u16, rec: &PacketMeta, delta: &Delta);
+    fn on_record(&mut self, flow: &Flow, tag: &mut u16, rec: &PacketMeta, delta: &Delta);
 }
 
 /// Counters of a flow at one instant.

@@ -58,7 +58,7 @@ struct NoObserver;
 
 impl FlowObserver for NoObserver {
     const ENABLED: bool = false;
-    fn observe(&mut self, _: &Flow, _: &mut u16, _: &PacketMeta, _: &super::observe::Delta) {}
+    fn on_record(&mut self, _: &Flow, _: &mut u16, _: &PacketMeta, _: &super::observe::Delta) {}
 }
 
 /// Why a flow left the table.
@@ -214,7 +214,7 @@ impl FlowTable {
         if let Some(mark) = mark {
             let delta = mark.delta(f, d);
             let mut tag = f.tag;
-            obs.observe(f, &mut tag, rec, &delta);
+            obs.on_record(f, &mut tag, rec, &delta);
             f.tag = tag;
         }
         let class = f.timeout_class();

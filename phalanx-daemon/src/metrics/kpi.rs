@@ -137,7 +137,7 @@ impl FlowMetrics {
 }
 
 impl FlowObserver for FlowMetrics {
-    fn observe(&mut self, flow: &Flow, tag: &mut u16, rec: &PacketMeta, d: &Delta) {
+    fn on_record(&mut self, flow: &Flow, tag: &mut u16, rec: &PacketMeta, d: &Delta) {
         let a = self.grouper.assign(flow, tag, rec, d.side);
         if a.series >= self.series.len() {
             self.series.resize_with(a.series + 1, Series::default);
