@@ -76,6 +76,8 @@ fn generate(out: &Path, packets: u64) -> Result<(u64, u64)> {
             "--release",
             "-p",
             "phalanx-daemon",
+            "--features",
+            "synth",
             "--example",
             "gen_capture",
             "--",
