@@ -25,7 +25,7 @@ use crate::rules::RuleEngine;
 use crate::stitch::live::LiveStitch;
 
 /// How often the rules look at the live flow table.
-const RULES_INTERVAL: Duration = Duration::from_secs(2);
+pub const RULES_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Evaluates the diagnosis rules over the live flow table every
 /// [`RULES_INTERVAL`] and reports each finding to the incident manager.

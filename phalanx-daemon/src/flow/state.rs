@@ -422,7 +422,7 @@ pub struct Flow {
     pub dir: [Dir; 2],
     /// Lazily allocated state.
     pub extra: Option<Box<Extra>>,
-    /// Slot of the [`FlowObserver`] (0 on a new flow).
+    /// Slot of the [`FlowObserver`](super::FlowObserver) (0 on a new flow).
     pub tag: u16,
 }
 

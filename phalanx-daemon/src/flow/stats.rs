@@ -3,7 +3,7 @@
 //! The first [`EXACT_SAMPLES`] samples are kept verbatim, so short flows
 //! (and tests) get exact quantiles. Beyond that the samples move into a
 //! sparse log-linear sketch (HDR histogram style: exact below
-//! [`EXACT_BELOW`] µs, then [`SUB_BUCKETS`] equal buckets per power of two,
+//! `EXACT_BELOW` µs, then `SUB_BUCKETS` equal buckets per power of two,
 //! so a bucket's value is within 0.8 % of every sample in it) whose size
 //! depends on the spread of the values, not on their number. A bucket index
 //! is a shift and a mask away from its sample: no logarithm per sample.
