@@ -6,78 +6,138 @@
 //! a one-way flow without that proof is a silent peer, not a path; (2) a
 //! direction's TTL / hop limit changes mid-flow: its route changed.
 
+use serde::Deserialize;
 use serde_json::json;
 
-use super::config::AsymmetricConfig;
-use super::{plural, r3, sides, Finding, FindingFlow, Severity};
+use super::config::{finite_nonneg, RuleSettings};
+use super::{plural, r3, sides, Finding, FindingFlow, RuleError, Severity, Side};
 use crate::flow::FlowSummary;
 
-pub(super) fn check(c: &AsymmetricConfig, f: &FlowSummary, out: &mut Vec<Finding>) {
+/// The rule's name: its `[rules.<name>]` table and its findings' `rule`.
+pub(super) const NAME: &str = "asymmetric_path";
+
+/// `asymmetric_path`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AsymmetricConfig {
+    /// Evaluate the rule.
+    pub enabled: bool,
+    /// One-way flows: packets the seen direction must have sent.
+    pub min_packets: u64,
+    /// One-way flows: seconds between the flow's first and last packet.
+    pub min_duration_secs: f64,
+    /// TTL changes: smallest difference between a direction's largest and
+    /// smallest TTL that counts as a path change (0 turns this check off).
+    pub min_ttl_delta: u8,
+}
+
+impl Default for AsymmetricConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_packets: 10,
+            min_duration_secs: 1.0,
+            min_ttl_delta: 1,
+        }
+    }
+}
+
+impl RuleSettings for AsymmetricConfig {
+    const NAME: &'static str = NAME;
+
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn validate(&self) -> Result<(), RuleError> {
+        Self::require(self.min_packets >= 1, "min_packets", "must be at least 1")?;
+        Self::require(
+            finite_nonneg(self.min_duration_secs),
+            "min_duration_secs",
+            "must be a number >= 0",
+        )
+    }
+}
+
+pub(super) fn check(c: &AsymmetricConfig, f: &FlowSummary, _now_ns: u64, out: &mut Vec<Finding>) {
     if f.proto != "tcp" {
         return;
     }
     for s in sides(f) {
-        let d = s.d;
-        let proof = d.ack_advances >= 1 || (d.syn && !d.syn_only && !d.rst);
-        if s.peer.packets == 0
-            && d.packets >= c.min_packets
-            && f.duration_s >= c.min_duration_secs
-            && proof
-        {
-            out.push(Finding {
-                rule: "asymmetric_path".into(),
-                severity: Severity::Warning,
-                flow: FindingFlow::of(f),
-                summary: format!(
-                    "Only {} -> {} crosses this host ({} over {:.1} s, acknowledging traffic that never passed here): the return path from {} goes around this vantage point.",
-                    s.from,
-                    s.to,
-                    plural(d.packets, "packet", "packets"),
-                    f.duration_s,
-                    s.to,
-                ),
-                evidence: json!({
-                    "kind": "one_direction",
-                    "seen_direction": s.name,
-                    "packets": d.packets,
-                    "reverse_packets": 0,
-                    "duration_s": r3(f.duration_s),
-                    "ack_advances": d.ack_advances,
-                    "handshake_completed_elsewhere": d.syn && !d.syn_only,
-                    "first_ts_ns": f.first_ts_ns,
-                    "last_ts_ns": f.last_ts_ns,
-                }),
-            });
-        }
-        let t = &d.ttl;
-        if c.min_ttl_delta > 0 && t.changes > 0 && t.max - t.min >= c.min_ttl_delta {
-            out.push(Finding {
-                rule: "asymmetric_path".into(),
-                severity: Severity::Info,
-                flow: FindingFlow::of(f),
-                summary: format!(
-                    "The TTL of {} -> {} changed mid-flow from {} to {} ({}, range {}-{}): the route from {} changed.",
-                    s.from,
-                    s.to,
-                    t.first,
-                    t.last,
-                    plural(u64::from(t.changes), "change", "changes"),
-                    t.min,
-                    t.max,
-                    s.from,
-                ),
-                evidence: json!({
-                    "kind": "ttl_change",
-                    "direction": s.name,
-                    "ttl_first": t.first,
-                    "ttl_last": t.last,
-                    "ttl_min": t.min,
-                    "ttl_max": t.max,
-                    "ttl_changes": t.changes,
-                    "first_change_ns": t.first_change_ns,
-                    "packets": d.packets,
-                }),
-            });
-        }
+        out.extend(one_way(c, f, &s));
+        out.extend(ttl_change(c, f, &s));
     }
+}
+
+/// The warning for a direction seen alone that proves the other exists.
+fn one_way(c: &AsymmetricConfig, f: &FlowSummary, s: &Side<'_>) -> Option<Finding> {
+    let d = s.d;
+    let proof = d.ack_advances >= 1 || (d.syn && !d.syn_only && !d.rst);
+    let fires = s.peer.packets == 0
+        && d.packets >= c.min_packets
+        && f.duration_s >= c.min_duration_secs
+        && proof;
+    if !fires {
+        return None;
+    }
+    Some(Finding {
+        rule: NAME.into(),
+        severity: Severity::Warning,
+        flow: FindingFlow::of(f),
+        summary: format!(
+            "Only {} -> {} crosses this host ({} over {:.1} s, acknowledging traffic that never passed here): the return path from {} goes around this vantage point.",
+            s.from,
+            s.to,
+            plural(d.packets, "packet", "packets"),
+            f.duration_s,
+            s.to,
+        ),
+        evidence: json!({
+            "kind": "one_direction",
+            "seen_direction": s.name,
+            "packets": d.packets,
+            "reverse_packets": 0,
+            "duration_s": r3(f.duration_s),
+            "ack_advances": d.ack_advances,
+            "handshake_completed_elsewhere": d.syn && !d.syn_only,
+            "first_ts_ns": f.first_ts_ns,
+            "last_ts_ns": f.last_ts_ns,
+        }),
+    })
+}
+
+/// The info finding for a direction whose TTL changed mid-flow.
+fn ttl_change(c: &AsymmetricConfig, f: &FlowSummary, s: &Side<'_>) -> Option<Finding> {
+    let (d, t) = (s.d, &s.d.ttl);
+    let fires = c.min_ttl_delta > 0 && t.changes > 0 && t.max - t.min >= c.min_ttl_delta;
+    if !fires {
+        return None;
+    }
+    Some(Finding {
+        rule: NAME.into(),
+        severity: Severity::Info,
+        flow: FindingFlow::of(f),
+        summary: format!(
+            "The TTL of {} -> {} changed mid-flow from {} to {} ({}, range {}-{}): the route from {} changed.",
+            s.from,
+            s.to,
+            t.first,
+            t.last,
+            plural(u64::from(t.changes), "change", "changes"),
+            t.min,
+            t.max,
+            s.from,
+        ),
+        evidence: json!({
+            "kind": "ttl_change",
+            "direction": s.name,
+            "ttl_first": t.first,
+            "ttl_last": t.last,
+            "ttl_min": t.min,
+            "ttl_max": t.max,
+            "ttl_changes": t.changes,
+            "first_change_ns": t.first_change_ns,
+            "packets": d.packets,
+        }),
+    })
 }

@@ -1,13 +1,24 @@
 //! Rule settings (`[rules.*]` in phalanx.toml).
 //!
-//! Every built-in rule has a table with `enabled` and its thresholds;
-//! `[[rules.custom]]` entries add rules written in the condition language
-//! of [`super::expr`]. Defaults are documented in `config/phalanx.toml`.
+//! Every built-in rule has a table with `enabled` and its thresholds,
+//! declared and validated beside the rule (its file in `rules/`, through
+//! [`RuleSettings`]) and re-exported here; `[[rules.custom]]` entries add
+//! rules written in the condition language of [`super::expr`]. Defaults
+//! are documented in `config/phalanx.toml`.
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::Severity;
+use super::{RuleError, Severity};
+
+pub use super::asymmetric::AsymmetricConfig;
+pub use super::congestion::CongestionConfig;
+pub use super::pmtud::PmtudConfig;
+pub use super::rst_storm::RstStormConfig;
+pub use super::stall::StallConfig;
+pub use super::storm::RetransStormConfig;
+pub use super::syn_unanswered::SynUnansweredConfig;
+pub use super::zero_window::ZeroWindowConfig;
 
 /// All rule settings.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -33,198 +44,41 @@ pub struct RulesConfig {
     pub custom: Vec<CustomRuleConfig>,
 }
 
-/// `pmtud_blackhole` (and its info companion `pmtud_reduced`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct PmtudConfig {
-    /// Evaluate the rule.
-    pub enabled: bool,
-    /// Retransmissions of full-size segments, none of that size ever
-    /// acknowledged, before the rule fires.
-    pub min_retransmissions: u32,
-    /// Segments smaller than this (payload bytes) are not "full size":
-    /// they fit nearly every path.
-    pub min_segment_bytes: u32,
-    /// Report an ICMP "fragmentation needed" / "packet too big" that
-    /// lowered a flow's path MTU, as `pmtud_reduced` (info).
-    pub report_reduced: bool,
-}
+/// The settings of one built-in rule: its `[rules.<NAME>]` table.
+pub trait RuleSettings {
+    /// The table's name under `[rules]`, which is also the rule's name.
+    const NAME: &'static str;
 
-impl Default for PmtudConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            min_retransmissions: 3,
-            min_segment_bytes: 1200,
-            report_reduced: true,
+    /// Whether the rule is evaluated.
+    fn enabled(&self) -> bool;
+
+    /// The first threshold out of range, checked in a fixed order so the
+    /// same bad table always reports the same key.
+    fn validate(&self) -> Result<(), RuleError>;
+
+    /// For [`RuleSettings::validate`]: `Ok` if `ok`, else the error for
+    /// `key` of this table.
+    fn require(ok: bool, key: &'static str, message: &str) -> Result<(), RuleError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(RuleError::Threshold {
+                rule: Self::NAME,
+                key,
+                message: message.to_string(),
+            })
         }
     }
 }
 
-/// `asymmetric_path`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct AsymmetricConfig {
-    /// Evaluate the rule.
-    pub enabled: bool,
-    /// One-way flows: packets the seen direction must have sent.
-    pub min_packets: u64,
-    /// One-way flows: seconds between the flow's first and last packet.
-    pub min_duration_secs: f64,
-    /// TTL changes: smallest difference between a direction's largest and
-    /// smallest TTL that counts as a path change (0 turns this check off).
-    pub min_ttl_delta: u8,
+/// A finite number > 0 (a threshold that must not be NaN or infinite).
+pub(super) fn finite_pos(v: f64) -> bool {
+    v.is_finite() && v > 0.0
 }
 
-impl Default for AsymmetricConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            min_packets: 10,
-            min_duration_secs: 1.0,
-            min_ttl_delta: 1,
-        }
-    }
-}
-
-/// `congestion`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CongestionConfig {
-    /// Evaluate the rule.
-    pub enabled: bool,
-    /// The median or smoothed recent RTT must reach this multiple of the
-    /// flow's own minimum RTT.
-    pub rtt_factor: f64,
-    /// ... and exceed the minimum by at least this many milliseconds.
-    pub min_inflation_ms: f64,
-    /// RTT samples needed before the baseline is trusted.
-    pub min_rtt_samples: u64,
-    /// Loss evidence: retransmissions (spurious and path-MTU resends not
-    /// counted) ...
-    pub min_retransmissions: u32,
-    /// ... or packets marked ECN Congestion Experienced.
-    pub min_ce_packets: u32,
-}
-
-impl Default for CongestionConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            rtt_factor: 2.0,
-            min_inflation_ms: 5.0,
-            min_rtt_samples: 10,
-            min_retransmissions: 2,
-            min_ce_packets: 1,
-        }
-    }
-}
-
-/// `syn_unanswered`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SynUnansweredConfig {
-    /// Evaluate the rule.
-    pub enabled: bool,
-    /// SYNs sent (first plus retries) with no answer ...
-    pub min_syns: u64,
-    /// ... or seconds waited since the first SYN.
-    pub timeout_secs: f64,
-}
-
-impl Default for SynUnansweredConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            min_syns: 2,
-            timeout_secs: 3.0,
-        }
-    }
-}
-
-/// `zero_window`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ZeroWindowConfig {
-    /// Evaluate the rule.
-    pub enabled: bool,
-    /// Total time a receiver advertised a zero window, ms.
-    pub min_duration_ms: f64,
-}
-
-impl Default for ZeroWindowConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            min_duration_ms: 500.0,
-        }
-    }
-}
-
-/// `retransmission_storm`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetransStormConfig {
-    /// Evaluate the rule.
-    pub enabled: bool,
-    /// Packets a direction must have sent before its ratio counts.
-    pub min_packets: u64,
-    /// Retransmitted share of a direction's packets (warning).
-    pub ratio: f64,
-    /// Share at which the finding is critical.
-    pub critical_ratio: f64,
-}
-
-impl Default for RetransStormConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            min_packets: 20,
-            ratio: 0.1,
-            critical_ratio: 0.3,
-        }
-    }
-}
-
-/// `retransmission_stall`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct StallConfig {
-    /// Evaluate the rule.
-    pub enabled: bool,
-    /// Retransmissions of the same data with no acknowledgment progress.
-    pub min_retransmissions: u32,
-}
-
-impl Default for StallConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            min_retransmissions: 3,
-        }
-    }
-}
-
-/// `rst_storm`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RstStormConfig {
-    /// Evaluate the rule.
-    pub enabled: bool,
-    /// Reset flows of one service (responder address and port) ...
-    pub min_resets: usize,
-    /// ... within this many seconds.
-    pub window_secs: f64,
-}
-
-impl Default for RstStormConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            min_resets: 10,
-            window_secs: 10.0,
-        }
-    }
+/// A finite number >= 0.
+pub(super) fn finite_nonneg(v: f64) -> bool {
+    v.is_finite() && v >= 0.0
 }
 
 /// One `[[rules.custom]]` entry.

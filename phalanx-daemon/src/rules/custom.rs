@@ -6,8 +6,41 @@ use serde_json::{Map, Value};
 use super::config::CustomRuleConfig;
 use super::expr::{self, Condition, Template};
 use super::fields::flow_fields;
-use super::{Finding, FindingFlow, RuleError, Severity};
+use super::{Finding, FindingFlow, RuleError, Severity, BUILTIN_RULES};
 use crate::flow::FlowSummary;
+
+/// Compiles `[[rules.custom]]` in order; the first bad entry is the error.
+pub(super) fn compile_all(rules: &[CustomRuleConfig]) -> Result<Vec<CustomRule>, RuleError> {
+    let mut out: Vec<CustomRule> = Vec::with_capacity(rules.len());
+    for rc in rules {
+        check_name(rc, &out)?;
+        out.push(CustomRule::compile(rc)?);
+    }
+    Ok(out)
+}
+
+/// A custom rule's name must be a plain word no other rule uses: it is
+/// the `rule` of findings and alerts.
+fn check_name(rc: &CustomRuleConfig, earlier: &[CustomRule]) -> Result<(), RuleError> {
+    let name = rc.name.as_str();
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let message = if !plain {
+        "name must be non-empty letters, digits, `_` or `-`"
+    } else if BUILTIN_RULES.contains(&name) {
+        "name is taken by a built-in rule"
+    } else if earlier.iter().any(|c| c.name == name) {
+        "name is used by two custom rules"
+    } else {
+        return Ok(());
+    };
+    Err(RuleError::Custom {
+        rule: rc.name.clone(),
+        message: message.to_string(),
+    })
+}
 
 /// A compiled custom rule.
 #[derive(Clone, Debug)]

@@ -265,85 +265,11 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
             '!' => return err(col, "use `not` for negation"),
             '&' if next == Some('&') => two(Tok::Op(BinOp::And)),
             '|' if next == Some('|') => two(Tok::Op(BinOp::Or)),
-            '"' => {
-                let mut j = i + 1;
-                let mut s = String::new();
-                loop {
-                    match c.get(j) {
-                        None => return err(col, "unterminated string"),
-                        Some('"') => break,
-                        Some('\\') if c.get(j + 1) == Some(&'"') => {
-                            s.push('"');
-                            j += 2;
-                        }
-                        Some(&x) => {
-                            s.push(x);
-                            j += 1;
-                        }
-                    }
-                }
-                (Tok::Str(s), j + 1 - i)
-            }
+            '"' => lex_string(&c, i)?,
             d if d.is_ascii_digit() || (d == '.' && next.is_some_and(|n| n.is_ascii_digit())) => {
-                let mut j = i;
-                while c.get(j).is_some_and(|x| x.is_ascii_digit()) {
-                    j += 1;
-                }
-                if c.get(j) == Some(&'.') {
-                    j += 1;
-                    while c.get(j).is_some_and(|x| x.is_ascii_digit()) {
-                        j += 1;
-                    }
-                }
-                if matches!(c.get(j), Some('e' | 'E')) {
-                    let mut k = j + 1;
-                    if matches!(c.get(k), Some('+' | '-')) {
-                        k += 1;
-                    }
-                    if c.get(k).is_some_and(|x| x.is_ascii_digit()) {
-                        while c.get(k).is_some_and(|x| x.is_ascii_digit()) {
-                            k += 1;
-                        }
-                        j = k;
-                    }
-                }
-                if c.get(j).is_some_and(|x| x.is_alphanumeric() || *x == '_') {
-                    return err(j + 1, "a number must not run into a name");
-                }
-                let text: String = c[i..j].iter().collect();
-                match text.parse::<f64>() {
-                    Ok(v) if v.is_finite() => (Tok::Num(v), j - i),
-                    _ => return err(col, format!("`{text}` is not a number")),
-                }
+                lex_number(&c, i)?
             }
-            a if a.is_ascii_alphabetic() || a == '_' => {
-                let mut j = i;
-                loop {
-                    while c
-                        .get(j)
-                        .is_some_and(|x| x.is_ascii_alphanumeric() || *x == '_')
-                    {
-                        j += 1;
-                    }
-                    // A dot continues the path only when a name follows.
-                    if c.get(j) == Some(&'.')
-                        && c.get(j + 1)
-                            .is_some_and(|x| x.is_ascii_alphabetic() || *x == '_')
-                    {
-                        j += 1;
-                        continue;
-                    }
-                    break;
-                }
-                let word: String = c[i..j].iter().collect();
-                let tok = match word.as_str() {
-                    "and" => Tok::Op(BinOp::And),
-                    "or" => Tok::Op(BinOp::Or),
-                    "not" => Tok::Not,
-                    _ => Tok::Ident(word),
-                };
-                (tok, j - i)
-            }
+            a if a.is_ascii_alphabetic() || a == '_' => lex_word(&c, i),
             other => return err(col, format!("unexpected character {other:?}")),
         };
         out.push((tok, col));
@@ -351,6 +277,91 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
     }
     out.push((Tok::End, c.len() + 1));
     Ok(out)
+}
+
+/// The string literal opening at `c[i]` (a `"`) and its length in chars.
+fn lex_string(c: &[char], i: usize) -> Result<(Tok, usize), ExprError> {
+    let mut j = i + 1;
+    let mut s = String::new();
+    loop {
+        match c.get(j) {
+            None => return err(i + 1, "unterminated string"),
+            Some('"') => break,
+            Some('\\') if c.get(j + 1) == Some(&'"') => {
+                s.push('"');
+                j += 2;
+            }
+            Some(&x) => {
+                s.push(x);
+                j += 1;
+            }
+        }
+    }
+    Ok((Tok::Str(s), j + 1 - i))
+}
+
+/// The number starting at `c[i]` and its length in chars.
+fn lex_number(c: &[char], i: usize) -> Result<(Tok, usize), ExprError> {
+    let mut j = i;
+    while c.get(j).is_some_and(|x| x.is_ascii_digit()) {
+        j += 1;
+    }
+    if c.get(j) == Some(&'.') {
+        j += 1;
+        while c.get(j).is_some_and(|x| x.is_ascii_digit()) {
+            j += 1;
+        }
+    }
+    if matches!(c.get(j), Some('e' | 'E')) {
+        let mut k = j + 1;
+        if matches!(c.get(k), Some('+' | '-')) {
+            k += 1;
+        }
+        if c.get(k).is_some_and(|x| x.is_ascii_digit()) {
+            while c.get(k).is_some_and(|x| x.is_ascii_digit()) {
+                k += 1;
+            }
+            j = k;
+        }
+    }
+    if c.get(j).is_some_and(|x| x.is_alphanumeric() || *x == '_') {
+        return err(j + 1, "a number must not run into a name");
+    }
+    let text: String = c[i..j].iter().collect();
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok((Tok::Num(v), j - i)),
+        _ => err(i + 1, format!("`{text}` is not a number")),
+    }
+}
+
+/// The name, dotted path or keyword starting at `c[i]` and its length.
+fn lex_word(c: &[char], i: usize) -> (Tok, usize) {
+    let mut j = i;
+    loop {
+        while c
+            .get(j)
+            .is_some_and(|x| x.is_ascii_alphanumeric() || *x == '_')
+        {
+            j += 1;
+        }
+        // A dot continues the path only when a name follows.
+        if c.get(j) == Some(&'.')
+            && c.get(j + 1)
+                .is_some_and(|x| x.is_ascii_alphabetic() || *x == '_')
+        {
+            j += 1;
+            continue;
+        }
+        break;
+    }
+    let word: String = c[i..j].iter().collect();
+    let tok = match word.as_str() {
+        "and" => Tok::Op(BinOp::And),
+        "or" => Tok::Op(BinOp::Or),
+        "not" => Tok::Not,
+        _ => Tok::Ident(word),
+    };
+    (tok, j - i)
 }
 
 struct Parser<'a> {
@@ -660,32 +671,35 @@ fn eval<'a>(e: &'a Expr, flow: &'a Value) -> Val<'a> {
                 (BinOp::Ne, Val::Str(x), Val::Str(y)) => Val::Bool(x != y),
                 (BinOp::Eq, Val::Bool(x), Val::Bool(y)) => Val::Bool(x == y),
                 (BinOp::Ne, Val::Bool(x), Val::Bool(y)) => Val::Bool(x != y),
-                (_, Val::Num(x), Val::Num(y)) => {
-                    let num = |v: f64| {
-                        if v.is_finite() {
-                            Val::Num(v)
-                        } else {
-                            Val::Unknown
-                        }
-                    };
-                    match op {
-                        BinOp::Add => num(x + y),
-                        BinOp::Sub => num(x - y),
-                        BinOp::Mul => num(x * y),
-                        BinOp::Div if y == 0.0 => Val::Unknown,
-                        BinOp::Div => num(x / y),
-                        BinOp::Lt => Val::Bool(x < y),
-                        BinOp::Le => Val::Bool(x <= y),
-                        BinOp::Gt => Val::Bool(x > y),
-                        BinOp::Ge => Val::Bool(x >= y),
-                        BinOp::Eq => Val::Bool(x == y),
-                        BinOp::Ne => Val::Bool(x != y),
-                        BinOp::And | BinOp::Or => Val::Unknown,
-                    }
-                }
+                (_, Val::Num(x), Val::Num(y)) => numeric(*op, x, y),
                 _ => Val::Unknown,
             }
         }
+    }
+}
+
+/// A binary operation on two numbers.
+fn numeric<'a>(op: BinOp, x: f64, y: f64) -> Val<'a> {
+    let num = |v: f64| {
+        if v.is_finite() {
+            Val::Num(v)
+        } else {
+            Val::Unknown
+        }
+    };
+    match op {
+        BinOp::Add => num(x + y),
+        BinOp::Sub => num(x - y),
+        BinOp::Mul => num(x * y),
+        BinOp::Div if y == 0.0 => Val::Unknown,
+        BinOp::Div => num(x / y),
+        BinOp::Lt => Val::Bool(x < y),
+        BinOp::Le => Val::Bool(x <= y),
+        BinOp::Gt => Val::Bool(x > y),
+        BinOp::Ge => Val::Bool(x >= y),
+        BinOp::Eq => Val::Bool(x == y),
+        BinOp::Ne => Val::Bool(x != y),
+        BinOp::And | BinOp::Or => Val::Unknown,
     }
 }
 

@@ -24,6 +24,16 @@
 //! A `pmtud_blackhole` or `syn_unanswered` finding supersedes
 //! `retransmission_stall` and `retransmission_storm` on the same flow: they
 //! are its symptoms (re-sent full-size segments, re-sent SYNs).
+//!
+//! Each built-in rule is one file: its name (`NAME`), its settings
+//! (implementing [`RuleSettings`]: defaults and threshold checks) and its
+//! check. The `REGISTRY` table below lists each rule once, with where its
+//! settings sit in [`RulesConfig`], its check and what it supersedes;
+//! validation, evaluation, superseding and [`BUILTIN_RULES`] all follow
+//! from it. A new rule is its file and `mod` line, a row in `REGISTRY`,
+//! its field of [`RulesConfig`] (and a `pub use` of its settings there),
+//! and its line in the table above and defaults in `config/phalanx.toml`
+//! (tests check both are there).
 
 pub mod config;
 pub mod expr;
@@ -50,7 +60,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::flow::{DirReport, FlowSummary};
 
-pub use config::{CustomRuleConfig, RulesConfig};
+pub use config::{CustomRuleConfig, RuleSettings, RulesConfig};
 
 /// How urgent a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -161,36 +171,216 @@ pub enum RuleError {
     },
 }
 
-/// Names of the built-in rules (custom rules may not reuse them).
-pub const BUILTIN_RULES: &[&str] = &[
-    "pmtud_blackhole",
-    "pmtud_reduced",
-    "asymmetric_path",
-    "congestion",
-    "syn_unanswered",
-    "zero_window",
-    "retransmission_storm",
-    "retransmission_stall",
-    "rst_storm",
+/// How a built-in rule looks at flows.
+enum Check<C> {
+    /// One flow at a time, with the evaluation's record time (`now_ns`).
+    PerFlow(fn(&C, &FlowSummary, u64, &mut Vec<Finding>)),
+    /// The whole flow set at once, after every flow's own findings.
+    AcrossFlows(fn(&C, &[FlowSummary], &mut Vec<Finding>)),
+}
+
+/// A built-in rule with the type of its settings.
+struct Rule<C> {
+    /// Its table in [`RulesConfig`].
+    config: fn(&RulesConfig) -> &C,
+    /// Its check.
+    check: Check<C>,
+}
+
+/// A [`Rule`] with the settings type erased, so one table holds them all.
+trait AnyRule {
+    /// The rule's `[rules.<table>]` (its [`RuleSettings::NAME`]), which
+    /// the `registry_rows_match_their_settings` test holds to its row.
+    #[cfg(test)]
+    fn table(&self) -> &'static str;
+    /// Validates the rule's settings in `cfg`.
+    fn validate(&self, cfg: &RulesConfig) -> Result<(), RuleError>;
+    /// Appends the findings of a per-flow rule, if enabled, for `f`.
+    fn per_flow(&self, cfg: &RulesConfig, f: &FlowSummary, now_ns: u64, out: &mut Vec<Finding>);
+    /// Appends the findings of a cross-flow rule, if enabled.
+    fn across_flows(&self, cfg: &RulesConfig, flows: &[FlowSummary], out: &mut Vec<Finding>);
+}
+
+impl<C: RuleSettings> AnyRule for Rule<C> {
+    #[cfg(test)]
+    fn table(&self) -> &'static str {
+        C::NAME
+    }
+
+    fn validate(&self, cfg: &RulesConfig) -> Result<(), RuleError> {
+        (self.config)(cfg).validate()
+    }
+
+    fn per_flow(&self, cfg: &RulesConfig, f: &FlowSummary, now_ns: u64, out: &mut Vec<Finding>) {
+        if let Check::PerFlow(check) = self.check {
+            let c = (self.config)(cfg);
+            if c.enabled() {
+                check(c, f, now_ns, out);
+            }
+        }
+    }
+
+    fn across_flows(&self, cfg: &RulesConfig, flows: &[FlowSummary], out: &mut Vec<Finding>) {
+        if let Check::AcrossFlows(check) = self.check {
+            let c = (self.config)(cfg);
+            if c.enabled() {
+                check(c, flows, out);
+            }
+        }
+    }
+}
+
+/// One built-in rule in [`REGISTRY`].
+struct Registered {
+    /// Its name: its `[rules.<name>]` table and its findings' `rule`.
+    name: &'static str,
+    /// Other names its findings carry (reserved like `name`).
+    also: &'static [&'static str],
+    /// Its settings and check.
+    rule: &'static dyn AnyRule,
+    /// Rules whose findings on the same flow a `name` finding removes:
+    /// they are its symptoms.
+    supersedes: &'static [&'static str],
+}
+
+/// Every built-in rule, in the order they are validated, evaluated and
+/// their findings listed.
+const REGISTRY: &[Registered] = &[
+    Registered {
+        name: pmtud::NAME,
+        also: &[pmtud::REDUCED],
+        rule: &Rule {
+            config: |r| &r.pmtud_blackhole,
+            check: Check::PerFlow(pmtud::check),
+        },
+        // Full-size segments re-sent into the hole.
+        supersedes: &[stall::NAME, storm::NAME],
+    },
+    Registered {
+        name: asymmetric::NAME,
+        also: &[],
+        rule: &Rule {
+            config: |r| &r.asymmetric_path,
+            check: Check::PerFlow(asymmetric::check),
+        },
+        supersedes: &[],
+    },
+    Registered {
+        name: congestion::NAME,
+        also: &[],
+        rule: &Rule {
+            config: |r| &r.congestion,
+            check: Check::PerFlow(congestion::check),
+        },
+        supersedes: &[],
+    },
+    Registered {
+        name: syn_unanswered::NAME,
+        also: &[],
+        rule: &Rule {
+            config: |r| &r.syn_unanswered,
+            check: Check::PerFlow(syn_unanswered::check),
+        },
+        // Re-sent SYNs.
+        supersedes: &[stall::NAME, storm::NAME],
+    },
+    Registered {
+        name: zero_window::NAME,
+        also: &[],
+        rule: &Rule {
+            config: |r| &r.zero_window,
+            check: Check::PerFlow(zero_window::check),
+        },
+        supersedes: &[],
+    },
+    Registered {
+        name: storm::NAME,
+        also: &[],
+        rule: &Rule {
+            config: |r| &r.retransmission_storm,
+            check: Check::PerFlow(storm::check),
+        },
+        supersedes: &[],
+    },
+    Registered {
+        name: stall::NAME,
+        also: &[],
+        rule: &Rule {
+            config: |r| &r.retransmission_stall,
+            check: Check::PerFlow(stall::check),
+        },
+        supersedes: &[],
+    },
+    Registered {
+        name: rst_storm::NAME,
+        also: &[],
+        rule: &Rule {
+            config: |r| &r.rst_storm,
+            check: Check::AcrossFlows(rst_storm::check),
+        },
+        supersedes: &[],
+    },
 ];
+
+/// Names of the built-in rules (custom rules may not reuse them).
+pub const BUILTIN_RULES: &[&str] = &builtin_names::<{ count_builtin_names() }>();
+
+/// How many names [`REGISTRY`] reserves.
+const fn count_builtin_names() -> usize {
+    let (mut n, mut i) = (0, 0);
+    while i < REGISTRY.len() {
+        n += 1 + REGISTRY[i].also.len();
+        i += 1;
+    }
+    n
+}
+
+/// The names [`REGISTRY`] reserves, each rule's `name` before its `also`.
+const fn builtin_names<const N: usize>() -> [&'static str; N] {
+    let mut out = [""; N];
+    let (mut i, mut k) = (0, 0);
+    while i < REGISTRY.len() {
+        let r = &REGISTRY[i];
+        out[k] = r.name;
+        k += 1;
+        let mut j = 0;
+        while j < r.also.len() {
+            out[k] = r.also[j];
+            k += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Removes from one flow's findings, `out[start..]`, those that another of
+/// them supersedes (see [`Registered::supersedes`]).
+fn supersede(out: &mut Vec<Finding>, start: usize) {
+    // One finding supersedes nothing, and most flows have none.
+    if out.len() < start + 2 {
+        return;
+    }
+    for r in REGISTRY.iter().filter(|r| !r.supersedes.is_empty()) {
+        if !out[start..].iter().any(|x| x.rule == r.name) {
+            continue;
+        }
+        let mut i = start;
+        while i < out.len() {
+            if r.supersedes.contains(&out[i].rule.as_str()) {
+                out.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
 
 /// The compiled rule set.
 #[derive(Clone, Debug)]
 pub struct RuleEngine {
     cfg: RulesConfig,
     custom: Vec<custom::CustomRule>,
-}
-
-fn check(ok: bool, rule: &'static str, key: &'static str, message: &str) -> Result<(), RuleError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(RuleError::Threshold {
-            rule,
-            key,
-            message: message.to_string(),
-        })
-    }
 }
 
 impl Default for RuleEngine {
@@ -207,140 +397,12 @@ impl Default for RuleEngine {
 impl RuleEngine {
     /// Validates thresholds and compiles custom rules.
     pub fn new(cfg: &RulesConfig) -> Result<Self, RuleError> {
-        let finite_pos = |v: f64| v.is_finite() && v > 0.0;
-        let finite_nonneg = |v: f64| v.is_finite() && v >= 0.0;
-        let c = &cfg.pmtud_blackhole;
-        check(
-            c.min_retransmissions >= 1,
-            "pmtud_blackhole",
-            "min_retransmissions",
-            "must be at least 1",
-        )?;
-        let c = &cfg.asymmetric_path;
-        check(
-            c.min_packets >= 1,
-            "asymmetric_path",
-            "min_packets",
-            "must be at least 1",
-        )?;
-        check(
-            finite_nonneg(c.min_duration_secs),
-            "asymmetric_path",
-            "min_duration_secs",
-            "must be a number >= 0",
-        )?;
-        let c = &cfg.congestion;
-        check(
-            c.rtt_factor.is_finite() && c.rtt_factor > 1.0,
-            "congestion",
-            "rtt_factor",
-            "must be a number > 1",
-        )?;
-        check(
-            finite_nonneg(c.min_inflation_ms),
-            "congestion",
-            "min_inflation_ms",
-            "must be a number >= 0",
-        )?;
-        check(
-            c.min_rtt_samples >= 2,
-            "congestion",
-            "min_rtt_samples",
-            "must be at least 2",
-        )?;
-        check(
-            c.min_retransmissions >= 1 || c.min_ce_packets >= 1,
-            "congestion",
-            "min_retransmissions",
-            "min_retransmissions and min_ce_packets cannot both be 0 (RTT inflation alone is not congestion)",
-        )?;
-        let c = &cfg.syn_unanswered;
-        check(
-            c.min_syns >= 1,
-            "syn_unanswered",
-            "min_syns",
-            "must be at least 1",
-        )?;
-        check(
-            finite_pos(c.timeout_secs),
-            "syn_unanswered",
-            "timeout_secs",
-            "must be a number > 0",
-        )?;
-        let c = &cfg.zero_window;
-        check(
-            finite_nonneg(c.min_duration_ms),
-            "zero_window",
-            "min_duration_ms",
-            "must be a number >= 0",
-        )?;
-        let c = &cfg.retransmission_storm;
-        check(
-            c.min_packets >= 1,
-            "retransmission_storm",
-            "min_packets",
-            "must be at least 1",
-        )?;
-        check(
-            finite_pos(c.ratio) && c.ratio <= 1.0,
-            "retransmission_storm",
-            "ratio",
-            "must be in (0, 1]",
-        )?;
-        check(
-            c.critical_ratio.is_finite() && c.critical_ratio >= c.ratio,
-            "retransmission_storm",
-            "critical_ratio",
-            "must be a number >= ratio",
-        )?;
-        let c = &cfg.retransmission_stall;
-        check(
-            c.min_retransmissions >= 1,
-            "retransmission_stall",
-            "min_retransmissions",
-            "must be at least 1",
-        )?;
-        let c = &cfg.rst_storm;
-        check(
-            c.min_resets >= 2,
-            "rst_storm",
-            "min_resets",
-            "must be at least 2",
-        )?;
-        check(
-            finite_pos(c.window_secs),
-            "rst_storm",
-            "window_secs",
-            "must be a number > 0",
-        )?;
-
-        let mut custom: Vec<custom::CustomRule> = Vec::with_capacity(cfg.custom.len());
-        for rc in &cfg.custom {
-            let bad = |message: String| RuleError::Custom {
-                rule: rc.name.clone(),
-                message,
-            };
-            let name_ok = !rc.name.is_empty()
-                && rc
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-            if !name_ok {
-                return Err(bad(
-                    "name must be non-empty letters, digits, `_` or `-`".into()
-                ));
-            }
-            if BUILTIN_RULES.contains(&rc.name.as_str()) {
-                return Err(bad("name is taken by a built-in rule".into()));
-            }
-            if custom.iter().any(|c| c.name == rc.name) {
-                return Err(bad("name is used by two custom rules".into()));
-            }
-            custom.push(custom::CustomRule::compile(rc)?);
+        for r in REGISTRY {
+            r.rule.validate(cfg)?;
         }
         Ok(Self {
             cfg: cfg.clone(),
-            custom,
+            custom: custom::compile_all(&cfg.custom)?,
         })
     }
 
@@ -360,8 +422,8 @@ impl RuleEngine {
             self.evaluate_flow(f, now_ns, &mut one);
             out.append(&mut one);
         }
-        if self.cfg.rst_storm.enabled {
-            rst_storm::check(&self.cfg.rst_storm, flows, &mut out);
+        for r in REGISTRY {
+            r.rule.across_flows(&self.cfg, flows, &mut out);
         }
         out
     }
@@ -369,44 +431,10 @@ impl RuleEngine {
     /// Evaluates the per-flow rules for one flow, appending to `out`.
     pub fn evaluate_flow(&self, f: &FlowSummary, now_ns: u64, out: &mut Vec<Finding>) {
         let start = out.len();
-        let c = &self.cfg;
-        if c.pmtud_blackhole.enabled {
-            pmtud::check(&c.pmtud_blackhole, f, out);
+        for r in REGISTRY {
+            r.rule.per_flow(&self.cfg, f, now_ns, out);
         }
-        if c.asymmetric_path.enabled {
-            asymmetric::check(&c.asymmetric_path, f, out);
-        }
-        if c.congestion.enabled {
-            congestion::check(&c.congestion, f, out);
-        }
-        if c.syn_unanswered.enabled {
-            syn_unanswered::check(&c.syn_unanswered, f, now_ns, out);
-        }
-        if c.zero_window.enabled {
-            zero_window::check(&c.zero_window, f, out);
-        }
-        if c.retransmission_storm.enabled {
-            storm::check(&c.retransmission_storm, f, out);
-        }
-        if c.retransmission_stall.enabled {
-            stall::check(&c.retransmission_stall, f, out);
-        }
-        if out[start..]
-            .iter()
-            .any(|x| matches!(x.rule.as_str(), "pmtud_blackhole" | "syn_unanswered"))
-        {
-            let mut i = start;
-            while i < out.len() {
-                if matches!(
-                    out[i].rule.as_str(),
-                    "retransmission_stall" | "retransmission_storm"
-                ) {
-                    out.remove(i);
-                } else {
-                    i += 1;
-                }
-            }
-        }
+        supersede(out, start);
         if !self.custom.is_empty() {
             if let Ok(v) = serde_json::to_value(f) {
                 for r in &self.custom {

@@ -2,13 +2,52 @@
 //! acknowledgment progress in between (typically RTO backoff against a
 //! peer or path that has gone silent). Critical while still unacknowledged.
 
+use serde::Deserialize;
 use serde_json::json;
 
-use super::config::StallConfig;
-use super::{r3, secs, sides, Finding, FindingFlow, Severity};
+use super::config::RuleSettings;
+use super::{r3, secs, sides, Finding, FindingFlow, RuleError, Severity};
 use crate::flow::FlowSummary;
 
-pub(super) fn check(c: &StallConfig, f: &FlowSummary, out: &mut Vec<Finding>) {
+/// The rule's name: its `[rules.<name>]` table and its findings' `rule`.
+pub(super) const NAME: &str = "retransmission_stall";
+
+/// `retransmission_stall`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StallConfig {
+    /// Evaluate the rule.
+    pub enabled: bool,
+    /// Retransmissions of the same data with no acknowledgment progress.
+    pub min_retransmissions: u32,
+}
+
+impl Default for StallConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_retransmissions: 3,
+        }
+    }
+}
+
+impl RuleSettings for StallConfig {
+    const NAME: &'static str = NAME;
+
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn validate(&self) -> Result<(), RuleError> {
+        Self::require(
+            self.min_retransmissions >= 1,
+            "min_retransmissions",
+            "must be at least 1",
+        )
+    }
+}
+
+pub(super) fn check(c: &StallConfig, f: &FlowSummary, _now_ns: u64, out: &mut Vec<Finding>) {
     if f.proto != "tcp" {
         return;
     }
@@ -24,7 +63,7 @@ pub(super) fn check(c: &StallConfig, f: &FlowSummary, out: &mut Vec<Finding>) {
             (Severity::Warning, "it was acknowledged only afterwards")
         };
         out.push(Finding {
-            rule: "retransmission_stall".into(),
+            rule: NAME.into(),
             severity,
             flow: FindingFlow::of(f),
             summary: format!(

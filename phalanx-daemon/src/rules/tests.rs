@@ -667,3 +667,32 @@ fn sentences_keep_small_times_readable() {
     assert_eq!(Times(4.96).to_string(), "5.0");
     assert_eq!(Times(8967.375).to_string(), "8967");
 }
+
+#[test]
+fn registry_rows_match_their_settings() {
+    for r in REGISTRY {
+        assert_eq!(r.name, r.rule.table(), "a row is named after its table");
+    }
+    let mut names = BUILTIN_RULES.to_vec();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), BUILTIN_RULES.len(), "rule names are unique");
+}
+
+#[test]
+fn every_builtin_rule_is_documented() {
+    let doc = include_str!("mod.rs");
+    for name in BUILTIN_RULES {
+        assert!(
+            doc.contains(&format!("//! | `{name}` |")),
+            "{name} is missing from the table in the rules module's doc"
+        );
+    }
+    for r in REGISTRY {
+        assert!(
+            crate::config::DOCUMENTED_DEFAULTS.contains(&format!("\n[rules.{}]\n", r.name)),
+            "[rules.{}] is missing from config/phalanx.toml",
+            r.name
+        );
+    }
+}

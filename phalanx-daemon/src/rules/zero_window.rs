@@ -2,13 +2,52 @@
 //! stall its peer: the receiving application is not reading (receiver-
 //! limited, not a network problem).
 
+use serde::Deserialize;
 use serde_json::json;
 
-use super::config::ZeroWindowConfig;
-use super::{plural, sides, Finding, FindingFlow, Severity};
+use super::config::{finite_nonneg, RuleSettings};
+use super::{plural, sides, Finding, FindingFlow, RuleError, Severity};
 use crate::flow::FlowSummary;
 
-pub(super) fn check(c: &ZeroWindowConfig, f: &FlowSummary, out: &mut Vec<Finding>) {
+/// The rule's name: its `[rules.<name>]` table and its findings' `rule`.
+pub(super) const NAME: &str = "zero_window";
+
+/// `zero_window`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZeroWindowConfig {
+    /// Evaluate the rule.
+    pub enabled: bool,
+    /// Total time a receiver advertised a zero window, ms.
+    pub min_duration_ms: f64,
+}
+
+impl Default for ZeroWindowConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_duration_ms: 500.0,
+        }
+    }
+}
+
+impl RuleSettings for ZeroWindowConfig {
+    const NAME: &'static str = NAME;
+
+    fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    fn validate(&self) -> Result<(), RuleError> {
+        Self::require(
+            finite_nonneg(self.min_duration_ms),
+            "min_duration_ms",
+            "must be a number >= 0",
+        )
+    }
+}
+
+pub(super) fn check(c: &ZeroWindowConfig, f: &FlowSummary, _now_ns: u64, out: &mut Vec<Finding>) {
     if f.proto != "tcp" {
         return;
     }
@@ -23,7 +62,7 @@ pub(super) fn check(c: &ZeroWindowConfig, f: &FlowSummary, out: &mut Vec<Finding
             "re-opened since"
         };
         out.push(Finding {
-            rule: "zero_window".into(),
+            rule: NAME.into(),
             severity: Severity::Warning,
             flow: FindingFlow::of(f),
             summary: format!(
