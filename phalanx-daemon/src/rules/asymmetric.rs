@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::{finite_nonneg, RuleSettings};
+use super::settings::{finite_nonneg, RuleSettings};
 use super::{plural, r3, sides, Finding, FindingFlow, RuleError, Severity, Side};
 use crate::flow::FlowSummary;
 

@@ -2,14 +2,14 @@
 //!
 //! Every built-in rule has a table with `enabled` and its thresholds,
 //! declared and validated beside the rule (its file in `rules/`, through
-//! [`RuleSettings`]) and re-exported here; `[[rules.custom]]` entries add
+//! [`RuleSettings`](super::RuleSettings)) and re-exported here; `[[rules.custom]]` entries add
 //! rules written in the condition language of [`super::expr`]. Defaults
 //! are documented in `config/phalanx.toml`.
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{RuleError, Severity};
+use super::Severity;
 
 pub use super::asymmetric::AsymmetricConfig;
 pub use super::congestion::CongestionConfig;
@@ -42,43 +42,6 @@ pub struct RulesConfig {
     pub rst_storm: RstStormConfig,
     /// `[[rules.custom]]`.
     pub custom: Vec<CustomRuleConfig>,
-}
-
-/// The settings of one built-in rule: its `[rules.<NAME>]` table.
-pub trait RuleSettings {
-    /// The table's name under `[rules]`, which is also the rule's name.
-    const NAME: &'static str;
-
-    /// Whether the rule is evaluated.
-    fn enabled(&self) -> bool;
-
-    /// The first threshold out of range, checked in a fixed order so the
-    /// same bad table always reports the same key.
-    fn validate(&self) -> Result<(), RuleError>;
-
-    /// For [`RuleSettings::validate`]: `Ok` if `ok`, else the error for
-    /// `key` of this table.
-    fn require(ok: bool, key: &'static str, message: &str) -> Result<(), RuleError> {
-        if ok {
-            Ok(())
-        } else {
-            Err(RuleError::Threshold {
-                rule: Self::NAME,
-                key,
-                message: message.to_string(),
-            })
-        }
-    }
-}
-
-/// A finite number > 0 (a threshold that must not be NaN or infinite).
-pub(super) fn finite_pos(v: f64) -> bool {
-    v.is_finite() && v > 0.0
-}
-
-/// A finite number >= 0.
-pub(super) fn finite_nonneg(v: f64) -> bool {
-    v.is_finite() && v >= 0.0
 }
 
 /// One `[[rules.custom]]` entry.

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::{finite_nonneg, RuleSettings};
+use super::settings::{finite_nonneg, RuleSettings};
 use super::{endpoint, r3, Finding, FindingFlow, Ms, RuleError, Severity, Times};
 use crate::flow::FlowSummary;
 

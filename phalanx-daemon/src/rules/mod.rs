@@ -38,6 +38,7 @@
 pub mod config;
 pub mod expr;
 pub mod fields;
+pub mod settings;
 
 mod asymmetric;
 mod congestion;
@@ -60,7 +61,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::flow::{DirReport, FlowSummary};
 
-pub use config::{CustomRuleConfig, RuleSettings, RulesConfig};
+pub use config::{CustomRuleConfig, RulesConfig};
+pub use settings::RuleSettings;
 
 /// How urgent a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -11,9 +11,9 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::RuleSettings;
+use super::settings::RuleSettings;
 use super::{plural, r3, secs, sides, Finding, FindingFlow, RuleError, Severity, Side};
-use crate::flow::tcp::IcmpEvent;
+use crate::flow::state::IcmpEvent;
 use crate::flow::FlowSummary;
 
 /// The rule's name: its `[rules.<name>]` table and its findings' `rule`.

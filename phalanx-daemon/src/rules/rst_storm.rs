@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::{finite_pos, RuleSettings};
+use super::settings::{finite_pos, RuleSettings};
 use super::{endpoint, r3, secs, Finding, FindingFlow, RuleError, Severity};
 use crate::flow::FlowSummary;
 

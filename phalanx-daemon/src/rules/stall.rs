@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::RuleSettings;
+use super::settings::RuleSettings;
 use super::{r3, secs, sides, Finding, FindingFlow, RuleError, Severity};
 use crate::flow::FlowSummary;
 

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::{finite_pos, RuleSettings};
+use super::settings::{finite_pos, RuleSettings};
 use super::{r3, sides, Finding, FindingFlow, RuleError, Severity};
 use crate::flow::FlowSummary;
 

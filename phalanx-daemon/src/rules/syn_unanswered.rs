@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::{finite_pos, RuleSettings};
+use super::settings::{finite_pos, RuleSettings};
 use super::{endpoint, plural, r3, secs, Finding, FindingFlow, RuleError, Severity};
 use crate::flow::FlowSummary;
 

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::{finite_nonneg, RuleSettings};
+use super::settings::{finite_nonneg, RuleSettings};
 use super::{plural, sides, Finding, FindingFlow, RuleError, Severity};
 use crate::flow::FlowSummary;
 
