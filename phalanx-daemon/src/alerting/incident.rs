@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
-use crate::flow::key::{FlowKey, Proto};
+use crate::flow::key::FlowKey;
 use crate::rules::Finding;
 
 /// How urgent an incident is: the severity of the rule that reports it.
@@ -376,8 +376,8 @@ impl From<Finding> for Observation {
     fn from(f: Finding) -> Self {
         let ff = &f.flow;
         let group = format!("{}:{}/{}", ff.dst, ff.dport, ff.proto);
-        let flow = match (ff.src, ff.sport, ff.proto.parse::<Proto>()) {
-            (Some(src), Some(sport), Ok(proto)) => Some(
+        let flow = match (ff.src, ff.sport, ff.proto) {
+            (Some(src), Some(sport), proto) => Some(
                 FlowKey::between(
                     proto,
                     SocketAddr::new(src, sport),

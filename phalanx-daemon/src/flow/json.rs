@@ -15,6 +15,7 @@ use serde_json::ser::{CompactFormatter, Formatter as _};
 use super::report::{
     DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
 };
+use super::key::Proto;
 use super::state::IcmpEvent;
 
 /// A value that appends its compact JSON form to a byte buffer.
@@ -82,6 +83,16 @@ impl WriteJson for String {
     #[inline]
     fn write_json(&self, out: &mut Vec<u8>) {
         self.as_str().write_json(out);
+    }
+}
+
+impl WriteJson for Proto {
+    #[inline]
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self.name() {
+            Some(name) => name.write_json(out),
+            None => self.to_string().write_json(out),
+        }
     }
 }
 

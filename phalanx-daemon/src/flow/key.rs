@@ -207,11 +207,18 @@ impl Proto {
     }
 }
 
+/// A protocol equals its name (`tcp`) or its number written out (`132`).
+impl PartialEq<&str> for Proto {
+    fn eq(&self, other: &&str) -> bool {
+        other.parse::<Proto>().is_ok_and(|p| p == *self)
+    }
+}
+
 impl fmt::Display for Proto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
             Some(name) => f.pad(name),
-            None => write!(f, "{}", self.0),
+            None => f.pad(&self.0.to_string()),
         }
     }
 }

@@ -167,7 +167,7 @@ pub mod tcp;
 pub mod window;
 
 pub use config::FlowConfig;
-pub use key::FlowKey;
+pub use key::{FlowKey, Proto};
 pub use observe::{Delta, FlowObserver, Sample};
 pub use report::{
     DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,

@@ -13,6 +13,7 @@ use super::state::{
     Dir, DirExtra, Extra, Flow, IcmpEvent, TcpState, F_ACK, F_FIN, F_MSS, F_RST, F_SACK_PERM,
     F_SYN, F_SYNACK, F_TS, F_WS,
 };
+use super::key::Proto;
 use super::stats::Summary;
 
 /// RTT figures in milliseconds (`null` without samples).
@@ -208,7 +209,7 @@ pub struct FlowSummary {
     /// Responder port.
     pub dport: u16,
     /// "tcp", "udp", "icmp", "icmpv6" or the protocol number.
-    pub proto: String,
+    pub proto: Proto,
     /// VLAN ids of the src -> dst direction (outer, inner; 0 = none).
     pub vlan: [u16; 2],
     /// First packet time (ns; capture time since the epoch for files).
@@ -460,7 +461,7 @@ impl FlowSummary {
             dst: ip_from_bytes(k.ip_version, &k.addr[r]),
             sport: k.port[s],
             dport: k.port[r],
-            proto: k.protocol().to_string(),
+            proto: k.protocol(),
             vlan: a.vlan,
             first_ts_ns: f.first_ts,
             last_ts_ns: f.last_ts,

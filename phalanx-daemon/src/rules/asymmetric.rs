@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::settings::{finite_nonneg, RuleSettings};
 use super::{plural, r3, sides, Finding, FindingFlow, RuleError, Severity, Side};
+use crate::flow::key::Proto;
 use crate::flow::FlowSummary;
 
 /// The rule's name: its `[rules.<name>]` table and its findings' `rule`.
@@ -60,7 +61,7 @@ impl RuleSettings for AsymmetricConfig {
 }
 
 pub(super) fn check(c: &AsymmetricConfig, f: &FlowSummary, _now_ns: u64, out: &mut Vec<Finding>) {
-    if f.proto != "tcp" {
+    if f.proto != Proto::TCP {
         return;
     }
     for s in sides(f) {

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::settings::{finite_nonneg, RuleSettings};
 use super::{endpoint, r3, Finding, FindingFlow, Ms, RuleError, Severity, Times};
+use crate::flow::key::Proto;
 use crate::flow::FlowSummary;
 
 /// The rule's name: its `[rules.<name>]` table and its findings' `rule`.
@@ -73,7 +74,7 @@ impl RuleSettings for CongestionConfig {
 }
 
 pub(super) fn check(c: &CongestionConfig, f: &FlowSummary, _now_ns: u64, out: &mut Vec<Finding>) {
-    if f.proto != "tcp" || f.rtt.samples < c.min_rtt_samples {
+    if f.proto != Proto::TCP || f.rtt.samples < c.min_rtt_samples {
         return;
     }
     let (Some(min), Some(p50)) = (f.rtt.min_ms, f.rtt.p50_ms) else {

@@ -7,6 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::OnceLock;
 
+use crate::flow::key::Proto;
 use crate::flow::{
     DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
 };
@@ -91,7 +92,7 @@ fn example() -> FlowSummary {
         dst: ip,
         sport: 1,
         dport: 1,
-        proto: "tcp".into(),
+        proto: Proto::TCP,
         vlan: [0, 0],
         first_ts_ns: 1,
         last_ts_ns: 1,

@@ -59,6 +59,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::flow::key::Proto;
 use crate::flow::{DirReport, FlowSummary};
 
 pub use config::{CustomRuleConfig, RulesConfig};
@@ -105,7 +106,7 @@ pub struct FindingFlow {
     /// Responder port.
     pub dport: u16,
     /// Protocol name as in the flow report.
-    pub proto: String,
+    pub proto: Proto,
 }
 
 impl FindingFlow {
@@ -116,7 +117,7 @@ impl FindingFlow {
             dst: f.dst,
             sport: Some(f.sport),
             dport: f.dport,
-            proto: f.proto.clone(),
+            proto: f.proto,
         }
     }
 }

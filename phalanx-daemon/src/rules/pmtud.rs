@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::settings::RuleSettings;
 use super::{plural, r3, secs, sides, Finding, FindingFlow, RuleError, Severity, Side};
+use crate::flow::key::Proto;
 use crate::flow::state::IcmpEvent;
 use crate::flow::FlowSummary;
 
@@ -67,7 +68,7 @@ impl RuleSettings for PmtudConfig {
 }
 
 pub(super) fn check(c: &PmtudConfig, f: &FlowSummary, _now_ns: u64, out: &mut Vec<Finding>) {
-    if f.proto != "tcp" {
+    if f.proto != Proto::TCP {
         return;
     }
     let ipv = if f.src.is_ipv6() { 6 } else { 4 };

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::settings::{finite_pos, RuleSettings};
 use super::{endpoint, r3, secs, Finding, FindingFlow, RuleError, Severity};
+use crate::flow::key::Proto;
 use crate::flow::FlowSummary;
 
 /// One reset connection: time of its first RST, whether the server sent
@@ -77,7 +78,7 @@ pub(super) fn check(c: &RstStormConfig, flows: &[FlowSummary], out: &mut Vec<Fin
 /// The reset TCP connections of each service (responder address and port).
 fn resets_by_service(flows: &[FlowSummary]) -> BTreeMap<(IpAddr, u16), Vec<Reset>> {
     let mut by_service: BTreeMap<(IpAddr, u16), Vec<Reset>> = BTreeMap::new();
-    for f in flows.iter().filter(|f| f.proto == "tcp") {
+    for f in flows.iter().filter(|f| f.proto == Proto::TCP) {
         let t = match (f.src_to_dst.rst_ns, f.dst_to_src.rst_ns) {
             (Some(a), Some(b)) => (a.min(b), b <= a),
             (None, Some(b)) => (b, true),
@@ -124,7 +125,7 @@ fn finding(c: &RstStormConfig, dst: IpAddr, dport: u16, w: &[Reset]) -> Finding 
             dst,
             sport: None,
             dport,
-            proto: "tcp".into(),
+            proto: Proto::TCP,
         },
         summary: format!(
             "{} connections to {} were reset within {:.1} s ({} by the server, {} by clients, {} client addresses).",

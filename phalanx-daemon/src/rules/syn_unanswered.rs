@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::settings::{finite_pos, RuleSettings};
 use super::{endpoint, plural, r3, secs, Finding, FindingFlow, RuleError, Severity};
+use crate::flow::key::Proto;
 use crate::flow::FlowSummary;
 
 /// The rule's name: its `[rules.<name>]` table and its findings' `rule`.
@@ -52,7 +53,7 @@ impl RuleSettings for SynUnansweredConfig {
 
 pub(super) fn check(c: &SynUnansweredConfig, f: &FlowSummary, now_ns: u64, out: &mut Vec<Finding>) {
     let s = &f.src_to_dst;
-    if f.proto != "tcp" || !s.syn_only || f.dst_to_src.packets > 0 {
+    if f.proto != Proto::TCP || !s.syn_only || f.dst_to_src.packets > 0 {
         return;
     }
     let now = now_ns.max(f.last_ts_ns);

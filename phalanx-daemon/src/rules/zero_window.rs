@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::settings::{finite_nonneg, RuleSettings};
 use super::{plural, sides, Finding, FindingFlow, RuleError, Severity};
+use crate::flow::key::Proto;
 use crate::flow::FlowSummary;
 
 /// The rule's name: its `[rules.<name>]` table and its findings' `rule`.
@@ -48,7 +49,7 @@ impl RuleSettings for ZeroWindowConfig {
 }
 
 pub(super) fn check(c: &ZeroWindowConfig, f: &FlowSummary, _now_ns: u64, out: &mut Vec<Finding>) {
-    if f.proto != "tcp" {
+    if f.proto != Proto::TCP {
         return;
     }
     for s in sides(f) {
