@@ -32,7 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use phalanx_daemon::stitch::live::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use phalanx_daemon::stitch::peer::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use phalanx_lab::{
     http_get, http_request, metric, privileged, upload, Netns, Proc, Routed, WebhookReceiver,
 };

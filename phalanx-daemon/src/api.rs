@@ -23,7 +23,10 @@ use crate::{
         FlowTable,
     },
     metrics::text,
-    stitch::live::{self, FlowQuery, LiveStitch},
+    stitch::{
+        live::LiveStitch,
+        peer::{self, FlowQuery},
+    },
 };
 
 /// Shared state behind the HTTP handlers.
@@ -48,7 +51,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/incidents", get(incidents))
         .route("/api/v1/incidents/{id}", get(incident))
         .route("/api/v1/incidents/{id}/pcapng", get(incident_pcapng))
-        .route(live::PEER_PATH, post(peer_observations))
+        .route(peer::PEER_PATH, post(peer_observations))
         .route("/api/v1/stitch", post(stitch_flow))
         .with_state(state)
 }
@@ -237,20 +240,20 @@ async fn incident_pcapng(
 }
 
 /// `POST /api/v1/peer/observations`: a peer asks for a flow's recent
-/// packets (signed request, signed answer; see [`crate::stitch::live`]).
+/// packets (signed request, signed answer; see [`crate::stitch::peer`]).
 async fn peer_observations(State(s): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     let Some(live) = s.stitch else {
         return not_found("live stitching is not available");
     };
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let reply = live.answer(
-        h(live::TIMESTAMP_HEADER),
-        h(live::SIGNATURE_HEADER),
+        h(peer::TIMESTAMP_HEADER),
+        h(peer::SIGNATURE_HEADER),
         &body,
         crate::clock::wall_secs(),
     );
     let status = StatusCode::from_u16(reply.outcome.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    if reply.outcome != live::PeerOutcome::Ok {
+    if reply.outcome != peer::PeerOutcome::Ok {
         tracing::debug!(outcome = %reply.outcome, "peer request rejected");
     }
     let mut resp = (status, reply.body).into_response();
@@ -264,7 +267,7 @@ async fn peer_observations(State(s): State<ApiState>, headers: HeaderMap, body: 
         hs.insert(header::CONTENT_TYPE, v);
     }
     if let Some((ts, sig)) = reply.signed {
-        for (name, value) in [(live::TIMESTAMP_HEADER, ts), (live::SIGNATURE_HEADER, sig)] {
+        for (name, value) in [(peer::TIMESTAMP_HEADER, ts), (peer::SIGNATURE_HEADER, sig)] {
             if let Ok(v) = header::HeaderValue::from_str(&value) {
                 hs.insert(name, v);
             }

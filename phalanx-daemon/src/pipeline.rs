@@ -124,7 +124,7 @@ impl ring::Sink for Pipeline {
     /// no part of the batch is applied twice.
     fn offer(&mut self, batch: &[PacketMeta]) -> ring::Offer {
         use std::sync::TryLockError::{Poisoned as P, WouldBlock};
-        let Some(mut live) = self.live.try_recorder() else {
+        let Some(mut live) = self.live.try_history_writer() else {
             return ring::Offer::Busy;
         };
         let locks = (

@@ -25,7 +25,8 @@ use crate::alerting::delivery::{
 };
 use crate::alerting::spool::{Spool, SpoolError};
 use crate::flow::history::{FlowHistory, HistoryBounds};
-use crate::stitch::live::{FlowQuery, LiveReport, LiveStitch};
+use crate::stitch::live::{LiveReport, LiveStitch};
+use crate::stitch::peer::FlowQuery;
 
 /// Observations buffered between the rules and the incident task.
 pub const OBSERVATION_QUEUE: usize = 1024;
@@ -35,7 +36,7 @@ const TICK: Duration = Duration::from_secs(1);
 const MAX_STITCHES_IN_FLIGHT: usize = 4;
 /// Stitch results waiting for the incident task.
 const STITCH_QUEUE: usize = 64;
-/// Annotation with the [`crate::stitch::live::summarize`] sentence.
+/// Annotation with the [`crate::stitch::summary::summarize`] sentence.
 pub const STITCH_ANNOTATION: &str = "stitch";
 /// Annotation with peer and stitcher errors, when there are any.
 pub const STITCH_ERRORS_ANNOTATION: &str = "stitch_errors";

@@ -5,5 +5,6 @@ pub mod config;
 pub mod ebpf;
 pub mod file;
 pub mod frame;
+pub mod gso;
 pub mod parse;
 pub mod ring;

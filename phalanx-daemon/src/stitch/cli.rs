@@ -120,7 +120,7 @@ fn read_hop(spec: &HopSpec) -> Result<HopCapture, FileError> {
     let mut obs = Vec::new();
     for item in reader {
         match item {
-            Ok(m) => obs.push(super::Observation::from_meta(&m)),
+            Ok(m) => obs.push(super::Sighting::from_meta(&m)),
             Err(e) => {
                 tracing::warn!(file = %spec.file.display(), error = %e, "capture damaged; stitched up to the damage");
                 eprintln!("warning: {e} (stitched the packets before it)");

@@ -119,7 +119,7 @@ pub fn with_payload(fp: u64, payload_hash: u32) -> u64 {
 /// One packet as seen at one observation point: everything the stitcher
 /// needs, and small enough for peer daemons to exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Observation {
+pub struct Sighting {
     /// Bidirectional flow the packet belongs to.
     pub flow: FlowKey,
     /// Direction within `flow` (0: from the flow key's side 0).
@@ -136,8 +136,8 @@ pub struct Observation {
     pub tcp_flags: u8,
 }
 
-impl Observation {
-    /// The observation of a parsed packet.
+impl Sighting {
+    /// The sighting of a parsed packet.
     pub fn from_meta(m: &PacketMeta) -> Self {
         let ports = m.kind == RecordKind::Tcp as u8 || m.kind == RecordKind::Udp as u8;
         let (flow, dir) = FlowKey::of_record(m, ports);
@@ -241,7 +241,7 @@ mod tests {
         let mut r = a;
         std::mem::swap(&mut r.src_addr, &mut r.dst_addr);
         std::mem::swap(&mut r.sport, &mut r.dport);
-        let (oa, or) = (Observation::from_meta(&a), Observation::from_meta(&r));
+        let (oa, or) = (Sighting::from_meta(&a), Sighting::from_meta(&r));
         assert_eq!(oa.flow, or.flow);
         assert_ne!(oa.dir, or.dir);
     }

@@ -1,22 +1,14 @@
-//! Live stitching with peer daemons.
+//! Live stitching with peer daemons: the coordinator.
 //!
 //! A daemon with a `stitch.secret` keeps, besides the incident history, a
-//! bounded history of each flow's recent packets as [`Observation`]s (the
-//! fingerprint and the few fields [`super::stitch`] needs, ~64 bytes each)
-//! and answers signed peer requests for a flow's observations
-//! ([`PEER_PATH`]). A daemon with `stitch.peers` asks every peer for a
-//! flow's observations, adds its own, and stitches them: on
-//! `POST /api/v1/stitch` and for the flow of every firing incident.
-//!
-//! Authentication: requests and answers carry `X-Phalanx-Timestamp` (Unix
-//! seconds) and `X-Phalanx-Signature: sha256=<hex>`, the HMAC-SHA256 with
-//! the shared key of the timestamp, a newline and the exact body. A missing
-//! or wrong signature is rejected (401); so is a timestamp more than
-//! [`REPLAY_WINDOW_SECS`] away from this host's clock (a captured request
-//! replays only within that window, and only ever reads). Every outcome is
-//! counted in `phalanx_stitch_peer_requests_total{outcome}`.
+//! bounded history of each flow's recent packets as [`Sighting`]s
+//! ([`super::recorder`]) and answers signed peer requests for a flow's
+//! sightings ([`super::peer`]). A daemon with `stitch.peers` asks every
+//! peer for a flow's sightings, adds its own, and stitches them: on
+//! `POST /api/v1/stitch` and for the flow of every firing incident. Every
+//! outcome is counted in `phalanx_stitch_peer_requests_total{outcome}`
+//! (served) and `phalanx_stitch_peer_queries_total{peer,outcome}` (asked).
 
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,244 +18,20 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
     registry::Registry,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use thiserror::Error;
+use tokio::task::JoinHandle;
 use tracing::{debug, warn, Instrument as _};
 
 use super::config::{SecretError, StitchConfig};
-use super::{HopCapture, Observation, StitchReport};
-use crate::flow::history::{FlowHistory, HistoryBounds};
-use crate::flow::key::{FlowKey, FlowSpec, Proto};
-
-/// Path of the peer endpoint (relative to a peer's base URL).
-pub const PEER_PATH: &str = "/api/v1/peer/observations";
-/// Header with the signing time, Unix seconds.
-pub const TIMESTAMP_HEADER: &str = "x-phalanx-timestamp";
-/// Header with `sha256=<hex HMAC>`.
-pub const SIGNATURE_HEADER: &str = "x-phalanx-signature";
-/// Largest distance between a signed timestamp and this host's clock.
-pub const REPLAY_WINDOW_SECS: u64 = 60;
-/// Link delay (p99, ms) from which the summary mentions it.
-pub const NOTABLE_DELAY_MS: f64 = 10.0;
-
-/// Why a signed message was rejected.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum AuthError {
-    /// A header is absent or unreadable.
-    #[error("missing or unreadable {0} header")]
-    Missing(&'static str),
-    /// The signature does not match the key, timestamp and body.
-    #[error("bad signature")]
-    BadSignature,
-    /// Signed outside the replay window.
-    #[error(
-        "timestamp {ts} is {skew} s away from this host's clock (window {REPLAY_WINDOW_SECS} s)"
-    )]
-    Stale {
-        /// The signed timestamp.
-        ts: u64,
-        /// Its distance to now, seconds.
-        skew: u64,
-    },
-}
-
-/// `sha256=<hex of HMAC-SHA256(secret, "<ts>\n" + body)>`.
-pub fn sign(secret: &[u8], ts: u64, body: &[u8]) -> String {
-    crate::sign::sign(secret, &[ts.to_string().as_bytes(), b"\n", body])
-}
-
-/// Checks the headers of a signed message against its body (constant-time
-/// comparison) and the timestamp against `now_secs`; returns the timestamp.
-pub fn verify(
-    secret: &[u8],
-    ts: Option<&str>,
-    signature: Option<&str>,
-    body: &[u8],
-    now_secs: u64,
-) -> Result<u64, AuthError> {
-    let ts: u64 = ts
-        .and_then(|t| t.trim().parse().ok())
-        .ok_or(AuthError::Missing(TIMESTAMP_HEADER))?;
-    let signature = signature
-        .map(str::trim)
-        .filter(|s| s.starts_with(crate::sign::PREFIX))
-        .ok_or(AuthError::Missing(SIGNATURE_HEADER))?;
-    let ts_text = ts.to_string();
-    if !crate::sign::verify(secret, &[ts_text.as_bytes(), b"\n", body], signature) {
-        return Err(AuthError::BadSignature);
-    }
-    let skew = ts.abs_diff(now_secs);
-    if skew > REPLAY_WINDOW_SECS {
-        return Err(AuthError::Stale { ts, skew });
-    }
-    Ok(ts)
-}
-
-/// A request body that does not name a flow.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum QueryError {
-    /// Not the expected JSON.
-    #[error("malformed request: {0}")]
-    Json(String),
-    /// `flow` is not `ADDR:PORT -> ADDR:PORT`.
-    #[error("malformed request: {0}")]
-    Flow(String),
-    /// `proto` is not a protocol name or number.
-    #[error("malformed request: proto {0:?} is not \"tcp\", \"udp\", \"icmp\", \"icmpv6\" or a protocol number")]
-    Proto(String),
-    /// `since_ns` after `until_ns`.
-    #[error("malformed request: since_ns is after until_ns")]
-    Window,
-}
-
-fn default_proto() -> String {
-    "tcp".into()
-}
-
-/// Body of a peer request and of `POST /api/v1/stitch`: a flow in either
-/// orientation, optionally a time window (ns since the epoch, answering
-/// host's clock) its packets must fall in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FlowQuery {
-    /// `"10.0.0.1:40000 -> 10.0.0.2:80"` (IPv6 as `[addr]:port`).
-    pub flow: String,
-    /// `tcp` (default), `udp` or an IP protocol number.
-    #[serde(default = "default_proto")]
-    pub proto: String,
-    /// Packets at or after this time only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since_ns: Option<u64>,
-    /// Packets at or before this time only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until_ns: Option<u64>,
-}
-
-impl FlowQuery {
-    /// The query for a whole flow.
-    pub fn for_key(key: &FlowKey) -> Self {
-        Self {
-            flow: FlowSpec::of(key).to_string(),
-            proto: key.protocol().to_string(),
-            since_ns: None,
-            until_ns: None,
-        }
-    }
-
-    /// Parses a body and the flow it names.
-    pub fn parse(body: &[u8]) -> Result<(Self, FlowKey), QueryError> {
-        let q: Self = serde_json::from_slice(body).map_err(|e| QueryError::Json(e.to_string()))?;
-        let key = q.key()?;
-        Ok((q, key))
-    }
-
-    /// The canonical key of the named flow.
-    pub fn key(&self) -> Result<FlowKey, QueryError> {
-        let spec: FlowSpec = self.flow.parse().map_err(QueryError::Flow)?;
-        let proto: Proto = self
-            .proto
-            .parse()
-            .map_err(|_| QueryError::Proto(self.proto.clone()))?;
-        if let (Some(a), Some(b)) = (self.since_ns, self.until_ns) {
-            if a > b {
-                return Err(QueryError::Window);
-            }
-        }
-        Ok(spec.key(proto))
-    }
-
-    fn contains(&self, ts_ns: u64) -> bool {
-        self.since_ns.is_none_or(|s| ts_ns >= s) && self.until_ns.is_none_or(|u| ts_ns <= u)
-    }
-}
-
-/// One packet of the flow as the answering point saw it (the flow is the
-/// request's; `dir` is relative to its canonical key, the same at every point).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireObservation {
-    /// Direction within the canonical flow key.
-    pub dir: u8,
-    /// Timestamp at the point, its wall clock (ns).
-    pub ts_ns: u64,
-    /// Packet fingerprint.
-    pub fingerprint: u64,
-    /// Payload hash (0: none).
-    pub payload_hash: u32,
-    /// TTL / hop limit there.
-    pub ttl: u8,
-    /// TCP flags.
-    pub tcp_flags: u8,
-}
-
-impl WireObservation {
-    fn of(o: &Observation) -> Self {
-        Self {
-            dir: o.dir,
-            ts_ns: o.ts_ns,
-            fingerprint: o.fingerprint,
-            payload_hash: o.payload_hash,
-            ttl: o.ttl,
-            tcp_flags: o.tcp_flags,
-        }
-    }
-
-    fn observation(&self, flow: FlowKey) -> Observation {
-        Observation {
-            flow,
-            dir: self.dir & 1,
-            ts_ns: self.ts_ns,
-            fingerprint: self.fingerprint,
-            payload_hash: self.payload_hash,
-            ttl: self.ttl,
-            tcp_flags: self.tcp_flags,
-        }
-    }
-}
-
-/// Body of a peer's answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerAnswer {
-    /// The answering daemon's hop name.
-    pub hop: String,
-    /// The flow, as asked.
-    pub flow: String,
-    /// Its recent packets there, oldest first.
-    pub observations: Vec<WireObservation>,
-}
-
-/// Outcome of a request to the peer endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PeerOutcome {
-    /// Answered.
-    Ok,
-    /// Missing or wrong signature, or no key configured here.
-    Unauthenticated,
-    /// Signed outside the replay window.
-    Stale,
-    /// Authenticated, but the body does not name a flow.
-    Malformed,
-}
-
-impl PeerOutcome {
-    /// Label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeerOutcome::Ok => "ok",
-            PeerOutcome::Unauthenticated => "unauthenticated",
-            PeerOutcome::Stale => "stale",
-            PeerOutcome::Malformed => "malformed",
-        }
-    }
-
-    /// HTTP status of the answer.
-    pub fn status(self) -> u16 {
-        match self {
-            PeerOutcome::Ok => 200,
-            PeerOutcome::Unauthenticated | PeerOutcome::Stale => 401,
-            PeerOutcome::Malformed => 400,
-        }
-    }
-}
+use super::peer::{
+    self, sign, verify, FlowQuery, PeerAnswer, PeerOutcome, PeerReply, PEER_PATH, SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+};
+use super::recorder::{HistoryWriter, SightingHistory};
+use super::summary::summarize;
+use super::{HopCapture, Sighting, StitchReport};
+use crate::flow::key::FlowKey;
 
 /// Labels `{outcome}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -294,12 +62,7 @@ impl StitchMetrics {
     /// Creates the metrics (every served outcome at 0) and registers them.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        for o in [
-            PeerOutcome::Ok,
-            PeerOutcome::Unauthenticated,
-            PeerOutcome::Stale,
-            PeerOutcome::Malformed,
-        ] {
+        for o in PeerOutcome::ALL {
             // Every outcome shows from the start, at 0.
             let _ = m.served.get_or_create(&OutcomeLabels {
                 outcome: o.as_str().into(),
@@ -326,6 +89,23 @@ impl StitchMetrics {
             })
             .get()
     }
+
+    fn count_served(&self, outcome: PeerOutcome) {
+        self.served
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str().into(),
+            })
+            .inc();
+    }
+
+    fn count_asked(&self, peer: &reqwest::Url, ok: bool) {
+        self.asked
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+                outcome: if ok { "ok" } else { "failed" }.into(),
+            })
+            .inc();
+    }
 }
 
 /// Errors setting up live stitching.
@@ -337,18 +117,6 @@ pub enum LiveError {
     /// The HTTP client could not be built.
     #[error("stitch HTTP client: {0}")]
     Client(#[from] reqwest::Error),
-}
-
-/// The peer endpoint's answer: status, body and (when answered) the
-/// signature headers `(timestamp, signature)`.
-#[derive(Debug)]
-pub struct PeerReply {
-    /// What happened (counted).
-    pub outcome: PeerOutcome,
-    /// Body: the JSON answer, or a one-line reason.
-    pub body: Vec<u8>,
-    /// Headers signing the body.
-    pub signed: Option<(String, String)>,
 }
 
 /// What one peer contributed to a stitch.
@@ -408,186 +176,8 @@ impl LiveReport {
     }
 }
 
-/// One sentence about where a flow's packets were lost.
-///
-/// Counting: a link is one direction between two neighbouring hops of the
-/// report. M = the sum of `lost` over every link: packets of the flow seen
-/// leaving a link's upstream hop and never seen at its downstream hop (while
-/// that hop was recording). N = `lost` of the link with the most, which the
-/// sentence names: "N of M lost packets dropped between hop A and hop B
-/// (direction A -> B: N of P packets lost)", P being the packets that left
-/// A on that link. N = M says nothing was lost anywhere else. When the
-/// largest p99 one-way delay of a link reaches [`NOTABLE_DELAY_MS`], the
-/// sentence names that link's delay too.
-pub fn summarize(r: &StitchReport) -> String {
-    let lost: u64 = r.links.iter().map(|l| l.lost).sum();
-    let worst = r
-        .links
-        .iter()
-        .reduce(|a, b| if b.lost > a.lost { b } else { a });
-    let mut s = match worst {
-        Some(w) if lost > 0 => format!(
-            "{} of {lost} lost packets dropped between hop {} and hop {} (direction {} -> {}: {} of {} packets lost)",
-            w.lost, w.from, w.to, w.from, w.to, w.lost, w.packets
-        ),
-        _ => {
-            let names: Vec<&str> = r.hops.iter().map(|h| h.name.as_str()).collect();
-            let matched: u64 = r.links.iter().map(|l| l.delivered).sum();
-            format!(
-                "no packet lost between hops {} ({matched} packets matched)",
-                names.join(", ")
-            )
-        }
-    };
-    let slowest = r
-        .links
-        .iter()
-        .filter_map(|l| l.delay_ms.p99.map(|p| (p, l)))
-        // The first of equals: path order.
-        .reduce(|a, b| if b.0 > a.0 { b } else { a });
-    if let Some((p99, l)) = slowest {
-        if p99 >= NOTABLE_DELAY_MS {
-            s.push_str(&format!(
-                "; one-way delay {} -> {} p50 {:.1} ms, p99 {p99:.1} ms",
-                l.from,
-                l.to,
-                l.delay_ms.p50.unwrap_or(p99)
-            ));
-        }
-    }
-    s
-}
-
-/// Observations kept for peers, and the last segment size seen per flow
-/// direction (to split GSO records).
-#[derive(Debug)]
-struct Kept {
-    observations: FlowHistory<FlowKey, Observation>,
-    seg_size: FlowHistory<(FlowKey, u8), u32>,
-}
-
-impl Kept {
-    fn new(per_flow: usize, flows: usize) -> Self {
-        Self {
-            observations: FlowHistory::new(HistoryBounds {
-                per_flow,
-                max_flows: flows,
-            }),
-            seg_size: FlowHistory::new(HistoryBounds {
-                per_flow: 1,
-                max_flows: flows.saturating_mul(2),
-            }),
-        }
-    }
-
-    fn record(&mut self, m: &PacketMeta) {
-        if m.ip_version != 4 && m.ip_version != 6 {
-            return;
-        }
-        let mut o = Observation::from_meta(m);
-        // Payload hashes are left out: a GSO record's hash covers the first
-        // segment's bytes and its other segments get none, so the hashes of
-        // one sender-side point would not compare with a downstream point's.
-        o.payload_hash = 0;
-        let tcp = m.kind == phalanx_common::RecordKind::Tcp as u8;
-        if !tcp || m.segs <= 1 || m.payload_len == 0 {
-            if tcp && m.payload_len > 0 {
-                let key = (o.flow, o.dir);
-                let known = self.seg_size.latest(&key).copied().unwrap_or(0);
-                self.seg_size.push(key, &known.max(m.payload_len));
-            }
-            self.observations.push(o.flow, &o);
-            return;
-        }
-        let key = (o.flow, o.dir);
-        let known = self.seg_size.latest(&key).copied();
-        // tc records carry the kernel's own segment size; the inference
-        // serves records without it.
-        let size = if m.gso_size > 0 {
-            u32::from(m.gso_size)
-        } else {
-            gso_segment_size(m.payload_len, u32::from(m.segs), known)
-        };
-        if known != Some(size)
-            && (m.gso_size > 0 || m.payload_len.is_multiple_of(u32::from(m.segs)))
-        {
-            self.seg_size.push(key, &size);
-        }
-        for seg in gso_segments(m, size) {
-            let mut so = Observation::from_meta(&seg);
-            so.payload_hash = 0;
-            self.observations.push(so.flow, &so);
-        }
-    }
-}
-
-/// Segment size of a TCP GSO record without the kernel's `gso_size` (a
-/// record from elsewhere than tc) of `payload` bytes in `segs` segments:
-/// every segment but the last has the same size `g`, so
-/// `(segs - 1) * g < payload <= segs * g`. The flow direction's known size
-/// (its largest single segment, or an earlier GSO split) when it fits, else
-/// `payload / segs` (exact when all segments are full, the usual case).
-pub fn gso_segment_size(payload: u32, segs: u32, known: Option<u32>) -> u32 {
-    let segs = segs.max(1);
-    let lo = payload.div_ceil(segs);
-    let hi = if segs > 1 {
-        (payload.saturating_sub(1)) / (segs - 1)
-    } else {
-        payload
-    };
-    match known {
-        Some(g) if (lo..=hi).contains(&g) => g,
-        _ => lo,
-    }
-}
-
-/// The wire segments of a TCP GSO record, as Linux's software segmentation
-/// makes them: sequence numbers `size` apart, the IPv4 ID incremented per
-/// segment, CWR on the first only, FIN and PSH on the last only, options
-/// (timestamps, SACK) copied.
-pub fn gso_segments(m: &PacketMeta, size: u32) -> impl Iterator<Item = PacketMeta> + '_ {
-    use phalanx_common::tcp_flags::{CWR, FIN, PSH};
-    let segs = u32::from(m.segs.max(1));
-    let size = size.max(1);
-    (0..segs).map_while(move |i| {
-        let offset = i.checked_mul(size)?;
-        if offset >= m.payload_len && i > 0 {
-            return None;
-        }
-        let mut s = *m;
-        s.segs = 1;
-        s.seq = m.seq.wrapping_add(offset);
-        s.payload_len = if i + 1 == segs {
-            m.payload_len - offset
-        } else {
-            size.min(m.payload_len - offset)
-        };
-        if m.ip_version == 4 {
-            s.ip_id = u32::from((m.ip_id as u16).wrapping_add(i as u16));
-        }
-        if i + 1 < segs {
-            s.tcp_flags &= !(FIN | PSH);
-        }
-        if i > 0 {
-            s.tcp_flags &= !CWR;
-        }
-        Some(s)
-    })
-}
-
-/// The stitch history held for recording (nothing when none is kept).
-pub struct Recorder<'a>(Option<std::sync::MutexGuard<'a, Kept>>);
-
-impl Recorder<'_> {
-    /// Adds a batch of records, as [`LiveStitch::record`] does.
-    pub fn record(&mut self, batch: &[PacketMeta]) {
-        if let Some(h) = &mut self.0 {
-            for m in batch {
-                h.record(m);
-            }
-        }
-    }
-}
+/// A query in flight to one peer.
+type PeerTask = JoinHandle<Result<PeerAnswer, String>>;
 
 /// Live stitching: the local history, the peer endpoint and the client.
 #[derive(Debug)]
@@ -596,7 +186,7 @@ pub struct LiveStitch {
     peers: Vec<reqwest::Url>,
     secret: Option<Vec<u8>>,
     refresh: Duration,
-    history: Option<Mutex<Kept>>,
+    history: Option<Mutex<SightingHistory>>,
     client: reqwest::Client,
     metrics: StitchMetrics,
 }
@@ -608,7 +198,7 @@ impl LiveStitch {
         let secret = cfg.load_secret()?;
         let history = secret
             .as_ref()
-            .map(|_| Mutex::new(Kept::new(cfg.history_packets, cfg.history_flows)));
+            .map(|_| Mutex::new(SightingHistory::new(cfg.history_packets, cfg.history_flows)));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .user_agent(concat!("phalanx/", env!("CARGO_PKG_VERSION")))
@@ -655,38 +245,39 @@ impl LiveStitch {
     pub fn record(&self, batch: &[PacketMeta]) {
         let Some(h) = &self.history else { return };
         let Ok(h) = h.lock() else { return };
-        Recorder(Some(h)).record(batch);
+        HistoryWriter::new(Some(h)).record(batch);
     }
 
-    /// The history locked for [`Recorder::record`] without waiting; `None`
-    /// while a peer request is reading it.
-    pub fn try_recorder(&self) -> Option<Recorder<'_>> {
+    /// The history locked for [`HistoryWriter::record`] without waiting;
+    /// `None` while a peer request is reading it.
+    pub fn try_history_writer(&self) -> Option<HistoryWriter<'_>> {
         let Some(h) = &self.history else {
-            return Some(Recorder(None));
+            return Some(HistoryWriter::new(None));
         };
         match h.try_lock() {
-            Ok(g) => Some(Recorder(Some(g))),
+            Ok(g) => Some(HistoryWriter::new(Some(g))),
             Err(std::sync::TryLockError::WouldBlock) => None,
             // A panic elsewhere: recording stops, as with `record`.
-            Err(std::sync::TryLockError::Poisoned(_)) => Some(Recorder(None)),
+            Err(std::sync::TryLockError::Poisoned(_)) => Some(HistoryWriter::new(None)),
         }
     }
 
-    /// The flow's observations in the local history, within the query's window.
-    pub fn local(&self, key: &FlowKey, q: &FlowQuery) -> Vec<Observation> {
+    /// The flow's sightings in the local history, within the query's window.
+    pub fn local(&self, key: &FlowKey, q: &FlowQuery) -> Vec<Sighting> {
         let Some(h) = &self.history else {
             return Vec::new();
         };
         let Ok(h) = h.lock() else {
             return Vec::new();
         };
-        let mut v = h.observations.recent(key);
+        let mut v = h.recent(key);
         v.retain(|o| q.contains(o.ts_ns));
         v
     }
 
     /// Serves a peer request: checks the signature, parses the body and
-    /// answers the flow's observations, signed. Counts the outcome.
+    /// answers the flow's sightings, signed ([`peer::answer`]). Counts the
+    /// outcome.
     pub fn answer(
         &self,
         ts: Option<&str>,
@@ -694,74 +285,55 @@ impl LiveStitch {
         body: &[u8],
         now_secs: u64,
     ) -> PeerReply {
-        let reply = self.answer_inner(ts, signature, body, now_secs);
-        self.metrics
-            .served
-            .get_or_create(&OutcomeLabels {
-                outcome: reply.outcome.as_str().into(),
-            })
-            .inc();
+        let reply = peer::answer(
+            self.secret.as_deref(),
+            &self.hop,
+            ts,
+            signature,
+            body,
+            now_secs,
+            |key, q| self.local(key, q),
+        );
+        self.metrics.count_served(reply.outcome);
         reply
     }
 
-    fn answer_inner(
-        &self,
-        ts: Option<&str>,
-        signature: Option<&str>,
-        body: &[u8],
-        now_secs: u64,
-    ) -> PeerReply {
-        let reject = |outcome: PeerOutcome, msg: String| PeerReply {
-            outcome,
-            body: format!("{msg}\n").into_bytes(),
-            signed: None,
-        };
-        let Some(secret) = &self.secret else {
-            return reject(
-                PeerOutcome::Unauthenticated,
-                "stitching is not enabled here (no stitch.secret)".into(),
-            );
-        };
-        match verify(secret, ts, signature, body, now_secs) {
-            Ok(_) => {}
-            Err(e @ AuthError::Stale { .. }) => return reject(PeerOutcome::Stale, e.to_string()),
-            Err(e) => return reject(PeerOutcome::Unauthenticated, e.to_string()),
-        }
-        let (q, key) = match FlowQuery::parse(body) {
-            Ok(v) => v,
-            Err(e) => return reject(PeerOutcome::Malformed, e.to_string()),
-        };
-        let answer = PeerAnswer {
-            hop: self.hop.clone(),
-            flow: q.flow.clone(),
-            observations: self
-                .local(&key, &q)
-                .iter()
-                .map(WireObservation::of)
-                .collect(),
-        };
-        let body = match serde_json::to_vec(&answer) {
-            Ok(b) => b,
-            Err(e) => return reject(PeerOutcome::Malformed, format!("encoding the answer: {e}")),
-        };
-        let signed = (now_secs.to_string(), sign(secret, now_secs, &body));
-        PeerReply {
-            outcome: PeerOutcome::Ok,
-            body,
-            signed: Some(signed),
-        }
-    }
-
     /// Asks every peer (concurrently, each bounded by `stitch.timeout_ms`)
-    /// for the flow's observations, adds the local ones and stitches them.
+    /// for the flow's sightings, adds the local ones and stitches them.
     /// Never fails: what went wrong is in the report.
     pub async fn stitch_flow(self: &Arc<Self>, key: FlowKey, query: FlowQuery) -> LiveReport {
         let body = match serde_json::to_vec(&query) {
             Ok(b) => Arc::new(b),
             Err(e) => return self.failed(&key, format!("encoding the request: {e}")),
         };
-        let tasks: Vec<_> = self
-            .peers
+        let tasks = self.ask_all(body);
+        // Read while the peers answer.
+        let local = self.local(&key, &query);
+        let local_count = local.len() as u64;
+        let mine = HopCapture {
+            name: self.hop.clone(),
+            observations: local,
+        };
+        let (hops, peers) = self.collect_answers(key, mine, tasks).await;
+        let (report, error) = stitch_hops(hops).await;
+        debug!(flow = %key, ok = report.is_some(), "stitched");
+        LiveReport {
+            flow: key.to_string(),
+            stitched_at: crate::clock::rfc3339(crate::clock::wall_ns()),
+            summary: report.as_ref().map(summarize),
+            error,
+            local: LocalStatus {
+                hop: self.hop.clone(),
+                observations: local_count,
+            },
+            peers,
+            report,
+        }
+    }
+
+    /// Starts one query per peer, in the configured order.
+    fn ask_all(self: &Arc<Self>, body: Arc<Vec<u8>>) -> Vec<PeerTask> {
+        self.peers
             .iter()
             .map(|p| {
                 let me = self.clone();
@@ -771,25 +343,25 @@ impl LiveStitch {
                         .instrument(tracing::info_span!("peer", peer = %p)),
                 )
             })
-            .collect();
-        let local = self.local(&key, &query);
-        let mut hops = vec![HopCapture {
-            name: self.hop.clone(),
-            observations: local.clone(),
-        }];
+            .collect()
+    }
+
+    /// Waits for every peer's answer (counted): the hops to stitch, this
+    /// daemon's (`mine`) first, and what each peer contributed.
+    async fn collect_answers(
+        &self,
+        key: FlowKey,
+        mine: HopCapture,
+        tasks: Vec<PeerTask>,
+    ) -> (Vec<HopCapture>, Vec<PeerStatus>) {
+        let mut hops = vec![mine];
         let mut peers = Vec::new();
         for (peer, t) in self.peers.iter().zip(tasks) {
             let r = match t.await {
                 Ok(r) => r,
                 Err(e) => Err(format!("query task failed: {e}")),
             };
-            self.metrics
-                .asked
-                .get_or_create(&PeerLabels {
-                    peer: peer.to_string(),
-                    outcome: if r.is_ok() { "ok" } else { "failed" }.into(),
-                })
-                .inc();
+            self.metrics.count_asked(peer, r.is_ok());
             match r {
                 Ok(a) => {
                     peers.push(PeerStatus {
@@ -800,7 +372,7 @@ impl LiveStitch {
                     });
                     hops.push(HopCapture {
                         name: a.hop,
-                        observations: a.observations.iter().map(|o| o.observation(key)).collect(),
+                        observations: a.observations.iter().map(|o| o.sighting(key)).collect(),
                     });
                 }
                 Err(e) => {
@@ -814,27 +386,7 @@ impl LiveStitch {
                 }
             }
         }
-        // Drop points that saw nothing: they cannot be placed on the path.
-        hops.retain(|h| !h.observations.is_empty());
-        let stitched = tokio::task::spawn_blocking(move || super::stitch(hops)).await;
-        let (report, error) = match stitched {
-            Ok(Ok(r)) => (Some(r), None),
-            Ok(Err(e)) => (None, Some(e.to_string())),
-            Err(e) => (None, Some(format!("stitch task failed: {e}"))),
-        };
-        debug!(flow = %key, ok = report.is_some(), "stitched");
-        LiveReport {
-            flow: key.to_string(),
-            stitched_at: crate::clock::rfc3339(crate::clock::wall_ns()),
-            summary: report.as_ref().map(summarize),
-            error,
-            local: LocalStatus {
-                hop: self.hop.clone(),
-                observations: local.len() as u64,
-            },
-            peers,
-            report,
-        }
+        (hops, peers)
     }
 
     fn failed(&self, key: &FlowKey, error: String) -> LiveReport {
@@ -897,6 +449,17 @@ impl LiveStitch {
     }
 }
 
+/// Stitches the hops off the async runtime: the report, or why there is none.
+/// Points that saw nothing are dropped first: they cannot be placed on the path.
+async fn stitch_hops(mut hops: Vec<HopCapture>) -> (Option<StitchReport>, Option<String>) {
+    hops.retain(|h| !h.observations.is_empty());
+    match tokio::task::spawn_blocking(move || super::stitch(hops)).await {
+        Ok(Ok(r)) => (Some(r), None),
+        Ok(Err(e)) => (None, Some(e.to_string())),
+        Err(e) => (None, Some(format!("stitch task failed: {e}"))),
+    }
+}
+
 /// An error with its causes, `a: b: c` (reqwest's own message hides them).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -909,145 +472,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-impl fmt::Display for PeerOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const KEY: &[u8] = b"0123456789abcdef-shared";
     const NOW: u64 = 1_700_000_000;
-
-    #[test]
-    fn signature_round_trip() {
-        let body = br#"{"flow":"10.0.0.1:1 -> 10.0.0.2:2"}"#;
-        let sig = sign(KEY, NOW, body);
-        assert!(sig.starts_with("sha256=") && sig.len() == 71, "{sig}");
-        assert_eq!(
-            verify(KEY, Some(&NOW.to_string()), Some(&sig), body, NOW),
-            Ok(NOW)
-        );
-        // Within the window either side.
-        assert!(verify(KEY, Some(&NOW.to_string()), Some(&sig), body, NOW + 60).is_ok());
-        assert!(verify(KEY, Some(&NOW.to_string()), Some(&sig), body, NOW - 60).is_ok());
-    }
-
-    #[test]
-    fn wrong_key_tampered_body_or_timestamp_are_rejected() {
-        let body = br#"{"flow":"10.0.0.1:1 -> 10.0.0.2:2"}"#;
-        let ts = NOW.to_string();
-        let sig = sign(KEY, NOW, body);
-        let other = sign(b"another-key-of-16+bytes", NOW, body);
-        assert_eq!(
-            verify(KEY, Some(&ts), Some(&other), body, NOW),
-            Err(AuthError::BadSignature),
-            "wrong key"
-        );
-        let tampered = br#"{"flow":"10.0.0.1:1 -> 10.0.0.3:2"}"#;
-        assert_eq!(
-            verify(KEY, Some(&ts), Some(&sig), tampered, NOW),
-            Err(AuthError::BadSignature),
-            "tampered body"
-        );
-        let later = (NOW + 1).to_string();
-        assert_eq!(
-            verify(KEY, Some(&later), Some(&sig), body, NOW),
-            Err(AuthError::BadSignature),
-            "the timestamp is signed"
-        );
-        assert_eq!(
-            verify(KEY, None, Some(&sig), body, NOW),
-            Err(AuthError::Missing(TIMESTAMP_HEADER))
-        );
-        assert_eq!(
-            verify(KEY, Some(&ts), None, body, NOW),
-            Err(AuthError::Missing(SIGNATURE_HEADER))
-        );
-        assert_eq!(
-            verify(KEY, Some("soon"), Some(&sig), body, NOW),
-            Err(AuthError::Missing(TIMESTAMP_HEADER))
-        );
-        for bad in [
-            "sha256=zz",
-            "md5=00",
-            &sig[..70],
-            &format!("{}g", &sig[..70]),
-        ] {
-            assert!(
-                verify(KEY, Some(&ts), Some(bad), body, NOW).is_err(),
-                "{bad:?} must not verify"
-            );
-        }
-    }
-
-    #[test]
-    fn stale_timestamps_are_rejected() {
-        let body = b"{}";
-        let old = NOW - REPLAY_WINDOW_SECS - 1;
-        let sig = sign(KEY, old, body);
-        assert_eq!(
-            verify(KEY, Some(&old.to_string()), Some(&sig), body, NOW),
-            Err(AuthError::Stale {
-                ts: old,
-                skew: REPLAY_WINDOW_SECS + 1
-            })
-        );
-        let future = NOW + REPLAY_WINDOW_SECS + 5;
-        let sig = sign(KEY, future, body);
-        assert!(matches!(
-            verify(KEY, Some(&future.to_string()), Some(&sig), body, NOW),
-            Err(AuthError::Stale { .. })
-        ));
-    }
-
-    #[test]
-    fn queries_parse_either_orientation() {
-        let (q, a) =
-            FlowQuery::parse(br#"{"flow":"10.0.0.2:80 -> 10.0.0.1:40000"}"#).expect("valid");
-        assert_eq!(q.proto, "tcp");
-        let (_, b) = FlowQuery::parse(
-            br#"{"flow":"10.0.0.1:40000 -> 10.0.0.2:80","proto":"tcp","since_ns":1,"until_ns":2}"#,
-        )
-        .expect("valid");
-        assert_eq!(a, b, "both orientations name one flow");
-        assert_eq!(a.proto, 6);
-        let again = FlowQuery::for_key(&a);
-        assert_eq!(again.key(), Ok(a), "for_key round-trips");
-        let (_, v6) = FlowQuery::parse(br#"{"flow":"[fd00::1]:5 -> [fd00::2]:6","proto":"17"}"#)
-            .expect("v6 udp");
-        assert_eq!((v6.ip_version, v6.proto), (6, 17));
-    }
-
-    #[test]
-    fn malformed_queries_say_why() {
-        for (body, needle) in [
-            (&b"not json"[..], "malformed request"),
-            (br#"{"flw":"10.0.0.1:1 -> 10.0.0.2:2"}"#, "unknown field"),
-            (br#"{}"#, "missing field `flow`"),
-            (br#"{"flow":"10.0.0.1 -> 10.0.0.2"}"#, "ADDR:PORT"),
-            (br#"{"flow":"10.0.0.1:1 -> [::1]:2"}"#, "mixes"),
-            (
-                br#"{"flow":"10.0.0.1:1 -> 10.0.0.2:2","proto":"sctp"}"#,
-                "proto",
-            ),
-            (
-                br#"{"flow":"10.0.0.1:1 -> 10.0.0.2:2","since_ns":5,"until_ns":4}"#,
-                "since_ns",
-            ),
-            (br#"{"flow":7}"#, "invalid type"),
-        ] {
-            let msg = FlowQuery::parse(body).expect_err("malformed").to_string();
-            assert!(
-                msg.contains(needle),
-                "{}: expected {needle:?} in {msg:?}",
-                String::from_utf8_lossy(body)
-            );
-        }
-    }
 
     fn live(secret: Option<&str>) -> LiveStitch {
         let cfg = StitchConfig {
@@ -1149,76 +578,6 @@ mod tests {
         assert_eq!(r.outcome, PeerOutcome::Unauthenticated);
         let key = FlowQuery::parse(body).expect("valid").1;
         assert!(l.local(&key, &FlowQuery::for_key(&key)).is_empty());
-    }
-
-    #[test]
-    fn gso_records_become_their_wire_segments() {
-        use phalanx_common::tcp_flags::{ACK, CWR, PSH};
-        assert_eq!(gso_segment_size(4344, 3, None), 1448, "all full");
-        assert_eq!(gso_segment_size(2996, 3, Some(1448)), 1448, "short last");
-        assert_eq!(
-            gso_segment_size(2996, 3, Some(1600)),
-            999,
-            "known size cannot fit"
-        );
-        assert_eq!(gso_segment_size(2000, 2, Some(1448)), 1448);
-        let mut m = seg(1000, 5);
-        m.ip_id = 0xfffe;
-        m.segs = 3;
-        m.payload_len = 2996;
-        m.tcp_flags = ACK | PSH | CWR;
-        let v: Vec<PacketMeta> = gso_segments(&m, 1448).collect();
-        assert_eq!(
-            v.iter()
-                .map(|s| (s.seq, s.payload_len, s.ip_id, s.tcp_flags, s.segs))
-                .collect::<Vec<_>>(),
-            vec![
-                (1000, 1448, 0xfffe, ACK | CWR, 1),
-                (2448, 1448, 0xffff, ACK, 1),
-                (3896, 100, 0, ACK | PSH, 1),
-            ]
-        );
-        // Kept as segments; the size learnt from single segments is used.
-        let l = live(Some("0123456789abcdef"));
-        let mut single = seg(0, 1);
-        single.payload_len = 1448;
-        l.record(&[single, m]);
-        let key = Observation::from_meta(&m).flow;
-        let kept = l.local(&key, &FlowQuery::for_key(&key));
-        assert_eq!(
-            kept.len(),
-            4,
-            "one single segment and three from the GSO record"
-        );
-        let fps: Vec<u64> = kept.iter().map(|o| o.fingerprint).collect();
-        let want: Vec<u64> = std::iter::once(single)
-            .chain(gso_segments(&m, 1448))
-            .map(|s| super::super::fingerprint(&s))
-            .collect();
-        assert_eq!(fps, want, "fingerprints of the wire segments");
-        assert!(kept.iter().all(|o| o.payload_hash == 0));
-    }
-
-    /// A record with the kernel's segment size splits exactly even when the
-    /// last segment is short and no single segment taught the size.
-    #[test]
-    fn kernel_gso_size_splits_a_short_last_segment() {
-        let l = live(Some("0123456789abcdef"));
-        let mut m = seg(1000, 5);
-        m.segs = 3;
-        m.payload_len = 2996;
-        m.gso_size = 1448;
-        l.record(&[m]);
-        let key = Observation::from_meta(&m).flow;
-        let kept = l.local(&key, &FlowQuery::for_key(&key));
-        let want: Vec<u64> = gso_segments(&m, 1448)
-            .map(|s| super::super::fingerprint(&s))
-            .collect();
-        assert_eq!(
-            kept.iter().map(|o| o.fingerprint).collect::<Vec<_>>(),
-            want,
-            "segments of 1448, 1448 and 100 bytes, not three of 999"
-        );
     }
 
     /// Serves `live` on 127.0.0.1 with the daemon's router; returns its base URL.
@@ -1323,7 +682,7 @@ mod tests {
             .expect("up"),
         );
         up.record(&segs);
-        let k = Observation::from_meta(&segs[0]).flow;
+        let k = Sighting::from_meta(&segs[0]).flow;
         let r = up.stitch_flow(k, FlowQuery::for_key(&k)).await;
         let rep = r
             .report
@@ -1350,73 +709,6 @@ mod tests {
         assert!(
             v["links"].is_array() && v["hops"].is_array(),
             "stitch --json fields: {v}"
-        );
-    }
-
-    fn report(lost_fwd: u64, lost_rev: u64, p99: Option<f64>) -> StitchReport {
-        use super::super::{
-            link::DelayStats, ClockMethod, HopReport, LinkReport, OrderSource, PathDirection,
-        };
-        let hop = |name: &str, position| HopReport {
-            name: name.into(),
-            position,
-            packets: 100,
-            flows: 1,
-            shared_flows: 1,
-            collisions: 0,
-            clock_offset_ms: 0.0,
-            clock_offset_ns: 0,
-        };
-        let link = |from: &str, to: &str, direction, lost: u64| LinkReport {
-            from: from.into(),
-            to: to.into(),
-            direction,
-            packets: 1000,
-            delivered: 1000 - lost,
-            lost,
-            duplicates: 0,
-            unmatched: 0,
-            outside_window: 0,
-            reordered: 0,
-            delay_ms: DelayStats {
-                samples: 1,
-                p50: p99.map(|p| p / 2.0),
-                p99,
-                ..DelayStats::default()
-            },
-            clock_offset_ms: 0.0,
-            clock_method: ClockMethod::TwoWay,
-            flows: 1,
-            flows_missing: 0,
-            payload_hash: false,
-        };
-        StitchReport {
-            order: OrderSource::Inferred,
-            hops: vec![hop("client", 0), hop("server", 1)],
-            links: vec![
-                link("client", "server", PathDirection::Forward, lost_fwd),
-                link("server", "client", PathDirection::Reverse, lost_rev),
-            ],
-            flows: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn summary_names_the_worst_link() {
-        assert_eq!(
-            summarize(&report(37, 3, Some(1.0))),
-            "37 of 40 lost packets dropped between hop client and hop server \
-             (direction client -> server: 37 of 1000 packets lost)"
-        );
-        assert_eq!(
-            summarize(&report(0, 5, None)),
-            "5 of 5 lost packets dropped between hop server and hop client \
-             (direction server -> client: 5 of 1000 packets lost)"
-        );
-        assert_eq!(
-            summarize(&report(0, 0, Some(24.0))),
-            "no packet lost between hops client, server (2000 packets matched); \
-             one-way delay client -> server p50 12.0 ms, p99 24.0 ms"
         );
     }
 }

@@ -2,9 +2,10 @@
 //! path, correlated packet by packet to say on which link packets were lost,
 //! delayed, reordered or duplicated.
 //!
-//! [`stitch`] is a pure function from per-point [`Observation`]s to a
-//! [`StitchReport`]; `phalanx stitch` feeds it from capture files, and peer
-//! daemons can feed it from the observations they exchange.
+//! [`stitch`] is a pure function from per-point [`Sighting`]s (one packet
+//! as seen at one point) to a [`StitchReport`]; `phalanx stitch` feeds it
+//! from capture files, and peer daemons ([`live`]) from the sightings they
+//! exchange ([`peer`]) and keep ([`recorder`]).
 //!
 //! Steps: index each point's packets by flow and direction; keep the flows
 //! seen at two points or more; order the points ([`path`]); for each pair of
@@ -18,6 +19,9 @@ pub mod fingerprint;
 pub mod link;
 pub mod live;
 pub mod path;
+pub mod peer;
+pub mod recorder;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -28,7 +32,7 @@ use thiserror::Error;
 
 pub use cli::{run, HopSpec, StitchArgs};
 pub use clock::{ClockEstimate, ClockMethod};
-pub use fingerprint::{fingerprint, Observation};
+pub use fingerprint::{fingerprint, Sighting};
 pub use link::DelayStats;
 
 use crate::flow::FlowKey;
@@ -41,7 +45,7 @@ pub struct HopCapture {
     /// Name of the point (unique among the hops).
     pub name: String,
     /// Packets in the order the point saw them.
-    pub observations: Vec<Observation>,
+    pub observations: Vec<Sighting>,
 }
 
 impl HopCapture {
@@ -52,7 +56,7 @@ impl HopCapture {
     ) -> Self {
         Self {
             name: name.into(),
-            observations: records.into_iter().map(Observation::from_meta).collect(),
+            observations: records.into_iter().map(Sighting::from_meta).collect(),
         }
     }
 }
@@ -74,7 +78,8 @@ pub enum StitchError {
     HopSharesNoFlow(String),
 }
 
-/// Whether the hop order was inferred or given.
+/// Whether the hop order is inferred or given: how the stitcher orders the
+/// hops, and the report's `order`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrderSource {
@@ -155,9 +160,10 @@ pub struct LinkReport {
     pub payload_hash: bool,
 }
 
-/// A stitched flow, oriented along the hop order.
+/// A stitched flow, oriented along the hop order: its endpoints and the
+/// points that saw it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct FlowReport {
+pub struct StitchedFlow {
     /// Sender of the forward direction.
     pub src: IpAddr,
     /// Receiver of the forward direction.
@@ -182,7 +188,7 @@ pub struct StitchReport {
     /// Per neighbouring pair: the forward link, then the reverse one.
     pub links: Vec<LinkReport>,
     /// The stitched flows.
-    pub flows: Vec<FlowReport>,
+    pub flows: Vec<StitchedFlow>,
 }
 
 impl StitchReport {
@@ -302,10 +308,19 @@ impl HopIndex {
 /// A flow seen at two points or more.
 struct SharedFlow {
     id: FlowId,
+    /// Hops that saw it (indices into the hop list, ascending).
+    at: Vec<usize>,
     /// Direction of the connection opener (or of the first packet).
     initiator: usize,
     /// Runs the path against its initiator direction.
     flipped: bool,
+}
+
+impl SharedFlow {
+    /// The direction that travels the path forward (first hop to last).
+    fn forward(&self) -> usize {
+        self.initiator ^ usize::from(self.flipped)
+    }
 }
 
 /// Decides per hop pair whether payload hashes are comparable: among the
@@ -377,15 +392,32 @@ fn pair_evidence(a: &[DirSeq; 2], b: &[DirSeq; 2], initiator: usize, full: bool)
 
 /// Stitches the points, inferring their order along the path.
 pub fn stitch(hops: Vec<HopCapture>) -> Result<StitchReport, StitchError> {
-    stitch_impl(hops, false)
+    stitch_with(hops, OrderSource::Inferred)
 }
 
 /// Stitches the points in the order given (first = one end of the path).
 pub fn stitch_in_order(hops: Vec<HopCapture>) -> Result<StitchReport, StitchError> {
-    stitch_impl(hops, true)
+    stitch_with(hops, OrderSource::Given)
 }
 
-fn stitch_impl(hops: Vec<HopCapture>, given: bool) -> Result<StitchReport, StitchError> {
+/// The stitcher's steps; `source` says whether `hops` come in path order.
+fn stitch_with(hops: Vec<HopCapture>, source: OrderSource) -> Result<StitchReport, StitchError> {
+    check_hops(&hops)?;
+    let idx: Vec<HopIndex> = hops.into_iter().map(HopIndex::build).collect();
+    let mut flows = shared_flows(&idx)?;
+    let full = payload_matrix(&idx, &flows);
+    let order = order_hops(&idx, &mut flows, &full, source);
+    let (links, hop_offset) = link_reports(&idx, &flows, &full, &order);
+    Ok(StitchReport {
+        order: source,
+        hops: hop_reports(&idx, &flows, &order, &hop_offset),
+        links,
+        flows: stitched_flows(&idx, &flows, &order),
+    })
+}
+
+/// At least two hops, no name twice.
+fn check_hops(hops: &[HopCapture]) -> Result<(), StitchError> {
     let n = hops.len();
     if n < 2 {
         return Err(StitchError::TooFewHops(n));
@@ -395,9 +427,12 @@ fn stitch_impl(hops: Vec<HopCapture>, given: bool) -> Result<StitchReport, Stitc
             return Err(StitchError::DuplicateName(h.name.clone()));
         }
     }
-    let idx: Vec<HopIndex> = hops.into_iter().map(HopIndex::build).collect();
+    Ok(())
+}
 
-    // Flows seen at two points or more, in a deterministic order.
+/// The flows seen at two hops or more, in a deterministic order, each with
+/// its initiator direction; every hop must share one of them.
+fn shared_flows(idx: &[HopIndex]) -> Result<Vec<SharedFlow>, StitchError> {
     let mut seen_at: HashMap<FlowId, Vec<usize>> = HashMap::new();
     for (h, hop) in idx.iter().enumerate() {
         for id in hop.flows.keys() {
@@ -411,6 +446,7 @@ fn stitch_impl(hops: Vec<HopCapture>, given: bool) -> Result<StitchReport, Stitc
     if shared.is_empty() {
         return Err(StitchError::NoSharedFlow);
     }
+    // The map's order is random; the report's must not be.
     shared.sort_by(|a, b| {
         let k = |f: &FlowId| (f.0.addr, f.0.port, f.0.proto, f.0.ip_version);
         k(&a.0).cmp(&k(&b.0))
@@ -420,88 +456,138 @@ fn stitch_impl(hops: Vec<HopCapture>, given: bool) -> Result<StitchReport, Stitc
             return Err(StitchError::HopSharesNoFlow(hop.name.clone()));
         }
     }
-    let mut flows: Vec<SharedFlow> = shared
-        .iter()
-        .map(|(id, at)| {
-            let dirs = at.iter().filter_map(|&h| idx[h].flows.get(id));
-            let syn = |d: usize| dirs.clone().any(|s| s[d].syn);
-            let initiator = match (syn(0), syn(1)) {
-                (true, false) => 0,
-                (false, true) => 1,
-                _ => {
-                    // The direction seen first at the first point that has the flow.
-                    let s = dirs.clone().next();
-                    let f0 = s.and_then(|s| s[0].first()).unwrap_or(i64::MAX);
-                    let f1 = s.and_then(|s| s[1].first()).unwrap_or(i64::MAX);
-                    usize::from(f1 < f0)
-                }
-            };
-            SharedFlow {
-                id: *id,
-                initiator,
-                flipped: false,
-            }
+    Ok(shared
+        .into_iter()
+        .map(|(id, at)| SharedFlow {
+            initiator: initiator(idx, &id, &at),
+            id,
+            at,
+            flipped: false,
         })
-        .collect();
+        .collect())
+}
 
-    // Payload hash comparability per pair.
+/// Direction of the flow's connection opener (a SYN without ACK seen in
+/// one direction only), else the direction seen first at the first hop
+/// (of `at`) that has the flow.
+fn initiator(idx: &[HopIndex], id: &FlowId, at: &[usize]) -> usize {
+    let dirs = at.iter().filter_map(|&h| idx[h].flows.get(id));
+    let syn = |d: usize| dirs.clone().any(|s| s[d].syn);
+    match (syn(0), syn(1)) {
+        (true, false) => 0,
+        (false, true) => 1,
+        _ => {
+            let s = dirs.clone().next();
+            let f0 = s.and_then(|s| s[0].first()).unwrap_or(i64::MAX);
+            let f1 = s.and_then(|s| s[1].first()).unwrap_or(i64::MAX);
+            usize::from(f1 < f0)
+        }
+    }
+}
+
+/// Per hop pair (symmetric), whether payload hashes are comparable.
+fn payload_matrix(idx: &[HopIndex], flows: &[SharedFlow]) -> Vec<Vec<bool>> {
+    let n = idx.len();
     let mut full = vec![vec![false; n]; n];
     for i in 0..n {
         for j in i + 1..n {
-            let c = payload_comparable(&idx[i], &idx[j], &flows);
+            let c = payload_comparable(&idx[i], &idx[j], flows);
             full[i][j] = c;
             full[j][i] = c;
         }
     }
+    full
+}
 
-    // Order.
-    let evidence: Vec<FlowEvidence> = flows
-        .iter()
-        .map(|f| {
-            let mut fe = FlowEvidence::default();
-            for i in 0..n {
-                for j in i + 1..n {
-                    if let (Some(a), Some(b)) = (idx[i].flows.get(&f.id), idx[j].flows.get(&f.id)) {
-                        fe.pairs
-                            .push((i, j, pair_evidence(a, b, f.initiator, full[i][j])));
-                    }
-                }
-            }
-            fe
-        })
-        .collect();
-    let order: Vec<usize> = if given {
-        let order: Vec<usize> = (0..n).collect();
-        for (f, flip) in flows.iter_mut().zip(path::orient(&order, &evidence)) {
-            f.flipped = flip;
+/// The hops in path order (as given, or inferred from every flow's
+/// evidence), orienting each flow along it.
+fn order_hops(
+    idx: &[HopIndex],
+    flows: &mut [SharedFlow],
+    full: &[Vec<bool>],
+    source: OrderSource,
+) -> Vec<usize> {
+    let n = idx.len();
+    let evidence: Vec<FlowEvidence> = flows.iter().map(|f| flow_evidence(idx, f, full)).collect();
+    let (order, flipped) = match source {
+        OrderSource::Given => {
+            let order: Vec<usize> = (0..n).collect();
+            let flipped = path::orient(&order, &evidence);
+            (order, flipped)
         }
-        order
-    } else {
-        let (order, flipped) = path::infer_order(n, &evidence);
-        for (f, flip) in flows.iter_mut().zip(flipped) {
-            f.flipped = flip;
-        }
-        order
+        OrderSource::Inferred => path::infer_order(n, &evidence),
     };
+    for (f, flip) in flows.iter_mut().zip(flipped) {
+        f.flipped = flip;
+    }
     tracing::debug!(order = ?order.iter().map(|&h| &idx[h].name).collect::<Vec<_>>(), "hop order");
+    order
+}
 
-    // Links between neighbours.
+/// Order evidence of one flow from every pair of hops that saw it.
+fn flow_evidence(idx: &[HopIndex], f: &SharedFlow, full: &[Vec<bool>]) -> FlowEvidence {
+    let n = idx.len();
+    let mut fe = FlowEvidence::default();
+    for i in 0..n {
+        for j in i + 1..n {
+            if let (Some(a), Some(b)) = (idx[i].flows.get(&f.id), idx[j].flows.get(&f.id)) {
+                fe.pairs
+                    .push((i, j, pair_evidence(a, b, f.initiator, full[i][j])));
+            }
+        }
+    }
+    fe
+}
+
+/// Per pair of neighbouring hops the forward link, then the reverse one;
+/// and each hop's clock minus the first hop's clock (ns).
+fn link_reports(
+    idx: &[HopIndex],
+    flows: &[SharedFlow],
+    full: &[Vec<bool>],
+    order: &[usize],
+) -> (Vec<LinkReport>, Vec<i64>) {
+    let n = idx.len();
     let mut links = Vec::with_capacity(2 * (n - 1));
     let mut hop_offset = vec![0i64; n];
     for w in order.windows(2) {
         let (u, d) = (w[0], w[1]);
-        let (hu, hd) = (&idx[u], &idx[d]);
-        let use_full = full[u][d];
-        // Clock offset from one-to-one matches in both directions.
+        let pair = Neighbours::measure(&idx[u], &idx[d], flows, full[u][d]);
+        hop_offset[d] = hop_offset[u].saturating_add(pair.clock.offset_ns);
+        links.push(pair.link(PathDirection::Forward, flows));
+        links.push(pair.link(PathDirection::Reverse, flows));
+    }
+    (links, hop_offset)
+}
+
+/// Two neighbouring hops and what their shared flows say of the pair.
+struct Neighbours<'a> {
+    /// The hop nearer the start of the path.
+    up: &'a HopIndex,
+    /// The next hop.
+    down: &'a HopIndex,
+    /// Whether payload hashes are comparable between them.
+    use_full: bool,
+    /// `down`'s clock minus `up`'s.
+    clock: ClockEstimate,
+    /// Flows seen at both.
+    both: u64,
+    /// Flows seen (with another hop) at `up` only, and at `down` only.
+    missing: [u64; 2],
+}
+
+impl<'a> Neighbours<'a> {
+    /// Estimates the clock offset from one-to-one matches in both
+    /// directions and counts the flows each hop saw without the other.
+    fn measure(up: &'a HopIndex, down: &'a HopIndex, flows: &[SharedFlow], use_full: bool) -> Self {
         let (mut fwd_min, mut rev_min): (Option<i64>, Option<i64>) = (None, None);
         let mut both = 0u64;
         let mut missing = [0u64; 2];
-        for f in &flows {
-            let fwd = f.initiator ^ usize::from(f.flipped);
-            match (hu.flows.get(&f.id), hd.flows.get(&f.id)) {
+        for f in flows {
+            match (up.flows.get(&f.id), down.flows.get(&f.id)) {
                 (Some(a), Some(b)) => {
                     both += 1;
-                    let e = pair_evidence(a, b, fwd, use_full);
+                    let e = pair_evidence(a, b, f.forward(), use_full);
                     fwd_min = fwd_min.into_iter().chain(e.fwd_min).min();
                     rev_min = rev_min.into_iter().chain(e.rev_min).min();
                 }
@@ -510,55 +596,72 @@ fn stitch_impl(hops: Vec<HopCapture>, given: bool) -> Result<StitchReport, Stitc
                 (None, None) => {}
             }
         }
-        let clock = clock::estimate(fwd_min, rev_min);
-        hop_offset[d] = hop_offset[u].saturating_add(clock.offset_ns);
-        let reverse_clock = ClockEstimate {
-            offset_ns: clock.offset_ns.saturating_neg(),
-            ..clock
-        };
-        for (dir, from, to, ck, miss) in [
-            (PathDirection::Forward, hu, hd, &clock, missing[0]),
-            (PathDirection::Reverse, hd, hu, &reverse_clock, missing[1]),
-        ] {
-            let mut acc = LinkCounts::default();
-            for f in &flows {
-                let fwd = f.initiator ^ usize::from(f.flipped);
-                let dd = if dir == PathDirection::Forward {
-                    fwd
-                } else {
-                    fwd ^ 1
-                };
-                if let (Some(a), Some(b)) = (from.flows.get(&f.id), to.flows.get(&f.id)) {
-                    link::analyze_direction(
-                        &a[dd].side(use_full, from.span),
-                        &b[dd].side(use_full, to.span),
-                        ck,
-                        &mut acc,
-                    );
-                }
-            }
-            links.push(LinkReport {
-                from: from.name.clone(),
-                to: to.name.clone(),
-                direction: dir,
-                packets: acc.packets,
-                delivered: acc.delivered,
-                lost: acc.lost,
-                duplicates: acc.duplicates,
-                unmatched: acc.unmatched,
-                outside_window: acc.outside_window,
-                reordered: acc.reordered,
-                delay_ms: DelayStats::from_ns(&mut acc.delays_ns),
-                clock_offset_ms: ck.offset_ns as f64 / 1e6,
-                clock_method: ck.method,
-                flows: both,
-                flows_missing: miss,
-                payload_hash: use_full,
-            });
+        Self {
+            up,
+            down,
+            use_full,
+            clock: clock::estimate(fwd_min, rev_min),
+            both,
+            missing,
         }
     }
 
-    let hops_out = order
+    /// The link in one direction of travel: every shared flow's packets matched.
+    fn link(&self, dir: PathDirection, flows: &[SharedFlow]) -> LinkReport {
+        let (from, to, ck, miss) = match dir {
+            PathDirection::Forward => (self.up, self.down, self.clock, self.missing[0]),
+            PathDirection::Reverse => {
+                let reverse = ClockEstimate {
+                    offset_ns: self.clock.offset_ns.saturating_neg(),
+                    ..self.clock
+                };
+                (self.down, self.up, reverse, self.missing[1])
+            }
+        };
+        let mut acc = LinkCounts::default();
+        for f in flows {
+            let d = match dir {
+                PathDirection::Forward => f.forward(),
+                PathDirection::Reverse => f.forward() ^ 1,
+            };
+            if let (Some(a), Some(b)) = (from.flows.get(&f.id), to.flows.get(&f.id)) {
+                link::analyze_direction(
+                    &a[d].side(self.use_full, from.span),
+                    &b[d].side(self.use_full, to.span),
+                    &ck,
+                    &mut acc,
+                );
+            }
+        }
+        LinkReport {
+            from: from.name.clone(),
+            to: to.name.clone(),
+            direction: dir,
+            packets: acc.packets,
+            delivered: acc.delivered,
+            lost: acc.lost,
+            duplicates: acc.duplicates,
+            unmatched: acc.unmatched,
+            outside_window: acc.outside_window,
+            reordered: acc.reordered,
+            delay_ms: DelayStats::from_ns(&mut acc.delays_ns),
+            clock_offset_ms: ck.offset_ns as f64 / 1e6,
+            clock_method: ck.method,
+            flows: self.both,
+            flows_missing: miss,
+            payload_hash: self.use_full,
+        }
+    }
+}
+
+/// The hops in path order with their counts and clock offsets.
+fn hop_reports(
+    idx: &[HopIndex],
+    flows: &[SharedFlow],
+    order: &[usize],
+    hop_offset: &[i64],
+) -> Vec<HopReport> {
+    order
         .iter()
         .enumerate()
         .map(|(pos, &h)| {
@@ -568,19 +671,22 @@ fn stitch_impl(hops: Vec<HopCapture>, given: bool) -> Result<StitchReport, Stitc
                 position: pos,
                 packets: hop.packets,
                 flows: hop.flows.len() as u64,
-                shared_flows: shared.iter().filter(|(_, at)| at.contains(&h)).count() as u64,
+                shared_flows: flows.iter().filter(|f| f.at.contains(&h)).count() as u64,
                 collisions: hop.collisions,
                 clock_offset_ms: hop_offset[h] as f64 / 1e6,
                 clock_offset_ns: hop_offset[h],
             }
         })
-        .collect();
-    let flows_out = flows
+        .collect()
+}
+
+/// The shared flows, oriented along the path, with the hops that saw them.
+fn stitched_flows(idx: &[HopIndex], flows: &[SharedFlow], order: &[usize]) -> Vec<StitchedFlow> {
+    flows
         .iter()
-        .zip(&shared)
-        .map(|(f, (_, at))| {
+        .map(|f| {
             let k = f.id.0;
-            let s = f.initiator ^ usize::from(f.flipped);
+            let s = f.forward();
             let ip = |a: &[u8; 16]| -> IpAddr {
                 if k.ip_version == 6 {
                     IpAddr::from(*a)
@@ -588,7 +694,7 @@ fn stitch_impl(hops: Vec<HopCapture>, given: bool) -> Result<StitchReport, Stitc
                     IpAddr::from([a[0], a[1], a[2], a[3]])
                 }
             };
-            FlowReport {
+            StitchedFlow {
                 src: ip(&k.addr[s]),
                 dst: ip(&k.addr[s ^ 1]),
                 sport: k.port[s],
@@ -596,20 +702,10 @@ fn stitch_impl(hops: Vec<HopCapture>, given: bool) -> Result<StitchReport, Stitc
                 proto: k.proto,
                 hops: order
                     .iter()
-                    .filter(|h| at.contains(h))
+                    .filter(|h| f.at.contains(h))
                     .map(|&h| idx[h].name.clone())
                     .collect(),
             }
         })
-        .collect();
-    Ok(StitchReport {
-        order: if given {
-            OrderSource::Given
-        } else {
-            OrderSource::Inferred
-        },
-        hops: hops_out,
-        links,
-        flows: flows_out,
-    })
+        .collect()
 }
