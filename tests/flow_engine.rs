@@ -539,7 +539,10 @@ fn udp_jitter_follows_rfc3550() {
     }
     let r = analyze_records(recs, &FlowConfig::default());
     let f = only_flow(&r);
-    assert_eq!((f.proto.to_string().as_str(), f.packets, f.bytes), ("udp", 10, 2140));
+    assert_eq!(
+        (f.proto.to_string().as_str(), f.packets, f.bytes),
+        ("udp", 10, 2140)
+    );
     // Same recurrence computed by hand: D = spacing - mean spacing so far.
     let mut j = 0.0f64;
     let arrivals: Vec<f64> = (0..10)

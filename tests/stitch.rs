@@ -406,7 +406,7 @@ fn three_points_exact_figures_in_any_input_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = write_scenario(dir.path(), false);
     for idx in [[0, 1, 2], [2, 0, 1], [1, 2, 0], [2, 1, 0]] {
-        let r = stitch_files(&specs(&paths, &idx), false).expect("stitch");
+        let r = stitch_files(&specs(&paths, &idx), OrderSource::Inferred).expect("stitch");
         assert_eq!(r.order, OrderSource::Inferred);
         check_abc(&r);
     }
@@ -417,7 +417,7 @@ fn order_from_timing_alone_when_ttl_does_not_change() {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = write_scenario(dir.path(), true);
     for idx in [[1, 2, 0], [2, 1, 0], [0, 2, 1]] {
-        check_abc(&stitch_files(&specs(&paths, &idx), false).expect("stitch"));
+        check_abc(&stitch_files(&specs(&paths, &idx), OrderSource::Inferred).expect("stitch"));
     }
 }
 
@@ -425,7 +425,7 @@ fn order_from_timing_alone_when_ttl_does_not_change() {
 fn given_order_overrides_inference() {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = write_scenario(dir.path(), false);
-    let r = stitch_files(&specs(&paths, &[2, 1, 0]), true).expect("stitch");
+    let r = stitch_files(&specs(&paths, &[2, 1, 0]), OrderSource::Given).expect("stitch");
     assert_eq!(r.order, OrderSource::Given);
     let names: Vec<&str> = r.hops.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["C", "B", "A"], "order as given");
@@ -444,7 +444,7 @@ fn given_order_overrides_inference() {
     );
     assert_eq!((r.flows[0].sport, r.flows[0].dport), (8080, 40000));
     // A wrong order is used as given (no panic, figures follow it).
-    let r = stitch_files(&specs(&paths, &[0, 2, 1]), true).expect("stitch");
+    let r = stitch_files(&specs(&paths, &[0, 2, 1]), OrderSource::Given).expect("stitch");
     let names: Vec<&str> = r.hops.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, ["A", "C", "B"]);
 }
@@ -460,7 +460,7 @@ fn pure_core_matches_the_file_path() {
     check_abc(&mem);
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = write_scenario(dir.path(), false);
-    let file = stitch_files(&specs(&paths, &[0, 1, 2]), false).expect("stitch");
+    let file = stitch_files(&specs(&paths, &[0, 1, 2]), OrderSource::Inferred).expect("stitch");
     assert_eq!(mem, file, "records and files stitch alike");
 }
 
@@ -469,7 +469,7 @@ fn unified_capture_has_one_interface_per_hop_in_corrected_time_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let paths = write_scenario(dir.path(), false);
     let sp = specs(&paths, &[1, 0, 2]);
-    let r = stitch_files(&sp, false).expect("stitch");
+    let r = stitch_files(&sp, OrderSource::Inferred).expect("stitch");
     let out = dir.path().join("unified.pcapng");
     let n = write_unified(&sp, &r, &out).expect("write unified");
     let total: u64 = r.hops.iter().map(|h| h.packets).sum();
@@ -803,7 +803,7 @@ fn stitch_throughput() {
             })
             .collect();
         let t = std::time::Instant::now();
-        let rf = stitch_files(&sp, false).expect("stitch files");
+        let rf = stitch_files(&sp, OrderSource::Inferred).expect("stitch files");
         let files = t.elapsed();
         assert_eq!(rf.links, r.links, "files stitch like records");
         let rate = |d: std::time::Duration| total as f64 / d.as_secs_f64() / 1e6;

@@ -124,7 +124,7 @@ fn router_drops_are_attributed_to_the_client_server_link() {
             file: cfile,
         },
     ];
-    let rep = stitch_files(&hops, false).expect("stitch");
+    let rep = stitch_files(&hops, OrderSource::Inferred).expect("stitch");
     let unified = dir.path().join("unified.pcapng");
     let written = write_unified(&hops, &rep, &unified).expect("unified capture");
     let total: u64 = rep.hops.iter().map(|h| h.packets).sum();

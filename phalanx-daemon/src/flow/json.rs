@@ -12,10 +12,10 @@ use std::net::IpAddr;
 
 use serde_json::ser::{CompactFormatter, Formatter as _};
 
+use super::key::Proto;
 use super::report::{
     DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
 };
-use super::key::Proto;
 use super::state::IcmpEvent;
 
 /// A value that appends its compact JSON form to a byte buffer.

@@ -9,11 +9,11 @@ use std::net::IpAddr;
 use phalanx_common::{ipproto, user::ip_from_bytes};
 use serde::Serialize;
 
+use super::key::Proto;
 use super::state::{
     Dir, DirExtra, Extra, Flow, IcmpEvent, TcpState, F_ACK, F_FIN, F_MSS, F_RST, F_SACK_PERM,
     F_SYN, F_SYNACK, F_TS, F_WS,
 };
-use super::key::Proto;
 use super::stats::Summary;
 
 /// RTT figures in milliseconds (`null` without samples).

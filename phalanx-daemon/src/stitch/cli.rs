@@ -11,7 +11,7 @@ use anyhow::{bail, Context as _};
 use phalanx_common::PacketMeta;
 use thiserror::Error;
 
-use super::{stitch, stitch_in_order, HopCapture, StitchReport};
+use super::{stitch, stitch_in_order, HopCapture, OrderSource, StitchReport};
 use crate::capture::file::{self, CaptureReader, FileError};
 use crate::capture::frame::{PayloadMode, PcapngWriter, WriteError};
 
@@ -67,8 +67,9 @@ pub struct StitchArgs {
     pub out: Option<PathBuf>,
 }
 
-/// The hops to read: names and files, and whether the order is given.
-pub fn hop_list(args: &StitchArgs) -> anyhow::Result<(Vec<HopSpec>, bool)> {
+/// The hops to read: names and files, and whether their order is given
+/// (`--hop`) or to be inferred (`FILE...`).
+pub fn hop_list(args: &StitchArgs) -> anyhow::Result<(Vec<HopSpec>, OrderSource)> {
     if !args.files.is_empty() && !args.hops.is_empty() {
         bail!("give the captures either as FILE... (order inferred) or as --hop NAME=FILE... (order as given), not both");
     }
@@ -111,7 +112,12 @@ pub fn hop_list(args: &StitchArgs) -> anyhow::Result<(Vec<HopSpec>, bool)> {
             if given { "--hop" } else { "FILE" }
         );
     }
-    Ok((specs, given))
+    let order = if given {
+        OrderSource::Given
+    } else {
+        OrderSource::Inferred
+    };
+    Ok((specs, order))
 }
 
 /// Reads one capture; damage inside the file ends it early with a warning.
@@ -133,8 +139,8 @@ fn read_hop(spec: &HopSpec) -> Result<HopCapture, FileError> {
     })
 }
 
-/// Reads the captures and stitches them.
-pub fn stitch_files(specs: &[HopSpec], given: bool) -> anyhow::Result<StitchReport> {
+/// Reads the captures and stitches them, in the order given or inferring it.
+pub fn stitch_files(specs: &[HopSpec], order: OrderSource) -> anyhow::Result<StitchReport> {
     let mut hops = Vec::with_capacity(specs.len());
     for s in specs {
         let hop =
@@ -144,10 +150,9 @@ pub fn stitch_files(specs: &[HopSpec], given: bool) -> anyhow::Result<StitchRepo
         }
         hops.push(hop);
     }
-    let report = if given {
-        stitch_in_order(hops)
-    } else {
-        stitch(hops)
+    let report = match order {
+        OrderSource::Given => stitch_in_order(hops),
+        OrderSource::Inferred => stitch(hops),
     };
     report.map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -338,8 +343,8 @@ mod tests {
             files: vec!["/x/client.pcapng".into(), "/y/server.pcap.zst".into()],
             ..Default::default()
         };
-        let (specs, given) = hop_list(&args).expect("two files");
-        assert!(!given);
+        let (specs, order) = hop_list(&args).expect("two files");
+        assert_eq!(order, OrderSource::Inferred);
         assert_eq!(specs[0].name, "client");
         assert_eq!(specs[1].name, "server");
         let args = StitchArgs {
