@@ -21,9 +21,10 @@
 //! own sender/receiver model, independently of the flow engine.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 use std::io::Write;
 use std::net::IpAddr;
+use std::ops::Range;
 
 use phalanx_common::{
     ipproto, tcp_flags as tf, tcp_opts, user::ip_to_bytes, PacketMeta, RecordKind,
@@ -204,6 +205,7 @@ struct Tx {
     fast: bool,
 }
 
+/// One endpoint: address, port, initial sequence number, next TSval.
 struct Side {
     addr: [u8; 16],
     port: u16,
@@ -211,6 +213,7 @@ struct Side {
     tsval: u32,
 }
 
+/// Builds records and keeps the truth's packet and byte counts.
 struct Builder<'a> {
     sc: &'a TcpScenario,
     v6: bool,
@@ -221,7 +224,18 @@ struct Builder<'a> {
 const WSCALE: u8 = 7;
 const RWND: u16 = 1024;
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
+    /// An empty builder for `sc`.
+    fn new(sc: &'a TcpScenario) -> Self {
+        Self {
+            sc,
+            v6: sc.client.0.is_ipv6(),
+            out: Vec::with_capacity(sc.segments as usize * 2 + 8),
+            truth: FlowTruth::default(),
+        }
+    }
+
+    /// A bare TCP record from `s` to `r` at `t`.
     fn packet(&self, t: u64, s: &Side, r: &Side) -> PacketMeta {
         let mut m = PacketMeta::zeroed();
         m.ts_ns = t;
@@ -245,6 +259,7 @@ impl Builder<'_> {
         m
     }
 
+    /// Fills in the lengths and IP id of `m`, counts it and appends it.
     fn push(&mut self, mut m: PacketMeta, from_sender: bool) {
         let tcp_hdr =
             20 + if m.tcp_opts & tcp_opts::TIMESTAMPS != 0 {
@@ -275,125 +290,201 @@ impl Builder<'_> {
 
 /// Generates one conversation.
 pub fn tcp_conversation(sc: &TcpScenario) -> Generated {
-    let v6 = sc.client.0.is_ipv6();
-    let mut b = Builder {
-        sc,
-        v6,
-        out: Vec::with_capacity(sc.segments as usize * 2 + 8),
-        truth: FlowTruth::default(),
+    let mut b = Builder::new(sc);
+    let (mut cli, mut srv) = endpoints(sc);
+    let hs = handshake(&mut b, &mut cli, &mut srv);
+    // `a` is the round trip V <-> receiver, `bb` V <-> sender.
+    let (sender, receiver, a, bb) = match sc.data {
+        DataDir::Upload => (cli, srv, sc.server_rtt_ns, sc.client_rtt_ns),
+        DataDir::Download => (srv, cli, sc.client_rtt_ns, sc.server_rtt_ns),
     };
-    let mut cli = Side {
+    b.truth.receiver_rtt_ns = a;
+    b.truth.sender_rtt_ns = bb;
+    let lay = Layout::new(sc, hs.t_ack, a, bb, sender.isn);
+    let slot_t = slot_times(&lay, sc.zero_window);
+    let seg_t = apply_reordering(&sc.reorder, &lay, &slot_t, &mut b.truth);
+    let mut sim = Simulation::new(b, lay, seg_t, sender, receiver, hs.sender_tsecr);
+    sim.run();
+    let fin = sim.fin_exchange();
+    sim.merge(fin)
+}
+
+/// The client and the server before the handshake.
+fn endpoints(sc: &TcpScenario) -> (Side, Side) {
+    let cli = Side {
         addr: ip_to_bytes(sc.client.0),
         port: sc.client.1,
         isn: 0x1000_0000u32.wrapping_add(u32::from(sc.client.1).wrapping_mul(7919)),
         tsval: 100,
     };
-    let mut srv = Side {
+    let srv = Side {
         addr: ip_to_bytes(sc.server.0),
         port: sc.server.1,
         isn: 0xfff0_0000,
         tsval: 5_000,
     };
-    let ts = sc.timestamps;
-    let opts_syn = tcp_opts::MSS | tcp_opts::WSCALE | if sc.sack { tcp_opts::SACK_PERM } else { 0 };
+    (cli, srv)
+}
 
-    // Handshake.
+/// What the data phase needs from the handshake.
+struct Handshake {
+    /// Time of the client's ACK at the vantage point.
+    t_ack: u64,
+    /// The data sender's TSecr until a receiver packet reaches it: the
+    /// TSval of the last handshake packet it got.
+    sender_tsecr: u32,
+}
+
+/// The three-way handshake, pushed into `b`, with its truth.
+fn handshake(b: &mut Builder<'_>, cli: &mut Side, srv: &mut Side) -> Handshake {
+    let sc = b.sc;
+    let upload = sc.data == DataDir::Upload;
     let t0 = sc.start_ns;
     let t_synack = t0 + sc.server_rtt_ns;
     let t_ack = t_synack + sc.client_rtt_ns;
-    let mut m = b.packet(t0, &cli, &srv);
+    let mut m = syn_packet(b, t0, cli, srv);
     m.tcp_flags = tf::SYN;
-    m.seq = cli.isn;
-    m.tcp_opts |= opts_syn;
-    m.mss = sc.mss;
-    m.wscale = WSCALE;
-    m.window = u16::MAX;
-    m.tsval = cli.tsval;
     let syn_tsval = cli.tsval;
     cli.tsval += 1;
-    b.push(m, sc.data == DataDir::Upload);
-    let mut m = b.packet(t_synack, &srv, &cli);
+    b.push(m, upload);
+    let mut m = syn_packet(b, t_synack, srv, cli);
     m.tcp_flags = tf::SYN | tf::ACK;
-    m.seq = srv.isn;
     m.ack = cli.isn.wrapping_add(1);
-    m.tcp_opts |= opts_syn;
-    m.mss = sc.mss;
-    m.wscale = WSCALE;
-    m.window = u16::MAX;
-    m.tsval = srv.tsval;
     m.tsecr = syn_tsval;
     let synack_tsval = srv.tsval;
     srv.tsval += 1;
-    b.push(m, sc.data == DataDir::Download);
-    let mut m = b.packet(t_ack, &cli, &srv);
+    b.push(m, !upload);
+    let mut m = b.packet(t_ack, cli, srv);
     m.tcp_flags = tf::ACK;
     m.seq = cli.isn.wrapping_add(1);
     m.ack = srv.isn.wrapping_add(1);
     m.tsval = cli.tsval;
     m.tsecr = synack_tsval;
     cli.tsval += 1;
-    b.push(m, sc.data == DataDir::Upload);
-    if !ts {
+    b.push(m, upload);
+    if !sc.timestamps {
         for r in &mut b.out {
             r.tsval = 0;
             r.tsecr = 0;
         }
     }
-
-    let (s_side, r_side, a, bb) = match sc.data {
-        DataDir::Upload => (cli, srv, sc.server_rtt_ns, sc.client_rtt_ns),
-        DataDir::Download => (srv, cli, sc.client_rtt_ns, sc.server_rtt_ns),
-    };
-    let (mut s_side, mut r_side) = (s_side, r_side);
     b.truth.client = Some(sc.client);
     b.truth.server = Some(sc.server);
-    b.truth.receiver_rtt_ns = a;
-    b.truth.sender_rtt_ns = bb;
     b.truth.handshake_down_ns = sc.server_rtt_ns;
     b.truth.handshake_up_ns = sc.client_rtt_ns;
+    Handshake {
+        t_ack,
+        sender_tsecr: if upload { synack_tsval } else { syn_tsval + 1 },
+    }
+}
 
-    let n = sc.segments;
-    let w = sc.window.max(1);
-    let gap = sc.gap_ns.min((a + bb) / u64::from(w + 1)).max(1);
-    let first_data = match sc.data {
-        DataDir::Upload => t_ack + gap,
-        DataDir::Download => t_ack + bb,
-    };
-    let mss = u32::from(sc.mss.max(1));
-    let s_base = s_side.isn.wrapping_add(1);
-    let seg_seq = |i: u32| s_base.wrapping_add(i.wrapping_mul(mss));
+/// A SYN or SYN/ACK from `s` to `r` at `t` with its options; the caller
+/// sets the flags and the ACK fields.
+fn syn_packet(b: &Builder<'_>, t: u64, s: &Side, r: &Side) -> PacketMeta {
+    let sc = b.sc;
+    let mut m = b.packet(t, s, r);
+    m.seq = s.isn;
+    m.tcp_opts |= tcp_opts::MSS | tcp_opts::WSCALE | if sc.sack { tcp_opts::SACK_PERM } else { 0 };
+    m.mss = sc.mss;
+    m.wscale = WSCALE;
+    m.window = u16::MAX;
+    m.tsval = s.tsval;
+    m
+}
 
-    // Slot times (ACK-clocked rounds), with an optional zero-window pause.
-    let zw_round = sc.zero_window.map(|(i, p)| (i / w, p));
+/// Timing and sequence numbering of the data phase.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Data segments.
+    n: u32,
+    /// Window in segments (at least 1).
+    w: u32,
+    /// Spacing of the segments within a window (ns).
+    gap: u64,
+    /// Round trip V <-> receiver.
+    a: u64,
+    /// Round trip V <-> sender.
+    b: u64,
+    /// Time of the first data segment's slot at V.
+    first_data: u64,
+    /// Payload of every data segment.
+    mss: u32,
+    /// Sequence number of segment 0.
+    s_base: u32,
+}
+
+impl Layout {
+    /// The layout of `sc`'s data phase after a handshake ending at `t_ack`.
+    fn new(sc: &TcpScenario, t_ack: u64, a: u64, b: u64, sender_isn: u32) -> Self {
+        let w = sc.window.max(1);
+        // Pace the window so that it fits in one round trip.
+        let gap = sc.gap_ns.min((a + b) / u64::from(w + 1)).max(1);
+        let first_data = match sc.data {
+            DataDir::Upload => t_ack + gap,
+            DataDir::Download => t_ack + b,
+        };
+        Self {
+            n: sc.segments,
+            w,
+            gap,
+            a,
+            b,
+            first_data,
+            mss: u32::from(sc.mss.max(1)),
+            s_base: sender_isn.wrapping_add(1),
+        }
+    }
+
+    /// Sequence number of segment `i` (`n` for the FIN).
+    fn seq(&self, i: u32) -> u32 {
+        self.s_base.wrapping_add(i.wrapping_mul(self.mss))
+    }
+}
+
+/// Slot times (ACK-clocked rounds), with an optional zero-window pause.
+fn slot_times(lay: &Layout, zero_window: Option<(u32, u64)>) -> Vec<u64> {
+    let (n, w, gap) = (lay.n, lay.w, lay.gap);
     let mut slot_t = Vec::with_capacity(n as usize);
     for i in 0..n {
         let t = if i < w {
-            first_data + u64::from(i) * gap
+            lay.first_data + u64::from(i) * gap
         } else {
-            slot_t[(i - w) as usize] + a + bb
+            slot_t[(i - w) as usize] + lay.a + lay.b
         };
         slot_t.push(t);
     }
-    if let Some((zr, p)) = zw_round {
+    if let Some((zr, p)) = zero_window.map(|(i, p)| (i / w, p)) {
         // Re-base the round after the pause: the update releases it at once,
         // paced like the first window.
         let start = zr.saturating_add(1).saturating_mul(w);
         if start < n {
             let last_of_zr = slot_t[(start - 1) as usize];
-            let base = last_of_zr + a + p + bb;
+            let base = last_of_zr + lay.a + p + lay.b;
             for i in start..n {
                 let k = i - start;
                 slot_t[i as usize] = if k < w {
                     base + u64::from(k) * gap
                 } else {
-                    slot_t[(i - w) as usize] + a + bb
+                    slot_t[(i - w) as usize] + lay.a + lay.b
                 };
             }
         }
     }
-    // Reordering: segment i passes V just after segment i + k.
-    let mut seg_t: Vec<u64> = slot_t.clone();
-    for &(i, k) in &sc.reorder {
+    slot_t
+}
+
+/// Reordering: segment i passes V just after segment i + k. Returns the
+/// time each segment's first transmission passes V, and counts the
+/// reordering in `truth`.
+fn apply_reordering(
+    reorder: &[(u32, u32)],
+    lay: &Layout,
+    slot_t: &[u64],
+    truth: &mut FlowTruth,
+) -> Vec<u64> {
+    let (n, w) = (lay.n, lay.w);
+    let mut seg_t = slot_t.to_vec();
+    for &(i, k) in reorder {
         if k == 0 || i >= n {
             continue;
         }
@@ -407,287 +498,504 @@ pub fn tcp_conversation(sc: &TcpScenario) -> Generated {
         if i + k >= n {
             continue;
         }
-        seg_t[i as usize] = slot_t[(i + k) as usize] + gap / 2;
-        b.truth.out_of_order += 1;
-        b.truth.reorder_extent_max = b.truth.reorder_extent_max.max(k);
+        seg_t[i as usize] = slot_t[(i + k) as usize] + lay.gap / 2;
+        truth.out_of_order += 1;
+        truth.reorder_extent_max = truth.reorder_extent_max.max(k);
     }
-    let drop_before: std::collections::HashSet<u32> =
-        sc.drop_before.iter().copied().filter(|&i| i < n).collect();
-    let drop_after: std::collections::HashSet<u32> =
-        sc.drop_after.iter().copied().filter(|&i| i < n).collect();
+    seg_t
+}
 
-    // Event simulation in vantage-point time.
-    let mut heap: BinaryHeap<Reverse<Tx>> = BinaryHeap::new();
-    let mut order = 0u64;
-    for i in 0..n {
-        heap.push(Reverse(Tx {
-            t: seg_t[i as usize],
-            order,
-            seg: i,
-            retrans: false,
-            fast: false,
-        }));
-        order += 1;
+/// The sender's loss recovery.
+#[derive(Clone, Copy)]
+struct Recovery {
+    /// One past the highest segment sent when it began.
+    point: u32,
+    /// Whether a timeout began it.
+    timeout: bool,
+}
+
+/// A receiver packet as the vantage point saw it, for the sender's TSecr.
+struct Stamp {
+    t: u64,
+    tsval: u32,
+}
+
+/// What the sender learns from one ACK.
+struct Ack {
+    /// Time of the ACK at V.
+    t: u64,
+    /// The cumulative ACK moved.
+    advanced: bool,
+    /// The ACK carries SACK blocks.
+    sacked: bool,
+}
+
+/// The data sender's state (segment indices throughout).
+struct Sender {
+    side: Side,
+    /// Segments with a retransmission already queued.
+    scheduled: Vec<bool>,
+    /// Loss recovery in progress, if any.
+    recovery: Option<Recovery>,
+    /// Latest transmission time so far.
+    last_t: u64,
+    /// Segments the vantage point saw.
+    out: Vec<PacketMeta>,
+}
+
+/// The receiver's state (segment indices throughout).
+struct Receiver {
+    side: Side,
+    /// Segments received.
+    got: Vec<bool>,
+    /// Next expected segment.
+    rcv_nxt: u32,
+    /// TS.Recent (RFC 7323).
+    ts_recent: u32,
+    /// Cumulative ACK point of the last ACK sent.
+    last_ack_sent: u32,
+    /// Duplicate ACKs since the cumulative ACK last moved.
+    dup_run: u32,
+    /// Ranges of received segments above `rcv_nxt`, most recent first.
+    sack_blocks: Vec<Range<u32>>,
+    /// Every packet it sent, for the sender's TSecr.
+    stamps: Vec<Stamp>,
+    /// ACKs and window updates.
+    out: Vec<PacketMeta>,
+}
+
+impl Sender {
+    /// The sender of `n` segments, nothing sent before `t`.
+    fn new(side: Side, n: u32, t: u64) -> Self {
+        Self {
+            side,
+            scheduled: vec![false; n as usize],
+            recovery: None,
+            last_t: t,
+            out: Vec::new(),
+        }
     }
-    // Receiver state.
-    let mut got = vec![false; n as usize];
-    let mut rcv_nxt: u32 = 0; // next expected segment index
-    let mut ts_recent: u32 = s_side.tsval;
-    let mut last_ack_sent: u32 = 0;
-    let mut dup_run = 0u32;
-    let mut scheduled = vec![false; n as usize];
-    // Sender's loss recovery: the recovery point (one past the highest
-    // segment sent when it began) and whether a timeout began it.
-    let mut recovery: Option<(u32, bool)> = None;
-    // One past the highest segment the sender has sent by `t`.
-    let sent_by = |t: u64| {
-        seg_t
+}
+
+impl Receiver {
+    /// The receiver of `n` segments, nothing received yet.
+    fn new(side: Side, n: u32, ts_recent: u32) -> Self {
+        Self {
+            side,
+            got: vec![false; n as usize],
+            rcv_nxt: 0,
+            ts_recent,
+            last_ack_sent: 0,
+            dup_run: 0,
+            sack_blocks: Vec::new(),
+            stamps: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Takes segment `i` of `n`: TS.Recent, the cumulative ACK point and
+    /// the SACK blocks. Returns the cumulative ACK point before it.
+    fn take(&mut self, i: u32, tsval: u32, n: u32) -> u32 {
+        self.got[i as usize] = true;
+        if i <= self.last_ack_sent {
+            self.ts_recent = tsval;
+        }
+        let before = self.rcv_nxt;
+        while self.rcv_nxt < n && self.got[self.rcv_nxt as usize] {
+            self.rcv_nxt += 1;
+        }
+        self.update_sack(i, n);
+        before
+    }
+
+    /// SACK blocks: ranges of received segments above rcv_nxt.
+    fn update_sack(&mut self, i: u32, n: u32) {
+        let nxt = self.rcv_nxt;
+        self.sack_blocks.retain(|b| b.end > nxt && b.start >= nxt);
+        if nxt < n && i > nxt {
+            let (mut l, mut r) = (i, i + 1);
+            while l > nxt && self.got[(l - 1) as usize] {
+                l -= 1;
+            }
+            while r < n && self.got[r as usize] {
+                r += 1;
+            }
+            self.sack_blocks.retain(|b| b.end < l || b.start > r);
+            self.sack_blocks.insert(0, l..r);
+            self.sack_blocks.truncate(3);
+        }
+    }
+
+    /// TSval of the newest receiver packet that reached the sender by `t`,
+    /// `b` being the round trip V <-> sender.
+    fn tsval_reaching(&self, t: u64, b: u64) -> Option<u32> {
+        self.stamps
+            .iter()
+            .rev()
+            .find(|p| p.t + b <= t)
+            .map(|p| p.tsval)
+    }
+}
+
+/// Event simulation of sender, vantage point and receiver in
+/// vantage-point time.
+struct Simulation<'a> {
+    builder: Builder<'a>,
+    lay: Layout,
+    /// When each segment's first transmission passes V.
+    seg_t: Vec<u64>,
+    drop_before: HashSet<u32>,
+    drop_after: HashSet<u32>,
+    /// The segment whose ACK advertises the zero window: the last of the
+    /// window holding the scenario's segment.
+    zw_ack_seg: Option<u32>,
+    /// The sender's TSecr until a receiver packet reaches it.
+    first_tsecr: u32,
+    /// Pending transmissions, earliest first.
+    queue: BinaryHeap<Reverse<Tx>>,
+    /// Queueing counter: equal times keep queueing order.
+    order: u64,
+    /// Highest segment the vantage point has seen.
+    max_seen: Option<u32>,
+    snd: Sender,
+    rcv: Receiver,
+}
+
+impl<'a> Simulation<'a> {
+    /// Sender and receiver after the handshake, every first transmission
+    /// queued.
+    fn new(
+        builder: Builder<'a>,
+        lay: Layout,
+        seg_t: Vec<u64>,
+        sender: Side,
+        receiver: Side,
+        first_tsecr: u32,
+    ) -> Self {
+        let sc = builder.sc;
+        let n = lay.n;
+        let in_range =
+            |v: &[u32]| -> HashSet<u32> { v.iter().copied().filter(|&i| i < n).collect() };
+        // The receiver's TS.Recent starts at the sender's next TSval.
+        let ts_recent = sender.tsval;
+        let mut sim = Self {
+            drop_before: in_range(&sc.drop_before),
+            drop_after: in_range(&sc.drop_after),
+            zw_ack_seg: sc
+                .zero_window
+                .map(|(i, _)| ((i / lay.w + 1) * lay.w).min(n) - 1),
+            first_tsecr,
+            queue: BinaryHeap::new(),
+            order: 0,
+            max_seen: None,
+            rcv: Receiver::new(receiver, n, ts_recent),
+            snd: Sender::new(sender, n, lay.first_data),
+            builder,
+            lay,
+            seg_t,
+        };
+        for i in 0..n {
+            sim.enqueue(sim.seg_t[i as usize], i, false, false);
+        }
+        sim
+    }
+
+    /// Queues a transmission of segment `seg` at `t`.
+    fn enqueue(&mut self, t: u64, seg: u32, retrans: bool, fast: bool) {
+        let order = self.order;
+        self.order += 1;
+        self.queue.push(Reverse(Tx {
+            t,
+            order,
+            seg,
+            retrans,
+            fast,
+        }));
+    }
+
+    /// Runs the events until nothing is left to send.
+    fn run(&mut self) {
+        loop {
+            let Some(Reverse(tx)) = self.queue.pop() else {
+                if self.tail_loss() {
+                    continue;
+                }
+                break;
+            };
+            if let Some(tsval) = self.transmit(tx) {
+                let ack = self.receive(tx, tsval);
+                self.react(ack);
+            }
+        }
+    }
+
+    /// Tail loss: nothing left to trigger a fast retransmit, so the sender
+    /// re-sends the first missing segment after an RTO. False when nothing
+    /// is missing or its re-send is already queued.
+    fn tail_loss(&mut self) -> bool {
+        let next = self.rcv.rcv_nxt;
+        if next >= self.lay.n || self.snd.scheduled[next as usize] {
+            return false;
+        }
+        self.snd.scheduled[next as usize] = true;
+        let t = self.snd.last_t + self.builder.sc.rto_ns;
+        self.snd.recovery = Some(Recovery {
+            point: self.sent_by(t),
+            timeout: true,
+        });
+        self.enqueue(t, next, true, false);
+        true
+    }
+
+    /// One past the highest segment the sender has sent by `t`.
+    fn sent_by(&self, t: u64) -> u32 {
+        self.seg_t
             .iter()
             .enumerate()
             .filter(|(_, &st)| st <= t)
             .map(|(i, _)| i as u32 + 1)
             .max()
             .unwrap_or(0)
-    };
-    let mut max_seen: Option<u32> = None;
-    let mut r_pkts: Vec<(u64, u32)> = Vec::new(); // (time, tsval) of receiver packets, for TSecr
-    let mut r_out: Vec<PacketMeta> = Vec::new();
-    let mut s_out: Vec<(PacketMeta, bool)> = Vec::new();
-    let mut last_s_t = first_data;
-    let zw_ack_seg = zw_round.map(|(zr, _)| ((zr + 1) * w).min(n) - 1);
-    let mut sack_blocks: Vec<(u32, u32)> = Vec::new(); // most recent first, in segment units
-    loop {
-        let Some(Reverse(tx)) = heap.pop() else {
-            // Tail loss: nothing left to trigger a fast retransmit.
-            if rcv_nxt < n && !scheduled[rcv_nxt as usize] {
-                scheduled[rcv_nxt as usize] = true;
-                let t = last_s_t + sc.rto_ns;
-                recovery = Some((sent_by(t), true));
-                heap.push(Reverse(Tx {
-                    t,
-                    order,
-                    seg: rcv_nxt,
-                    retrans: true,
-                    fast: false,
-                }));
-                order += 1;
-                continue;
-            }
-            break;
-        };
+    }
+
+    /// The sender sends `tx`; records what V sees of it and counts a
+    /// visible retransmission. Returns the segment's TSval if it reaches
+    /// the receiver.
+    fn transmit(&mut self, tx: Tx) -> Option<u32> {
         let i = tx.seg;
-        last_s_t = last_s_t.max(tx.t);
-        let seen = tx.retrans || !drop_before.contains(&i);
+        self.snd.last_t = self.snd.last_t.max(tx.t);
+        let lost_before = self.drop_before.contains(&i);
+        let seen = tx.retrans || !lost_before;
         // A re-send of a segment V never saw, with nothing after it seen
         // either, is indistinguishable from a first transmission at V.
-        let visible_retrans =
-            tx.retrans && max_seen.is_some_and(|m| m > i || !drop_before.contains(&i));
-        let arrives = tx.retrans || !(drop_before.contains(&i) || drop_after.contains(&i));
+        let visible_retrans = tx.retrans && self.max_seen.is_some_and(|m| m > i || !lost_before);
+        let arrives = tx.retrans || !(lost_before || self.drop_after.contains(&i));
         // Sender's TSecr: the newest receiver packet that reached it.
-        let tsecr = r_pkts.iter().rev().find(|(t, _)| *t + bb <= tx.t).map_or(
-            if sc.data == DataDir::Upload {
-                synack_tsval
-            } else {
-                syn_tsval + 1
-            },
-            |p| p.1,
-        );
-        let tsval = s_side.tsval;
-        s_side.tsval += 1;
+        let tsecr = self
+            .rcv
+            .tsval_reaching(tx.t, self.lay.b)
+            .unwrap_or(self.first_tsecr);
+        let tsval = self.snd.side.tsval;
+        self.snd.side.tsval += 1;
         if seen {
-            let mut m = b.packet(tx.t, &s_side, &r_side);
+            let mut m = self.builder.packet(tx.t, &self.snd.side, &self.rcv.side);
             m.tcp_flags = tf::ACK;
-            m.seq = seg_seq(i);
-            m.ack = r_side.isn.wrapping_add(1);
-            m.payload_len = mss;
-            if ts {
+            m.seq = self.lay.seq(i);
+            m.ack = self.rcv.side.isn.wrapping_add(1);
+            m.payload_len = self.lay.mss;
+            if self.builder.sc.timestamps {
                 m.tsval = tsval;
                 m.tsecr = tsecr;
             }
-            s_out.push((m, tx.retrans));
-            max_seen = Some(max_seen.map_or(i, |m: u32| m.max(i)));
+            self.snd.out.push(m);
+            self.max_seen = Some(self.max_seen.map_or(i, |m| m.max(i)));
             if visible_retrans {
-                b.truth.retransmissions += 1;
+                let truth = &mut self.builder.truth;
+                truth.retransmissions += 1;
                 if tx.fast {
-                    b.truth.retrans_fast += 1;
+                    truth.retrans_fast += 1;
                 } else {
-                    b.truth.retrans_timeout += 1;
+                    truth.retrans_timeout += 1;
                 }
-                if drop_before.contains(&i) {
-                    b.truth.late_fills += 1;
+                if lost_before {
+                    truth.late_fills += 1;
                 }
             }
         }
-        if !arrives {
-            continue;
-        }
-        // Receiver.
-        let in_order = i == rcv_nxt;
-        got[i as usize] = true;
-        if i <= last_ack_sent {
-            ts_recent = tsval;
-        }
-        let before = rcv_nxt;
-        while rcv_nxt < n && got[rcv_nxt as usize] {
-            rcv_nxt += 1;
-        }
-        // SACK blocks: ranges of received segments above rcv_nxt.
-        sack_blocks.retain(|&(l, r)| r > rcv_nxt && l >= rcv_nxt);
-        if rcv_nxt < n && i > rcv_nxt {
-            let (mut l, mut r) = (i, i + 1);
-            while l > rcv_nxt && got[(l - 1) as usize] {
-                l -= 1;
-            }
-            while r < n && got[r as usize] {
-                r += 1;
-            }
-            sack_blocks.retain(|&(bl, br)| br < l || bl > r);
-            sack_blocks.insert(0, (l, r));
-            sack_blocks.truncate(3);
-        }
-        let t_ack = tx.t + a;
-        let dup = rcv_nxt == before && !in_order && rcv_nxt < n;
-        let mut m = b.packet(t_ack, &r_side, &s_side);
-        m.tcp_flags = tf::ACK;
-        m.seq = r_side.isn.wrapping_add(1);
-        m.ack = seg_seq(rcv_nxt);
-        if ts {
-            m.tsval = r_side.tsval;
-            m.tsecr = ts_recent;
-        }
-        r_pkts.push((t_ack, r_side.tsval));
-        r_side.tsval += 1;
-        if sc.sack && !sack_blocks.is_empty() {
-            m.tcp_opts |= tcp_opts::SACK;
-            for (k, &(l, r)) in sack_blocks.iter().take(3).enumerate() {
-                m.sack[2 * k] = seg_seq(l);
-                m.sack[2 * k + 1] = seg_seq(r);
-                m.sack_count = k as u8 + 1;
-            }
-        }
-        let zero_now = zw_ack_seg == Some(i) && rcv_nxt == i + 1;
+        arrives.then_some(tsval)
+    }
+
+    /// The receiver takes `tx` (sent with `tsval`) and acknowledges it; V
+    /// sees the ACK `a` later. Counts duplicate ACKs.
+    fn receive(&mut self, tx: Tx, tsval: u32) -> Ack {
+        let (i, n) = (tx.seg, self.lay.n);
+        let before = self.rcv.take(i, tsval, n);
+        let t_ack = tx.t + self.lay.a;
+        let mut m = self.ack_packet(t_ack);
+        let zero_now = self.zw_ack_seg == Some(i) && self.rcv.rcv_nxt == i + 1;
         if zero_now {
             m.window = 0;
         }
-        last_ack_sent = rcv_nxt;
-        r_out.push(m);
+        self.rcv.last_ack_sent = self.rcv.rcv_nxt;
+        self.rcv.out.push(m);
         if zero_now {
-            if let Some((_, p)) = sc.zero_window {
-                let mut u = m;
-                u.ts_ns = t_ack + p;
-                u.window = RWND;
-                if ts {
-                    u.tsval = r_side.tsval;
-                    r_pkts.push((u.ts_ns, r_side.tsval));
-                    r_side.tsval += 1;
-                }
-                r_out.push(u);
-                b.truth.zero_windows += 1;
-            }
+            self.reopen_window(m);
         }
+        let advanced = self.rcv.rcv_nxt != before;
+        let dup = !advanced && i != before && self.rcv.rcv_nxt < n;
         if dup {
-            b.truth.dup_acks += 1;
-            dup_run += 1;
-        } else if rcv_nxt != before {
-            dup_run = 0;
+            self.builder.truth.dup_acks += 1;
+            self.rcv.dup_run += 1;
+        } else if advanced {
+            self.rcv.dup_run = 0;
         }
-        // Sender reaction (one sender round trip later at V), RFC 6582 /
-        // RFC 6675 style: an ACK reaching the recovery point ends recovery;
-        // within it every partial ACK re-sends the next missing segment;
-        // outside it the loss must be evident (three duplicate ACKs, or
-        // more than 2 * SMSS SACKed above the cumulative ACK) to start one.
-        let t_react = t_ack + bb;
-        if recovery.is_some_and(|(point, _)| rcv_nxt >= point) {
-            recovery = None;
+        Ack {
+            t: t_ack,
+            advanced,
+            sacked: m.sack_count > 0,
         }
-        if rcv_nxt < n && !scheduled[rcv_nxt as usize] {
-            let partial = rcv_nxt != before;
-            let sacked: u32 = if m.sack_count > 0 {
-                sack_blocks.iter().take(3).map(|&(l, r)| r - l).sum()
-            } else {
-                0
-            };
-            let evident = dup_run >= 3 || sacked > 2;
-            let fast = match recovery {
-                Some((_, timeout)) if partial => Some(!timeout),
-                Some(_) => None,
-                None if evident => {
-                    recovery = Some((sent_by(t_react), false));
-                    Some(true)
-                }
-                None => None,
-            };
-            if let Some(fast) = fast {
-                scheduled[rcv_nxt as usize] = true;
-                heap.push(Reverse(Tx {
-                    t: t_react,
-                    order,
-                    seg: rcv_nxt,
-                    retrans: true,
-                    fast,
-                }));
-                order += 1;
+    }
+
+    /// The receiver's ACK at `t`: cumulative ACK, TS echo and SACK blocks.
+    fn ack_packet(&mut self, t: u64) -> PacketMeta {
+        let sc = self.builder.sc;
+        let rcv = &mut self.rcv;
+        let mut m = self.builder.packet(t, &rcv.side, &self.snd.side);
+        m.tcp_flags = tf::ACK;
+        m.seq = rcv.side.isn.wrapping_add(1);
+        m.ack = self.lay.seq(rcv.rcv_nxt);
+        if sc.timestamps {
+            m.tsval = rcv.side.tsval;
+            m.tsecr = rcv.ts_recent;
+        }
+        rcv.stamps.push(Stamp {
+            t,
+            tsval: rcv.side.tsval,
+        });
+        rcv.side.tsval += 1;
+        if sc.sack && !rcv.sack_blocks.is_empty() {
+            m.tcp_opts |= tcp_opts::SACK;
+            for (k, block) in rcv.sack_blocks.iter().take(3).enumerate() {
+                m.sack[2 * k] = self.lay.seq(block.start);
+                m.sack[2 * k + 1] = self.lay.seq(block.end);
+                m.sack_count = k as u8 + 1;
             }
         }
-    }
-    b.truth.goodput_bytes = u64::from(n) * u64::from(mss);
-
-    // FIN exchange after everything.
-    let t_fin = s_out
-        .iter()
-        .map(|p| p.0.ts_ns)
-        .chain(r_out.iter().map(|p| p.ts_ns))
-        .max()
-        .unwrap_or(first_data)
-        + gap;
-    let fin_seq = seg_seq(n);
-    let tsecr_fin = r_pkts
-        .iter()
-        .rev()
-        .find(|(t, _)| *t + bb <= t_fin)
-        .map_or(0, |p| p.1);
-    let mut f1 = b.packet(t_fin, &s_side, &r_side);
-    f1.tcp_flags = tf::FIN | tf::ACK;
-    f1.seq = fin_seq;
-    f1.ack = r_side.isn.wrapping_add(1);
-    let mut f2 = b.packet(t_fin + a, &r_side, &s_side);
-    f2.tcp_flags = tf::FIN | tf::ACK;
-    f2.seq = r_side.isn.wrapping_add(1);
-    f2.ack = fin_seq.wrapping_add(1);
-    let mut f3 = b.packet(t_fin + a + bb, &s_side, &r_side);
-    f3.tcp_flags = tf::ACK;
-    f3.seq = fin_seq.wrapping_add(1);
-    f3.ack = r_side.isn.wrapping_add(2);
-    if ts {
-        f1.tsval = s_side.tsval;
-        f1.tsecr = tsecr_fin;
-        f2.tsval = r_side.tsval;
-        f2.tsecr = s_side.tsval;
-        f3.tsval = s_side.tsval + 1;
-        f3.tsecr = r_side.tsval;
+        m
     }
 
-    let hs: Vec<PacketMeta> = std::mem::take(&mut b.out);
-    let mut all: Vec<(PacketMeta, bool)> =
-        Vec::with_capacity(hs.len() + s_out.len() + r_out.len() + 3);
-    for m in hs {
-        let from_s = m.src_addr == s_side.addr && m.sport == s_side.port;
-        all.push((m, from_s));
+    /// The window update that ends the zero-window pause begun by `zero`.
+    fn reopen_window(&mut self, zero: PacketMeta) {
+        let Some((_, p)) = self.builder.sc.zero_window else {
+            return;
+        };
+        let rcv = &mut self.rcv;
+        let mut u = zero;
+        u.ts_ns = zero.ts_ns + p;
+        u.window = RWND;
+        if self.builder.sc.timestamps {
+            u.tsval = rcv.side.tsval;
+            rcv.stamps.push(Stamp {
+                t: u.ts_ns,
+                tsval: rcv.side.tsval,
+            });
+            rcv.side.tsval += 1;
+        }
+        rcv.out.push(u);
+        self.builder.truth.zero_windows += 1;
     }
-    all.extend(s_out.into_iter().map(|(m, _)| (m, true)));
-    all.extend(r_out.into_iter().map(|m| (m, false)));
-    all.extend([(f1, true), (f2, false), (f3, true)]);
-    // Stable: equal times keep generation order.
-    all.sort_by_key(|p| p.0.ts_ns);
-    b.truth.packets = 0;
-    b.truth.bytes = 0;
-    b.truth.sender_packets = 0;
-    for (m, from_s) in all {
-        b.push(m, from_s);
+
+    /// Sender reaction (one sender round trip later at V), RFC 6582 /
+    /// RFC 6675 style: an ACK reaching the recovery point ends recovery;
+    /// within it every partial ACK re-sends the next missing segment;
+    /// outside it the loss must be evident (three duplicate ACKs, or
+    /// more than 2 * SMSS SACKed above the cumulative ACK) to start one.
+    fn react(&mut self, ack: Ack) {
+        let t_react = ack.t + self.lay.b;
+        let next = self.rcv.rcv_nxt;
+        if self.snd.recovery.is_some_and(|r| next >= r.point) {
+            self.snd.recovery = None;
+        }
+        if next >= self.lay.n || self.snd.scheduled[next as usize] {
+            return;
+        }
+        let sacked: u32 = if ack.sacked {
+            let blocks = self.rcv.sack_blocks.iter().take(3);
+            blocks.map(|b| b.end - b.start).sum()
+        } else {
+            0
+        };
+        let evident = self.rcv.dup_run >= 3 || sacked > 2;
+        let fast = match self.snd.recovery {
+            Some(r) if ack.advanced => Some(!r.timeout),
+            Some(_) => None,
+            None if evident => {
+                self.snd.recovery = Some(Recovery {
+                    point: self.sent_by(t_react),
+                    timeout: false,
+                });
+                Some(true)
+            }
+            None => None,
+        };
+        if let Some(fast) = fast {
+            self.snd.scheduled[next as usize] = true;
+            self.enqueue(t_react, next, true, fast);
+        }
     }
-    Generated {
-        records: b.out,
-        truth: vec![b.truth],
+
+    /// FIN exchange after everything: the sender's FIN, the receiver's
+    /// FIN/ACK `a` later, the sender's ACK `b` after that.
+    fn fin_exchange(&self) -> [PacketMeta; 3] {
+        let (lay, s, r) = (&self.lay, &self.snd.side, &self.rcv.side);
+        let t_fin = self
+            .snd
+            .out
+            .iter()
+            .chain(&self.rcv.out)
+            .map(|m| m.ts_ns)
+            .max()
+            .unwrap_or(lay.first_data)
+            + lay.gap;
+        let fin_seq = lay.seq(lay.n);
+        let tsecr_fin = self.rcv.tsval_reaching(t_fin, lay.b).unwrap_or(0);
+        let mut f1 = self.builder.packet(t_fin, s, r);
+        f1.tcp_flags = tf::FIN | tf::ACK;
+        f1.seq = fin_seq;
+        f1.ack = r.isn.wrapping_add(1);
+        let mut f2 = self.builder.packet(t_fin + lay.a, r, s);
+        f2.tcp_flags = tf::FIN | tf::ACK;
+        f2.seq = r.isn.wrapping_add(1);
+        f2.ack = fin_seq.wrapping_add(1);
+        let mut f3 = self.builder.packet(t_fin + lay.a + lay.b, s, r);
+        f3.tcp_flags = tf::ACK;
+        f3.seq = fin_seq.wrapping_add(1);
+        f3.ack = r.isn.wrapping_add(2);
+        if self.builder.sc.timestamps {
+            f1.tsval = s.tsval;
+            f1.tsecr = tsecr_fin;
+            f2.tsval = r.tsval;
+            f2.tsecr = s.tsval;
+            f3.tsval = s.tsval + 1;
+            f3.tsecr = r.tsval;
+        }
+        [f1, f2, f3]
+    }
+
+    /// Handshake, data and `fin` in time order, with the lengths, IP ids
+    /// and packet/byte truth recomputed over the merged sequence.
+    fn merge(self, fin: [PacketMeta; 3]) -> Generated {
+        let Self {
+            mut builder,
+            lay,
+            snd,
+            rcv,
+            ..
+        } = self;
+        builder.truth.goodput_bytes = u64::from(lay.n) * u64::from(lay.mss);
+        let hs: Vec<PacketMeta> = std::mem::take(&mut builder.out);
+        let mut all: Vec<(PacketMeta, bool)> =
+            Vec::with_capacity(hs.len() + snd.out.len() + rcv.out.len() + 3);
+        for m in hs {
+            let from_s = m.src_addr == snd.side.addr && m.sport == snd.side.port;
+            all.push((m, from_s));
+        }
+        all.extend(snd.out.into_iter().map(|m| (m, true)));
+        all.extend(rcv.out.into_iter().map(|m| (m, false)));
+        let [f1, f2, f3] = fin;
+        all.extend([(f1, true), (f2, false), (f3, true)]);
+        // Stable: equal times keep generation order.
+        all.sort_by_key(|p| p.0.ts_ns);
+        builder.truth.packets = 0;
+        builder.truth.bytes = 0;
+        builder.truth.sender_packets = 0;
+        for (m, from_s) in all {
+            builder.push(m, from_s);
+        }
+        Generated {
+            records: builder.out,
+            truth: vec![builder.truth],
+        }
     }
 }
 
