@@ -371,7 +371,7 @@ async fn alertmanager_and_signed_webhook_get_fired_then_resolved_with_evidence()
     let am_name = cfg.alerting().receivers()[0].name.clone();
 
     // The flow loop's history: 100 segments seen, the last 64 kept.
-    let history = service::history(&cfg.incidents);
+    let history = service::history(cfg.history.evidence());
     let segs = segments(100);
     let (flow, _, _) = FlowKey::of(&segs[0]).expect("flow key");
     {
@@ -590,7 +590,7 @@ async fn receiver_outage_and_restart_lose_nothing() {
     };
 
     // 1. Receiver down: incident A is spooled and retried.
-    let run1 = start(&cfg, service::history(&cfg.incidents)).await;
+    let run1 = start(&cfg, service::history(cfg.history.evidence())).await;
     run1.tx
         .send(observation("rst_storm", "a", None))
         .await
@@ -642,7 +642,7 @@ async fn receiver_outage_and_restart_lose_nothing() {
 
     // 4. A new service on the same directories replays the spool, takes
     //    over A and B, and resolves them when they stay quiet.
-    let run2 = start(&cfg, service::history(&cfg.incidents)).await;
+    let run2 = start(&cfg, service::history(cfg.history.evidence())).await;
     let restored = run2.view.manager.lock().expect("manager").firing().len();
     assert!(
         restored >= 1,

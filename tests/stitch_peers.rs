@@ -14,7 +14,7 @@
 //! drop counter. The counter is the ground truth: every transmission it
 //! counts left the client's `eth0` and never reached the server's, which is
 //! exactly the stitched `lost` of that link as long as both histories hold
-//! the whole flow (`history_packets` = 65536, the flow has ~17,000 packets)
+//! the whole flow (`history.peer_packets` = 65536, the flow has ~17,000 packets)
 //! and neither daemon lost a record (their ring-buffer and backlog drop
 //! counters are checked to be 0). The same numbers must be in the
 //! incident's report at `/api/v1/incidents/{id}` and in `POST
@@ -91,7 +91,8 @@ fn start_daemon(
          [incidents]\nhost = \"{hop}\"\nevidence_dir = {:?}\nspool_dir = {:?}\n\
          [rules.retransmission_storm]\nratio = 0.01\n\
          [stitch]\npeers = [\"http://{peer}:{API_PORT}\"]\nsecret = \"{SECRET}\"\nhop = \"{hop}\"\n\
-         timeout_ms = 3000\nrefresh_secs = 1\nhistory_packets = 65536\nhistory_flows = 64\n{hook}",
+         timeout_ms = 3000\nrefresh_secs = 1\n\
+         [history]\npeer_packets = 65536\npeer_flows = 64\n{hook}",
         state.join("evidence"),
         state.join("spool"),
     );

@@ -71,9 +71,18 @@ fn mix(c: &mut Criterion) {
 
 /// The daemon's flow stage as `phalanx run` builds it from `cfg`.
 fn stage(cfg: &Config) -> Pipeline {
-    let live = LiveStitch::new(&cfg.stitch, "bench", &mut Registry::default())
-        .expect("default stitch config");
-    Pipeline::new(cfg, incidents::history(&cfg.incidents), Arc::new(live))
+    let live = LiveStitch::new(
+        &cfg.stitch,
+        cfg.history.peers(),
+        "bench",
+        &mut Registry::default(),
+    )
+    .expect("default stitch config");
+    Pipeline::new(
+        cfg,
+        incidents::history(cfg.history.evidence()),
+        Arc::new(live),
+    )
 }
 
 /// `n` 64-byte datagrams of one IPv4 UDP flow, received 5 us apart.

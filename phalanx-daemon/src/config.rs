@@ -15,6 +15,7 @@ pub use crate::alerting::config::{
     AlertingConfig, AlertmanagerConfig, IncidentsConfig, WebhookConfig,
 };
 pub use crate::capture::config::{AttachMode, CaptureConfig, FilterProto, FilterRule, RingBytes};
+pub use crate::flow::history::HistoryConfig;
 pub use crate::flow::key::FlowSpec;
 use crate::rules::RuleError;
 pub use crate::stitch::config::{check_secret_len, SecretError, StitchConfig, MIN_SECRET_BYTES};
@@ -67,6 +68,8 @@ pub struct Config {
     pub metrics: crate::metrics::groups::MetricsConfig,
     /// `[rules.*]`: diagnosis rules and their thresholds.
     pub rules: crate::rules::RulesConfig,
+    /// `[history]`: recent packets kept per flow for evidence and peers.
+    pub history: HistoryConfig,
     /// `[incidents]`: lifecycle, evidence, spool and retries.
     pub incidents: IncidentsConfig,
     /// `[alertmanager]`: Alertmanager API v2 receivers.
@@ -95,11 +98,26 @@ impl Default for HttpConfig {
 
 impl Config {
     /// Parses a configuration from TOML text; `origin` names it in errors.
+    /// Deprecated keys are applied and logged as warnings.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let (cfg, warnings) = Self::from_toml_with_warnings(text, origin)?;
+        for w in warnings {
+            tracing::warn!("{origin}: {w}");
+        }
+        Ok(cfg)
+    }
+
+    /// [`Config::from_toml`], returning the deprecation warnings instead of
+    /// logging them.
+    pub fn from_toml_with_warnings(
+        text: &str,
+        origin: &str,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        let warnings = cfg.apply_deprecated();
         if let Err(e) = crate::rules::RuleEngine::new(&cfg.rules) {
             let line = match &e {
                 RuleError::Expr { span, .. } if span.end > 0 => Some(line_of(text, span.start)),
@@ -116,7 +134,50 @@ impl Config {
             });
         }
         cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, warnings))
+    }
+
+    /// Moves the values of keys that were renamed to their new place
+    /// (they are read for one release) and says what to write instead.
+    fn apply_deprecated(&mut self) -> Vec<String> {
+        let h = &mut self.history;
+        let moves = [
+            (
+                self.incidents.history_packets.take(),
+                "incidents.history_packets",
+                "history.evidence_packets",
+                &mut h.evidence_packets,
+            ),
+            (
+                self.incidents.history_flows.take(),
+                "incidents.history_flows",
+                "history.evidence_flows",
+                &mut h.evidence_flows,
+            ),
+            (
+                self.stitch.history_packets.take(),
+                "stitch.history_packets",
+                "history.peer_packets",
+                &mut h.peer_packets,
+            ),
+            (
+                self.stitch.history_flows.take(),
+                "stitch.history_flows",
+                "history.peer_flows",
+                &mut h.peer_flows,
+            ),
+        ];
+        let mut warnings = Vec::new();
+        for (old, old_key, new_key, slot) in moves {
+            if let Some(v) = old {
+                *slot = v;
+                warnings.push(format!(
+                    "{old_key} is deprecated and will be removed in the next release; \
+                     write {new_key} = {v} instead"
+                ));
+            }
+        }
+        warnings
     }
 
     /// Reads and validates a configuration file.
@@ -199,8 +260,11 @@ impl Config {
         let positive = [
             ("incidents.resolve_after_secs", i.resolve_after_secs),
             ("incidents.max_open", i.max_open as u64),
-            ("incidents.history_packets", i.history_packets as u64),
-            ("incidents.history_flows", i.history_flows as u64),
+            (
+                "history.evidence_packets",
+                self.history.evidence_packets as u64,
+            ),
+            ("history.evidence_flows", self.history.evidence_flows as u64),
             ("incidents.evidence_max_bytes", i.evidence_max_bytes),
             ("incidents.evidence_max_files", i.evidence_max_files as u64),
             ("incidents.spool_max_files", i.spool_max_files as u64),
@@ -279,8 +343,8 @@ impl Config {
         for (key, v) in [
             ("stitch.timeout_ms", s.timeout_ms),
             ("stitch.refresh_secs", s.refresh_secs),
-            ("stitch.history_packets", s.history_packets as u64),
-            ("stitch.history_flows", s.history_flows as u64),
+            ("history.peer_packets", self.history.peer_packets as u64),
+            ("history.peer_flows", self.history.peer_flows as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError::Semantic(format!("{key} must be at least 1")));
@@ -327,6 +391,47 @@ mod tests {
             documented,
             Config::default(),
             "config/phalanx.toml and Config::default() drifted apart"
+        );
+    }
+
+    #[test]
+    fn renamed_history_keys_still_apply_with_a_warning() {
+        let text = "[incidents]\nhistory_packets = 32\nhistory_flows = 100\n\
+                    [stitch]\nhistory_packets = 9000\nhistory_flows = 7\n";
+        let (cfg, warnings) = Config::from_toml_with_warnings(text, "t.toml").expect("parses");
+        assert_eq!(
+            cfg.history,
+            HistoryConfig {
+                evidence_packets: 32,
+                evidence_flows: 100,
+                peer_packets: 9000,
+                peer_flows: 7,
+            }
+        );
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        assert!(
+            warnings[0].contains("incidents.history_packets")
+                && warnings[0].contains("history.evidence_packets = 32"),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[3].contains("history.peer_flows = 7"),
+            "{warnings:?}"
+        );
+        assert_eq!(
+            (cfg.incidents.history_packets, cfg.stitch.history_flows),
+            (None, None),
+            "nothing reads the old keys after loading"
+        );
+        let (_, none) = Config::from_toml_with_warnings("[history]\npeer_flows = 7\n", "t.toml")
+            .expect("parses");
+        assert!(none.is_empty());
+        let zero = Config::from_toml("[history]\nevidence_packets = 0\n", "t.toml")
+            .expect_err("zero history")
+            .to_string();
+        assert!(
+            zero.contains("history.evidence_packets must be at least 1"),
+            "{zero}"
         );
     }
 

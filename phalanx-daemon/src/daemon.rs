@@ -99,14 +99,19 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Incident directories and the spool are opened before the kernel is
     // touched, so a bad path fails without attaching anything.
     let mut registry = Registry::default();
-    let history = incidents::history(&cfg.incidents);
+    let history = incidents::history(cfg.history.evidence());
     let (incident_service, incidents_view) =
         IncidentService::start(&cfg.alerting(), history.clone(), &mut registry)
             .await
             .context("starting incidents")?;
     let live = Arc::new(
-        LiveStitch::new(&cfg.stitch, &incidents::system_host(), &mut registry)
-            .context("starting live stitching")?,
+        LiveStitch::new(
+            &cfg.stitch,
+            cfg.history.peers(),
+            &incidents::system_host(),
+            &mut registry,
+        )
+        .context("starting live stitching")?,
     );
     let incident_service = incident_service.with_stitch(live.clone());
 

@@ -32,10 +32,10 @@ pub struct IncidentsConfig {
     /// Base URL of this daemon's API in links; empty: `http://<http.listen>`.
     #[serde(deserialize_with = "de_opt_url")]
     pub external_url: String,
-    /// Records kept per flow for evidence.
-    pub history_packets: usize,
-    /// Flows whose recent records are kept.
-    pub history_flows: usize,
+    /// Deprecated: `history.evidence_packets` (read for one release).
+    pub history_packets: Option<usize>,
+    /// Deprecated: `history.evidence_flows` (read for one release).
+    pub history_flows: Option<usize>,
     /// Directory of evidence pcapng files.
     pub evidence_dir: std::path::PathBuf,
     /// Total bytes of evidence kept.
@@ -64,8 +64,8 @@ impl Default for IncidentsConfig {
             keep_resolved: 200,
             host: String::new(),
             external_url: String::new(),
-            history_packets: 64,
-            history_flows: 4096,
+            history_packets: None,
+            history_flows: None,
             evidence_dir: "/var/lib/phalanx/evidence".into(),
             evidence_max_bytes: 256 << 20,
             evidence_max_files: 1000,

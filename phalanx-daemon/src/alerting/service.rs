@@ -17,7 +17,7 @@ use prometheus_client::{
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument as _};
 
-use super::config::{AlertingConfig, IncidentsConfig};
+use super::config::AlertingConfig;
 use super::evidence::{EvidenceError, EvidenceStore, Retention};
 use super::{IncidentManager, ManagerSettings, Observation, Observed, Transition};
 use crate::alerting::delivery::{
@@ -143,12 +143,9 @@ pub struct IncidentsView {
 /// Shared per-flow packet history fed by the flow task.
 pub type SharedHistory = Arc<Mutex<FlowHistory>>;
 
-/// A history sized from `[incidents]`.
-pub fn history(cfg: &IncidentsConfig) -> SharedHistory {
-    Arc::new(Mutex::new(FlowHistory::new(HistoryBounds {
-        per_flow: cfg.history_packets,
-        max_flows: cfg.history_flows,
-    })))
+/// An evidence history of these bounds (`[history]`, [`HistoryConfig::evidence`](crate::flow::history::HistoryConfig::evidence)).
+pub fn history(bounds: HistoryBounds) -> SharedHistory {
+    Arc::new(Mutex::new(FlowHistory::new(bounds)))
 }
 
 /// The incident task's state.

@@ -11,8 +11,54 @@ use std::hash::Hash;
 
 use hashbrown::HashMap;
 use phalanx_common::PacketMeta;
+use serde::Deserialize;
 
 use super::key::FlowKey;
+
+/// `[history]`: the recent packets kept per flow, for incident evidence
+/// (the records an incident writes as its pcapng) and, with a stitch key,
+/// for peer daemons that ask about a flow.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Records kept per flow for incident evidence (the most recent ones).
+    pub evidence_packets: usize,
+    /// Flows whose recent records are kept for evidence.
+    pub evidence_flows: usize,
+    /// Packets kept per flow for peers (the most recent ones).
+    pub peer_packets: usize,
+    /// Flows whose recent packets are kept for peers.
+    pub peer_flows: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            evidence_packets: 64,
+            evidence_flows: 4096,
+            peer_packets: 4096,
+            peer_flows: 256,
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// Bounds of the evidence history.
+    pub fn evidence(&self) -> HistoryBounds {
+        HistoryBounds {
+            per_flow: self.evidence_packets,
+            max_flows: self.evidence_flows,
+        }
+    }
+
+    /// Bounds of the history kept for peers.
+    pub fn peers(&self) -> HistoryBounds {
+        HistoryBounds {
+            per_flow: self.peer_packets,
+            max_flows: self.peer_flows,
+        }
+    }
+}
 
 /// Bounds of a [`FlowHistory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

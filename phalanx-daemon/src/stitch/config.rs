@@ -27,10 +27,10 @@ pub struct StitchConfig {
     pub timeout_ms: u64,
     /// Firing incidents are stitched again this often (seconds).
     pub refresh_secs: u64,
-    /// Packets kept per flow for peers (the most recent ones).
-    pub history_packets: usize,
-    /// Flows whose recent packets are kept for peers.
-    pub history_flows: usize,
+    /// Deprecated: `history.peer_packets` (read for one release).
+    pub history_packets: Option<usize>,
+    /// Deprecated: `history.peer_flows` (read for one release).
+    pub history_flows: Option<usize>,
 }
 
 impl Default for StitchConfig {
@@ -42,8 +42,8 @@ impl Default for StitchConfig {
             hop: String::new(),
             timeout_ms: 3000,
             refresh_secs: 30,
-            history_packets: 4096,
-            history_flows: 256,
+            history_packets: None,
+            history_flows: None,
         }
     }
 }

@@ -31,6 +31,7 @@ use super::peer::{
 use super::recorder::{HistoryWriter, SightingHistory};
 use super::summary::summarize;
 use super::{HopCapture, Sighting, StitchReport};
+use crate::flow::history::HistoryBounds;
 use crate::flow::key::FlowKey;
 
 /// Labels `{outcome}`.
@@ -194,11 +195,16 @@ pub struct LiveStitch {
 impl LiveStitch {
     /// Loads the key, sizes the history (kept only with a key) and
     /// registers the metrics. `host` names the hop when `stitch.hop` is empty.
-    pub fn new(cfg: &StitchConfig, host: &str, registry: &mut Registry) -> Result<Self, LiveError> {
+    pub fn new(
+        cfg: &StitchConfig,
+        bounds: HistoryBounds,
+        host: &str,
+        registry: &mut Registry,
+    ) -> Result<Self, LiveError> {
         let secret = cfg.load_secret()?;
         let history = secret
             .as_ref()
-            .map(|_| Mutex::new(SightingHistory::new(cfg.history_packets, cfg.history_flows)));
+            .map(|_| Mutex::new(SightingHistory::new(bounds.per_flow, bounds.max_flows)));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .user_agent(concat!("phalanx/", env!("CARGO_PKG_VERSION")))
@@ -475,6 +481,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::history::HistoryConfig;
+
+    /// The peer history as the default configuration sizes it.
+    fn peer_bounds() -> HistoryBounds {
+        HistoryConfig::default().peers()
+    }
 
     const NOW: u64 = 1_700_000_000;
 
@@ -484,7 +496,7 @@ mod tests {
             hop: "h1".into(),
             ..StitchConfig::default()
         };
-        LiveStitch::new(&cfg, "host", &mut Registry::default()).expect("live stitch")
+        LiveStitch::new(&cfg, peer_bounds(), "host", &mut Registry::default()).expect("live stitch")
     }
 
     fn seg(seq: u32, ts_ns: u64) -> PacketMeta {
@@ -626,6 +638,7 @@ mod tests {
                     hop: "down".into(),
                     ..StitchConfig::default()
                 },
+                peer_bounds(),
                 "h",
                 &mut Registry::default(),
             )
@@ -660,6 +673,7 @@ mod tests {
                     hop: "x".into(),
                     ..StitchConfig::default()
                 },
+                peer_bounds(),
                 "h",
                 &mut Registry::default(),
             )
@@ -676,6 +690,7 @@ mod tests {
                     timeout_ms: 2000,
                     ..StitchConfig::default()
                 },
+                peer_bounds(),
                 "h",
                 &mut Registry::default(),
             )

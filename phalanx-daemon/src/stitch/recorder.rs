@@ -121,12 +121,12 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::stitch::config::StitchConfig;
+    use crate::flow::history::HistoryConfig;
 
     /// A history sized as the daemon's default configuration sizes it.
     fn history() -> SightingHistory {
-        let cfg = StitchConfig::default();
-        SightingHistory::new(cfg.history_packets, cfg.history_flows)
+        let b = HistoryConfig::default().peers();
+        SightingHistory::new(b.per_flow, b.max_flows)
     }
 
     /// Writes a batch as the capture path does.
