@@ -1,4 +1,4 @@
-//! Canonical bidirectional flow key.
+//! Canonical bidirectional flow key, the protocol type and their text forms.
 //!
 //! Both directions of a conversation map to one key: the endpoint that sorts
 //! lower (address, then port) is side 0. VLAN ids are not part of this key:

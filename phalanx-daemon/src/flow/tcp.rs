@@ -1,4 +1,4 @@
-//! Per-direction TCP state and the per-segment update.
+//! The per-segment TCP update of a flow's state ([`super::state`]).
 //!
 //! Direction `d` is the packet's sender side, `r = d ^ 1` the other one.
 //! A segment is looked at three times: as the echo of `r`'s RTT probe, as
