@@ -206,7 +206,7 @@ struct Tx {
 }
 
 /// One endpoint: address, port, initial sequence number, next TSval.
-struct Side {
+struct TcpEnd {
     addr: [u8; 16],
     port: u16,
     isn: u32,
@@ -236,7 +236,7 @@ impl<'a> Builder<'a> {
     }
 
     /// A bare TCP record from `s` to `r` at `t`.
-    fn packet(&self, t: u64, s: &Side, r: &Side) -> PacketMeta {
+    fn packet(&self, t: u64, s: &TcpEnd, r: &TcpEnd) -> PacketMeta {
         let mut m = PacketMeta::zeroed();
         m.ts_ns = t;
         m.kind = RecordKind::Tcp as u8;
@@ -310,14 +310,14 @@ pub fn tcp_conversation(sc: &TcpScenario) -> Generated {
 }
 
 /// The client and the server before the handshake.
-fn endpoints(sc: &TcpScenario) -> (Side, Side) {
-    let cli = Side {
+fn endpoints(sc: &TcpScenario) -> (TcpEnd, TcpEnd) {
+    let cli = TcpEnd {
         addr: ip_to_bytes(sc.client.0),
         port: sc.client.1,
         isn: 0x1000_0000u32.wrapping_add(u32::from(sc.client.1).wrapping_mul(7919)),
         tsval: 100,
     };
-    let srv = Side {
+    let srv = TcpEnd {
         addr: ip_to_bytes(sc.server.0),
         port: sc.server.1,
         isn: 0xfff0_0000,
@@ -336,7 +336,7 @@ struct Handshake {
 }
 
 /// The three-way handshake, pushed into `b`, with its truth.
-fn handshake(b: &mut Builder<'_>, cli: &mut Side, srv: &mut Side) -> Handshake {
+fn handshake(b: &mut Builder<'_>, cli: &mut TcpEnd, srv: &mut TcpEnd) -> Handshake {
     let sc = b.sc;
     let upload = sc.data == DataDir::Upload;
     let t0 = sc.start_ns;
@@ -380,7 +380,7 @@ fn handshake(b: &mut Builder<'_>, cli: &mut Side, srv: &mut Side) -> Handshake {
 
 /// A SYN or SYN/ACK from `s` to `r` at `t` with its options; the caller
 /// sets the flags and the ACK fields.
-fn syn_packet(b: &Builder<'_>, t: u64, s: &Side, r: &Side) -> PacketMeta {
+fn syn_packet(b: &Builder<'_>, t: u64, s: &TcpEnd, r: &TcpEnd) -> PacketMeta {
     let sc = b.sc;
     let mut m = b.packet(t, s, r);
     m.seq = s.isn;
@@ -532,7 +532,7 @@ struct Ack {
 
 /// The data sender's state (segment indices throughout).
 struct Sender {
-    side: Side,
+    side: TcpEnd,
     /// Segments with a retransmission already queued.
     scheduled: Vec<bool>,
     /// Loss recovery in progress, if any.
@@ -545,7 +545,7 @@ struct Sender {
 
 /// The receiver's state (segment indices throughout).
 struct Receiver {
-    side: Side,
+    side: TcpEnd,
     /// Segments received.
     got: Vec<bool>,
     /// Next expected segment.
@@ -566,7 +566,7 @@ struct Receiver {
 
 impl Sender {
     /// The sender of `n` segments, nothing sent before `t`.
-    fn new(side: Side, n: u32, t: u64) -> Self {
+    fn new(side: TcpEnd, n: u32, t: u64) -> Self {
         Self {
             side,
             scheduled: vec![false; n as usize],
@@ -579,7 +579,7 @@ impl Sender {
 
 impl Receiver {
     /// The receiver of `n` segments, nothing received yet.
-    fn new(side: Side, n: u32, ts_recent: u32) -> Self {
+    fn new(side: TcpEnd, n: u32, ts_recent: u32) -> Self {
         Self {
             side,
             got: vec![false; n as usize],
@@ -668,8 +668,8 @@ impl<'a> Simulation<'a> {
         builder: Builder<'a>,
         lay: Layout,
         seg_t: Vec<u64>,
-        sender: Side,
-        receiver: Side,
+        sender: TcpEnd,
+        receiver: TcpEnd,
         first_tsecr: u32,
     ) -> Self {
         let sc = builder.sc;

@@ -108,7 +108,7 @@ pub fn count_reordered(pairs: &mut [(u32, u32)]) -> u64 {
 }
 
 /// One flow direction at one point, for matching.
-pub(crate) struct Side<'a> {
+pub(crate) struct DirectionAtHop<'a> {
     /// Timestamps by observation index (this point's clock).
     pub times: &'a [i64],
     /// `(key, index)` sorted by key then index.
@@ -132,14 +132,14 @@ pub(crate) struct LinkCounts {
 
 /// Matches one flow direction between an upstream and a downstream point.
 pub(crate) fn analyze_direction(
-    up: &Side<'_>,
-    down: &Side<'_>,
+    up: &DirectionAtHop<'_>,
+    down: &DirectionAtHop<'_>,
     clock: &ClockEstimate,
     acc: &mut LinkCounts,
 ) {
     let o = clock.offset_ns;
     let fl = clock.floor_ns;
-    let time = |s: &Side<'_>, idx: u32| s.times.get(idx as usize).copied().unwrap_or(0);
+    let time = |s: &DirectionAtHop<'_>, idx: u32| s.times.get(idx as usize).copied().unwrap_or(0);
     let arrives_inside = |t_up: i64| {
         (down.span.0..=down.span.1).contains(&t_up.saturating_add(o).saturating_add(fl))
     };

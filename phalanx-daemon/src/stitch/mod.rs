@@ -36,7 +36,7 @@ pub use fingerprint::{fingerprint, Sighting};
 pub use link::DelayStats;
 
 use crate::flow::FlowKey;
-use link::{LinkCounts, Side};
+use link::{DirectionAtHop, LinkCounts};
 use path::{FlowEvidence, PairEvidence};
 
 /// The packets seen at one observation point.
@@ -238,8 +238,8 @@ impl DirSeq {
             &self.by_fp
         }
     }
-    fn side(&self, full: bool, span: (i64, i64)) -> Side<'_> {
-        Side {
+    fn side(&self, full: bool, span: (i64, i64)) -> DirectionAtHop<'_> {
+        DirectionAtHop {
             times: &self.times,
             keys: self.keys(full),
             span,
@@ -687,16 +687,9 @@ fn stitched_flows(idx: &[HopIndex], flows: &[SharedFlow], order: &[usize]) -> Ve
         .map(|f| {
             let k = f.id.0;
             let s = f.forward();
-            let ip = |a: &[u8; 16]| -> IpAddr {
-                if k.ip_version == 6 {
-                    IpAddr::from(*a)
-                } else {
-                    IpAddr::from([a[0], a[1], a[2], a[3]])
-                }
-            };
             StitchedFlow {
-                src: ip(&k.addr[s]),
-                dst: ip(&k.addr[s ^ 1]),
+                src: k.ip(s),
+                dst: k.ip(s ^ 1),
                 sport: k.port[s],
                 dport: k.port[s ^ 1],
                 proto: k.proto,
