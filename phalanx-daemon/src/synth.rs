@@ -999,6 +999,23 @@ impl<'a> Simulation<'a> {
     }
 }
 
+/// A bare TCP segment `10.0.0.1:40000 -> 10.0.0.2:80` (IPv4, TTL 64) with
+/// this sequence number and time, for unit tests to dress up.
+pub fn tcp_segment(seq: u32, ts_ns: u64) -> PacketMeta {
+    let mut m = PacketMeta::zeroed();
+    m.kind = RecordKind::Tcp as u8;
+    m.ip_version = 4;
+    m.l4_proto = ipproto::TCP;
+    m.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+    m.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+    m.sport = 40000;
+    m.dport = 80;
+    m.seq = seq;
+    m.ts_ns = ts_ns;
+    m.ttl = 64;
+    m
+}
+
 /// Settings of a many-flow capture.
 #[derive(Clone, Debug)]
 pub struct ManyFlows {

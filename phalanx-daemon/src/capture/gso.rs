@@ -65,22 +65,7 @@ pub fn gso_segments(m: &PacketMeta, size: u32) -> impl Iterator<Item = PacketMet
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seg(seq: u32, ts_ns: u64) -> PacketMeta {
-        use phalanx_common::{ipproto, RecordKind};
-        let mut m = PacketMeta::zeroed();
-        m.kind = RecordKind::Tcp as u8;
-        m.ip_version = 4;
-        m.l4_proto = ipproto::TCP;
-        m.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
-        m.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
-        m.sport = 40000;
-        m.dport = 80;
-        m.seq = seq;
-        m.ts_ns = ts_ns;
-        m.ttl = 64;
-        m
-    }
+    use crate::synth::tcp_segment as seg;
 
     #[test]
     fn gso_records_become_their_wire_segments() {

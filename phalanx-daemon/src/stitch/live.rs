@@ -482,6 +482,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use crate::flow::history::HistoryConfig;
+    use crate::synth::tcp_segment as seg;
 
     /// The peer history as the default configuration sizes it.
     fn peer_bounds() -> HistoryBounds {
@@ -497,22 +498,6 @@ mod tests {
             ..StitchConfig::default()
         };
         LiveStitch::new(&cfg, peer_bounds(), "host", &mut Registry::default()).expect("live stitch")
-    }
-
-    fn seg(seq: u32, ts_ns: u64) -> PacketMeta {
-        use phalanx_common::{ipproto, RecordKind};
-        let mut m = PacketMeta::zeroed();
-        m.kind = RecordKind::Tcp as u8;
-        m.ip_version = 4;
-        m.l4_proto = ipproto::TCP;
-        m.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
-        m.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
-        m.sport = 40000;
-        m.dport = 80;
-        m.seq = seq;
-        m.ts_ns = ts_ns;
-        m.ttl = 64;
-        m
     }
 
     fn signed_request(body: &[u8]) -> (String, String) {

@@ -118,6 +118,7 @@ impl<'a> HistoryWriter<'a> {
 
 #[cfg(test)]
 mod tests {
+    use crate::synth::tcp_segment as seg;
     use std::sync::Mutex;
 
     use super::*;
@@ -136,22 +137,6 @@ mod tests {
 
     fn recent(h: &Mutex<SightingHistory>, key: &FlowKey) -> Vec<Sighting> {
         h.lock().expect("history lock").recent(key)
-    }
-
-    fn seg(seq: u32, ts_ns: u64) -> PacketMeta {
-        use phalanx_common::{ipproto, RecordKind};
-        let mut m = PacketMeta::zeroed();
-        m.kind = RecordKind::Tcp as u8;
-        m.ip_version = 4;
-        m.l4_proto = ipproto::TCP;
-        m.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
-        m.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
-        m.sport = 40000;
-        m.dport = 80;
-        m.seq = seq;
-        m.ts_ns = ts_ns;
-        m.ttl = 64;
-        m
     }
 
     #[test]
