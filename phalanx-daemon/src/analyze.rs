@@ -323,6 +323,10 @@ pub fn write_report<W: Write>(
 /// while this one encodes and writes the rest, in order.
 const JSON_BLOCK: usize = 512;
 
+/// Room reserved per flow in a block's buffer (a TCP flow's JSON takes
+/// about 2.8 kB).
+const FLOW_JSON_BYTES: usize = 3 << 10;
+
 /// The report as serde_json encodes it, with the flows (nearly all of the
 /// text) encoded directly by [`WriteJson`], on two threads.
 fn write_json<W: Write>(report: &Report, out: &mut W) -> Result<(), AnalyzeError> {
@@ -336,6 +340,8 @@ fn write_json<W: Write>(report: &Report, out: &mut W) -> Result<(), AnalyzeError
     // Every flow is encoded with a leading comma; the first one's is dropped.
     let encode = |flows: &[FlowSummary], mut buf: Vec<u8>| {
         buf.clear();
+        // Sized once for the block, so it is not copied as it grows.
+        buf.reserve(flows.len() * FLOW_JSON_BYTES);
         for f in flows {
             buf.push(b',');
             f.write_json(&mut buf);
@@ -386,10 +392,7 @@ fn opt_ms(v: Option<f64>) -> String {
 }
 
 fn endpoint(ip: std::net::IpAddr, port: u16) -> String {
-    match ip {
-        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
+    std::net::SocketAddr::new(ip, port).to_string()
 }
 
 fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {

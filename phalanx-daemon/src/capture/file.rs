@@ -167,6 +167,7 @@ struct Interface {
 impl Interface {
     /// The link type, or `None` (counted, and warned about once) when
     /// this interface's link type is not one we parse.
+    #[inline(always)]
     fn link_or_warn(
         &mut self,
         file: &str,
@@ -187,6 +188,7 @@ impl Interface {
     /// The captured bytes of a packet: SPB data runs to the end of the
     /// block, padding included, so there the captured part is the
     /// original length capped by the snap length.
+    #[inline(always)]
     fn captured(&self, packet: &Packet) -> (usize, usize) {
         let (lo, mut hi) = packet.data;
         if packet.ticks.is_none() {
@@ -647,17 +649,29 @@ impl CaptureReader {
         // decoding the others is wasted work and, for some damaged name
         // resolution blocks, not panic-free in pcap-file 2.0.
         let endianness = parser.section().endianness;
-        let block_type = peek_u32(input.avail(), 0, endianness);
-        check_block_len(input, block_type, endianness)?;
+        let avail = input.avail();
+        let block_type = peek_u32(avail, 0, endianness);
+        check_block_len(input, avail, block_type, endianness)?;
         if !matches!(
             block_type,
             Some(ENHANCED_PACKET_BLOCK | SIMPLE_PACKET_BLOCK | PACKET_BLOCK)
         ) {
             return read_other_block(parser, interfaces, input);
         }
-        let epb = block_type == Some(ENHANCED_PACKET_BLOCK);
-        let Some(packet) = read_packet_block(parser, input, epb)? else {
-            return Ok(Step::Skipped);
+        let plain = if block_type == Some(ENHANCED_PACKET_BLOCK) {
+            plain_epb(avail, endianness).map(|(packet, len)| (packet, avail.len() - len))
+        } else {
+            None
+        };
+        let packet = match plain {
+            Some((packet, rest_len)) => {
+                input.consume_to(rest_len);
+                packet
+            }
+            None => match decode_packet_block(parser, input)? {
+                Some(packet) => packet,
+                None => return Ok(Step::Skipped),
+            },
         };
         self.stats.frames += 1;
         let Some(iface) = interfaces.get_mut(packet.iface as usize) else {
@@ -692,15 +706,17 @@ const PCAPNG_BLOCK: &str = "pcapng block";
 
 /// Rejects an implausible block length before buffering that much data
 /// (a section header carries its own byte order; pcap-file checks it).
+#[inline(always)]
 fn check_block_len(
     input: &Input,
+    avail: &[u8],
     block_type: Option<u32>,
     endianness: Endianness,
 ) -> Result<(), FileError> {
     if block_type == Some(SECTION_HEADER_BLOCK) {
         return Ok(());
     }
-    match peek_u32(input.avail(), 4, endianness) {
+    match peek_u32(avail, 4, endianness) {
         Some(len) if len as usize > MAX_UNIT_LEN => Err(input.corrupt(
             PCAPNG_BLOCK,
             format!("block length {len} exceeds the {MAX_UNIT_LEN}-byte limit"),
@@ -742,36 +758,29 @@ fn read_other_block(
     Ok(Step::Skipped)
 }
 
-/// The packet of an enhanced, simple or obsolete packet block; `None` when
-/// more input is needed first. A plain enhanced packet block is decoded
-/// without pcap-file.
-fn read_packet_block(
+/// The packet of a block pcap-file decodes (a simple or obsolete packet
+/// block, or an enhanced one with options); `None` when more input is
+/// needed first.
+#[inline(never)]
+fn decode_packet_block(
     parser: &mut PcapNgParser,
     input: &mut Input,
-    epb: bool,
 ) -> Result<Option<Packet>, FileError> {
     let avail = input.avail();
-    let plain = if epb {
-        plain_epb(avail, parser.section().endianness)
-    } else {
-        None
-    };
-    let (packet, rest_len) = match plain {
-        Some((packet, len)) => (packet, avail.len() - len),
-        None => match parser.next_block(avail) {
-            Ok((rest, block)) => (Packet::from_block(avail, block), rest.len()),
-            Err(PcapError::IncompleteBuffer) => {
-                input.need_more(PCAPNG_BLOCK)?;
-                return Ok(None);
-            }
-            Err(e) => return Err(input.corrupt(PCAPNG_BLOCK, e)),
-        },
+    let (packet, rest_len) = match parser.next_block(avail) {
+        Ok((rest, block)) => (Packet::from_block(avail, block), rest.len()),
+        Err(PcapError::IncompleteBuffer) => {
+            input.need_more(PCAPNG_BLOCK)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(input.corrupt(PCAPNG_BLOCK, e)),
     };
     input.consume_to(rest_len);
     Ok(Some(packet))
 }
 
 /// Parses a frame into a new record at the end of the batch and counts it.
+#[inline(always)]
 fn record_frame(
     stats: &mut ReaderStats,
     input: &Input,

@@ -43,7 +43,7 @@ struct Segment<'a> {
 }
 
 impl<'a> Segment<'a> {
-    #[inline]
+    #[inline(always)]
     fn new(rec: &'a PacketMeta, d: usize, now: u64, now_us: u32) -> Self {
         let fl = rec.tcp_flags;
         let (syn, fin) = (fl & tf::SYN != 0, fl & tf::FIN != 0);
@@ -67,7 +67,7 @@ impl<'a> Segment<'a> {
     }
 
     /// Its first sequence number and one past its last.
-    #[inline]
+    #[inline(always)]
     fn range(&self) -> (u32, u32) {
         (self.rec.seq, self.rec.seq.wrapping_add(self.len))
     }
@@ -112,7 +112,7 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
 }
 
 /// The RST time, the SYN's options and who opened the connection.
-#[inline]
+#[inline(always)]
 fn note_options(f: &mut Flow, seg: &Segment) {
     let (d, r, rec) = (seg.d, seg.r, seg.rec);
     if seg.rst && f.dir[d].flags & F_RST == 0 {
@@ -149,7 +149,7 @@ fn note_options(f: &mut Flow, seg: &Segment) {
 }
 
 /// This packet as the echo of the other direction's RTT probe.
-#[inline]
+#[inline(always)]
 fn echo_peer_probe(f: &mut Flow, seg: &Segment) {
     let tsecr = (seg.ts && seg.ack).then_some(seg.rec.tsecr);
     let ack_no = (seg.ack && !seg.rst).then_some(seg.rec.ack);
@@ -169,7 +169,7 @@ fn echo_peer_probe(f: &mut Flow, seg: &Segment) {
 /// A keep-alive or zero-window probe: at most one byte, one below the
 /// highest sequence, no SYN or FIN; it reports nothing and carries no
 /// new data.
-#[inline]
+#[inline(always)]
 fn is_probe(f: &Flow, seg: &Segment) -> bool {
     let own = &f.dir[seg.d];
     seg.rec.payload_len <= 1
@@ -181,6 +181,7 @@ fn is_probe(f: &Flow, seg: &Segment) -> bool {
 
 /// Counts a probe as a zero-window probe while the peer's window is
 /// closed, else as a keep-alive.
+#[inline(always)]
 fn count_probe(f: &mut Flow, seg: &Segment) {
     let peer = &f.dir[seg.r];
     let zero = peer.flags & F_WIN != 0 && peer.window == 0;
@@ -193,7 +194,7 @@ fn count_probe(f: &mut Flow, seg: &Segment) {
 }
 
 /// The advertised window: zero-window episodes and their duration.
-#[inline]
+#[inline(always)]
 fn on_window(f: &mut Flow, seg: &Segment) {
     let (d, now, win) = (seg.d, seg.now, seg.rec.window);
     let dir = &f.dir[d];
@@ -229,7 +230,7 @@ fn on_window(f: &mut Flow, seg: &Segment) {
 }
 
 /// Starts this direction's RTT probe where the segment allows one.
-#[inline]
+#[inline(always)]
 fn start_probe(f: &mut Flow, seg: &Segment, kind: DataKind, advanced: bool) {
     let rec = seg.rec;
     let probe_kind = match (seg.syn, seg.ack) {
@@ -274,7 +275,7 @@ fn start_probe(f: &mut Flow, seg: &Segment, kind: DataKind, advanced: bool) {
 }
 
 /// The connection state after this segment.
-#[inline]
+#[inline(always)]
 fn advance_state(f: &mut Flow, seg: &Segment) {
     let (d, r) = (seg.d, seg.r);
     let st = TcpState::from_u8(f.state);
@@ -306,7 +307,7 @@ fn advance_state(f: &mut Flow, seg: &Segment) {
 /// The acknowledgment side: this side acknowledges the other's data.
 /// Returns whether the ACK number advanced. `not_dup`: the segment cannot
 /// be a duplicate ACK (SYN, FIN, keep-alive).
-#[inline]
+#[inline(always)]
 fn on_ack(f: &mut Flow, seg: &Segment, not_dup: bool) -> bool {
     let advanced = count_ack(f, seg, not_dup);
     read_sack(f, seg);
@@ -317,7 +318,7 @@ fn on_ack(f: &mut Flow, seg: &Segment, not_dup: bool) -> bool {
 }
 
 /// Cumulative ACK progress and RFC 5681 duplicate ACKs.
-#[inline]
+#[inline(always)]
 fn count_ack(f: &mut Flow, seg: &Segment, not_dup: bool) -> bool {
     let (rec, ack) = (seg.rec, seg.rec.ack);
     let peer = &f.dir[seg.r];
@@ -350,7 +351,7 @@ fn count_ack(f: &mut Flow, seg: &Segment, not_dup: bool) -> bool {
 
 /// SACK blocks: the bytes SACKed above the cumulative ACK (RFC 6675 loss
 /// evidence) and D-SACKs that prove the peer's latest resend spurious.
-#[inline]
+#[inline(always)]
 fn read_sack(f: &mut Flow, seg: &Segment) {
     let (rec, ack) = (seg.rec, seg.rec.ack);
     let mut sacked_above = 0u32;
@@ -388,7 +389,7 @@ fn read_sack(f: &mut Flow, seg: &Segment) {
 
 /// Side `r`'s data is acknowledged up to `ack`: recovery, size probe,
 /// stall run and holes move on.
-#[inline]
+#[inline(always)]
 fn peer_data_acked(f: &mut Flow, r: usize, ack: u32, now: u64) {
     let Some(ex) = f.extra.as_deref_mut() else {
         return;
@@ -414,7 +415,7 @@ fn peer_data_acked(f: &mut Flow, r: usize, ack: u32, now: u64) {
 
 /// The data side: new data, a hole fill (late: a retransmission; early:
 /// reordering), a keep-alive or probe, or a retransmission.
-#[inline]
+#[inline(always)]
 fn on_data(f: &mut Flow, seg: &Segment) -> DataKind {
     let (d, (s, e), payload) = (seg.d, seg.range(), seg.rec.payload_len);
     let idx = f.dir[d].packets.saturating_sub(u64::from(seg.segs));
@@ -443,7 +444,7 @@ fn on_data(f: &mut Flow, seg: &Segment) -> DataKind {
         dir.snd_max = e;
         dir.goodput += u64::from(advance.min(payload));
     }
-    if let Some(kind) = fill_hole(f, seg, idx, prompted) {
+    if let Some(kind) = fill_hole(f, seg.rec, seg.d, seg.now, idx, prompted) {
         return kind;
     }
     if is_probe(f, seg) {
@@ -452,7 +453,9 @@ fn on_data(f: &mut Flow, seg: &Segment) -> DataKind {
     }
     retransmission(
         f,
-        seg,
+        seg.rec,
+        seg.d,
+        seg.now,
         Resend {
             late: false,
             prompted,
@@ -462,7 +465,7 @@ fn on_data(f: &mut Flow, seg: &Segment) -> DataKind {
 }
 
 /// Data above the highest sequence: goodput, window and segment size.
-#[inline]
+#[inline(always)]
 fn new_data(f: &mut Flow, seg: &Segment, end: u32) {
     let dir = &mut f.dir[seg.d];
     dir.snd_max = end;
@@ -475,8 +478,18 @@ fn new_data(f: &mut Flow, seg: &Segment, end: u32) {
 /// one vantage-to-sender round trip after the hole opened, the other
 /// direction's minimum RTT; without any RTT, after three duplicate ACKs
 /// from the receiver; or in answer to a partial ACK), else reordering.
-/// `None` when it fills no hole.
-fn fill_hole(f: &mut Flow, seg: &Segment, idx: u64, prompted: bool) -> Option<DataKind> {
+/// `None` when it fills no hole. Off the common path, so it decodes the
+/// segment again rather than making every segment's decoding escape.
+#[inline(never)]
+fn fill_hole(
+    f: &mut Flow,
+    rec: &PacketMeta,
+    d: usize,
+    now: u64,
+    idx: u64,
+    prompted: bool,
+) -> Option<DataKind> {
+    let seg = &Segment::new(rec, d, now, 0);
     let (d, r, (s, e)) = (seg.d, seg.r, seg.range());
     let fill = f
         .extra
@@ -493,7 +506,9 @@ fn fill_hole(f: &mut Flow, seg: &Segment, idx: u64, prompted: bool) -> Option<Da
     if late {
         retransmission(
             f,
-            seg,
+            seg.rec,
+            seg.d,
+            seg.now,
             Resend {
                 late: true,
                 prompted,
@@ -512,6 +527,7 @@ fn fill_hole(f: &mut Flow, seg: &Segment, idx: u64, prompted: bool) -> Option<Da
 /// time: the largest segment sent, and a size probe (one segment at a time,
 /// larger than any acknowledged so far) whose acknowledgment proves that
 /// segments of that size cross the path.
+#[inline(always)]
 fn first_transmission(f: &mut Flow, seg: &Segment, end: u32) {
     let payload = seg.rec.payload_len;
     if payload == 0 {
@@ -558,8 +574,10 @@ struct Resend {
 }
 
 /// Counts and classifies a retransmission (fast, timeout, PMTUD, spurious;
-/// full-size and stall evidence).
-fn retransmission(f: &mut Flow, seg: &Segment, how: Resend) {
+/// full-size and stall evidence). Off the common path, like [`fill_hole`].
+#[inline(never)]
+fn retransmission(f: &mut Flow, rec: &PacketMeta, d: usize, now: u64, how: Resend) {
+    let seg = &Segment::new(rec, d, now, 0);
     let (d, r, (s, e), payload, segs, now) = (
         seg.d,
         seg.r,
