@@ -455,6 +455,54 @@ fn a_flow_seen_again_after_eviction_is_counted_in_a_new_flow() {
 }
 
 #[test]
+fn a_syn_retried_on_linux_backoff_is_one_attempt() {
+    // Linux (tcp_syn_retries = 6) re-sends an unanswered SYN 1, 3, 7, 15,
+    // 31 and 63 s after the first: its last gap, 32 s, is longer than the
+    // handshake timeout (30 s), so the attempt used to expire and come back
+    // as a second flow with fewer retransmissions and a second finding.
+    let t0 = 1_000_000_000_u64;
+    let recs: Vec<PacketMeta> = [0_u64, 1, 3, 7, 15, 31, 63]
+        .iter()
+        .map(|s| {
+            let mut m = tcp(t0 + s * 1_000_000_000, 1, 2, 40000, 443, tf::SYN);
+            m.seq = 0x1234_5678;
+            m
+        })
+        .collect();
+    let r = analyze_records(recs.clone(), &FlowConfig::default());
+    let f = only_flow(&r);
+    assert_eq!(f.packets, 7, "one flow holds every SYN");
+    assert_eq!(f.src_to_dst.retransmissions, 6, "every re-sent SYN counted");
+    assert_eq!(f.state, "syn_sent");
+    let unanswered: Vec<_> = r
+        .findings
+        .iter()
+        .filter(|x| x.rule == "syn_unanswered")
+        .collect();
+    assert_eq!(
+        unanswered.len(),
+        1,
+        "one attempt, one finding: {unanswered:?}"
+    );
+
+    // A flow whose SYN was never re-sent still leaves after the handshake
+    // timeout, and a retried one after flows.syn_retry_timeout_secs.
+    let mut t = FlowTable::new(FlowConfig::default());
+    t.ingest(&recs[0]);
+    t.ingest(&tcp(t0 + 31_000_000_000, 3, 4, 5, 6, tf::ACK));
+    assert_eq!(t.stats().flows_expired, 1, "a lone SYN expires after 30 s");
+    let mut t = FlowTable::new(FlowConfig::default());
+    for m in &recs {
+        t.ingest(m);
+    }
+    let after = |s: u64| tcp(t0 + (63 + s) * 1_000_000_000, 3, 4, 5, 6, tf::ACK);
+    t.ingest(&after(129));
+    assert_eq!(t.stats().flows_expired, 0, "within the retry timeout");
+    t.ingest(&after(131));
+    assert_eq!(t.stats().flows_expired, 1, "gone 130 s after its last SYN");
+}
+
+#[test]
 fn port_reuse_after_close_starts_a_new_flow() {
     let mut recs = vec![
         tcp(0, 1, 2, 1000, 80, tf::SYN),

@@ -14,6 +14,12 @@ pub struct FlowConfig {
     /// Idle timeout in seconds for TCP flows still in the handshake (SYN
     /// sent, SYN/ACK not yet acknowledged). Default: 30.
     pub syn_timeout_secs: u64,
+    /// Idle timeout in seconds for TCP flows in the handshake whose SYN (or
+    /// SYN/ACK) was re-sent with the same sequence number: long enough for
+    /// the sender's backoff (Linux re-sends at 1, 3, 7, 15, 31 and 63 s and
+    /// gives up at 127 s with the default `tcp_syn_retries = 6`), so a
+    /// retried attempt stays one flow. Default: 130.
+    pub syn_retry_timeout_secs: u64,
     /// Idle timeout in seconds for established TCP flows (also flows picked
     /// up mid-stream). Default: 600.
     pub established_timeout_secs: u64,
@@ -30,6 +36,7 @@ impl Default for FlowConfig {
         Self {
             max_flows: 262_144,
             syn_timeout_secs: 30,
+            syn_retry_timeout_secs: 130,
             established_timeout_secs: 600,
             closed_timeout_secs: 10,
             udp_timeout_secs: 60,
@@ -43,6 +50,7 @@ impl FlowConfig {
         use super::state::TimeoutClass as C;
         let s = match class {
             C::Syn => self.syn_timeout_secs,
+            C::SynRetried => self.syn_retry_timeout_secs,
             C::Established => self.established_timeout_secs,
             C::Closed => self.closed_timeout_secs,
             C::Udp => self.udp_timeout_secs,

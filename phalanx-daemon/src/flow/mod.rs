@@ -16,7 +16,11 @@
 //! [`FlowConfig::max_flows`]; flows leave after an idle timeout that
 //! depends on their state, or, when the table is full, the flow idle the
 //! longest leaves to make room; both are counted ([`TableStats`]). A new SYN
-//! with a different ISN on a closed (FIN or RST) flow starts a new flow.
+//! with a different ISN on a closed (FIN or RST) flow starts a new flow. A
+//! SYN (or SYN/ACK) re-sent with the same ISN is the same attempt: the flow
+//! then waits `syn_retry_timeout_secs` instead of `syn_timeout_secs`, long
+//! enough for the sender's exponential backoff (Linux: 1, 3, 7, 15, 31 and
+//! 63 s after the first SYN).
 //!
 //! # Directions and the vantage point
 //!

@@ -36,6 +36,9 @@ pub const F_ACK: u16 = 1 << 7;
 pub const F_WIN: u16 = 1 << 8;
 /// `last_tsval` is valid.
 pub const F_TSVAL: u16 = 1 << 9;
+/// This side sent its SYN (or SYN/ACK) again, same sequence number: one
+/// connection attempt on retransmission backoff.
+pub const F_SYN_RETRIED: u16 = 1 << 10;
 /// This side sent SYN/ACK.
 pub const F_SYNACK: u16 = 1 << 11;
 /// This side's MSS option was seen.
@@ -394,6 +397,9 @@ pub enum TimeoutClass {
     Closed = 2,
     /// UDP and other IP protocols.
     Udp = 3,
+    /// TCP handshake whose SYN (or SYN/ACK) was re-sent: waits out the
+    /// sender's retransmission backoff.
+    SynRetried = 4,
 }
 
 /// One tracked flow. Hot state is inline; RTT sketches, holes and rare
@@ -456,6 +462,11 @@ impl Flow {
             return TimeoutClass::Udp;
         }
         match TcpState::from_u8(self.state) {
+            TcpState::SynSent | TcpState::SynReceived
+                if (self.dir[0].flags | self.dir[1].flags) & F_SYN_RETRIED != 0 =>
+            {
+                TimeoutClass::SynRetried
+            }
             TcpState::SynSent | TcpState::SynReceived => TimeoutClass::Syn,
             TcpState::Closed | TcpState::Reset => TimeoutClass::Closed,
             _ => TimeoutClass::Established,

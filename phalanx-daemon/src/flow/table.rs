@@ -23,11 +23,12 @@ use super::tcp;
 /// Record-time interval between expiry sweeps.
 const EXPIRE_EVERY_NS: u64 = 100_000_000;
 
-const CLASSES: [TimeoutClass; 4] = [
+const CLASSES: [TimeoutClass; 5] = [
     TimeoutClass::Syn,
     TimeoutClass::Established,
     TimeoutClass::Closed,
     TimeoutClass::Udp,
+    TimeoutClass::SynRetried,
 ];
 
 /// Table counters.
@@ -80,7 +81,7 @@ pub struct FlowTable {
     /// and they skip the hash and the probe. Cleared when a flow leaves
     /// (a new flow of a cached key chains behind the cached head).
     last: (FlowKey, u32),
-    lru: [(u32, u32); 4],
+    lru: [(u32, u32); CLASSES.len()],
     live: usize,
     now: u64,
     next_expire: u64,
@@ -98,7 +99,7 @@ impl FlowTable {
             free: Vec::new(),
             index: HashTable::new(),
             last: (FlowKey::default(), NIL),
-            lru: [(NIL, NIL); 4],
+            lru: [(NIL, NIL); CLASSES.len()],
             live: 0,
             now: 0,
             next_expire: 0,

@@ -126,6 +126,10 @@ fn note_options(f: &mut Flow, seg: &Segment) {
     }
     let opts = rec.tcp_opts;
     let dir = &mut f.dir[d];
+    // The same ISN again is the same attempt, re-sent on backoff.
+    if dir.flags & (F_SYN | F_SEQ) == F_SYN | F_SEQ && rec.seq == dir.first_seq {
+        dir.flags |= F_SYN_RETRIED;
+    }
     dir.flags |= F_SYN;
     if seg.ack {
         dir.flags |= F_SYNACK;
