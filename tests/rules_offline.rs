@@ -61,6 +61,28 @@ fn smtp_pmtud_is_reduced_not_a_blackhole() {
 }
 
 #[test]
+fn a_syn_ack_from_another_device_is_a_handshake_answered_elsewhere() {
+    // The server's SYN/ACK arrives with TTL 238 (sent with 255) and every
+    // later server packet with TTL 47 (sent with 64): a middlebox answered
+    // the handshake. Not a route change ("changed mid-flow from 238 to 47").
+    let r = analyze("internet/cs_weather_broken.pcapng");
+    assert_eq!(
+        rules(&r),
+        [("handshake_answered_elsewhere", Severity::Info)]
+    );
+    let e = &r.findings[0].evidence;
+    assert_eq!(
+        (
+            &e["handshake_ttl"],
+            &e["handshake_initial_ttl"],
+            &e["ttl"],
+            &e["initial_ttl"]
+        ),
+        (&json!(238), &json!(255), &json!(47), &json!(64))
+    );
+}
+
+#[test]
 fn zero_window_dead_is_receiver_limited() {
     // The receiver's window stays closed from frame 2 (0.000029 s) to its
     // last answer at 23.731553 s; the sender probes three times.

@@ -4,7 +4,15 @@
 //! proves the other exists (its ACK number advances over data never seen
 //! here, or it completed a handshake whose other half never passed here);
 //! a one-way flow without that proof is a silent peer, not a path; (2) a
-//! direction's TTL / hop limit changes mid-flow: its route changed.
+//! direction's TTL / hop limit changes mid-flow by `min_ttl_delta` hops or
+//! more: its route changed, or (when it returns to where it began) its
+//! packets alternate between routes of different lengths. A one-hop flap
+//! (ECMP paths, anycast nodes) is below the default delta of 2.
+//!
+//! A direction whose handshake packet (SYN or SYN/ACK) was sent with another
+//! initial TTL than the rest of its packets (238 from 255 against 47 from
+//! 64) was answered by another device: `handshake_answered_elsewhere`
+//! (info) says so instead of calling it a route change.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -16,6 +24,10 @@ use crate::flow::FlowSummary;
 
 /// The rule's name: its `[rules.<name>]` table and its findings' `rule`.
 pub(super) const NAME: &str = "asymmetric_path";
+
+/// Findings about a handshake answered by another device than the rest
+/// of the connection.
+pub(super) const HANDSHAKE: &str = "handshake_answered_elsewhere";
 
 /// `asymmetric_path`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -38,7 +50,7 @@ impl Default for AsymmetricConfig {
             enabled: true,
             min_packets: 10,
             min_duration_secs: 1.0,
-            min_ttl_delta: 1,
+            min_ttl_delta: 2,
         }
     }
 }
@@ -66,8 +78,52 @@ pub(super) fn check(c: &AsymmetricConfig, f: &FlowSummary, _now_ns: u64, out: &m
     }
     for s in sides(f) {
         out.extend(one_way(c, f, &s));
-        out.extend(ttl_change(c, f, &s));
+        out.extend(handshake_elsewhere(f, &s).or_else(|| ttl_change(c, f, &s)));
     }
+}
+
+/// The initial TTL a packet was most likely sent with: the smallest of the
+/// values stacks use (32, 64, 128, 255) that is not below what arrived.
+fn initial_ttl(ttl: u8) -> u8 {
+    [32, 64, 128].into_iter().find(|&i| ttl <= i).unwrap_or(255)
+}
+
+/// The info finding for a direction whose handshake packet came from a
+/// device with another initial TTL than the rest of its packets.
+fn handshake_elsewhere(f: &FlowSummary, s: &Side<'_>) -> Option<Finding> {
+    let t = &s.d.ttl;
+    let (hs, rest) = (initial_ttl(t.first), initial_ttl(t.last));
+    if !s.d.syn || t.changes != 1 || hs == rest {
+        return None;
+    }
+    let what = if s.name == "src_to_dst" {
+        "SYN"
+    } else {
+        "SYN/ACK"
+    };
+    Some(Finding {
+        rule: HANDSHAKE.into(),
+        severity: Severity::Info,
+        flow: FindingFlow::of(f),
+        summary: format!(
+            "The {what} from {} arrived with TTL {} (sent with {hs}, {} hops away) but its later packets with TTL {} (sent with {rest}, {} hops): another device answered the handshake than the rest of the connection (a SYN proxy, a load balancer or an injecting middlebox).",
+            s.from,
+            t.first,
+            hs - t.first,
+            t.last,
+            rest - t.last,
+        ),
+        evidence: json!({
+            "kind": "handshake_ttl",
+            "direction": s.name,
+            "handshake_ttl": t.first,
+            "handshake_initial_ttl": hs,
+            "ttl": t.last,
+            "initial_ttl": rest,
+            "first_change_ns": t.first_change_ns,
+            "packets": s.d.packets,
+        }),
+    })
 }
 
 /// The warning for a direction seen alone that proves the other exists.
@@ -118,17 +174,30 @@ fn ttl_change(c: &AsymmetricConfig, f: &FlowSummary, s: &Side<'_>) -> Option<Fin
         rule: NAME.into(),
         severity: Severity::Info,
         flow: FindingFlow::of(f),
-        summary: format!(
-            "The TTL of {} -> {} changed mid-flow from {} to {} ({}, range {}-{}): the route from {} changed.",
-            s.from,
-            s.to,
-            t.first,
-            t.last,
-            plural(u64::from(t.changes), "change", "changes"),
-            t.min,
-            t.max,
-            s.from,
-        ),
+        summary: if t.first != t.last {
+            format!(
+                "The TTL of {} -> {} changed mid-flow from {} to {} ({}, range {}-{}): the route from {} changed.",
+                s.from,
+                s.to,
+                t.first,
+                t.last,
+                plural(u64::from(t.changes), "change", "changes"),
+                t.min,
+                t.max,
+                s.from,
+            )
+        } else {
+            format!(
+                "The TTL of {} -> {} alternated between {} and {} ({}) and ended where it began, at {}: packets from {} take routes of different lengths.",
+                s.from,
+                s.to,
+                t.min,
+                t.max,
+                plural(u64::from(t.changes), "change", "changes"),
+                t.first,
+                s.from,
+            )
+        },
         evidence: json!({
             "kind": "ttl_change",
             "direction": s.name,

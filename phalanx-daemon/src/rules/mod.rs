@@ -13,7 +13,8 @@
 //! |---|---|---|
 //! | `pmtud_blackhole` | critical | full-size segments re-sent repeatedly, none that large ever acknowledged, smaller ones acknowledged, no ICMP "too big" for the direction |
 //! | `pmtud_reduced` | info | an ICMP "fragmentation needed" / "packet too big" quoted the flow (reports the MTU) |
-//! | `asymmetric_path` | warning / info | only one direction is seen although it proves the other exists; or a direction's TTL changes mid-flow (info) |
+//! | `asymmetric_path` | warning / info | only one direction is seen although it proves the other exists; or a direction's TTL changes mid-flow by 2 hops or more (info) |
+//! | `handshake_answered_elsewhere` | info | a direction's SYN or SYN/ACK was sent with another initial TTL than its later packets: another device (SYN proxy, load balancer, middlebox) answered the handshake (settings of `asymmetric_path`) |
 //! | `congestion` | warning | median or smoothed RTT >= factor x min RTT, with loss or ECN CE marks |
 //! | `syn_unanswered` | warning | SYNs with no answer at all |
 //! | `zero_window` | warning | a receiver advertised a zero window for long enough |
@@ -261,7 +262,7 @@ const REGISTRY: &[Registered] = &[
     },
     Registered {
         name: asymmetric::NAME,
-        also: &[],
+        also: &[asymmetric::HANDSHAKE],
         rule: &Rule {
             config: |r| &r.asymmetric_path,
             check: Check::PerFlow(asymmetric::check),

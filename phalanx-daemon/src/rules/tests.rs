@@ -338,6 +338,71 @@ fn ttl_change_mid_flow_is_reported() {
     );
 }
 
+#[test]
+fn ttl_flaps_are_not_route_changes_and_never_read_from_x_to_x() {
+    let g = synth::tcp_conversation(&TcpScenario::default());
+    let server = ip(2);
+    // One hop back and forth (ECMP paths, anycast nodes): below the delta.
+    let mut recs = g.records.clone();
+    for (i, r) in recs.iter_mut().filter(|r| r.src_addr == server).enumerate() {
+        r.ttl = if i % 3 == 1 { 63 } else { 64 };
+    }
+    let (flows, found) = run(&recs, &RulesConfig::default());
+    assert!(flows[0].dst_to_src.ttl.changes > 2, "the TTL did flap");
+    assert_eq!(found, [], "a one-hop flap is no finding");
+    // Four hops back and forth, ending where it began: reported as
+    // alternating routes, with no "from 64 to 64".
+    let mut recs = g.records;
+    for (i, r) in recs.iter_mut().filter(|r| r.src_addr == server).enumerate() {
+        r.ttl = if i % 3 == 1 { 60 } else { 64 };
+    }
+    let last = recs
+        .iter()
+        .rev()
+        .find(|r| r.src_addr == server)
+        .map(|r| r.ttl);
+    assert_eq!(last, Some(64));
+    let (_, found) = run(&recs, &RulesConfig::default());
+    assert_eq!(rules(&found), [("asymmetric_path", Severity::Info)]);
+    let text = &found[0].summary;
+    assert!(text.contains("alternated between 60 and 64"), "{text}");
+    assert!(!text.contains("from 64 to 64"), "{text}");
+}
+
+#[test]
+fn a_handshake_from_another_initial_ttl_is_answered_elsewhere() {
+    let g = synth::tcp_conversation(&TcpScenario::default());
+    let server = ip(2);
+    let mut recs = g.records;
+    // The SYN/ACK sent with 255 (17 hops: 238), the rest with 64 (47).
+    for r in recs.iter_mut().filter(|r| r.src_addr == server) {
+        r.ttl = if r.tcp_flags & tf::SYN != 0 { 238 } else { 47 };
+    }
+    let (_, found) = run(&recs, &RulesConfig::default());
+    assert_eq!(
+        rules(&found),
+        [("handshake_answered_elsewhere", Severity::Info)],
+        "explained by the handshake, not reported as a route change"
+    );
+    let x = &found[0];
+    assert_eq!(x.evidence["direction"], "dst_to_src");
+    assert_eq!(
+        (
+            &x.evidence["handshake_initial_ttl"],
+            &x.evidence["initial_ttl"]
+        ),
+        (&json!(255), &json!(64))
+    );
+    assert!(x.summary.contains("The SYN/ACK from 10.0.0.2:80 arrived with TTL 238 (sent with 255, 17 hops away) but its later packets with TTL 47 (sent with 64, 17 hops)"), "{}", x.summary);
+    // The same initial TTL (a route change right after the handshake) is
+    // a route change.
+    for r in recs.iter_mut().filter(|r| r.src_addr == server) {
+        r.ttl = if r.tcp_flags & tf::SYN != 0 { 60 } else { 47 };
+    }
+    let (_, found) = run(&recs, &RulesConfig::default());
+    assert_eq!(rules(&found), [("asymmetric_path", Severity::Info)]);
+}
+
 /// Request/response exchanges without timestamps: RTT samples of the
 /// client's direction are exactly the given ones; `ce` marks that many
 /// server ACKs Congestion Experienced.
