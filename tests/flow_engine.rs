@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use phalanx_common::{ipproto, tcp_flags as tf, PacketMeta, RecordKind};
+use phalanx_common::{ipproto, tcp_flags as tf, tcp_opts, PacketMeta, RecordKind};
 use phalanx_daemon::analyze::{analyze_files, analyze_records, Report};
 use phalanx_daemon::capture::frame::PayloadMode;
 use phalanx_daemon::flow::{Flow, FlowConfig, FlowSummary, FlowTable};
@@ -500,6 +500,53 @@ fn a_syn_retried_on_linux_backoff_is_one_attempt() {
     assert_eq!(t.stats().flows_expired, 0, "within the retry timeout");
     t.ingest(&after(131));
     assert_eq!(t.stats().flows_expired, 1, "gone 130 s after its last SYN");
+}
+
+#[test]
+fn a_super_frame_in_a_file_counts_as_the_segments_the_ring_reports() {
+    // A host with TSO/GRO: tcpdump writes a 10-segment frame as one, where
+    // the ring's record says segs = 10. One definition for both sources:
+    // the receiver's MSS (1448, from its SYN/ACK) divides the payload.
+    let t0 = 1_000_000_000_u64;
+    let mut syn = tcp(t0, 1, 2, 40000, 80, tf::SYN);
+    (syn.seq, syn.tcp_opts, syn.mss) = (100, tcp_opts::MSS, 1460);
+    let mut synack = tcp(t0 + 1_000_000, 2, 1, 80, 40000, tf::SYN | tf::ACK);
+    (synack.seq, synack.ack) = (5000, 101);
+    (synack.tcp_opts, synack.mss) = (tcp_opts::MSS, 1448);
+    let mut ack = tcp(t0 + 2_000_000, 1, 2, 40000, 80, tf::ACK);
+    (ack.seq, ack.ack) = (101, 5001);
+    let mut data = tcp(t0 + 3_000_000, 1, 2, 40000, 80, tf::ACK | tf::PSH);
+    (data.seq, data.ack, data.payload_len) = (101, 5001, 14_480);
+    data.wire_len = 14_480 + 54;
+    let mut again = data;
+    again.ts_ns += 300_000_000;
+    let mut acked = tcp(t0 + 400_000_000, 2, 1, 80, 40000, tf::ACK);
+    (acked.seq, acked.ack) = (5001, 101 + 14_480);
+    let file = vec![syn, synack, ack, data, again, acked];
+    let ring: Vec<PacketMeta> = file
+        .iter()
+        .map(|m| {
+            let mut m = *m;
+            if m.payload_len > 1448 {
+                (m.segs, m.gso_size) = (10, 1448);
+            }
+            m
+        })
+        .collect();
+    let from_file = analyze_records(file, &FlowConfig::default());
+    let from_ring = analyze_records(ring, &FlowConfig::default());
+    let f = only_flow(&from_file);
+    assert_eq!(f.src_to_dst.packets, 22, "SYN, ACK and twice 10 segments");
+    assert_eq!(f.src_to_dst.bytes, 60 * 2 + 2 * (14_480 + 10 * 54));
+    assert_eq!(
+        f.src_to_dst.retransmissions, 10,
+        "the re-sent frame is 10 segments"
+    );
+    assert_eq!(
+        serde_json::to_value(&from_file.flows).expect("json"),
+        serde_json::to_value(&from_ring.flows).expect("json"),
+        "a file and the ring give the same figures for the same packets"
+    );
 }
 
 #[test]

@@ -33,7 +33,11 @@
 //!
 //! - **packets / bytes**: packets and frame bytes as seen, per direction
 //!   and summed. A GSO record with `segs > 1` counts as `segs` packets, and
-//!   its bytes are expanded by repeating the headers for every segment.
+//!   its bytes are expanded by repeating the headers for every segment. A
+//!   TCP frame longer than the receiver's MSS (from its SYN) that carries
+//!   no count, as capture files taken on hosts with TSO or GRO hold, gets
+//!   the count the ring would give it (`ceil(payload / MSS)`), so a file
+//!   and the ring give the same figures for the same packets.
 //! - **goodput_bytes**: payload bytes seen for the first time at the
 //!   vantage point (data above the highest sequence, plus hole fills;
 //!   re-sends of data seen before are excluded).

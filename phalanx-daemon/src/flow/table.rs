@@ -184,6 +184,14 @@ impl FlowTable {
             i = self.create(key, d, vlan, rec.ts_ns);
         }
         let f = &mut self.flows[i as usize];
+        let inferred;
+        let rec = match tcp.then(|| tcp::inferred_segments(f, d, rec)).flatten() {
+            Some(segs) => {
+                inferred = PacketMeta { segs, ..*rec };
+                &inferred
+            }
+            None => rec,
+        };
         let mark = O::ENABLED.then(|| Mark::of(f));
         let segs = u64::from(rec.segs.max(1));
         let first_in_dir = f.dir[d].packets == 0;
