@@ -6,6 +6,7 @@
 //! the table evicted on the way.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
 
@@ -391,10 +392,6 @@ fn opt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"))
 }
 
-fn endpoint(ip: std::net::IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(ip, port).to_string()
-}
-
 fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
@@ -422,8 +419,8 @@ fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(
             out,
             "{:<44} {:<44} {:<6} {:<12} {:>8} {:>11} {:>9} {:>9} {:>13} {:>5} {:>6} {:>5} {:>9}{}",
-            endpoint(f.src, f.sport),
-            endpoint(f.dst, f.dport),
+            SocketAddr::new(f.src, f.sport).to_string(),
+            SocketAddr::new(f.dst, f.dport).to_string(),
             f.proto,
             f.state,
             f.packets,

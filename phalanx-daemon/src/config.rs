@@ -204,6 +204,7 @@ impl Config {
                 )));
             }
         }
+        self.history.validate().map_err(ConfigError::Semantic)?;
         self.validate_incidents()?;
         self.metrics.validate().map_err(ConfigError::Semantic)?;
         self.validate_stitch()?;
@@ -260,11 +261,6 @@ impl Config {
         let positive = [
             ("incidents.resolve_after_secs", i.resolve_after_secs),
             ("incidents.max_open", i.max_open as u64),
-            (
-                "history.evidence_packets",
-                self.history.evidence_packets as u64,
-            ),
-            ("history.evidence_flows", self.history.evidence_flows as u64),
             ("incidents.evidence_max_bytes", i.evidence_max_bytes),
             ("incidents.evidence_max_files", i.evidence_max_files as u64),
             ("incidents.spool_max_files", i.spool_max_files as u64),
@@ -343,8 +339,6 @@ impl Config {
         for (key, v) in [
             ("stitch.timeout_ms", s.timeout_ms),
             ("stitch.refresh_secs", s.refresh_secs),
-            ("history.peer_packets", self.history.peer_packets as u64),
-            ("history.peer_flows", self.history.peer_flows as u64),
         ] {
             if v == 0 {
                 return Err(ConfigError::Semantic(format!("{key} must be at least 1")));

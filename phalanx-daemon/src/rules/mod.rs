@@ -55,7 +55,7 @@ mod zero_window;
 mod tests;
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
@@ -453,22 +453,12 @@ impl RuleEngine {
 
 /// `addr:port` (IPv6 in brackets).
 pub(crate) fn endpoint(ip: IpAddr, port: u16) -> String {
-    Endpoint(ip, port).to_string()
+    SocketAddr::new(ip, port).to_string()
 }
 
-/// An address and port that display as `addr:port` (IPv6 in brackets):
-/// formatted only when a finding's text uses it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Endpoint(pub IpAddr, pub u16);
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            IpAddr::V4(a) => write!(f, "{a}:{}", self.1),
-            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.1),
-        }
-    }
-}
+/// An address and port, displayed as `addr:port` (IPv6 in brackets) only
+/// when a finding's text uses it.
+pub(crate) type Endpoint = SocketAddr;
 
 /// One direction of a flow: its report, name, sender and receiver.
 pub(crate) struct Side<'a> {
@@ -486,8 +476,8 @@ pub(crate) struct Side<'a> {
 
 /// Both directions of a flow, `src_to_dst` first.
 pub(crate) fn sides(f: &FlowSummary) -> [Side<'_>; 2] {
-    let a = Endpoint(f.src, f.sport);
-    let b = Endpoint(f.dst, f.dport);
+    let a = SocketAddr::new(f.src, f.sport);
+    let b = SocketAddr::new(f.dst, f.dport);
     [
         Side {
             name: "src_to_dst",
