@@ -8,6 +8,14 @@
 //! probe; a timestamp probe survives because the echo names the exact
 //! transmission (RFC 7323 RTTM). An echo of a newer TSval than the probe's
 //! voids the timestamp half (the probed transmission will never be echoed).
+//!
+//! A pure ACK is echoed only by the peer's next data, which may wait on the
+//! peer's application (pacing, a request's think time, a keep-alive's idle
+//! time) rather than on the path. Unless its data was visibly still in
+//! flight, such a probe is [`P_WAIT`] until the peer sends other data
+//! after it (the data stream kept flowing, as under ACK clocking); an echo
+//! that is the peer's first data since comes back marked [`P_WAIT`] for the
+//! caller to weigh against the path's own round trip.
 
 use super::seq;
 
@@ -17,6 +25,11 @@ const P_SEQ: u8 = 2;
 pub const P_SYN: u8 = 4;
 /// The probe was started by a SYN/ACK (its echo gives the upstream handshake part).
 pub const P_SYNACK: u8 = 8;
+/// Started by a pure ACK whose echo may wait on the peer's application.
+pub const P_WAIT: u8 = 16;
+/// Started by a bare FIN: an echo that is the peer's own FIN waited for the
+/// peer's application to close.
+pub const P_FIN: u8 = 32;
 
 /// One direction's outstanding probe.
 #[derive(Clone, Copy, Debug, Default)]
@@ -68,8 +81,9 @@ impl Probe {
 
     /// Offers a packet of the other direction: `tsecr` when it carries a
     /// timestamp option and ACK, `ack` when it has ACK set, `has_ts` whether
-    /// it carries the timestamp option at all. Returns the sample (ns) and
-    /// the probe's kind bits when this packet completes the probe (us).
+    /// it carries the timestamp option at all, `data` whether it carries
+    /// payload. Returns the sample (us) and the probe's kind bits when this
+    /// packet completes the probe.
     #[inline]
     pub fn echo(
         &mut self,
@@ -77,6 +91,7 @@ impl Probe {
         tsecr: Option<u32>,
         ack: Option<u32>,
         has_ts: bool,
+        data: bool,
     ) -> Option<(u32, u8)> {
         if !self.active() {
             return None;
@@ -101,9 +116,12 @@ impl Probe {
             }
         }
         if hit {
-            let kind = self.flags & (P_SYN | P_SYNACK);
+            let kind = self.flags & (P_SYN | P_SYNACK | P_WAIT | P_FIN);
             self.flags = 0;
             return Some((now_us.wrapping_sub(self.t_us), kind));
+        }
+        if data {
+            self.flags &= !P_WAIT;
         }
         if !self.active() {
             self.flags = 0;
@@ -121,13 +139,16 @@ mod tests {
         let mut p = Probe::default();
         p.start(1_000, Some(77), None, 0);
         assert_eq!(
-            p.echo(1_500, Some(76), Some(1), true),
+            p.echo(1_500, Some(76), Some(1), true, false),
             None,
             "older echo waits"
         );
-        assert_eq!(p.echo(3_000, Some(77), Some(1), true), Some((2_000, 0)));
         assert_eq!(
-            p.echo(4_000, Some(77), Some(1), true),
+            p.echo(3_000, Some(77), Some(1), true, false),
+            Some((2_000, 0))
+        );
+        assert_eq!(
+            p.echo(4_000, Some(77), Some(1), true, false),
             None,
             "second echo ignored"
         );
@@ -138,7 +159,7 @@ mod tests {
         let mut p = Probe::default();
         p.start(0, Some(5), Some(100), 0);
         assert_eq!(
-            p.echo(10, Some(6), Some(100), true),
+            p.echo(10, Some(6), Some(100), true, false),
             None,
             "no ACK fallback"
         );
@@ -153,13 +174,35 @@ mod tests {
         assert!(!p.active(), "retransmitted probe data is ambiguous");
         p.start(0, None, Some(1000), P_SYN);
         p.karn(1000);
-        assert_eq!(p.echo(50, None, Some(1000), false), Some((50, P_SYN)));
+        assert_eq!(
+            p.echo(50, None, Some(1000), false, false),
+            Some((50, P_SYN))
+        );
+    }
+
+    #[test]
+    fn waiting_probe_counts_only_behind_other_data() {
+        let mut p = Probe::default();
+        p.start(0, Some(9), None, P_WAIT);
+        assert_eq!(
+            p.echo(50_000, Some(9), Some(1), true, true),
+            Some((50_000, P_WAIT)),
+            "the peer's first data after an idle pipe may time its application"
+        );
+        assert!(!p.active());
+        p.start(0, Some(10), None, P_WAIT);
+        assert_eq!(p.echo(100, Some(9), Some(1), true, true), None);
+        assert_eq!(
+            p.echo(15_000, Some(10), Some(1), true, true),
+            Some((15_000, 0)),
+            "behind data still flowing, the echo is a round trip"
+        );
     }
 
     #[test]
     fn peer_without_timestamps_falls_back_to_ack() {
         let mut p = Probe::default();
         p.start(0, Some(9), Some(1), P_SYN);
-        assert_eq!(p.echo(70, None, Some(1), false), Some((70, P_SYN)));
+        assert_eq!(p.echo(70, None, Some(1), false, false), Some((70, P_SYN)));
     }
 }

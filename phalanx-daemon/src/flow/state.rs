@@ -45,6 +45,12 @@ pub const F_SYNACK: u16 = 1 << 11;
 pub const F_MSS: u16 = 1 << 12;
 /// `window` came from a SYN (never scaled, so not comparable with later ones).
 pub const F_WIN_SYN: u16 = 1 << 13;
+/// This side's latest packet was a keep-alive or zero-window probe: the
+/// peer's next packet answers it on a timer's schedule, not the data's.
+pub const F_PROBE_SENT: u16 = 1 << 14;
+/// This side's data reached the edge of the peer's advertised window: the
+/// peer's next ACK releases data that waits for it.
+pub const F_WIN_BLOCKED: u16 = 1 << 15;
 
 /// Hot per-direction state, kept inline in the flow.
 #[derive(Clone, Debug, Default)]

@@ -8,7 +8,7 @@
 
 use phalanx_common::{tcp_flags as tf, tcp_opts, PacketMeta, MAX_SACK_BLOCKS};
 
-use super::rtt::{P_SYN, P_SYNACK};
+use super::rtt::{P_FIN, P_SYN, P_SYNACK, P_WAIT};
 use super::state::*;
 use super::{seq, window};
 
@@ -16,6 +16,8 @@ use super::{seq, window};
 enum DataKind {
     New,
     Retrans,
+    /// A keep-alive or zero-window probe: sent on a timer, never a probe.
+    Probe,
     Other,
 }
 
@@ -108,22 +110,32 @@ pub fn is_new_connection(f: &Flow, d: usize, rec: &PacketMeta) -> bool {
 pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u32) {
     let seg = Segment::new(rec, d, now, now_us);
     note_options(f, &seg);
-    echo_peer_probe(f, &seg);
+    // The answer to a keep-alive echoes whatever the peer saw last, however
+    // long ago: idle time, not a round trip.
+    let answers_timer = f.dir[seg.r].flags & F_PROBE_SENT != 0 && seg.len == 0;
+    f.dir[seg.r].flags &= !F_PROBE_SENT;
+    if !answers_timer {
+        echo_peer_probe(f, &seg);
+    }
     let bare_probe = seg.len == 0 && !seg.rst && is_probe(f, &seg);
     if bare_probe {
         count_probe(f, &seg);
     }
     let not_dup = seg.syn || seg.fin || bare_probe;
+    let released = f.dir[seg.r].flags & F_WIN_BLOCKED != 0;
     let advanced = seg.ack && !seg.rst && on_ack(f, &seg, not_dup);
     if !seg.rst {
         on_window(f, &seg);
     }
     let kind = if seg.len > 0 {
         on_data(f, &seg)
+    } else if bare_probe {
+        DataKind::Probe
     } else {
         DataKind::Other
     };
-    start_probe(f, &seg, kind, advanced);
+    let prompts = advanced && seg.rec.window != 0 && prompts_data(f, &seg, released);
+    start_probe(f, &seg, kind, advanced && seg.rec.window != 0, prompts);
     advance_state(f, &seg);
 }
 
@@ -173,10 +185,19 @@ fn note_options(f: &mut Flow, seg: &Segment) {
 fn echo_peer_probe(f: &mut Flow, seg: &Segment) {
     let tsecr = (seg.ts && seg.ack).then_some(seg.rec.tsecr);
     let ack_no = (seg.ack && !seg.rst).then_some(seg.rec.ack);
-    let Some((us, kind)) = f.dir[seg.r].probe.echo(seg.now_us, tsecr, ack_no, seg.ts) else {
+    let data = seg.rec.payload_len > 0;
+    let Some((us, kind)) = f.dir[seg.r]
+        .probe
+        .echo(seg.now_us, tsecr, ack_no, seg.ts, data)
+    else {
         return;
     };
     let ex = f.extra_mut();
+    // A FIN answered by the peer's own FIN waited for its application.
+    let app_close = kind & P_FIN != 0 && seg.fin;
+    if app_close || (kind & P_WAIT != 0 && !within_path_time(&ex.dir[seg.r], us)) {
+        return;
+    }
     ex.dir[seg.r].add_rtt(us);
     if kind & P_SYN != 0 && seg.syn && seg.ack {
         ex.hs_down_us = Some(us);
@@ -184,6 +205,16 @@ fn echo_peer_probe(f: &mut Flow, seg: &Segment) {
     if kind & P_SYNACK != 0 && !seg.syn {
         ex.hs_up_us = Some(us);
     }
+}
+
+/// Whether the echo of a waiting probe ([`P_WAIT`]) came soon enough to be
+/// the path's answer: within twice this part's smallest round trip plus
+/// 1 ms. Later, the wait is the peer's application (pacing, think time,
+/// idle) as likely as the path, and it is no sample.
+fn within_path_time(part: &DirExtra, us: u32) -> bool {
+    part.rtt
+        .min_us()
+        .is_some_and(|m| u64::from(us) <= 2 * u64::from(m) + 1000)
 }
 
 /// A keep-alive or zero-window probe: at most one byte, one below the
@@ -203,6 +234,7 @@ fn is_probe(f: &Flow, seg: &Segment) -> bool {
 /// closed, else as a keep-alive.
 #[inline(always)]
 fn count_probe(f: &mut Flow, seg: &Segment) {
+    f.dir[seg.d].flags |= F_PROBE_SENT;
     let peer = &f.dir[seg.r];
     let zero = peer.flags & F_WIN != 0 && peer.window == 0;
     let ex = &mut f.extra_mut().dir[seg.d];
@@ -249,9 +281,22 @@ fn on_window(f: &mut Flow, seg: &Segment) {
     }
 }
 
+/// Whether an ACK that moved forward visibly makes the peer send at once,
+/// so that the peer's next data answers it: data is still in flight past
+/// the vantage point after it (the sender is clocked by ACKs) or it opens
+/// a window the peer had filled. Otherwise (everything seen is
+/// acknowledged, as always at the receiver) the probe waits for proof
+/// ([`P_WAIT`]).
+#[inline(always)]
+fn prompts_data(f: &mut Flow, seg: &Segment, released: bool) -> bool {
+    let peer = &mut f.dir[seg.r];
+    peer.flags &= !F_WIN_BLOCKED;
+    released || (peer.flags & F_SEQ != 0 && seq::lt(seg.rec.ack, peer.snd_max))
+}
+
 /// Starts this direction's RTT probe where the segment allows one.
 #[inline(always)]
-fn start_probe(f: &mut Flow, seg: &Segment, kind: DataKind, advanced: bool) {
+fn start_probe(f: &mut Flow, seg: &Segment, kind: DataKind, opens: bool, prompts: bool) {
     let rec = seg.rec;
     let probe_kind = match (seg.syn, seg.ack) {
         (true, false) => P_SYN,
@@ -271,20 +316,31 @@ fn start_probe(f: &mut Flow, seg: &Segment, kind: DataKind, advanced: bool) {
         }
         DataKind::New if !dir.probe.active() => {
             let end = seg.range().1;
+            let bare_fin = if seg.fin && rec.payload_len == 0 {
+                P_FIN
+            } else {
+                0
+            };
             dir.probe.start(
                 seg.now_us,
                 ts_new.then_some(rec.tsval),
                 Some(end),
-                probe_kind,
+                probe_kind | bare_fin,
             );
         }
-        // A pure ACK is echoed only when the peer next sends: time it only
-        // when it acknowledges new data into an open window (the peer is
-        // then expected to send at once), not when it merely repeats an
-        // ACK or closes the window, where the echo waits on the peer's idle time.
-        _ if ts_new && !dir.probe.active() && (seg.len > 0 || (advanced && rec.window != 0)) => {
+        DataKind::Probe => {}
+        _ if ts_new && !dir.probe.active() && rec.payload_len > 0 => {
             dir.probe
                 .start(seg.now_us, Some(rec.tsval), None, probe_kind);
+        }
+        // A pure ACK is echoed only when the peer next sends: time it only
+        // when it acknowledges new data into an open window, and on proof
+        // that the peer sends at once (`prompts_data`, else `P_WAIT`); a
+        // repeated ACK or a closed window waits on the peer's idle time.
+        _ if ts_new && !dir.probe.active() && opens => {
+            let wait = if prompts { 0 } else { P_WAIT };
+            dir.probe
+                .start(seg.now_us, Some(rec.tsval), None, probe_kind | wait);
         }
         _ => {}
     }
@@ -469,7 +525,7 @@ fn on_data(f: &mut Flow, seg: &Segment) -> DataKind {
     }
     if is_probe(f, seg) {
         count_probe(f, seg);
-        return DataKind::Other;
+        return DataKind::Probe;
     }
     retransmission(
         f,
@@ -713,6 +769,7 @@ fn window_full(f: &mut Flow, d: usize, end: u32) {
         return;
     };
     if window::is_full(peer.last_ack, peer.window, shift, end) {
+        f.dir[d].flags |= F_WIN_BLOCKED;
         let ex = &mut f.extra_mut().dir[d];
         ex.window_full = ex.window_full.saturating_add(1);
     }
@@ -824,6 +881,37 @@ mod tests {
             t.ingest(r);
         }
         t.snapshot().remove(0)
+    }
+
+    /// With timestamps: `rec` sends TSval `tsval` and echoes `tsecr`.
+    fn ts(mut m: PacketMeta, tsval: u32, tsecr: u32) -> PacketMeta {
+        m.tcp_opts |= tcp_opts::TIMESTAMPS;
+        m.tsval = tsval;
+        m.tsecr = tsecr;
+        m
+    }
+
+    #[test]
+    fn a_keepalive_answer_is_no_rtt_sample() {
+        // The client's last write is never seen acknowledged (the capture
+        // missed the ACK); 45 s later its keep-alive draws an ACK that
+        // echoes TS.Recent, the write's TSval: 45 s of idle time.
+        let mut syn = ts(rec(0, true, tf::SYN), 1, 0);
+        syn.seq = 999;
+        let mut synack = ts(rec(MS, false, tf::SYN | tf::ACK), 5, 1);
+        synack.ack = 1000;
+        let mut hs_ack = ts(rec(2 * MS, true, tf::ACK), 1, 5);
+        hs_ack.seq = 1000;
+        hs_ack.ack = 1;
+        let write = ts(data(3 * MS, 0), 3, 5);
+        let mut keepalive = ts(rec(45_000 * MS, true, tf::ACK), 45_003, 5);
+        keepalive.seq = 1000 + SEG - 1;
+        keepalive.ack = 1;
+        let answer = ts(ack(45_001 * MS, 1, None), 45_005, 3);
+        let f = analyse(&[syn, synack, hs_ack, write, keepalive, answer]);
+        assert_eq!(f.src_to_dst.keepalives, 1);
+        assert_eq!(f.src_to_dst.rtt.samples, 1, "the SYN only");
+        assert_eq!(f.rtt.max_ms, Some(2.0), "{:?}", f.rtt);
     }
 
     #[test]

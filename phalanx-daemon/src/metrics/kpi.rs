@@ -576,8 +576,9 @@ mod tests {
         // (server_rtt 8 ms), rx samples the server's to the client (2 ms).
         let mean = |h: &Hist| h.sum / h.count as f64;
         let (rx, txh) = (&m.series[1].rtt[0], &m.series[1].rtt[1]);
+        // The client's FIN, answered by the server's own FIN, is no sample.
         assert!(
-            txh.count >= 3 && rx.count >= 2,
+            txh.count >= 2 && rx.count >= 2,
             "tx {} rx {}",
             txh.count,
             rx.count
