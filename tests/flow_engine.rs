@@ -429,6 +429,25 @@ fn table_is_bounded_and_expires_on_record_time() {
 }
 
 #[test]
+fn an_idle_table_expires_when_its_clock_is_advanced() {
+    // A live link gone quiet: no record comes to move the clock, the
+    // daemon's record clock does. It never moves the clock back.
+    let cfg = FlowConfig {
+        syn_timeout_secs: 1,
+        ..FlowConfig::default()
+    };
+    let mut t = FlowTable::new(cfg);
+    t.ingest(&tcp(5_000_000_000, 1, 2, 1000, 80, tf::SYN));
+    t.advance(4_000_000_000);
+    assert_eq!((t.len(), t.now()), (1, 5_000_000_000), "never back");
+    t.advance(5_900_000_000);
+    assert_eq!(t.len(), 1, "idle 0.9 s of a 1 s timeout");
+    t.advance(6_000_000_000);
+    assert_eq!((t.len(), t.stats().flows_expired), (0, 1));
+    assert_eq!(t.now(), 6_000_000_000);
+}
+
+#[test]
 fn a_flow_seen_again_after_eviction_is_counted_in_a_new_flow() {
     // One slot: each new 5-tuple evicts the other and reuses its slot, so
     // nothing remembered about where a key lived may outlast its flow.

@@ -256,6 +256,7 @@ fn observation(
     flow: Option<phalanx_daemon::flow::FlowKey>,
 ) -> Observation {
     Observation {
+        activity_ns: None,
         rule: rule.into(),
         severity: Severity::Critical,
         group: group.into(),

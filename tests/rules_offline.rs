@@ -83,6 +83,26 @@ fn a_syn_ack_from_another_device_is_a_handshake_answered_elsewhere() {
 }
 
 #[test]
+fn a_printer_that_drains_slowly_is_a_slow_receiver_not_congestion() {
+    // A print job to a LAN printer (handshake round trip 0.166 ms). The
+    // printer advertises 4-8 KB windows; the client fills each (frames
+    // 7-10, 12-15, ...: less than one 1460-byte segment left) and waits
+    // 65-200 ms for every ACK (tshark ack_rtt median 141.9 ms): the
+    // printer's pace. Its RTT inflation is no queue on the path, though
+    // two timeout resends happen (frames 32, 51: the window re-opened late).
+    let r = analyze("internet/cs_inconsistent_printer.pcapng");
+    assert_eq!(rules(&r), [("slow_receiver", Severity::Warning)]);
+    let e = &r.findings[0].evidence;
+    assert_eq!(e["direction"], "src_to_dst");
+    assert_eq!(e["path_rtt_ms"], 0.166);
+    assert_eq!(
+        (&e["window_limited"], &e["acknowledgments"]),
+        (&json!(29), &json!(30))
+    );
+    assert!(e["ack_wait_p50_ms"].as_f64().expect("wait") > 100.0);
+}
+
+#[test]
 fn zero_window_dead_is_receiver_limited() {
     // The receiver's window stays closed from frame 2 (0.000029 s) to its
     // last answer at 23.731553 s; the sender probes three times.

@@ -16,11 +16,19 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const API: &str = "127.0.0.1:19760";
 const HOOK_PORT: u16 = 19761;
 const WITHIN: Duration = Duration::from_secs(15);
+/// `incidents.resolve_after_secs` of the runs.
+const RESOLVE_AFTER_SECS: u64 = 5;
+/// Rules evaluation interval (`pipeline::RULES_INTERVAL`) plus the
+/// incident task's 1 s tick.
+const EVALUATION: Duration = Duration::from_secs(3);
 
 /// What a scenario run delivered, with the daemon's own view for failure messages.
 struct Run {
     /// Alert names delivered within [`WITHIN`] of the traffic start.
     names: Vec<String>,
+    /// Alert names delivered as resolved after the traffic stopped, with
+    /// the seconds since it stopped.
+    resolved: Vec<(String, f64)>,
     /// Traffic, the daemon's counters, worst flows, incidents and log.
     report: String,
 }
@@ -65,8 +73,9 @@ fn daemon_view(ns: &phalanx_lab::Netns, api: SocketAddr) -> String {
     out
 }
 
-/// Runs `name` and returns what was delivered within [`WITHIN`] of the traffic start.
-fn delivered(name: &str) -> Run {
+/// Runs `name` and returns what was delivered within [`WITHIN`] of the
+/// traffic start, and what resolved within `linger` after it stopped.
+fn delivered(name: &str, linger: Duration) -> Run {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scenario::new(name).expect("scenario");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -75,6 +84,7 @@ fn delivered(name: &str) -> Run {
         &cfg,
         format!(
             "[http]\nlisten = \"{API}\"\n[incidents]\nevidence_dir = {:?}\nspool_dir = {:?}\n\
+             resolve_after_secs = {RESOLVE_AFTER_SECS}\n\
              [[webhooks]]\nurl = \"http://127.0.0.1:{HOOK_PORT}/hook\"\n",
             dir.path().join("evidence"),
             dir.path().join("spool")
@@ -124,7 +134,23 @@ fn delivered(name: &str) -> Run {
                 }
             }
         }
-        (t.join().expect("traffic"), names)
+        let traffic = t.join().expect("traffic");
+        let stopped = Instant::now();
+        let mut resolved = Vec::new();
+        while stopped.elapsed() < linger && resolved.len() < names.len() {
+            if let Ok(body) = rx.recv_timeout(Duration::from_millis(200)) {
+                let v: serde_json::Value = serde_json::from_str(&body).expect("webhook JSON");
+                for a in v["alerts"].as_array().into_iter().flatten() {
+                    if a["status"] == "resolved" {
+                        let n = a["labels"]["alertname"].as_str().unwrap_or("?");
+                        let after = stopped.elapsed().as_secs_f64();
+                        eprintln!("{name}: {n} resolved {after:.1} s after the traffic");
+                        resolved.push((n.to_string(), after));
+                    }
+                }
+            }
+        }
+        (traffic, names, resolved)
     });
     let view = daemon_view(watch.ns, api);
     drop(receiver);
@@ -136,26 +162,34 @@ fn delivered(name: &str) -> Run {
         out.status.success(),
         "{name}: clean daemon exit\n--- log\n{log_tail}"
     );
-    let (traffic, names) = traffic;
+    let (traffic, names, resolved) = traffic;
     let traffic = traffic.expect("traffic driver");
     eprintln!("{name}: traffic {traffic:?}; delivered {names:?}");
     Run {
         names,
+        resolved,
         report: format!("traffic {traffic:?}\n{view}--- log\n{log_tail}"),
     }
 }
 
 fn expect_fault(name: &str, rule: &str) {
+    expect_fault_then(name, rule, Duration::ZERO);
+}
+
+/// The fault's rule fires within [`WITHIN`]; with a `linger`, every
+/// incident delivered also resolves within it once the traffic stops.
+fn expect_fault_then(name: &str, rule: &str, linger: Duration) -> Option<Run> {
     if !privileged(name) {
-        return;
+        return None;
     }
-    let run = delivered(name);
+    let run = delivered(name, linger);
     assert!(
         run.names.iter().any(|n| n == rule),
         "{name}: {rule} delivered within 15 s, got {:?}\n{}",
         run.names,
         run.report
     );
+    Some(run)
 }
 
 #[test]
@@ -163,7 +197,7 @@ fn healthy_fires_nothing() {
     if !privileged("healthy_fires_nothing") {
         return;
     }
-    let run = delivered("healthy");
+    let run = delivered("healthy", Duration::ZERO);
     assert_eq!(
         run.names,
         Vec::<String>::new(),
@@ -188,8 +222,26 @@ fn congestion_fires() {
 }
 
 #[test]
-fn lossy_link_fires() {
-    expect_fault("lossy-link", "retransmission_storm");
+fn lossy_link_fires_then_resolves_when_the_traffic_stops() {
+    // The flows end with the traffic; re-reading their lifetime figures is
+    // no new evidence, so each incident resolves `resolve_after_secs`
+    // after the last packet, plus one evaluation (and slack for the
+    // connections' own closing packets and the delivery).
+    let linger = Duration::from_secs(RESOLVE_AFTER_SECS) + EVALUATION + Duration::from_secs(2);
+    let Some(run) = expect_fault_then("lossy-link", "retransmission_storm", linger) else {
+        return;
+    };
+    let mut fired: Vec<&String> = run.names.iter().collect();
+    fired.sort();
+    fired.dedup();
+    let mut resolved: Vec<&String> = run.resolved.iter().map(|(n, _)| n).collect();
+    resolved.sort();
+    resolved.dedup();
+    assert_eq!(
+        resolved, fired,
+        "every incident resolved within {linger:?} of the traffic's end: {:?}\n{}",
+        run.resolved, run.report
+    );
 }
 
 #[test]

@@ -124,9 +124,13 @@ fn cs_mail_sender_server() {
 #[test]
 fn cs_tcp_dupack() {
     // Same as tshark: 3 duplicate ACKs, then a fast retransmission.
+    // Captured at the receiver (its packets undecremented, the sender's
+    // decremented): tshark's ack_rtt 0.010 ms is the local host's answer
+    // (`answer_ms` 0.011); no packet of the receiver is ever answered in
+    // the file, so the path's `rtt` is unknown.
     check(
         "cs_tcp_dupack.pcapng",
-        &[pin(9, 1, 1, 0, 0, 0, 0, 0, 3, 0, 1, Some(0.011))],
+        &[pin(9, 1, 1, 0, 0, 0, 0, 0, 3, 0, 0, None)],
     );
 }
 
@@ -145,9 +149,11 @@ fn cs_tcp_zerowindowdead() {
     // episode (the window never re-opens) and report the 4 packets in
     // zero_window_packets. The zero-length probes at snd_max - 1 are
     // zero-window probes, not duplicate ACKs (tshark agrees: 0 dup ACKs).
+    // Captured at the receiver: tshark's ack_rtt 0.029 ms is its own
+    // answer (`answer_ms`), and the path's `rtt` is never measured.
     let r = check(
         "cs_tcp_zerowindowdead.pcapng",
-        &[pin(8, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, Some(0.029))],
+        &[pin(8, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, None)],
     );
     let f = &r.flows[0];
     assert_eq!(
@@ -176,9 +182,12 @@ fn sv_bug_3616_smtp_pmtud() {
     // frame 22 (1460 bytes), right after the ICMP frag-needed of frame 26:
     // data seen twice at one point is a re-send, not reordering. All 5 are
     // path-MTU resends (each follows a frag-needed quoting data in flight).
+    // Captured at the client: `rtt` is its packets' round trip to the
+    // server, 10 samples, median 342.351 ms (tshark's ack_rtt median over
+    // both directions 342.183 ms).
     let r = check(
         "sv_bug-3616-smtp_pmtud.pcap",
-        &[pin(53, 5, 0, 0, 5, 0, 0, 0, 0, 0, 21, Some(342.925))],
+        &[pin(53, 5, 0, 0, 5, 0, 0, 0, 0, 0, 10, Some(342.351))],
     );
     let f = r.flows.iter().find(|f| f.proto == "tcp").expect("tcp flow");
     assert_eq!(
@@ -219,10 +228,13 @@ fn sv_http_body_hook_ipv6() {
     // 2007 frames are 2008 packets: frame 139 carries 1664 bytes (a
     // 1750-byte frame, above Ethernet's MTU) to a client whose MSS is 1420,
     // a super-frame of two wire segments merged by GRO at the capture host,
-    // counted as the ring would count it.
+    // counted as the ring would count it. Captured at the client: `rtt`
+    // is its packets' round trip (the handshake's 14.85 ms, then ACKs
+    // echoed by the server's data 15-39 ms later, median 30.852 ms); the
+    // 688 samples of the client's own answer are `answer_ms` (0.135 ms).
     check(
         "sv_http-body-hook-01_ipv6.pcap",
-        &[pin(2008, 3, 3, 0, 0, 0, 3, 0, 70, 0, 714, Some(30.987))],
+        &[pin(2008, 3, 3, 0, 0, 0, 3, 0, 70, 0, 26, Some(30.852))],
     );
 }
 
@@ -264,12 +276,14 @@ fn zeek_vlan_collisions() {
     // One flow copied onto untagged, VLAN 42 and QinQ 10/20. tshark merges
     // them into one stream and sees every copy as a retransmission (18, 4
     // spurious, 1 dup ACK). With VLAN-aware keys they are three clean flows.
+    // Captured at the client: `rtt` is the path's 69.1 ms (tshark's ack_rtt
+    // median, 0.144 ms, is mostly the client's own answer).
     let r = check(
         "zeek_vlan-collisions.pcap",
         &[
-            pin(14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, Some(69.425)),
-            pin(14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, Some(69.425)),
-            pin(14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, Some(69.425)),
+            pin(14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, Some(69.131)),
+            pin(14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, Some(69.131)),
+            pin(14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, Some(69.131)),
         ],
     );
     let vlans: Vec<[u16; 2]> = r.flows.iter().map(|f| f.vlan).collect();
@@ -349,4 +363,28 @@ fn lab_keepalive_idle_gives_no_idle_rtt() {
     assert!(max < 0.1, "no idle time in the RTT: max {max} ms");
     let jitter = f.jitter_ms.expect("jitter");
     assert!(jitter < 0.05, "no pacing in the jitter: {jitter} ms");
+}
+
+#[test]
+fn lab_paced_download_rtt_is_the_path_not_the_application() {
+    // client -- router -- server on veths, captured at the client: the
+    // server writes 1000 bytes every 100 ms, 40 times. tshark's ack_rtt
+    // (data -> the client's ACK): 0.005-0.053 ms. The client's ACKs are
+    // echoed by the server's next write, 100 ms on: the application's
+    // pacing, which the RTT used to report (p50 100.29 ms).
+    let r = analyze("lab/paced_download_client.pcap");
+    let f = &r.flows[0];
+    assert_eq!(f.local_side, Some("src"), "TTL 64 here, 63 from the server");
+    let (p50, max) = (f.rtt.p50_ms.expect("p50"), f.rtt.max_ms.expect("max"));
+    assert!(max < 1.0, "the path's round trip, not 100 ms: {:?}", f.rtt);
+    assert_eq!(
+        f.rtt, f.src_to_dst.rtt,
+        "at the client, rtt is its packets' round trip to the server"
+    );
+    assert!(p50 > 0.0);
+    // The client's own answer to the server's data, apart.
+    let answer = f.answer_ms.expect("answer time");
+    assert_eq!(Some(answer), f.dst_to_src.rtt.p50_ms);
+    assert_eq!(f.dst_to_src.rtt.samples, 41, "40 writes and the SYN/ACK");
+    assert!(f.jitter_ms.expect("jitter") < 0.1);
 }

@@ -184,12 +184,12 @@ impl Tasks {
                 .instrument(info_span!("incidents")),
         );
         let flows = pipeline.flows.clone();
-        let consumer =
-            ring::Consumer::spawn(ringbuf, pipeline, ring_stats, ring::ktime_offset_ns())
-                .context("starting the ring-buffer consumer")?;
+        let clock = ring::RecordClock::new(ring::ktime_offset_ns());
+        let consumer = ring::Consumer::spawn(ringbuf, pipeline, ring_stats, clock.offset())
+            .context("starting the ring-buffer consumer")?;
         let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
         let rules = tokio::spawn(
-            pipeline::rules_loop(flows, engine, observations.clone())
+            pipeline::rules_loop(flows, engine, observations.clone(), clock)
                 .instrument(info_span!("rules")),
         );
         let server = tokio::spawn(

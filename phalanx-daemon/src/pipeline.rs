@@ -16,7 +16,7 @@ use tracing::error;
 
 use crate::alerting::service::SharedHistory;
 use crate::alerting::Observation;
-use crate::capture::ring;
+use crate::capture::ring::{self, RecordClock};
 use crate::config::Config;
 use crate::flow::history::FlowHistory;
 use crate::flow::FlowTable;
@@ -29,17 +29,25 @@ pub const RULES_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Evaluates the diagnosis rules over the live flow table every
 /// [`RULES_INTERVAL`] and reports each finding to the incident manager.
+/// The table's clock first moves on to `clock`'s record time, so flows
+/// expire on a link gone quiet; each finding carries the time of its
+/// latest packet, so lifetime figures re-read from a quiet flow do not
+/// keep its incident open.
 pub async fn rules_loop(
     flows: Arc<Mutex<FlowTable>>,
     engine: RuleEngine,
     observations: mpsc::Sender<Observation>,
+    clock: RecordClock,
 ) {
     let mut tick = tokio::time::interval(RULES_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (summaries, now) = match flows.lock() {
-            Ok(t) => (t.snapshot(), t.now()),
+            Ok(mut t) => {
+                t.advance(clock.now_ns());
+                (t.snapshot(), t.now())
+            }
             Err(_) => {
                 error!("flow table poisoned; stopping the rules task");
                 return;

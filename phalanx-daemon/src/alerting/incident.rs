@@ -35,6 +35,10 @@ pub struct Observation {
     pub summary: String,
     /// The numbers and timestamps behind the report.
     pub evidence: serde_json::Value,
+    /// The record time of the flow's latest packet, for a report about one
+    /// flow: a repeat with no newer packet brings no new evidence and does
+    /// not keep the incident open.
+    pub activity_ns: Option<u64>,
 }
 
 /// Lifecycle state of an incident.
@@ -81,7 +85,7 @@ pub struct Incident {
     /// When it resolved.
     #[serde(serialize_with = "ser_opt_time", deserialize_with = "de_opt_time")]
     pub ends_at: Option<u64>,
-    /// Last observation.
+    /// Last observation that brought new evidence (see [`Observation::activity_ns`]).
     #[serde(serialize_with = "ser_time", deserialize_with = "de_time")]
     pub last_seen: u64,
     /// Observations folded into this incident.
@@ -100,6 +104,27 @@ pub struct Incident {
     /// (`crate::stitch::live::LiveReport`), when peers are configured.
     #[serde(default)]
     pub stitch: Option<serde_json::Value>,
+    /// The latest packet time each of its flows was reported with.
+    #[serde(skip)]
+    pub activity: HashMap<Option<FlowKey>, u64>,
+}
+
+/// Flows whose activity an incident remembers; beyond, it starts afresh.
+const ACTIVITY_FLOWS: usize = 1024;
+
+/// Whether an observation brings new evidence, recording its activity: a
+/// report does when its flow (or, across flows, its service) had packets
+/// behind it since the previous report of that flow (a quiet flow's
+/// lifetime figures, re-read every evaluation, prove nothing new); a
+/// report without an activity time always does.
+fn grew(activity: &mut HashMap<Option<FlowKey>, u64>, obs: &Observation) -> bool {
+    let Some(at) = obs.activity_ns else {
+        return true;
+    };
+    if activity.len() >= ACTIVITY_FLOWS && !activity.contains_key(&obs.flow) {
+        activity.clear();
+    }
+    activity.insert(obs.flow, at).is_none_or(|prev| at > prev)
 }
 
 /// A lifecycle change, carrying the incident as it is after the change.
@@ -201,7 +226,9 @@ impl IncidentManager {
         let fp = fingerprint(&obs.rule, &obs.group);
         if let Some(inc) = self.open.get_mut(&fp) {
             inc.count += 1;
-            inc.last_seen = inc.last_seen.max(now_ns);
+            if grew(&mut inc.activity, &obs) {
+                inc.last_seen = inc.last_seen.max(now_ns);
+            }
             if obs.flow.is_some() {
                 inc.flow = obs.flow;
             }
@@ -236,7 +263,11 @@ impl IncidentManager {
             annotations: BTreeMap::new(),
             labels,
             stitch: None,
+            activity: HashMap::new(),
         };
+        if let Some(at) = obs.activity_ns {
+            inc.activity.insert(obs.flow, at);
+        }
         fill_annotations(&mut inc);
         let id = inc.id.clone();
         self.open.insert(fp.clone(), inc);
@@ -394,6 +425,7 @@ impl From<Finding> for Observation {
             flow,
             summary: f.summary,
             evidence: f.evidence,
+            activity_ns: f.activity_ns,
         }
     }
 }
@@ -432,6 +464,7 @@ mod tests {
 
     fn obs(rule: &str, group: &str, summary: &str) -> Observation {
         Observation {
+            activity_ns: None,
             rule: rule.into(),
             severity: Severity::Warning,
             group: group.into(),
@@ -448,6 +481,37 @@ mod tests {
             max_open: 3,
             keep_resolved: 2,
         })
+    }
+
+    #[test]
+    fn a_quiet_flow_re_reported_does_not_keep_its_incident_open() {
+        let mut m = manager();
+        let flow = FlowKey::between(
+            crate::flow::key::Proto::TCP,
+            "10.0.0.1:40000".parse().expect("addr"),
+            "10.0.0.2:443".parse().expect("addr"),
+        )
+        .0;
+        let report = |last_packet: u64| {
+            let mut o = obs("congestion", "svc-443", "lossy");
+            o.flow = Some(flow);
+            o.activity_ns = Some(last_packet);
+            o
+        };
+        m.observe(report(T0), T0);
+        m.tick(T0);
+        // A newer packet is new evidence.
+        m.observe(report(T0 + 29 * S), T0 + 30 * S);
+        // Then the flow keeps being evaluated every 2 s with no new packet.
+        for k in 16..=60 {
+            m.observe(report(T0 + 29 * S), T0 + 2 * k * S);
+        }
+        assert!(m.tick(T0 + 89 * S).is_empty(), "refreshed at 30 s");
+        let t = m.tick(T0 + 90 * S);
+        assert!(
+            matches!(t.as_slice(), [Transition::Resolved(i)] if i.ends_at == Some(T0 + 90 * S)),
+            "resolved 60 s after its last new evidence: {t:?}"
+        );
     }
 
     #[test]

@@ -349,16 +349,42 @@ impl<S: Sink> Drainer<S> {
 
 /// Offset from CLOCK_MONOTONIC (bpf_ktime_get_ns) to CLOCK_REALTIME, in ns.
 pub fn ktime_offset_ns() -> i64 {
-    let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: ts is a valid out-pointer; both clocks always exist on Linux.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+    // SAFETY: ts is a valid out-pointer; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+/// Record time now: the kernel's CLOCK_MONOTONIC, which stamps every
+/// record, shifted by the offset the consumer adds to each record. Time
+/// goes on by it while no record arrives (an idle link).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordClock {
+    offset: i64,
+}
+
+impl RecordClock {
+    /// The clock the records of a consumer started with `offset` run on.
+    pub fn new(offset: i64) -> Self {
+        Self { offset }
+    }
+
+    /// The offset records are shifted by.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Now, in record time (ns).
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(clock_ns(libc::CLOCK_MONOTONIC).saturating_add(self.offset)).unwrap_or(0)
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,12 @@
 //! One engine serves the live daemon and `phalanx analyze`: it consumes
 //! [`phalanx_common::PacketMeta`] records and never looks at a wall clock.
 //! Time is the records' own (`ts_ns`), so idle timeouts and every estimator
-//! behave identically on a ring buffer and on a capture file.
+//! behave identically on a ring buffer and on a capture file. The live
+//! daemon also moves the clock on while no record arrives
+//! ([`FlowTable::advance`], to its record clock: the kernel's
+//! CLOCK_MONOTONIC plus the offset the records get), so flows of a link
+//! gone quiet expire; that only ever happens after their last packet, so
+//! their figures are those a file of the same packets gives.
 //!
 //! # Flows
 //!
@@ -45,21 +50,40 @@
 //! - **RTT samples**: one probe outstanding per direction. With TCP
 //!   timestamps (both sides send the option): a packet carrying a new TSval
 //!   (data, SYN, FIN, or a pure ACK that acknowledges new data into an open
-//!   window, so the peer is expected to answer at once) starts a probe that ends at the first packet of the other direction
-//!   whose TSecr equals that TSval (passive ping; an echo of a newer TSval
-//!   abandons the probe). Without timestamps: a segment carrying new
-//!   sequence space starts a probe that ends at the first ACK covering it;
-//!   Karn's rule: a retransmission of probed data abandons the probe. The
-//!   handshake counts: SYN -> SYN/ACK is a sample of the client's
-//!   direction, SYN/ACK -> ACK of the server's.
+//!   window) starts a probe that ends at the first packet of the other
+//!   direction whose TSecr equals that TSval (passive ping; an echo of a
+//!   newer TSval abandons the probe). Without timestamps: a segment
+//!   carrying new sequence space starts a probe that ends at the first ACK
+//!   covering it; Karn's rule: a retransmission of probed data abandons the
+//!   probe. The handshake counts: SYN -> SYN/ACK is a sample of the
+//!   client's direction, SYN/ACK -> ACK of the server's. Idle and
+//!   application time are never samples: keep-alives and zero-window
+//!   probes start no probe, and the bare answer to one ends none (it echoes
+//!   whatever the peer saw last); a pure ACK of everything in flight (as
+//!   every ACK is at a receiver) is echoed by the peer's next data only
+//!   when the peer's application writes again, so its sample counts only
+//!   behind other data of the peer (the stream kept flowing) or within
+//!   twice the direction's minimum plus 1 ms; a FIN answered by the peer's
+//!   own FIN waited for the peer's application to close.
 //! - **handshake**: `downstream_ms` = SYN -> SYN/ACK (vantage point to
 //!   server and back), `upstream_ms` = SYN/ACK -> ACK (vantage point to
 //!   client and back), `total_ms` their sum, the client-to-server RTT.
-//! - **rtt** (flow): the end-to-end estimate from the two parts: the
-//!   component-wise sum of the two directions' figures (`min`, `avg`,
-//!   `p50`, `p99`, `max`; `samples` is the total sample count); when only one
-//!   direction has samples, that direction's figures. Quantiles are nearest
-//!   rank over exact samples for the first 64 samples per direction, then a
+//! - **local_side** (flow): `src` or `dst` when the capture was taken at
+//!   that host: every packet of it carries an initial TTL (32, 64, 128 or
+//!   255: no router between it and the vantage point) while every packet
+//!   of the peer carries a decremented one. `null` mid-path, on one LAN
+//!   segment (both undecremented) or without TTLs.
+//! - **rtt** (flow): the network round trip seen from the vantage point.
+//!   With `local_side` known, the local side's direction: its packets to
+//!   the peer and the peer's answer back, the whole path; the other
+//!   direction's samples time the local host's own answer and are
+//!   `answer_ms` (their median), never part of `rtt`. Without it (a
+//!   vantage point on the path), the end-to-end estimate from the two
+//!   parts: the component-wise sum of the two directions' figures (`min`,
+//!   `avg`, `p50`, `p99`, `max`; `samples` is the total sample count); when
+//!   only one direction has samples, that direction's figures. `srtt_ms`
+//!   and `jitter_ms` come from the same parts. Quantiles are nearest rank
+//!   over exact samples for the first 64 samples per direction, then a
 //!   log-linear sketch, exact below 128 µs and within 0.8 % above.
 //!   Per-direction figures are in `src_to_dst.rtt` / `dst_to_src.rtt`.
 //! - **retransmissions**: a segment carrying sequence space that passed the
@@ -103,14 +127,18 @@
 //!   advertisement after a non-zero one); `zero_window_packets` counts every
 //!   packet advertising zero. **window_full**: segments whose end reaches the
 //!   receiver's ACK + scaled window (only when both SYNs were seen, so the
-//!   scale is known).
+//!   scale is known); **window_limited**: segments after which less than
+//!   one segment (the receiver's MSS, else 1460 bytes) of that window was
+//!   left, so the sender had to wait for the receiver (includes
+//!   `window_full`).
 //! - **mss / wscale**: the options of each side's SYN.
 //! - **jitter_ms**: RFC 3550 interarrival jitter `J += (|D| - J) / 16`.
 //!   TCP: `D` is the difference of consecutive RTT samples of a direction
 //!   (a transit time measured on one clock, the vantage point's, so no
 //!   clock rates or offsets have to be guessed). UDP and other protocols:
 //!   `D` is an arrival spacing minus the mean spacing so far (assumes a
-//!   constant-rate sender). The flow value is the larger direction's.
+//!   constant-rate sender). The flow value is that of `rtt`'s parts: the
+//!   local side's direction at a host, else the larger direction's.
 //! - **state**: `syn_sent` (SYN unanswered; also `syn_unanswered`),
 //!   `syn_received`, `established` (also picked up mid-stream), `closing`
 //!   (FIN one way), `closed` (FIN both ways), `reset` (RST, `rst_from`
@@ -126,7 +154,7 @@
 //! - **ce_packets**: packets with ECN Congestion Experienced (`tos & 3 == 3`);
 //!   also summed per flow.
 //! - **srtt_ms**: RFC 6298 smoothed RTT (gain 1/8) of the direction's samples,
-//!   the "recent" RTT; the flow figure sums the directions like `rtt`.
+//!   the "recent" RTT; the flow figure takes the parts `rtt` takes.
 //! - **zero_window_ms**: time the side advertised a zero window, from the
 //!   first zero advertisement of an episode to the next non-zero one (an
 //!   episode still open counts to the flow's last packet, `zero_window_open`).

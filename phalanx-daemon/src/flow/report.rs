@@ -141,6 +141,9 @@ pub struct DirReport {
     pub zero_window_packets: u32,
     /// Segments that filled the peer's window.
     pub window_full: u32,
+    /// Segments after which less than one segment of the peer's window was
+    /// left (the sender waited for the receiver; includes `window_full`).
+    pub window_limited: u32,
     /// Keep-alives.
     pub keepalives: u32,
     /// Zero-window probes.
@@ -226,8 +229,19 @@ pub struct FlowSummary {
     pub goodput_bytes: u64,
     /// Goodput over the flow's duration, bits/s.
     pub goodput_bps: Option<f64>,
-    /// End-to-end RTT estimate: per-direction parts summed.
+    /// The network round trip seen from the vantage point. At one of the
+    /// hosts (`local_side` known): the part vantage -> peer -> vantage of
+    /// the local side's packets, the path's whole round trip; elsewhere on
+    /// the path, both directions' parts summed (quantile by quantile).
     pub rtt: RttReport,
+    /// The side the capture was taken at ("src"/"dst"): every packet of it
+    /// carries an initial TTL (32, 64, 128 or 255: no router passed) while
+    /// the peer's are decremented. `null` mid-path or on one segment.
+    pub local_side: Option<&'static str>,
+    /// The local host's answer time, ms (median): from a packet of the peer
+    /// to the local host's answer, not part of the path (`null` without
+    /// `local_side`).
+    pub answer_ms: Option<f64>,
     /// Retransmitted segments, both directions.
     pub retransmissions: u32,
     /// ... fast.
@@ -254,9 +268,10 @@ pub struct FlowSummary {
     pub mss: PerSide<Option<u16>>,
     /// Window scale per side.
     pub wscale: PerSide<Option<u8>>,
-    /// Largest per-direction jitter, ms.
+    /// Jitter of `rtt`'s samples, ms: the local side's part at a host, else
+    /// the larger per-direction jitter.
     pub jitter_ms: Option<f64>,
-    /// Smoothed recent RTT, ms: per-direction parts summed like `rtt`.
+    /// Smoothed recent RTT, ms, of the same parts as `rtt`.
     pub srtt_ms: Option<f64>,
     /// Packets marked ECN Congestion Experienced, both directions.
     pub ce_packets: u32,
@@ -315,6 +330,7 @@ fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64)
         zero_windows: g(|x| x.zero_windows),
         zero_window_packets: g(|x| x.zero_window_packets),
         window_full: g(|x| x.window_full),
+        window_limited: g(|x| x.window_limited),
         keepalives: g(|x| x.keepalives),
         zero_window_probes: g(|x| x.zero_window_probes),
         mss: (d.flags & F_MSS != 0).then_some(d.mss),
@@ -353,7 +369,21 @@ fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64)
     }
 }
 
+/// Initial TTLs (hop limits) that stacks send with.
+const INITIAL_TTLS: [u8; 4] = [32, 64, 128, 255];
+
 impl TtlReport {
+    /// Every packet arrived with one initial TTL: no router between its
+    /// sender and the vantage point.
+    fn undecremented(&self) -> bool {
+        self.min == self.max && INITIAL_TTLS.contains(&self.min)
+    }
+
+    /// Packets arrived through at least one router.
+    fn decremented(&self) -> bool {
+        self.max > 0 && !INITIAL_TTLS.contains(&self.max) && !INITIAL_TTLS.contains(&self.min)
+    }
+
     /// A direction's TTL figures: its history once the TTL changed.
     fn of(d: &Dir, x: Option<&DirExtra>) -> Self {
         match x.and_then(|x| x.ttl) {
@@ -409,6 +439,16 @@ impl HandshakeReport {
     }
 }
 
+/// Which of two directions (`a` from src, `b` from dst) was sent by the
+/// host the capture was taken at: 0 for src, 1 for dst.
+fn local_side(a: &DirReport, b: &DirReport) -> Option<usize> {
+    match (a.ttl.undecremented(), b.ttl.undecremented()) {
+        (true, false) if b.ttl.decremented() => Some(0),
+        (false, true) if a.ttl.decremented() => Some(1),
+        _ => None,
+    }
+}
+
 /// Both sides' figures combined by `both`, or the one side that has one.
 fn either_or_both<T>(a: Option<T>, b: Option<T>, both: impl FnOnce(T, T) -> T) -> Option<T> {
     match (a, b) {
@@ -427,11 +467,22 @@ impl FlowSummary {
         let ex = f.extra.as_deref();
         let a = dir_report(&f.dir[s], ex.map(|x| &x.dir[s]), f.vlan[s], tcp, f.last_ts);
         let b = dir_report(&f.dir[r], ex.map(|x| &x.dir[r]), f.vlan[r], tcp, f.last_ts);
-        let rtt = either_or_both(
-            ex.and_then(|x| x.dir[s].rtt.summary()),
-            ex.and_then(|x| x.dir[r].rtt.summary()),
-            |x, y| x.plus(y),
-        );
+        let part = |d: usize| ex.and_then(|x| x.dir[d].rtt.summary());
+        let local = local_side(&a, &b);
+        // The local side's packets, echoed by the peer, time the path; the
+        // peer's, echoed by the local host, time that host's answer.
+        let (rtt, answer, srtt_ms, jitter_ms) = match local {
+            Some(l) => {
+                let (own, dir) = if l == 0 { (s, &a) } else { (r, &b) };
+                (part(own), part(own ^ 1), dir.srtt_ms, dir.jitter_ms)
+            }
+            None => (
+                either_or_both(part(s), part(r), |x, y| x.plus(y)),
+                None,
+                either_or_both(a.srtt_ms, b.srtt_ms, |x, y| round_us(x + y)),
+                either_or_both(a.jitter_ms, b.jitter_ms, f64::max),
+            ),
+        };
         let duration_ns = f.last_ts.saturating_sub(f.first_ts);
         let goodput = a.goodput_bytes + b.goodput_bytes;
         let st = TcpState::from_u8(f.state);
@@ -454,8 +505,6 @@ impl FlowSummary {
                 })
                 .collect()
         });
-        let jitter_ms = either_or_both(a.jitter_ms, b.jitter_ms, f64::max);
-        let srtt_ms = either_or_both(a.srtt_ms, b.srtt_ms, |x, y| round_us(x + y));
         Self {
             src: ip_from_bytes(k.ip_version, &k.addr[s]),
             dst: ip_from_bytes(k.ip_version, &k.addr[r]),
@@ -471,6 +520,8 @@ impl FlowSummary {
             goodput_bytes: goodput,
             goodput_bps: (duration_ns > 0).then(|| goodput as f64 * 8e9 / duration_ns as f64),
             rtt: rtt.into(),
+            local_side: local.map(|l| if l == 0 { "src" } else { "dst" }),
+            answer_ms: answer.map(|x| round_us(x.p50_ms)),
             retransmissions: a.retransmissions + b.retransmissions,
             retrans_fast: a.retrans_fast + b.retrans_fast,
             retrans_timeout: a.retrans_timeout + b.retrans_timeout,

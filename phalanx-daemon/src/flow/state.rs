@@ -195,6 +195,9 @@ pub struct DirExtra {
     pub zero_window_packets: u32,
     /// Segments that filled the peer's advertised window.
     pub window_full: u32,
+    /// Segments after which less than one segment of the peer's window
+    /// was left: the sender waited for the receiver.
+    pub window_limited: u32,
     /// Keep-alives sent.
     pub keepalives: u32,
     /// Zero-window probes sent.

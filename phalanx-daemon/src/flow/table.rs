@@ -136,9 +136,19 @@ impl FlowTable {
         self.live == 0
     }
 
-    /// Latest record time seen (the table's virtual clock).
+    /// Latest record time seen, or moved on to by [`Self::advance`] (the
+    /// table's virtual clock).
     pub fn now(&self) -> u64 {
         self.now
+    }
+
+    /// Moves the clock on to `now_ns` when no record has (an idle link in
+    /// a live capture) and expires the flows idle since; never back.
+    pub fn advance(&mut self, now_ns: u64) {
+        if now_ns > self.now {
+            self.now = now_ns;
+            self.expire(now_ns);
+        }
     }
 
     /// Applies one record. Never panics, whatever the record holds.

@@ -768,9 +768,22 @@ fn window_full(f: &mut Flow, d: usize, end: u32) {
     ) else {
         return;
     };
-    if window::is_full(peer.last_ack, peer.window, shift, end) {
-        f.dir[d].flags |= F_WIN_BLOCKED;
-        let ex = &mut f.extra_mut().dir[d];
+    let Some(left) = window::left(peer.last_ack, peer.window, shift, end) else {
+        return;
+    };
+    // Less than one more segment fits: the sender waits for the window.
+    let segment = if peer.flags & F_MSS != 0 && peer.mss > 0 {
+        u64::from(peer.mss)
+    } else {
+        1460
+    };
+    if left >= segment {
+        return;
+    }
+    f.dir[d].flags |= F_WIN_BLOCKED;
+    let ex = &mut f.extra_mut().dir[d];
+    ex.window_limited = ex.window_limited.saturating_add(1);
+    if left == 0 {
         ex.window_full = ex.window_full.saturating_add(1);
     }
 }

@@ -1,4 +1,4 @@
-//! Receive-window events: zero windows and full windows.
+//! Receive-window events: zero windows and full (or nearly full) windows.
 
 use super::seq;
 
@@ -29,12 +29,12 @@ pub fn shift(own_syn: bool, own_ws: Option<u8>, peer_syn: bool, peer_ws: bool) -
     }
 }
 
-/// Whether data ending at `snd_end` fills the window `ack + (win << shift)`
-/// the receiver advertised (a zero window is not "full", it is closed).
+/// Bytes of the window `ack + (win << shift)` left after data ending at
+/// `snd_end` (0 when it is full or overrun), `None` for a closed window.
 #[inline]
-pub fn is_full(ack: u32, win: u16, shift: u8, snd_end: u32) -> bool {
+pub fn left(ack: u32, win: u16, shift: u8, snd_end: u32) -> Option<u64> {
     let wnd = u64::from(win) << shift;
-    wnd > 0 && u64::from(seq::dist(ack, snd_end)) >= wnd
+    (wnd > 0).then(|| wnd.saturating_sub(u64::from(seq::dist(ack, snd_end))))
 }
 
 #[cfg(test)]
@@ -59,8 +59,10 @@ mod tests {
 
     #[test]
     fn full_window() {
-        assert!(is_full(1000, 10, 2, 1040));
-        assert!(!is_full(1000, 10, 2, 1039));
-        assert!(!is_full(1000, 0, 2, 5000));
+        assert_eq!(left(1000, 10, 2, 1040), Some(0), "full");
+        assert_eq!(left(1000, 10, 2, 1039), Some(1));
+        assert_eq!(left(1000, 10, 2, 1030), Some(10));
+        assert_eq!(left(1000, 10, 2, 1050), Some(0));
+        assert_eq!(left(1000, 0, 2, 1000), None);
     }
 }

@@ -102,6 +102,7 @@ fn handshake_elsewhere(f: &FlowSummary, s: &Side<'_>) -> Option<Finding> {
         "SYN/ACK"
     };
     Some(Finding {
+        activity_ns: None,
         rule: HANDSHAKE.into(),
         severity: Severity::Info,
         flow: FindingFlow::of(f),
@@ -138,6 +139,7 @@ fn one_way(c: &AsymmetricConfig, f: &FlowSummary, s: &Side<'_>) -> Option<Findin
         return None;
     }
     Some(Finding {
+        activity_ns: None,
         rule: NAME.into(),
         severity: Severity::Warning,
         flow: FindingFlow::of(f),
@@ -171,6 +173,7 @@ fn ttl_change(c: &AsymmetricConfig, f: &FlowSummary, s: &Side<'_>) -> Option<Fin
         return None;
     }
     Some(Finding {
+        activity_ns: None,
         rule: NAME.into(),
         severity: Severity::Info,
         flow: FindingFlow::of(f),

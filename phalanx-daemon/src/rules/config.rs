@@ -15,6 +15,7 @@ pub use super::asymmetric::AsymmetricConfig;
 pub use super::congestion::CongestionConfig;
 pub use super::pmtud::PmtudConfig;
 pub use super::rst_storm::RstStormConfig;
+pub use super::slow_receiver::SlowReceiverConfig;
 pub use super::stall::StallConfig;
 pub use super::storm::RetransStormConfig;
 pub use super::syn_unanswered::SynUnansweredConfig;
@@ -34,6 +35,8 @@ pub struct RulesConfig {
     pub syn_unanswered: SynUnansweredConfig,
     /// `[rules.zero_window]`.
     pub zero_window: ZeroWindowConfig,
+    /// `[rules.slow_receiver]`.
+    pub slow_receiver: SlowReceiverConfig,
     /// `[rules.retransmission_storm]`.
     pub retransmission_storm: RetransStormConfig,
     /// `[rules.retransmission_stall]`.

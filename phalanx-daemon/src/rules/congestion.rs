@@ -102,6 +102,7 @@ pub(super) fn check(c: &CongestionConfig, f: &FlowSummary, _now_ns: u64, out: &m
         return;
     }
     out.push(Finding {
+        activity_ns: None,
         rule: NAME.into(),
         severity: Severity::Warning,
         flow: FindingFlow::of(f),

@@ -92,6 +92,7 @@ impl CustomRule {
         evidence.insert("first_ts_ns".into(), f.first_ts_ns.into());
         evidence.insert("last_ts_ns".into(), f.last_ts_ns.into());
         Some(Finding {
+            activity_ns: None,
             rule: self.name.clone(),
             severity: self.severity,
             flow: FindingFlow::of(f),

@@ -18,6 +18,7 @@
 //! | `congestion` | warning | median or smoothed RTT >= factor x min RTT, with loss or ECN CE marks |
 //! | `syn_unanswered` | warning | SYNs with no answer at all |
 //! | `zero_window` | warning | a receiver advertised a zero window for long enough |
+//! | `slow_receiver` | warning | a sender kept filling the receiver's window and each acknowledgment took several times the path's round trip (supersedes `congestion`: the inflation is the receiver's) |
 //! | `retransmission_storm` | warning / critical | a direction's retransmitted share of packets over the ratio |
 //! | `retransmission_stall` | warning / critical | the same data re-sent repeatedly with no acknowledgment progress (critical while still unacknowledged) |
 //! | `rst_storm` | warning | many reset connections of one service within a window (cross-flow) |
@@ -46,6 +47,7 @@ mod congestion;
 mod custom;
 mod pmtud;
 mod rst_storm;
+mod slow_receiver;
 mod stall;
 mod storm;
 mod syn_unanswered;
@@ -136,6 +138,11 @@ pub struct Finding {
     pub summary: String,
     /// The numbers and packet timestamps behind it (a JSON object).
     pub evidence: serde_json::Value,
+    /// The record time of the latest packet behind it: a finding re-read
+    /// with no newer one brings no new evidence. Set by the engine for a
+    /// finding about one flow (its latest packet), by the rule otherwise.
+    #[serde(skip)]
+    pub activity_ns: Option<u64>,
 }
 
 /// A rule configuration that cannot be used.
@@ -298,6 +305,16 @@ const REGISTRY: &[Registered] = &[
         supersedes: &[],
     },
     Registered {
+        name: slow_receiver::NAME,
+        also: &[],
+        rule: &Rule {
+            config: |r| &r.slow_receiver,
+            check: Check::PerFlow(slow_receiver::check),
+        },
+        // The RTT inflation is the receiver's answer time, not a queue.
+        supersedes: &[congestion::NAME],
+    },
+    Registered {
         name: storm::NAME,
         also: &[],
         rule: &Rule {
@@ -420,11 +437,12 @@ impl RuleEngine {
     /// used by rules that wait for an answer (`syn_unanswered`).
     pub fn evaluate(&self, flows: &[FlowSummary], now_ns: u64) -> Vec<Finding> {
         let mut out = Vec::new();
-        let mut one = Vec::new();
         for f in flows {
-            one.clear();
-            self.evaluate_flow(f, now_ns, &mut one);
-            out.append(&mut one);
+            let start = out.len();
+            self.evaluate_flow(f, now_ns, &mut out);
+            for finding in &mut out[start..] {
+                finding.activity_ns = Some(f.last_ts_ns);
+            }
         }
         for r in REGISTRY {
             r.rule.across_flows(&self.cfg, flows, &mut out);

@@ -99,6 +99,7 @@ fn reduced(f: &FlowSummary, s: &Side<'_>, too_big: &[&IcmpEvent]) -> Finding {
         |m| format!("an MTU of {m} bytes"),
     );
     Finding {
+        activity_ns: None,
         rule: REDUCED.into(),
         severity: Severity::Info,
         flow: FindingFlow::of(f),
@@ -137,6 +138,7 @@ fn blackhole(c: &PmtudConfig, f: &FlowSummary, s: &Side<'_>) -> Option<Finding> 
     let first = d.full_size_retrans_first_ns.unwrap_or(0);
     let last = d.full_size_retrans_last_ns.unwrap_or(0);
     Some(Finding {
+        activity_ns: None,
         rule: NAME.into(),
         severity: Severity::Critical,
         flow: FindingFlow::of(f),

@@ -71,7 +71,10 @@ pub(super) fn check(c: &RstStormConfig, flows: &[FlowSummary], out: &mut Vec<Fin
         if w.len() < c.min_resets {
             continue;
         }
-        out.push(finding(c, dst, dport, w));
+        let mut found = finding(c, dst, dport, w);
+        // New resets of the service, in its densest window or not.
+        found.activity_ns = v.last().map(|x| x.0);
+        out.push(found);
     }
 }
 
@@ -118,6 +121,7 @@ fn finding(c: &RstStormConfig, dst: IpAddr, dport: u16, w: &[Reset]) -> Finding 
     clients.sort();
     clients.dedup();
     Finding {
+        activity_ns: None,
         rule: NAME.into(),
         severity: Severity::Warning,
         flow: FindingFlow {

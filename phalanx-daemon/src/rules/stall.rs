@@ -64,6 +64,7 @@ pub(super) fn check(c: &StallConfig, f: &FlowSummary, _now_ns: u64, out: &mut Ve
             (Severity::Warning, "it was acknowledged only afterwards")
         };
         out.push(Finding {
+            activity_ns: None,
             rule: NAME.into(),
             severity,
             flow: FindingFlow::of(f),

@@ -79,6 +79,7 @@ pub(super) fn check(c: &RetransStormConfig, f: &FlowSummary, _now_ns: u64, out: 
             Severity::Warning
         };
         out.push(Finding {
+            activity_ns: None,
             rule: NAME.into(),
             severity,
             flow: FindingFlow::of(f),

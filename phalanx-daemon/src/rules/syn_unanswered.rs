@@ -62,6 +62,7 @@ pub(super) fn check(c: &SynUnansweredConfig, f: &FlowSummary, now_ns: u64, out: 
         return;
     }
     out.push(Finding {
+        activity_ns: None,
         rule: NAME.into(),
         severity: Severity::Warning,
         flow: FindingFlow::of(f),

@@ -63,6 +63,7 @@ pub(super) fn check(c: &ZeroWindowConfig, f: &FlowSummary, _now_ns: u64, out: &m
             "re-opened since"
         };
         out.push(Finding {
+            activity_ns: None,
             rule: NAME.into(),
             severity: Severity::Warning,
             flow: FindingFlow::of(f),
