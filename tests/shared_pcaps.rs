@@ -388,3 +388,23 @@ fn lab_paced_download_rtt_is_the_path_not_the_application() {
     assert_eq!(f.dst_to_src.rtt.samples, 41, "40 writes and the SYN/ACK");
     assert!(f.jitter_ms.expect("jitter") < 0.1);
 }
+
+#[test]
+fn lab_router_any_capture_counts_each_packet_once() {
+    // `tcpdump -i any` on the router: each of the 171 packets of a clean
+    // 200,000-byte download appears on the way in (TTL 64) and on the way
+    // out (TTL 63) with the same IP ID. tshark: 143 retransmissions and 28
+    // duplicate ACKs; there were none.
+    let r = analyze("lab/router_any_twice.pcap");
+    let f = &r.flows[0];
+    assert_eq!((f.packets, f.capture_duplicates), (171, 171));
+    assert_eq!((f.retransmissions, f.dup_acks, f.out_of_order), (0, 0, 0));
+    assert_eq!(f.goodput_bytes, 200_003, "the request and the download");
+    assert_eq!(f.src_to_dst.ttl.changes, 0, "the first copy's TTL only");
+    let i = &r.inputs[0];
+    assert_eq!(
+        (i.frames, i.capture_duplicates, i.capture_points),
+        (342, 171, 2)
+    );
+    assert!(r.findings.is_empty(), "{:?}", r.findings);
+}

@@ -53,6 +53,13 @@ pub struct InputReport {
     pub malformed: u64,
     /// Frames of unsupported link types.
     pub unsupported_link: u64,
+    /// TCP packets seen a second time, captured at another point (the
+    /// copies are not counted again).
+    pub capture_duplicates: u64,
+    /// Capture points the file holds: the most copies of one packet in it
+    /// (2 for `tcpdump -i any` on a router; `phalanx stitch` can compare
+    /// them when split by interface).
+    pub capture_points: u32,
     /// Damage that ended reading early (everything before it was analysed).
     pub error: Option<String>,
 }
@@ -148,6 +155,8 @@ pub fn analyze_files_with(
             file: name.clone(),
             ..Default::default()
         };
+        let dups_before = table.stats().capture_duplicates;
+        table.take_copies_peak();
         let (full_tx, full_rx) = mpsc::sync_channel::<Vec<PacketMeta>>(BATCHES_IN_FLIGHT);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<PacketMeta>>();
         let (stats, error) = std::thread::scope(|s| {
@@ -176,6 +185,8 @@ pub fn analyze_files_with(
         input.not_ip = stats.not_ip;
         input.malformed = stats.malformed;
         input.unsupported_link = stats.unsupported_link;
+        input.capture_duplicates = table.stats().capture_duplicates - dups_before;
+        input.capture_points = u32::from(table.take_copies_peak()) + u32::from(input.records > 0);
         inputs.push(input);
     }
     Ok(finish(table, inputs, rules))
@@ -266,9 +277,15 @@ fn progress_bar(name: &str, size: u64, compressed: bool) -> Option<ProgressBar> 
 pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
     let rules = RuleEngine::new(&cfg.rules)?;
     let report = analyze_files_with(&args.files, &cfg.flows, &rules)?;
-    for i in report.inputs.iter().filter(|i| i.error.is_some()) {
+    for i in &report.inputs {
         if let Some(e) = &i.error {
             eprintln!("warning: {e} (analysed the records before it)");
+        }
+        if i.capture_points > 1 {
+            eprintln!(
+                "note: {} holds packets captured at {} points ({} second copies, not counted again); `phalanx stitch` compares capture points given as separate files",
+                i.file, i.capture_points, i.capture_duplicates
+            );
         }
     }
     // Straight to the file descriptor: `Stdout` is line-buffered, and

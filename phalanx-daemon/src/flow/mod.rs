@@ -42,7 +42,10 @@
 //!   TCP frame longer than the receiver's MSS (from its SYN) that carries
 //!   no count, as capture files taken on hosts with TSO or GRO hold, gets
 //!   the count the ring would give it (`ceil(payload / MSS)`), so a file
-//!   and the ring give the same figures for the same packets.
+//!   and the ring give the same figures for the same packets. A second
+//!   copy of a TCP packet captured at another point (`tcpdump -i any` on a
+//!   router, merged taps; see [`copies`]) counts nowhere but in
+//!   `capture_duplicates`.
 //! - **goodput_bytes**: payload bytes seen for the first time at the
 //!   vantage point (data above the highest sequence, plus hole fills;
 //!   re-sends of data seen before are excluded).
@@ -186,8 +189,9 @@
 //! about 1,400 bytes per flow in all.
 
 pub mod config;
+pub mod copies;
 pub mod history;
-pub mod jitter;
+mod jitter;
 pub mod json;
 pub mod key;
 pub mod loss;

@@ -146,6 +146,9 @@ pub struct DirReport {
     pub window_limited: u32,
     /// Keep-alives.
     pub keepalives: u32,
+    /// Second copies of this direction's packets captured at another point
+    /// (not counted in `packets` or anything else).
+    pub capture_duplicates: u32,
     /// Zero-window probes.
     pub zero_window_probes: u32,
     /// MSS option of this side's SYN.
@@ -264,6 +267,8 @@ pub struct FlowSummary {
     pub zero_windows: u32,
     /// Window-full segments, both directions.
     pub window_full: u32,
+    /// Second copies of packets captured at another point, both directions.
+    pub capture_duplicates: u32,
     /// MSS per side.
     pub mss: PerSide<Option<u16>>,
     /// Window scale per side.
@@ -332,6 +337,7 @@ fn dir_report(d: &Dir, x: Option<&DirExtra>, vlan: u32, tcp: bool, last_ts: u64)
         window_full: g(|x| x.window_full),
         window_limited: g(|x| x.window_limited),
         keepalives: g(|x| x.keepalives),
+        capture_duplicates: g(|x| x.capture_duplicates),
         zero_window_probes: g(|x| x.zero_window_probes),
         mss: (d.flags & F_MSS != 0).then_some(d.mss),
         wscale: (d.flags & F_WS != 0).then_some(d.wscale),
@@ -533,6 +539,7 @@ impl FlowSummary {
             reorder_extent_max: a.reorder_extent_max.max(b.reorder_extent_max),
             zero_windows: a.zero_windows + b.zero_windows,
             window_full: a.window_full + b.window_full,
+            capture_duplicates: a.capture_duplicates + b.capture_duplicates,
             mss: PerSide {
                 src: a.mss,
                 dst: b.mss,

@@ -200,6 +200,9 @@ pub struct DirExtra {
     pub window_limited: u32,
     /// Keep-alives sent.
     pub keepalives: u32,
+    /// Second copies of this direction's packets (another capture point).
+    pub capture_duplicates: u32,
+
     /// Zero-window probes sent.
     pub zero_window_probes: u32,
     /// Fast recovery: retransmissions stay "fast" until the peer ACKs this.

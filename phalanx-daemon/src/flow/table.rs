@@ -11,6 +11,7 @@ use phalanx_common::{ipproto, PacketMeta};
 use serde::Serialize;
 
 use super::config::FlowConfig;
+use super::copies::CopyCache;
 use super::jitter::ArrivalJitter;
 use super::key::{vlan_of, FlowKey, RecordRole, VlanTag};
 use super::observe::{FlowObserver, Mark};
@@ -52,6 +53,9 @@ pub struct TableStats {
     pub icmp_unmatched: u64,
     /// Largest number of flows tracked at once.
     pub peak_flows: u64,
+    /// TCP records that were a second copy of a packet already seen (a
+    /// capture at several points), not counted again.
+    pub capture_duplicates: u64,
 }
 
 /// The observer of plain [`FlowTable::ingest`]: compiled away.
@@ -88,6 +92,10 @@ pub struct FlowTable {
     stats: TableStats,
     keep_finished: bool,
     finished: Vec<FlowSummary>,
+    /// Recent packets, to recognise a second copy of one.
+    copies: CopyCache,
+    /// Most copies of one packet seen since [`Self::take_copies_peak`].
+    copies_peak: u8,
 }
 
 impl FlowTable {
@@ -106,6 +114,8 @@ impl FlowTable {
             stats: TableStats::default(),
             keep_finished: false,
             finished: Vec::new(),
+            copies: CopyCache::default(),
+            copies_peak: 0,
         }
     }
 
@@ -193,6 +203,9 @@ impl FlowTable {
             self.finish(i, Exit::Restart);
             i = self.create(key, d, vlan, rec.ts_ns);
         }
+        if tcp && self.copy_seen(i, d, rec) {
+            return;
+        }
         let f = &mut self.flows[i as usize];
         let inferred;
         let rec = match tcp.then(|| tcp::inferred_segments(f, d, rec)).flatten() {
@@ -244,6 +257,27 @@ impl FlowTable {
         } else {
             self.touch(i);
         }
+    }
+
+    /// Whether the record is a second copy of a packet of flow `i` (another
+    /// capture point, see [`super::copies`]): counted, and not seen again.
+    #[inline]
+    fn copy_seen(&mut self, i: u32, d: usize, rec: &PacketMeta) -> bool {
+        let Some(n) = self.copies.copy_of_recent(i << 1 | d as u32, rec) else {
+            return false;
+        };
+        let ex = &mut self.flows[i as usize].extra_mut().dir[d];
+        ex.capture_duplicates = ex.capture_duplicates.saturating_add(1);
+        self.stats.capture_duplicates += 1;
+        self.copies_peak = self.copies_peak.max(n);
+        true
+    }
+
+    /// The most copies of one packet seen since the last call, and resets
+    /// it: a file in which every packet appears twice was captured at two
+    /// points.
+    pub fn take_copies_peak(&mut self) -> u8 {
+        std::mem::take(&mut self.copies_peak)
     }
 
     fn on_icmp_error(&mut self, rec: &PacketMeta, key: FlowKey, d: usize) {

@@ -44,6 +44,7 @@ fn dir() -> DirReport {
         zero_window_packets: 1,
         window_full: 1,
         window_limited: 1,
+        capture_duplicates: 1,
         keepalives: 1,
         zero_window_probes: 1,
         mss: Some(1),
@@ -116,6 +117,7 @@ fn example() -> FlowSummary {
         reorder_extent_max: 1,
         zero_windows: 1,
         window_full: 1,
+        capture_duplicates: 1,
         mss: PerSide {
             src: Some(1),
             dst: Some(1),
