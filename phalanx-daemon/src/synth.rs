@@ -21,7 +21,7 @@
 //! own sender/receiver model, independently of the flow engine.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::ops::Range;
@@ -274,7 +274,10 @@ impl<'a> Builder<'a> {
                 };
         let ip_hdr = if self.v6 { 40 } else { 20 };
         m.ip_len = u16::try_from(ip_hdr + tcp_hdr + m.payload_len).unwrap_or(u16::MAX);
-        m.ip_id = self.out.len() as u32 & 0xffff;
+        // The sender's data segments carry its own counter's IDs.
+        if !(from_sender && m.ip_id != 0) {
+            m.ip_id = self.out.len() as u32 & 0xffff;
+        }
         if !self.v6 {
             m.ip_flags = phalanx_common::IP_FLAG_DF;
         }
@@ -304,6 +307,10 @@ pub fn tcp_conversation(sc: &TcpScenario) -> Generated {
     let slot_t = slot_times(&lay, sc.zero_window);
     let seg_t = apply_reordering(&sc.reorder, &lay, &slot_t, &mut b.truth);
     let mut sim = Simulation::new(b, lay, seg_t, sender, receiver, hs.sender_tsecr);
+    sim.overtaken = (0..lay.n)
+        .filter(|&i| sim.seg_t[i as usize] != slot_t[i as usize])
+        .map(|i| (slot_t[i as usize], i))
+        .collect();
     sim.run();
     let fin = sim.fin_exchange();
     sim.merge(fin)
@@ -541,6 +548,16 @@ struct Sender {
     last_t: u64,
     /// Segments the vantage point saw.
     out: Vec<PacketMeta>,
+    /// IP ID of the next packet it sends (its own counter, like Linux's
+    /// per-connection one).
+    ip_id: u32,
+}
+
+/// What the sender stamped on one transmission: TSval and IP ID.
+#[derive(Clone, Copy)]
+struct SentStamp {
+    tsval: u32,
+    ip_id: u32,
 }
 
 /// The receiver's state (segment indices throughout).
@@ -573,7 +590,19 @@ impl Sender {
             recovery: None,
             last_t: t,
             out: Vec::new(),
+            ip_id: 1000,
         }
+    }
+
+    /// The stamps of its next transmission.
+    fn next_stamp(&mut self) -> SentStamp {
+        let s = SentStamp {
+            tsval: self.side.tsval,
+            ip_id: self.ip_id,
+        };
+        self.side.tsval += 1;
+        self.ip_id += 1;
+        s
     }
 }
 
@@ -657,6 +686,11 @@ struct Simulation<'a> {
     order: u64,
     /// Highest segment the vantage point has seen.
     max_seen: Option<u32>,
+    /// Reordered segments not yet stamped, by the time they were sent
+    /// (before the segments that overtake them on the way to V).
+    overtaken: BTreeSet<(u64, u32)>,
+    /// Stamps of reordered segments sent but not yet past V.
+    stamped: HashMap<u32, SentStamp>,
     snd: Sender,
     rcv: Receiver,
 }
@@ -688,6 +722,8 @@ impl<'a> Simulation<'a> {
             queue: BinaryHeap::new(),
             order: 0,
             max_seen: None,
+            overtaken: BTreeSet::new(),
+            stamped: HashMap::new(),
             rcv: Receiver::new(receiver, n, ts_recent),
             snd: Sender::new(sender, n, lay.first_data),
             builder,
@@ -758,6 +794,24 @@ impl<'a> Simulation<'a> {
             .unwrap_or(0)
     }
 
+    /// The stamps of `tx`: the sender's counters at the time it sent it. A
+    /// reordered segment was sent before the segments that overtook it, so
+    /// it was stamped then.
+    fn stamp(&mut self, tx: Tx) -> SentStamp {
+        while let Some(&(slot, i)) = self.overtaken.first() {
+            if slot > tx.t {
+                break;
+            }
+            self.overtaken.pop_first();
+            let s = self.snd.next_stamp();
+            self.stamped.insert(i, s);
+        }
+        match self.stamped.remove(&tx.seg).filter(|_| !tx.retrans) {
+            Some(s) => s,
+            None => self.snd.next_stamp(),
+        }
+    }
+
     /// The sender sends `tx`; records what V sees of it and counts a
     /// visible retransmission. Returns the segment's TSval if it reaches
     /// the receiver.
@@ -775,8 +829,8 @@ impl<'a> Simulation<'a> {
             .rcv
             .tsval_reaching(tx.t, self.lay.b)
             .unwrap_or(self.first_tsecr);
-        let tsval = self.snd.side.tsval;
-        self.snd.side.tsval += 1;
+        let stamp = self.stamp(tx);
+        let tsval = stamp.tsval;
         if seen {
             let mut m = self.builder.packet(tx.t, &self.snd.side, &self.rcv.side);
             m.tcp_flags = tf::ACK;
@@ -787,6 +841,7 @@ impl<'a> Simulation<'a> {
                 m.tsval = tsval;
                 m.tsecr = tsecr;
             }
+            m.ip_id = stamp.ip_id;
             self.snd.out.push(m);
             self.max_seen = Some(self.max_seen.map_or(i, |m| m.max(i)));
             if visible_retrans {

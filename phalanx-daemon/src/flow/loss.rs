@@ -5,14 +5,17 @@
 //! filling a hole was either reordered (arrives soon) or lost upstream of
 //! the vantage point and retransmitted by the sender (arrives at least one
 //! vantage-to-sender round trip after the hole opened). The caller makes
-//! that call; this module keeps the holes with their opening time and the
-//! packet index at which they opened (for the RFC 4737 reorder extent).
+//! that call; this module keeps the holes with their opening time, what
+//! the sender stamped on the packet that opened them (its IP ID and TSval:
+//! a later-sent fill is a resend whatever the timing), and the packet
+//! index at which they opened (for the RFC 4737 reorder extent).
 
 use super::seq;
 
 /// Holes tracked per direction; beyond this the oldest is forgotten (a
-/// fill of a forgotten hole then counts as a retransmission).
-pub const MAX_HOLES: usize = 16;
+/// fill of a forgotten hole then counts as a retransmission, not as a late
+/// fill). An unpaced sender at 2 % loss leaves more than 16 open at once.
+pub const MAX_HOLES: usize = 64;
 
 /// One missing sequence range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +28,18 @@ pub struct Hole {
     pub t_ns: u64,
     /// Direction packet index of the packet that opened it.
     pub idx: u64,
+    /// The stamps of the packet that opened it.
+    pub opener: Stamp,
+}
+
+/// What the sender stamped on a packet: when it was sent, in the sender's
+/// own counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// IPv4 identification (low 16 bits; 0 for IPv6).
+    pub ip_id: u16,
+    /// TSval, when the packet carried the timestamp option.
+    pub tsval: Option<u32>,
 }
 
 /// What a fill found: the earliest overlapped hole's opening time and
@@ -37,6 +52,8 @@ pub struct Fill {
     pub t_ns: u64,
     /// Packet index at which it opened.
     pub idx: u64,
+    /// The stamps of the packet that opened it.
+    pub opener: Stamp,
 }
 
 /// The holes of one direction.
@@ -47,9 +64,10 @@ pub struct Holes {
 
 impl Holes {
     /// Opens the hole `[start, end)`.
-    pub fn open(&mut self, start: u32, end: u32, t_ns: u64, idx: u64) {
+    pub fn open(&mut self, start: u32, end: u32, t_ns: u64, idx: u64, opener: Stamp) {
         if self.v.capacity() == 0 {
-            self.v.reserve_exact(MAX_HOLES + 1);
+            // Most flows never have more than a few holes open.
+            self.v.reserve_exact(4);
         }
         if self.v.len() >= MAX_HOLES {
             // Forget the oldest: bounded state beats perfect recall.
@@ -60,6 +78,7 @@ impl Holes {
             end,
             t_ns,
             idx,
+            opener,
         });
     }
 
@@ -83,6 +102,7 @@ impl Holes {
                         bytes,
                         t_ns: h.t_ns,
                         idx: h.idx,
+                        opener: h.opener,
                     },
                 });
                 let left = seq::lt(h.start, s);
@@ -90,7 +110,7 @@ impl Holes {
                 match (left, right) {
                     (true, true) => {
                         self.v[i].end = s;
-                        // Bounded: at most one split per fill and MAX_HOLES + 1 capacity.
+                        // Bounded: at most one split per fill, MAX_HOLES + 1 holes.
                         if self.v.len() <= MAX_HOLES {
                             self.v.insert(i + 1, Hole { start: e, ..h });
                             i += 1;
@@ -128,9 +148,17 @@ mod tests {
     #[test]
     fn fill_splits_and_reports_earliest() {
         let mut h = Holes::default();
-        h.open(100, 200, 5, 1);
-        h.open(300, 400, 9, 4);
-        let f = |bytes, t_ns, idx| Some(Fill { bytes, t_ns, idx });
+        let opener = Stamp::default();
+        h.open(100, 200, 5, 1, opener);
+        h.open(300, 400, 9, 4, opener);
+        let f = |bytes, t_ns, idx| {
+            Some(Fill {
+                bytes,
+                t_ns,
+                idx,
+                opener,
+            })
+        };
         assert_eq!(h.fill(150, 160), f(10, 5, 1));
         assert_eq!(h.fill(150, 160), None, "already filled");
         assert_eq!(h.fill(190, 310), f(20, 5, 1), "10 + 10 bytes of two holes");
@@ -146,7 +174,7 @@ mod tests {
         let base = u32::MAX - 1000;
         for i in 0..40u32 {
             let s = base.wrapping_add(i * 100);
-            h.open(s, s.wrapping_add(50), u64::from(i), 0);
+            h.open(s, s.wrapping_add(50), u64::from(i), 0, Stamp::default());
         }
         assert!(h.v.len() <= MAX_HOLES);
         h.acked(base.wrapping_add(40 * 100));

@@ -91,13 +91,21 @@
 //!   Per-direction figures are in `src_to_dst.rtt` / `dst_to_src.rtt`.
 //! - **retransmissions**: a segment carrying sequence space that passed the
 //!   vantage point before, or that fills a hole *late*. A hole is a range
-//!   skipped by a segment starting above the highest sequence seen; a fill
-//!   is late when it comes at least the other direction's minimum RTT
-//!   (vantage point -> sender -> vantage point) after the hole opened, i.e.
-//!   the sender could have learnt of the loss and re-sent (loss upstream of
-//!   the vantage point); without any RTT sample, a fill is late when the
-//!   receiver has sent 3 duplicate ACKs; a fill that answers a partial
-//!   ACK (below) is late too. Classes (per segment):
+//!   skipped by a segment starting above the highest sequence seen (the
+//!   *opener*). A fill was sent after the opener, so re-sent (loss upstream
+//!   of the vantage point), when the sender's own stamps say so: a newer
+//!   TSval than the opener's, or, with the same TSval (one millisecond) or
+//!   none, a later IP ID where this direction's IP IDs run in sequence
+//!   (eight small steps up in a row, tracked per flow and direction; a
+//!   random or zero ID, as IPv6 has, tells nothing); an older stamp makes
+//!   it an original overtaken on the way (reordering), however late. When
+//!   the stamps do not tell, timing does: a fill is late when it comes at
+//!   least the other direction's minimum RTT (vantage point -> sender ->
+//!   vantage point) after the hole opened, i.e. the sender could have
+//!   learnt of the loss and re-sent; without any RTT sample, when the
+//!   receiver has sent 3 duplicate ACKs; a fill that answers a partial ACK
+//!   (below) is late too. Up to 64 holes are tracked per direction.
+//!   Classes (per segment):
 //!   *pmtud* when an ICMP "fragmentation needed" / ICMPv6 "packet too big"
 //!   quoting this direction arrived while the data was in flight (the resend
 //!   at the smaller MSS is path-MTU discovery, not loss recovery);

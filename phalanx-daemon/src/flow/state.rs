@@ -92,6 +92,42 @@ pub struct Dir {
     pub ack_advances: u16,
 }
 
+/// Whether a side numbers its packets in sequence (a per-connection or
+/// per-host counter), so that a higher IP ID was sent later: its latest
+/// IP ID and the evidence, up one per small step, halved by any other.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IpIdRun {
+    last: u16,
+    run: u8,
+}
+
+impl IpIdRun {
+    /// The side's IP IDs run in sequence.
+    #[inline]
+    pub fn sequential(&self) -> bool {
+        self.run >= IP_ID_RUN_SEQUENTIAL
+    }
+
+    /// Notes the IP ID of the side's latest packet.
+    #[inline]
+    pub fn note(&mut self, id: u32) {
+        let id = id as u16;
+        let step = id.wrapping_sub(self.last);
+        self.run = if (1..=IP_ID_MAX_STEP).contains(&step) {
+            self.run.saturating_add(1).min(2 * IP_ID_RUN_SEQUENTIAL)
+        } else {
+            self.run / 2
+        };
+        self.last = id;
+    }
+}
+
+/// Consecutive small IP ID steps that make a side's IDs sequential.
+const IP_ID_RUN_SEQUENTIAL: u8 = 8;
+/// Largest step between consecutive IP IDs of a sequential side (a
+/// host-wide counter also numbers its other connections' packets).
+const IP_ID_MAX_STEP: u16 = 64;
+
 /// TTL / hop-limit history of one direction, kept once it first changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TtlHistory {
@@ -202,6 +238,9 @@ pub struct DirExtra {
     pub keepalives: u32,
     /// Second copies of this direction's packets (another capture point).
     pub capture_duplicates: u32,
+    /// Whether this direction's IP IDs run in sequence (tracked once the
+    /// flow's rarely needed state exists, from the handshake on).
+    pub ip_ids: IpIdRun,
 
     /// Zero-window probes sent.
     pub zero_window_probes: u32,

@@ -8,6 +8,7 @@
 
 use phalanx_common::{tcp_flags as tf, tcp_opts, PacketMeta, MAX_SACK_BLOCKS};
 
+use super::loss::Stamp;
 use super::rtt::{P_FIN, P_SYN, P_SYNACK, P_WAIT};
 use super::state::*;
 use super::{seq, window};
@@ -73,6 +74,15 @@ impl<'a> Segment<'a> {
     fn range(&self) -> (u32, u32) {
         (self.rec.seq, self.rec.seq.wrapping_add(self.len))
     }
+
+    /// What the sender stamped on it.
+    #[inline(always)]
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            ip_id: self.rec.ip_id as u16,
+            tsval: self.ts.then_some(self.rec.tsval),
+        }
+    }
 }
 
 /// The wire segments of a TCP frame longer than the receiver's MSS that
@@ -137,6 +147,11 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
     let prompts = advanced && seg.rec.window != 0 && prompts_data(f, &seg, released);
     start_probe(f, &seg, kind, advanced && seg.rec.window != 0, prompts);
     advance_state(f, &seg);
+    // After the data step, which weighs this packet's IP ID against the
+    // run before it.
+    if let Some(ex) = f.extra.as_deref_mut() {
+        ex.dir[d].ip_ids.note(rec.ip_id);
+    }
 }
 
 /// The RST time, the SYN's options and who opened the connection.
@@ -505,7 +520,10 @@ fn on_data(f: &mut Flow, seg: &Segment) -> DataKind {
     let snd_max = dir.snd_max;
     if seq::ge(s, snd_max) {
         if seq::gt(s, snd_max) {
-            f.extra_mut().dir[d].holes.open(snd_max, s, seg.now, idx);
+            let opener = seg.stamp();
+            f.extra_mut().dir[d]
+                .holes
+                .open(snd_max, s, seg.now, idx, opener);
         }
         new_data(f, seg, e);
         return DataKind::New;
@@ -550,10 +568,12 @@ fn new_data(f: &mut Flow, seg: &Segment, end: u32) {
     first_transmission(f, seg, end);
 }
 
-/// A segment filling a hole: a retransmission when late (it came at least
+/// A segment filling a hole: a retransmission when it was sent after the
+/// segment that opened the hole ([`sent_after`]), else reordering; when
+/// the stamps do not tell, a retransmission when late (it came at least
 /// one vantage-to-sender round trip after the hole opened, the other
 /// direction's minimum RTT; without any RTT, after three duplicate ACKs
-/// from the receiver; or in answer to a partial ACK), else reordering.
+/// from the receiver; or in answer to a partial ACK).
 /// `None` when it fills no hole. Off the common path, so it decodes the
 /// segment again rather than making every segment's decoding escape.
 #[inline(never)]
@@ -574,11 +594,21 @@ fn fill_hole(
     // First time these bytes pass the vantage point.
     f.dir[d].goodput += u64::from(fill.bytes.min(seg.rec.payload_len));
     let ref_us = f.extra.as_deref().and_then(|ex| ex.dir[r].rtt.min_us());
-    let late = prompted
-        || match ref_us {
-            Some(m) => seg.now.saturating_sub(fill.t_ns) >= u64::from(m) * 1000,
-            None => f.dir[r].dupack_run >= 3,
-        };
+    let run = f
+        .extra
+        .as_deref()
+        .map(|ex| ex.dir[d].ip_ids)
+        .unwrap_or_default();
+    let late = match sent_after(run, seg.stamp(), fill.opener) {
+        Some(later) => later,
+        None => {
+            prompted
+                || match ref_us {
+                    Some(m) => seg.now.saturating_sub(fill.t_ns) >= u64::from(m) * 1000,
+                    None => f.dir[r].dupack_run >= 3,
+                }
+        }
+    };
     if late {
         retransmission(
             f,
@@ -597,6 +627,21 @@ fn fill_hole(
     ex.out_of_order = ex.out_of_order.saturating_add(seg.segs);
     ex.reorder_extent_max = ex.reorder_extent_max.max(extent);
     Some(DataKind::Other)
+}
+
+/// Whether a segment stamped `fill` was sent after the one stamped
+/// `opener`, by the sender's own counters: a different TSval (a resend
+/// carries a newer one), else, where the sender's IP IDs run in sequence,
+/// a different IP ID. `None` when neither tells (same TSval millisecond,
+/// no timestamps, IPv6 or random IDs): timing decides then.
+fn sent_after(sender: IpIdRun, fill: Stamp, opener: Stamp) -> Option<bool> {
+    if let (Some(a), Some(b)) = (fill.tsval, opener.tsval) {
+        if a != b {
+            return Some(seq::gt(a, b));
+        }
+    }
+    (sender.sequential() && fill.ip_id != opener.ip_id)
+        .then(|| fill.ip_id.wrapping_sub(opener.ip_id) < 0x8000)
 }
 
 /// Segment-size bookkeeping for data passing the vantage point for the first
@@ -902,6 +947,56 @@ mod tests {
         m.tsval = tsval;
         m.tsecr = tsecr;
         m
+    }
+
+    /// A capture downstream of the sender (1 ms from the receiver, 10 ms
+    /// from the sender): segment 11 passes before segment 10, which fills
+    /// the hole `gap` later, stamped `tsval` and `ip_id`.
+    fn hole_filled(gap: u64, tsval: u32, ip_id: u32) -> crate::flow::FlowSummary {
+        let mut syn = ts(rec(0, true, tf::SYN), 1, 0);
+        syn.seq = 999;
+        let mut synack = ts(rec(MS, false, tf::SYN | tf::ACK), 5, 1);
+        synack.ack = 1000;
+        let mut hs_ack = ts(rec(11 * MS, true, tf::ACK), 1, 5);
+        hs_ack.seq = 1000;
+        hs_ack.ack = 1;
+        let mut recs = vec![syn, synack, hs_ack];
+        // Segments 0 .. 9 and 11 .. 15, sent 1 ms apart with sequential
+        // IP IDs, TSval 10 + i.
+        for i in (0..16).filter(|&i| i != 10) {
+            let mut m = ts(data(12 * MS + u64::from(i) * MS, i), 10 + i, 5);
+            m.ip_id = 100 + i;
+            recs.push(m);
+        }
+        let mut fill = ts(data(23 * MS + gap, 10), tsval, 5);
+        fill.ip_id = ip_id;
+        recs.push(fill);
+        for r in &mut recs {
+            r.ttl = 60;
+        }
+        analyse(&recs)
+    }
+
+    #[test]
+    fn a_fill_sent_before_the_opener_is_reordering_however_late() {
+        // 30 ms after the hole opened (3 times the 10 ms the sender is
+        // away): timing alone says a resend. It carries segment 10's own
+        // stamps (TSval 20, IP ID 110), older than segment 11's: an
+        // original overtaken on the way.
+        let f = hole_filled(30 * MS, 20, 110);
+        assert_eq!((f.retransmissions, f.out_of_order), (0, 1), "{f:#?}");
+    }
+
+    #[test]
+    fn a_fill_sent_after_the_opener_is_a_resend_however_early() {
+        // 0.5 ms after the hole opened, but stamped after every segment
+        // before it (TSval 40; IP ID 140): sent again, not overtaken.
+        let f = hole_filled(MS / 2, 40, 140);
+        assert_eq!((f.retransmissions, f.out_of_order, f.late_fills), (1, 0, 1));
+        // The opener's TSval (the same millisecond): the sequential IP ID
+        // tells.
+        let f = hole_filled(MS / 2, 21, 140);
+        assert_eq!((f.retransmissions, f.out_of_order), (1, 0));
     }
 
     #[test]
