@@ -103,6 +103,46 @@ fn a_printer_that_drains_slowly_is_a_slow_receiver_not_congestion() {
 }
 
 #[test]
+fn where_the_time_goes_reads_path_server_or_client() {
+    // The same HTTP request three times, captured at the client. tshark:
+    // SYN -> SYN/ACK 30.107 / 878.530 / 23.790 ms; the client's request
+    // 0.141 ms / 17 ms / 1.345 s after the SYN/ACK; the answer's first
+    // byte 70.954 / 1171.094 / 62.303 ms after the request.
+    let split = |name: &str| {
+        let r = analyze(&format!("internet/{name}"));
+        let l = r.flows[0].latency.expect("a TCP flow");
+        let found: Vec<_> = r
+            .findings
+            .iter()
+            .map(|f| (f.rule.clone(), f.evidence["dominant"].clone()))
+            .collect();
+        (l, found)
+    };
+    // Normal: 71 ms in all, nothing to say.
+    let (l, found) = split("cs_latency1.pcapng");
+    assert_eq!(
+        (l.server_network_ms, l.client_network_ms),
+        (Some(30.107), Some(0.075))
+    );
+    assert_eq!(l.server_response_ms, Some(40.847), "70.954 - 30.107");
+    assert_eq!(l.client_think_ms, Some(0.066), "0.141 - 0.075");
+    assert!(found.is_empty(), "{found:?}");
+    // The path: an 878.5 ms round trip to the server.
+    let (l, found) = split("cs_latency2.pcapng");
+    assert_eq!(l.server_network_ms, Some(878.53));
+    assert_eq!(found, [("latency_split".to_string(), json!("network"))]);
+    // The client: 1.345 s before it sends its request.
+    let (l, found) = split("cs_latency3.pcapng");
+    assert_eq!(
+        l.client_think_ms,
+        Some(1345.023),
+        "1.383707 - 0.023790 - 0.014894"
+    );
+    assert_eq!(l.server_response_ms, Some(38.513), "62.303 - 23.790");
+    assert_eq!(found, [("latency_split".to_string(), json!("client"))]);
+}
+
+#[test]
 fn zero_window_dead_is_receiver_limited() {
     // The receiver's window stays closed from frame 2 (0.000029 s) to its
     // last answer at 23.731553 s; the sender probes three times.

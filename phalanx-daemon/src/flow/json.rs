@@ -14,7 +14,8 @@ use serde_json::ser::{CompactFormatter, Formatter as _};
 
 use super::key::Proto;
 use super::report::{
-    DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
+    DirReport, FlowSummary, HandshakeReport, LatencyReport, PerSide, RttReport, StallReport,
+    TtlReport,
 };
 use super::state::IcmpEvent;
 
@@ -193,6 +194,14 @@ json_struct!(HandshakeReport {
     total_ms
 });
 
+json_struct!(LatencyReport {
+    client_network_ms,
+    server_network_ms,
+    server_response_ms,
+    client_think_ms,
+    retransmission_delay_ms
+});
+
 json_struct!(TtlReport {
     first,
     min,
@@ -291,6 +300,7 @@ json_struct!(FlowSummary {
     srtt_ms,
     ce_packets,
     handshake,
+    latency,
     state,
     syn_unanswered,
     rst_from,

@@ -150,6 +150,17 @@
 //!   `D` is an arrival spacing minus the mean spacing so far (assumes a
 //!   constant-rate sender). The flow value is that of `rtt`'s parts: the
 //!   local side's direction at a host, else the larger direction's.
+//! - **latency** (TCP): where the time goes, see [`latency`]: each side's
+//!   network round trip from the vantage point (`client_network_ms`: the
+//!   smallest sample of the server's packets; `server_network_ms`: of the
+//!   client's), the server's answer time (`server_response_ms`: request's
+//!   last segment -> answer's first byte, less the server side's round
+//!   trip, median of the exchanges), the client's pause between the
+//!   handshake and its first request (`client_think_ms`, less the client
+//!   side's round trip) and the waits for resends
+//!   (`retransmission_delay_ms`: from the receiver's last acknowledgment
+//!   progress, or the data's sending after an idle time, to its next
+//!   progress after a first resend; spurious resends wait for nothing).
 //! - **state**: `syn_sent` (SYN unanswered; also `syn_unanswered`),
 //!   `syn_received`, `established` (also picked up mid-stream), `closing`
 //!   (FIN one way), `closed` (FIN both ways), `reset` (RST, `rst_from`
@@ -202,6 +213,7 @@ pub mod history;
 mod jitter;
 pub mod json;
 pub mod key;
+pub mod latency;
 pub mod loss;
 pub mod observe;
 pub mod rank;
@@ -218,7 +230,8 @@ pub use config::FlowConfig;
 pub use key::{FlowKey, Proto};
 pub use observe::{Delta, FlowObserver, Sample};
 pub use report::{
-    DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
+    DirReport, FlowSummary, HandshakeReport, LatencyReport, PerSide, RttReport, StallReport,
+    TtlReport,
 };
 pub use state::Flow;
 pub use table::{FlowReport, FlowTable, TableStats};

@@ -43,6 +43,13 @@ pub struct Delta {
     pub rtt: Option<Sample>,
     /// RFC 3550 jitter estimate after it was updated by this record.
     pub jitter: Option<Sample>,
+    /// The server's answer time of an exchange this record completed
+    /// (its first answer byte), seconds: as `latency.server_response_ms`,
+    /// less the server side's round trip so far.
+    pub server_response: Option<f64>,
+    /// The client's pause before its first request, completed by this
+    /// record, seconds: as `latency.client_think_ms`.
+    pub client_think: Option<f64>,
 }
 
 /// Receives the changes of every record applied through
@@ -68,6 +75,8 @@ pub(super) struct Mark {
     zero_windows: u64,
     rtt_samples: [u64; 2],
     jitter_updates: [u64; 2],
+    responses: u64,
+    paused: bool,
 }
 
 impl Mark {
@@ -88,6 +97,8 @@ impl Mark {
                 m.rtt_samples[d] = x.rtt.count();
                 m.jitter_updates[d] = x.rtt_jitter.count() + x.arrival.jitter.count();
             }
+            m.responses = ex.exchanges.response_us.count();
+            m.paused = ex.exchanges.first_pause_us.is_some();
         }
         m
     }
@@ -107,10 +118,26 @@ impl Mark {
             zero_windows: now.zero_windows.saturating_sub(self.zero_windows),
             rtt: None,
             jitter: None,
+            server_response: None,
+            client_think: None,
         };
         let Some(ex) = f.extra.as_deref() else {
             return d;
         };
+        // The client's packets time the server side of the path, and the
+        // other way round.
+        let client = usize::from(f.initiator & 1);
+        let less_path = |us: u32, side: usize| {
+            let path = ex.dir[side].rtt.min_us().unwrap_or(0);
+            f64::from(us.saturating_sub(path)) / 1e6
+        };
+        if now.responses > self.responses {
+            d.server_response = Some(less_path(ex.exchanges.last_response_us, client));
+        }
+        if now.paused && !self.paused {
+            let pause = ex.exchanges.first_pause_us.unwrap_or(0);
+            d.client_think = Some(less_path(pause, client ^ 1));
+        }
         for (s, x) in ex.dir.iter().enumerate() {
             if now.rtt_samples[s] > self.rtt_samples[s] {
                 d.rtt = Some(Sample {

@@ -73,6 +73,29 @@ pub struct HandshakeReport {
     pub total_ms: Option<f64>,
 }
 
+/// Where a TCP connection's time went, seen from the vantage point (see
+/// `flow::latency`); `null` parts were not measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LatencyReport {
+    /// Round trip vantage point -> client -> vantage point: the smallest
+    /// sample of the server's packets (the handshake's SYN/ACK -> ACK, or
+    /// data -> ACK).
+    pub client_network_ms: Option<f64>,
+    /// Round trip vantage point -> server -> vantage point: the smallest
+    /// sample of the client's packets (SYN -> SYN/ACK, or data -> ACK).
+    pub server_network_ms: Option<f64>,
+    /// The server's answer time: request's last segment -> answer's first
+    /// byte, less `server_network_ms`; median over the exchanges.
+    pub server_response_ms: Option<f64>,
+    /// The client's pause between the handshake and its first request,
+    /// less `client_network_ms`.
+    pub client_think_ms: Option<f64>,
+    /// Time the data of both directions waited for resends: from the
+    /// receiver's last acknowledgment progress before a first resend to
+    /// its next progress (an episode still open counts to the last packet).
+    pub retransmission_delay_ms: f64,
+}
+
 /// TTL / hop limit of one direction's packets (0s without packets).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TtlReport {
@@ -282,6 +305,9 @@ pub struct FlowSummary {
     pub ce_packets: u32,
     /// Handshake RTT parts (TCP with a seen handshake).
     pub handshake: Option<HandshakeReport>,
+    /// Where the time went: network (client and server side), server,
+    /// client, resends (TCP).
+    pub latency: Option<LatencyReport>,
     /// Connection state.
     pub state: &'static str,
     /// A SYN was seen and never answered.
@@ -430,6 +456,48 @@ impl StallReport {
     }
 }
 
+impl LatencyReport {
+    /// The split of a connection whose client is direction `sides[0]`
+    /// (figures `a`) and server `sides[1]` (figures `b`).
+    fn of(
+        x: Option<&Extra>,
+        sides: [usize; 2],
+        a: &DirReport,
+        b: &DirReport,
+        last_ns: u64,
+    ) -> Self {
+        let ms = |us: f64| round_us(us / 1000.0);
+        // The server's packets time the client side, and the other way.
+        let client_network_ms = b.rtt.min_ms;
+        let server_network_ms = a.rtt.min_ms;
+        let less = |v: f64, path: Option<f64>| round_us((v - path.unwrap_or(0.0)).max(0.0));
+        let Some(x) = x else {
+            return Self {
+                client_network_ms,
+                server_network_ms,
+                ..Self::default()
+            };
+        };
+        let e = &x.exchanges;
+        let waits: u64 = sides
+            .iter()
+            .map(|&d| x.dir[d].retrans_wait.total_ns(last_ns))
+            .sum();
+        Self {
+            client_network_ms,
+            server_network_ms,
+            server_response_ms: e
+                .response_us
+                .quantile_us(0.5)
+                .map(|v| less(ms(v), server_network_ms)),
+            client_think_ms: e
+                .first_pause_us
+                .map(|v| less(ms(f64::from(v)), client_network_ms)),
+            retransmission_delay_ms: round_us(waits as f64 / 1e6),
+        }
+    }
+}
+
 impl HandshakeReport {
     /// The handshake's parts, when either was measured.
     fn of(x: &Extra) -> Option<Self> {
@@ -552,6 +620,7 @@ impl FlowSummary {
             srtt_ms,
             ce_packets: a.ce_packets + b.ce_packets,
             handshake: ex.and_then(HandshakeReport::of),
+            latency: tcp.then(|| LatencyReport::of(ex, [s, r], &a, &b, f.last_ts)),
             state,
             syn_unanswered: tcp && f.dir[s].flags & F_SYN != 0 && f.dir[r].flags & F_SYNACK == 0,
             rst_from,

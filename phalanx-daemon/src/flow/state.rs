@@ -7,6 +7,7 @@ use phalanx_common::{ipproto, PacketMeta};
 
 use super::jitter::{ArrivalJitter, Jitter};
 use super::key::{FlowKey, VlanTag};
+use super::latency::{Exchanges, RetransWait};
 use super::loss::Holes;
 use super::rtt::Probe;
 use super::stats::SampleStats;
@@ -241,6 +242,8 @@ pub struct DirExtra {
     /// Whether this direction's IP IDs run in sequence (tracked once the
     /// flow's rarely needed state exists, from the handshake on).
     pub ip_ids: IpIdRun,
+    /// Time this direction's data waited for its resends.
+    pub retrans_wait: RetransWait,
 
     /// Zero-window probes sent.
     pub zero_window_probes: u32,
@@ -342,6 +345,8 @@ pub struct Extra {
     pub icmp: Vec<IcmpEvent>,
     /// All ICMP errors quoting this flow.
     pub icmp_count: u32,
+    /// Requests and answers, for the latency split.
+    pub exchanges: Exchanges,
 }
 
 impl Extra {
@@ -353,6 +358,7 @@ impl Extra {
                 .iter()
                 .map(|d| d.rtt.heap_bytes() + d.holes.heap_bytes())
                 .sum::<usize>()
+            + self.exchanges.response_us.heap_bytes()
             + self.icmp.capacity() * std::mem::size_of::<IcmpEvent>()
     }
 }

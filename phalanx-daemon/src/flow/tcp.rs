@@ -176,7 +176,9 @@ fn note_options(f: &mut Flow, seg: &Segment) {
     dir.flags |= F_SYN;
     if seg.ack {
         dir.flags |= F_SYNACK;
+        f.extra_mut().exchanges.syn_ack(seg.now);
     }
+    let dir = &mut f.dir[d];
     if opts & tcp_opts::MSS != 0 {
         dir.mss = rec.mss;
         dir.flags |= F_MSS;
@@ -486,6 +488,7 @@ fn peer_data_acked(f: &mut Flow, r: usize, ack: u32, now: u64) {
         return;
     };
     let rx = &mut ex.dir[r];
+    rx.retrans_wait.progress(now);
     rx.partial_ack = rx.in_recovery.then_some(PartialAck { ack, at_ns: now });
     if rx.in_recovery && seq::ge(ack, rx.recovery_point) {
         rx.in_recovery = false;
@@ -561,9 +564,27 @@ fn on_data(f: &mut Flow, seg: &Segment) -> DataKind {
 /// Data above the highest sequence: goodput, window and segment size.
 #[inline(always)]
 fn new_data(f: &mut Flow, seg: &Segment, end: u32) {
+    // Data sent when everything before it was acknowledged starts waiting
+    // now, however long the connection was idle.
+    let peer = &f.dir[seg.r];
+    let idle = peer.flags & F_ACK != 0 && seq::ge(peer.last_ack, f.dir[seg.d].snd_max);
+    if idle {
+        if let Some(ex) = f.extra.as_deref_mut() {
+            ex.dir[seg.d].retrans_wait.outstanding(seg.now);
+        }
+    }
     let dir = &mut f.dir[seg.d];
     dir.snd_max = end;
     dir.goodput += u64::from(seg.rec.payload_len);
+    if seg.rec.payload_len > 0 {
+        let client = usize::from(f.initiator) == seg.d;
+        let x = &mut f.extra_mut().exchanges;
+        if client {
+            x.client_data(seg.now);
+        } else {
+            x.server_data(seg.now);
+        }
+    }
     window_full(f, seg.d, end);
     first_transmission(f, seg, end);
 }
@@ -730,6 +751,10 @@ fn retransmission(f: &mut Flow, rec: &PacketMeta, d: usize, now: u64, how: Resen
     });
     let ex = &mut ex.dir[d];
     ex.retrans = ex.retrans.saturating_add(segs);
+    // Data already acknowledged waits for nothing.
+    if !acked {
+        ex.retrans_wait.resend(now);
+    }
     let fast = !pmtud && (peer_signalled || ex.in_recovery || how.prompted);
     if pmtud {
         ex.retrans_pmtud = ex.retrans_pmtud.saturating_add(segs);

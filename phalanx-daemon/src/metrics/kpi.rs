@@ -22,7 +22,11 @@
 //!   packets: a `tx` sample times this host's packet to the remote end and
 //!   its answer back (at an endpoint, the network round trip); an `rx`
 //!   sample times the remote's packet to this host's answer (the local
-//!   stack's share; on a router, the part of the path on the sending side).
+//!   stack's share; on a router, the part of the path on the sending side);
+//! - `phalanx_tcp_server_response_seconds` and
+//!   `phalanx_tcp_client_think_seconds` (histograms, one observation per
+//!   exchange and per connection: the flow's `latency` split, see
+//!   [`crate::flow::latency`]).
 //!
 //! Plus table figures: `phalanx_flows_active`, `phalanx_flows_created_total`,
 //! `phalanx_flows_evicted_total{reason="idle|table_full"}`, and
@@ -115,6 +119,8 @@ struct Series {
     zero_windows: u64,
     rtt: [Hist; 2],
     jitter: [Hist; 2],
+    server_response: [Hist; 1],
+    client_think: [Hist; 1],
 }
 
 const DIRECTIONS: [&str; 2] = ["rx", "tx"];
@@ -156,6 +162,12 @@ impl FlowObserver for FlowMetrics {
         }
         if let Some(j) = d.jitter {
             s.jitter[usize::from(j.side == a.local_side)].observe(&JITTER_BUCKETS, j.seconds);
+        }
+        if let Some(v) = d.server_response {
+            s.server_response[0].observe(&RTT_BUCKETS, v);
+        }
+        if let Some(v) = d.client_think {
+            s.client_think[0].observe(&RTT_BUCKETS, v);
         }
     }
 }
@@ -236,13 +248,19 @@ fn hist_family(
     help: &str,
     rows: &[(&SeriesLabels, &Series)],
     bounds: &[f64; 16],
-    get: fn(&Series) -> &[Hist; 2],
+    get: fn(&Series) -> &[Hist],
 ) -> std::fmt::Result {
     let mut fam = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
     for (l, s) in rows {
-        for (i, h) in get(s).iter().enumerate() {
-            let ls = with_dir(l, DIRECTIONS[i]);
-            let mut m = fam.encode_family(&ls)?;
+        let hists = get(s);
+        for (i, h) in hists.iter().enumerate() {
+            // Two histograms are `rx` and `tx`; one has no direction.
+            let (dir, plain) = (with_dir(l, DIRECTIONS[i % 2]), labels(l));
+            let mut m = if hists.len() == 2 {
+                fam.encode_family(&dir)?
+            } else {
+                fam.encode_family(&plain)?
+            };
             m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                 h.sum,
                 h.count,
@@ -352,6 +370,22 @@ fn encode_kpis(enc: &mut DescriptorEncoder, rows: &[(&SeriesLabels, &Series)]) -
         rows,
         &JITTER_BUCKETS,
         |s| &s.jitter,
+    )?;
+    hist_family(
+        enc,
+        "phalanx_tcp_server_response_seconds",
+        "TCP server answer times: request's last segment to the answer's first byte, less the server side's round trip.",
+        rows,
+        &RTT_BUCKETS,
+        |s| &s.server_response,
+    )?;
+    hist_family(
+        enc,
+        "phalanx_tcp_client_think_seconds",
+        "TCP client pauses between the handshake and the first request, less the client side's round trip.",
+        rows,
+        &RTT_BUCKETS,
+        |s| &s.client_think,
     )
 }
 
@@ -451,6 +485,31 @@ mod tests {
 
     fn total(m: &FlowMetrics, f: impl Fn(&Series) -> u64) -> u64 {
         m.series.iter().map(f).sum()
+    }
+
+    /// The answer and pause histograms hold the flow's `latency` figures:
+    /// the client of `internet/cs_latency3` waits 1.345 s before asking.
+    #[test]
+    fn latency_histograms_hold_the_flows_split() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data/pcaps/internet/cs_latency3.pcapng");
+        let records: Vec<PacketMeta> = crate::capture::file::open(&path)
+            .expect("vendored capture")
+            .map(|r| r.expect("intact"))
+            .collect();
+        let (m, mut t) = run(&records, &MetricsConfig::default());
+        let l = t.report_all().flows[0].latency.expect("TCP");
+        let one = |h: &Hist| (h.count, (h.sum * 1e6).round() / 1e3);
+        let s = &m.series[0];
+        assert_eq!(
+            one(&s.server_response[0]),
+            (1, l.server_response_ms.expect("answer"))
+        );
+        assert_eq!(
+            one(&s.client_think[0]),
+            (1, l.client_think_ms.expect("pause"))
+        );
+        assert_eq!(l.client_think_ms, Some(1345.023));
     }
 
     /// The exported counters are the sums of the engine's per-flow figures,

@@ -13,6 +13,7 @@ use super::Severity;
 
 pub use super::asymmetric::AsymmetricConfig;
 pub use super::congestion::CongestionConfig;
+pub use super::latency::LatencySplitConfig;
 pub use super::pmtud::PmtudConfig;
 pub use super::rst_storm::RstStormConfig;
 pub use super::slow_receiver::SlowReceiverConfig;
@@ -43,6 +44,8 @@ pub struct RulesConfig {
     pub retransmission_stall: StallConfig,
     /// `[rules.rst_storm]`.
     pub rst_storm: RstStormConfig,
+    /// `[rules.latency_split]`.
+    pub latency_split: LatencySplitConfig,
     /// `[[rules.custom]]`.
     pub custom: Vec<CustomRuleConfig>,
 }

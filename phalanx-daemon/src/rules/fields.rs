@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 
 use crate::flow::key::Proto;
 use crate::flow::{
-    DirReport, FlowSummary, HandshakeReport, PerSide, RttReport, StallReport, TtlReport,
+    DirReport, FlowSummary, HandshakeReport, LatencyReport, PerSide, RttReport, StallReport,
+    TtlReport,
 };
 
 use super::expr::Fields;
@@ -133,6 +134,13 @@ fn example() -> FlowSummary {
             downstream_ms: Some(1.0),
             upstream_ms: Some(1.0),
             total_ms: Some(1.0),
+        }),
+        latency: Some(LatencyReport {
+            client_network_ms: Some(1.0),
+            server_network_ms: Some(1.0),
+            server_response_ms: Some(1.0),
+            client_think_ms: Some(1.0),
+            retransmission_delay_ms: 1.0,
         }),
         state: "established",
         syn_unanswered: true,

@@ -22,6 +22,7 @@
 //! | `retransmission_storm` | warning / critical | a direction's retransmitted share of packets over the ratio |
 //! | `retransmission_stall` | warning / critical | the same data re-sent repeatedly with no acknowledgment progress (critical while still unacknowledged) |
 //! | `rst_storm` | warning | many reset connections of one service within a window (cross-flow) |
+//! | `latency_split` | info | a TCP exchange took long and the path, the server or the client took most of it (the flow's `latency`) |
 //!
 //! A `pmtud_blackhole` or `syn_unanswered` finding supersedes
 //! `retransmission_stall` and `retransmission_storm` on the same flow: they
@@ -45,6 +46,7 @@ pub mod settings;
 mod asymmetric;
 mod congestion;
 mod custom;
+mod latency;
 mod pmtud;
 mod rst_storm;
 mod slow_receiver;
@@ -329,6 +331,15 @@ const REGISTRY: &[Registered] = &[
         rule: &Rule {
             config: |r| &r.retransmission_stall,
             check: Check::PerFlow(stall::check),
+        },
+        supersedes: &[],
+    },
+    Registered {
+        name: latency::NAME,
+        also: &[],
+        rule: &Rule {
+            config: |r| &r.latency_split,
+            check: Check::PerFlow(latency::check),
         },
         supersedes: &[],
     },
