@@ -103,3 +103,48 @@ fn analyze_reports_unreadable_files() {
         stderr(&o)
     );
 }
+
+#[test]
+fn analyze_table_aligns_columns_and_sorts() {
+    let espn = phalanx_lab::data::pcaps().join("internet/cs_http_espn.pcapng");
+    let espn = espn.to_str().expect("utf-8 path");
+    let table = |args: &[&str]| {
+        let o = phalanx(args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).expect("utf-8")
+    };
+    let out = table(&["analyze", espn]);
+    let lines: Vec<&str> = out.lines().take_while(|l| !l.is_empty()).collect();
+    let (head, rows) = (lines[0], &lines[1..lines.len() - 1]);
+    assert_eq!(rows.len(), 25 + 14, "25 TCP connections, 14 DNS queries");
+    // Every numeric column ends where its heading ends.
+    for name in ["PKTS", "BYTES", "RTT p99", "JITTER"] {
+        let end = head.find(name).expect("heading") + name.len();
+        for r in rows.iter() {
+            assert!(
+                r.len() >= end && r.as_bytes()[end - 1] != b' ',
+                "{name} ends at {end} in {r:?}"
+            );
+            assert!(r.len() == end || r.as_bytes()[end] == b' ', "{r:?}");
+        }
+    }
+    // No finding here: by retransmission rate (all 0), then packets.
+    let packets = |r: &&str| -> u64 {
+        r.split_whitespace()
+            .nth(4)
+            .and_then(|v| v.parse().ok())
+            .expect("PKTS")
+    };
+    let by_packets: Vec<u64> = rows.iter().map(packets).collect();
+    assert!(
+        by_packets.windows(2).all(|w| w[0] >= w[1]),
+        "{by_packets:?}"
+    );
+    // --sort like the API: the largest p99 RTT first.
+    let out = table(&["analyze", "--sort", "rtt", espn]);
+    let first = out.lines().nth(1).expect("a flow");
+    assert!(first.contains("68.71.208.11:80"), "{first}");
+    let o = phalanx(&["analyze", "--sort", "retrans", espn]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("valid keys: retransmissions, retransmission_rate"));
+}

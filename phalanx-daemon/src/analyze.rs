@@ -19,6 +19,7 @@ use thiserror::Error;
 use crate::capture::file::{self, CaptureReader, FileError, ReaderStats};
 use crate::config::Config;
 use crate::flow::json::WriteJson;
+use crate::flow::rank::RankBy;
 use crate::flow::{FlowConfig, FlowSummary, FlowTable, TableStats};
 use crate::rules::{Finding, RuleEngine};
 
@@ -32,6 +33,13 @@ pub struct AnalyzeArgs {
     /// Print one JSON document (`flows`, `findings`) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Order the flows by KEY, largest first, as `/api/v1/flows?sort=KEY`
+    /// (retransmissions, retransmission_rate, rtt, srtt, jitter, dup_acks,
+    /// out_of_order, zero_windows, packets, bytes, duration, last_seen).
+    /// Default: the table lists flows with findings first, then by
+    /// retransmission rate; the JSON keeps the order of first packets.
+    #[arg(long, value_name = "KEY")]
+    pub sort: Option<RankBy>,
     /// Configuration file (its `[flows]` table sets the flow table, its
     /// `[rules.*]` tables the diagnosis rules).
     #[arg(long, value_name = "FILE")]
@@ -276,7 +284,12 @@ fn progress_bar(name: &str, size: u64, compressed: bool) -> Option<ProgressBar> 
 /// `[flows]` and `[rules.*]` tables), printing to stdout.
 pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
     let rules = RuleEngine::new(&cfg.rules)?;
-    let report = analyze_files_with(&args.files, &cfg.flows, &rules)?;
+    let mut report = analyze_files_with(&args.files, &cfg.flows, &rules)?;
+    match args.sort {
+        Some(key) => sort_flows(&mut report, key),
+        None if !args.json => sort_for_table(&mut report),
+        None => {}
+    }
     for i in &report.inputs {
         if let Some(e) = &i.error {
             eprintln!("warning: {e} (analysed the records before it)");
@@ -405,14 +418,60 @@ fn write_json<W: Write>(report: &Report, out: &mut W) -> Result<(), AnalyzeError
     Ok(())
 }
 
+/// Flows by `key`, largest first (ties: most recently active first), as
+/// the API orders them.
+fn sort_flows(report: &mut Report, key: RankBy) {
+    let flows = std::mem::take(&mut report.flows);
+    let n = flows.len();
+    report.flows = crate::flow::rank::top(flows, key, n);
+}
+
+/// What an engineer reads first: flows with findings, then by
+/// retransmission rate, then by packets.
+fn sort_for_table(report: &mut Report) {
+    let flagged: std::collections::HashSet<(std::net::IpAddr, u16, std::net::IpAddr, u16)> = report
+        .findings
+        .iter()
+        .filter_map(|x| Some((x.flow.src?, x.flow.sport?, x.flow.dst, x.flow.dport)))
+        .collect();
+    let rate = |f: &FlowSummary| RankBy::RetransmissionRate.value(f).unwrap_or(0.0);
+    report.flows.sort_by(|a, b| {
+        let fa = flagged.contains(&(a.src, a.sport, a.dst, a.dport));
+        let fb = flagged.contains(&(b.src, b.sport, b.dst, b.dport));
+        fb.cmp(&fa)
+            .then(rate(b).total_cmp(&rate(a)))
+            .then(b.packets.cmp(&a.packets))
+    });
+}
+
+/// One flow's cells of the table.
+fn table_row(f: &FlowSummary) -> [String; 13] {
+    [
+        SocketAddr::new(f.src, f.sport).to_string(),
+        SocketAddr::new(f.dst, f.dport).to_string(),
+        f.proto.to_string(),
+        f.state.to_string(),
+        f.packets.to_string(),
+        f.bytes.to_string(),
+        opt_ms(f.rtt.p50_ms),
+        opt_ms(f.rtt.p99_ms),
+        format!(
+            "{}/{}/{}",
+            f.retrans_fast, f.retrans_timeout, f.retrans_spurious
+        ),
+        f.out_of_order.to_string(),
+        f.dup_acks.to_string(),
+        f.zero_windows.to_string(),
+        opt_ms(f.jitter_ms),
+    ]
+}
+
 fn opt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"))
 }
 
 fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<44} {:<44} {:<6} {:<12} {:>8} {:>11} {:>9} {:>9} {:>13} {:>5} {:>6} {:>5} {:>9}",
+    const HEAD: [&str; 13] = [
         "SRC",
         "DST",
         "PROTO",
@@ -425,35 +484,41 @@ fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
         "OOO",
         "DUPACK",
         "ZWIN",
-        "JITTER"
-    )?;
-    for f in &report.flows {
+        "JITTER",
+    ];
+    // Text columns align left, numbers right; every column as wide as its
+    // widest cell, whatever the numbers.
+    const LEFT: usize = 4;
+    let rows: Vec<[String; 13]> = report.flows.iter().map(table_row).collect();
+    let mut width = HEAD.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: &[String; 13], extra: &str| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            if i > 0 {
+                l.push(' ');
+            }
+            if i < LEFT {
+                l.push_str(&format!("{c:<w$}"));
+            } else {
+                l.push_str(&format!("{c:>w$}"));
+            }
+        }
+        l.push_str(extra);
+        l.trim_end().to_string()
+    };
+    writeln!(out, "{}", line(&HEAD.map(String::from), ""))?;
+    for (f, r) in report.flows.iter().zip(&rows) {
         let vlan = if f.vlan != [0, 0] {
             format!(" vlan {}/{}", f.vlan[0], f.vlan[1])
         } else {
             String::new()
         };
-        writeln!(
-            out,
-            "{:<44} {:<44} {:<6} {:<12} {:>8} {:>11} {:>9} {:>9} {:>13} {:>5} {:>6} {:>5} {:>9}{}",
-            SocketAddr::new(f.src, f.sport).to_string(),
-            SocketAddr::new(f.dst, f.dport).to_string(),
-            f.proto,
-            f.state,
-            f.packets,
-            f.bytes,
-            opt_ms(f.rtt.p50_ms),
-            opt_ms(f.rtt.p99_ms),
-            format!(
-                "{}/{}/{}",
-                f.retrans_fast, f.retrans_timeout, f.retrans_spurious
-            ),
-            f.out_of_order,
-            f.dup_acks,
-            f.zero_windows,
-            opt_ms(f.jitter_ms),
-            vlan
-        )?;
+        writeln!(out, "{}", line(r, &vlan))?;
     }
     let s = &report.stats;
     writeln!(
