@@ -148,3 +148,43 @@ fn analyze_table_aligns_columns_and_sorts() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("valid keys: retransmissions, retransmission_rate"));
 }
+
+#[test]
+fn analyze_applies_exemptions_and_counts_them() {
+    let printer = phalanx_lab::data::pcaps().join("internet/cs_inconsistent_printer.pcapng");
+    let printer = printer.to_str().expect("utf-8 path");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("phalanx.toml");
+    let run = |exemption: &str| {
+        std::fs::write(&cfg, exemption).expect("config");
+        let o = phalanx(&[
+            "analyze",
+            "--json",
+            "--config",
+            cfg.to_str().expect("utf-8"),
+            printer,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        (
+            v["findings"].as_array().expect("findings").len(),
+            v["exempted"].clone(),
+        )
+    };
+    assert_eq!(run(""), (1, serde_json::json!({})), "the slow printer");
+    let known =
+        "[[exemptions]]\nrule = \"slow_receiver\"\nport = 9100\nreason = \"the old printer\"\n";
+    assert_eq!(run(known), (0, serde_json::json!({"slow_receiver": 1})));
+    let other_port = "[[exemptions]]\nrule = \"slow_receiver\"\nport = 631\n";
+    assert_eq!(run(other_port).0, 1, "every selector must match");
+    let expired = "[[exemptions]]\nport = 9100\nuntil = \"2020-01-01T00:00:00Z\"\n";
+    assert_eq!(run(expired).0, 1, "ended by itself");
+    std::fs::write(&cfg, "[[exemptions]]\nrule = \"slow_reciever\"\n").expect("config");
+    let o = phalanx(&["analyze", "--config", cfg.to_str().expect("utf-8"), printer]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("exemptions[1].rule: unknown rule \"slow_reciever\""),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -83,6 +83,8 @@ pub struct Report {
     pub stats: TableStats,
     /// Per-input reading figures (empty for in-memory records).
     pub inputs: Vec<InputReport>,
+    /// Findings `[[exemptions]]` silenced, by rule.
+    pub exempted: std::collections::BTreeMap<String, u64>,
 }
 
 /// Errors of the analysis.
@@ -131,6 +133,7 @@ fn finish(mut table: FlowTable, inputs: Vec<InputReport>, rules: &RuleEngine) ->
         findings,
         stats: rep.stats,
         inputs,
+        exempted: Default::default(),
     }
 }
 
@@ -284,7 +287,10 @@ fn progress_bar(name: &str, size: u64, compressed: bool) -> Option<ProgressBar> 
 /// `[flows]` and `[rules.*]` tables), printing to stdout.
 pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
     let rules = RuleEngine::new(&cfg.rules)?;
+    let mut exemptions = cfg.exemptions()?;
     let mut report = analyze_files_with(&args.files, &cfg.flows, &rules)?;
+    exemptions.apply(&mut report.findings, crate::clock::wall_ns());
+    report.exempted = exemptions.silenced;
     match args.sort {
         Some(key) => sort_flows(&mut report, key),
         None if !args.json => sort_for_table(&mut report),
@@ -366,6 +372,7 @@ fn write_json<W: Write>(report: &Report, out: &mut W) -> Result<(), AnalyzeError
         findings,
         stats,
         inputs,
+        exempted,
     } = report;
     out.write_all(b"{\"flows\":[")?;
     // Every flow is encoded with a leading comma; the first one's is dropped.
@@ -414,6 +421,8 @@ fn write_json<W: Write>(report: &Report, out: &mut W) -> Result<(), AnalyzeError
     serde_json::to_writer(&mut *out, stats)?;
     out.write_all(b",\"inputs\":")?;
     serde_json::to_writer(&mut *out, inputs)?;
+    out.write_all(b",\"exempted\":")?;
+    serde_json::to_writer(&mut *out, exempted)?;
     out.write_all(b"}\n")?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub use crate::alerting::config::{
     AlertingConfig, AlertmanagerConfig, IncidentsConfig, WebhookConfig,
 };
+pub use crate::alerting::exempt::{ExemptionConfig, Exemptions};
 pub use crate::capture::config::{AttachMode, CaptureConfig, FilterProto, FilterRule, RingBytes};
 pub use crate::flow::history::HistoryConfig;
 pub use crate::flow::key::FlowSpec;
@@ -78,6 +79,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// `[stitch]`: live multi-hop stitching with peer daemons.
     pub stitch: StitchConfig,
+    /// `[[exemptions]]`: findings operators silenced.
+    pub exemptions: Vec<ExemptionConfig>,
 }
 
 /// `[http]` section.
@@ -223,7 +226,18 @@ impl Config {
         }
         crate::rules::RuleEngine::new(&self.rules)
             .map_err(|e| ConfigError::Semantic(e.to_string()))?;
+        self.exemptions()?;
         Ok(())
+    }
+
+    /// `[[exemptions]]`, checked against the rules and flow groups.
+    pub fn exemptions(&self) -> Result<Exemptions, ConfigError> {
+        let rules: Vec<String> = crate::rules::BUILTIN_RULES
+            .iter()
+            .map(|r| r.to_string())
+            .chain(self.rules.custom.iter().map(|c| c.name.clone()))
+            .collect();
+        Exemptions::new(&self.exemptions, &rules, &self.metrics).map_err(ConfigError::Semantic)
     }
 }
 

@@ -125,6 +125,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let capture = Arc::new(Mutex::new(capture));
     let pipeline = Pipeline::new(&cfg, history, live.clone());
     let ring_stats = Arc::new(RingStats::default());
+    let diagnosis = pipeline::Diagnosis::new(&cfg, &mut registry)?;
     CaptureCollector::register(&mut registry, capture.clone(), ring_stats.clone());
     KpiCollector::register(
         &mut registry,
@@ -138,7 +139,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         stitch: Some(live),
     };
     let mut tasks = Tasks::spawn(
-        &cfg,
+        diagnosis,
         incident_service,
         pipeline,
         ringbuf,
@@ -166,7 +167,7 @@ impl Tasks {
     /// Starts the incident task, the ring consumer feeding the pipeline,
     /// the rules over its flow table and the HTTP server.
     fn spawn(
-        cfg: &Config,
+        diagnosis: pipeline::Diagnosis,
         incident_service: IncidentService,
         pipeline: Pipeline,
         ringbuf: aya::maps::RingBuf<aya::maps::MapData>,
@@ -187,9 +188,8 @@ impl Tasks {
         let clock = ring::RecordClock::new(ring::ktime_offset_ns());
         let consumer = ring::Consumer::spawn(ringbuf, pipeline, ring_stats, clock.offset())
             .context("starting the ring-buffer consumer")?;
-        let engine = crate::rules::RuleEngine::new(&cfg.rules)?;
         let rules = tokio::spawn(
-            pipeline::rules_loop(flows, engine, observations.clone(), clock)
+            pipeline::rules_loop(flows, diagnosis, observations.clone(), clock)
                 .instrument(info_span!("rules")),
         );
         let server = tokio::spawn(

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use phalanx_common::PacketMeta;
+use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tracing::error;
 
 use crate::alerting::service::SharedHistory;
 use crate::alerting::Observation;
 use crate::capture::ring::{self, RecordClock};
-use crate::config::Config;
+use crate::config::{Config, ConfigError, Exemptions};
 use crate::flow::history::FlowHistory;
 use crate::flow::FlowTable;
 use crate::metrics::kpi::FlowMetrics;
@@ -35,7 +36,7 @@ pub const RULES_INTERVAL: Duration = Duration::from_secs(2);
 /// keep its incident open.
 pub async fn rules_loop(
     flows: Arc<Mutex<FlowTable>>,
-    engine: RuleEngine,
+    mut diagnosis: Diagnosis,
     observations: mpsc::Sender<Observation>,
     clock: RecordClock,
 ) {
@@ -53,11 +54,36 @@ pub async fn rules_loop(
                 return;
             }
         };
-        for finding in engine.evaluate(&summaries, now) {
+        let mut findings = diagnosis.engine.evaluate(&summaries, now);
+        diagnosis
+            .exemptions
+            .apply(&mut findings, crate::clock::wall_ns());
+        for finding in findings {
             if observations.send(Observation::from(finding)).await.is_err() {
                 return;
             }
         }
+    }
+}
+
+/// What turns flows into observations: the rules, and the exemptions
+/// that silence some of their findings.
+pub struct Diagnosis {
+    /// The rules.
+    pub engine: RuleEngine,
+    /// `[[exemptions]]`, counted in the registry.
+    pub exemptions: Exemptions,
+}
+
+impl Diagnosis {
+    /// The rules and exemptions of `cfg`; the exemption counter goes into
+    /// `registry`.
+    pub fn new(cfg: &Config, registry: &mut Registry) -> Result<Self, ConfigError> {
+        let engine =
+            RuleEngine::new(&cfg.rules).map_err(|e| ConfigError::Semantic(e.to_string()))?;
+        let mut exemptions = cfg.exemptions()?;
+        exemptions.register(registry);
+        Ok(Self { engine, exemptions })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod alertmanager;
 pub mod config;
 pub mod delivery;
 pub mod evidence;
+pub mod exempt;
 pub mod incident;
 pub mod service;
 pub mod spool;
