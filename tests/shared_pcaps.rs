@@ -408,3 +408,56 @@ fn lab_router_any_capture_counts_each_packet_once() {
     );
     assert!(r.findings.is_empty(), "{:?}", r.findings);
 }
+
+#[test]
+fn expected_findings_are_exactly_these() {
+    // tests/data/pcaps/EXPECTED.md: each capture's findings with the
+    // reason they are right; every vendored capture has a row.
+    let dir = phalanx_lab::data::pcaps();
+    let table = std::fs::read_to_string(dir.join("EXPECTED.md")).expect("EXPECTED.md");
+    let mut rows = std::collections::BTreeMap::new();
+    for line in table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| capture"))
+    {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let mut want: Vec<String> = Vec::new();
+        for f in cells[2].split(", ").filter(|f| *f != "-") {
+            let (f, n) = match f.split_once(" ×") {
+                Some((f, n)) => (f, n.parse::<usize>().expect("count")),
+                None => (f, 1),
+            };
+            want.extend(std::iter::repeat_n(f.to_string(), n));
+        }
+        want.sort();
+        rows.insert(cells[1].to_string(), want);
+    }
+    let mut files = Vec::new();
+    for sub in ["", "internet", "lab"] {
+        for e in std::fs::read_dir(dir.join(sub)).expect("folder") {
+            let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+            if name.ends_with(".pcap") || name.ends_with(".pcapng") {
+                files.push(if sub.is_empty() {
+                    name
+                } else {
+                    format!("{sub}/{name}")
+                });
+            }
+        }
+    }
+    files.sort();
+    assert_eq!(
+        files,
+        rows.keys().cloned().collect::<Vec<_>>(),
+        "one EXPECTED.md row per capture"
+    );
+    for name in files {
+        let mut got: Vec<String> = analyze(&name)
+            .findings
+            .iter()
+            .map(|f| format!("{} ({})", f.rule, f.severity.as_str()))
+            .collect();
+        got.sort();
+        assert_eq!(got, rows[&name], "{name}: findings");
+    }
+}
