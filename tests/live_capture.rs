@@ -365,6 +365,35 @@ fn records_match_the_wire(mode: AttachMode) {
         !gso.is_empty(),
         "{mode}: the sender's egress builds GSO super-packets"
     );
+    // One definition whatever the source: the ring's records and
+    // tcpdump's file of the same packets (its super-frames carry no
+    // segment count) give the same counts. (RTT samples are timed where
+    // each was taken, tcx or AF_PACKET, a few microseconds apart, and may
+    // differ by one.)
+    let figures = |r: &phalanx_daemon::analyze::Report| {
+        let f = r
+            .flows
+            .iter()
+            .find(|f| f.dport == 9000 || f.sport == 9000)
+            .expect("the flow");
+        (
+            f.packets,
+            f.goodput_bytes,
+            f.retransmissions,
+            f.dup_acks,
+            f.out_of_order,
+            f.window_full,
+        )
+    };
+    let cfg = phalanx_daemon::flow::FlowConfig::default();
+    let live = phalanx_daemon::analyze::analyze_records(recs.clone(), &cfg);
+    let offline =
+        phalanx_daemon::analyze::analyze_files(std::slice::from_ref(&pcap), &cfg).expect("analyze");
+    assert_eq!(
+        figures(&live),
+        figures(&offline),
+        "{mode}: live vs offline figures"
+    );
     assert!(
         recs.iter().all(|r| r.segs > 1 || r.gso_size == 0),
         "{mode}: single segments carry no GSO size"
