@@ -1,9 +1,10 @@
-//! `cargo xtask setup | build-ebpf | test | layers | demo | lab | bench`.
+//! `cargo xtask setup | build-ebpf | test | layers | demo | lab | bench | corpus`.
 //!
 //! xtask depends on nothing that needs the kernel toolchain, so `setup` runs
 //! on a machine that has only stable Rust.
 
 mod bench;
+mod corpus;
 mod daemon;
 mod demo;
 mod lab;
@@ -54,6 +55,14 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Analyse every capture in DIRs (default: the vendored test captures)
+    /// with phalanx and tshark and write the side-by-side table to
+    /// bench/CORPUS.md. Needs tshark.
+    Corpus {
+        /// Folders of pcap/pcapng files (searched recursively).
+        #[arg(value_name = "DIR")]
+        dirs: Vec<std::path::PathBuf>,
+    },
     /// Run a fault scenario (client - router - server namespaces) with the
     /// daemon watching, and print what it saw. Needs root. `--list` names them.
     Lab {
@@ -98,5 +107,6 @@ fn main() -> Result<()> {
         }
         Cmd::Lab { name, seconds, .. } => lab::run(name.as_deref().unwrap_or_default(), seconds),
         Cmd::Bench { quick, only } => bench::run(quick, &only, &demo::workspace_root()),
+        Cmd::Corpus { dirs } => corpus::run(&dirs),
     }
 }
