@@ -974,18 +974,23 @@ mod tests {
         m
     }
 
-    /// A capture downstream of the sender (1 ms from the receiver, 10 ms
-    /// from the sender): segment 11 passes before segment 10, which fills
-    /// the hole `gap` later, stamped `tsval` and `ip_id`.
-    fn hole_filled(gap: u64, tsval: u32, ip_id: u32) -> crate::flow::FlowSummary {
+    /// A handshake with timestamps, the client's ACK at `ack_at`.
+    fn ts_handshake(ack_at: u64) -> Vec<PacketMeta> {
         let mut syn = ts(rec(0, true, tf::SYN), 1, 0);
         syn.seq = 999;
         let mut synack = ts(rec(MS, false, tf::SYN | tf::ACK), 5, 1);
         synack.ack = 1000;
-        let mut hs_ack = ts(rec(11 * MS, true, tf::ACK), 1, 5);
+        let mut hs_ack = ts(rec(ack_at, true, tf::ACK), 1, 5);
         hs_ack.seq = 1000;
         hs_ack.ack = 1;
-        let mut recs = vec![syn, synack, hs_ack];
+        vec![syn, synack, hs_ack]
+    }
+
+    /// A capture downstream of the sender (1 ms from the receiver, 10 ms
+    /// from the sender): segment 11 passes before segment 10, which fills
+    /// the hole `gap` later, stamped `tsval` and `ip_id`.
+    fn hole_filled(gap: u64, tsval: u32, ip_id: u32) -> crate::flow::FlowSummary {
+        let mut recs = ts_handshake(11 * MS);
         // Segments 0 .. 9 and 11 .. 15, sent 1 ms apart with sequential
         // IP IDs, TSval 10 + i.
         for i in (0..16).filter(|&i| i != 10) {
@@ -1029,19 +1034,14 @@ mod tests {
         // The client's last write is never seen acknowledged (the capture
         // missed the ACK); 45 s later its keep-alive draws an ACK that
         // echoes TS.Recent, the write's TSval: 45 s of idle time.
-        let mut syn = ts(rec(0, true, tf::SYN), 1, 0);
-        syn.seq = 999;
-        let mut synack = ts(rec(MS, false, tf::SYN | tf::ACK), 5, 1);
-        synack.ack = 1000;
-        let mut hs_ack = ts(rec(2 * MS, true, tf::ACK), 1, 5);
-        hs_ack.seq = 1000;
-        hs_ack.ack = 1;
+        let mut recs = ts_handshake(2 * MS);
         let write = ts(data(3 * MS, 0), 3, 5);
         let mut keepalive = ts(rec(45_000 * MS, true, tf::ACK), 45_003, 5);
         keepalive.seq = 1000 + SEG - 1;
         keepalive.ack = 1;
         let answer = ts(ack(45_001 * MS, 1, None), 45_005, 3);
-        let f = analyse(&[syn, synack, hs_ack, write, keepalive, answer]);
+        recs.extend([write, keepalive, answer]);
+        let f = analyse(&recs);
         assert_eq!(f.src_to_dst.keepalives, 1);
         assert_eq!(f.src_to_dst.rtt.samples, 1, "the SYN only");
         assert_eq!(f.rtt.max_ms, Some(2.0), "{:?}", f.rtt);
