@@ -100,6 +100,10 @@ fn a_printer_that_drains_slowly_is_a_slow_receiver_not_congestion() {
         (&json!(29), &json!(30))
     );
     assert!(e["ack_wait_p50_ms"].as_f64().expect("wait") > 100.0);
+    assert_eq!(
+        e["latency"]["server_network_ms"], 0.166,
+        "the split travels with the finding"
+    );
 }
 
 #[test]

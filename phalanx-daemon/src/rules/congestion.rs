@@ -126,6 +126,8 @@ pub(super) fn check(c: &CongestionConfig, f: &FlowSummary, _now_ns: u64, out: &m
             "inflation_factor": r3(factor),
             "retransmissions": loss,
             "ce_packets": f.ce_packets,
+            // Where the time goes, beside the inflation.
+            "latency": f.latency,
             "first_ts_ns": f.first_ts_ns,
             "last_ts_ns": f.last_ts_ns,
         }),

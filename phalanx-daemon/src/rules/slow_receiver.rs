@@ -118,6 +118,7 @@ pub(super) fn check(c: &SlowReceiverConfig, f: &FlowSummary, _now_ns: u64, out: 
                 "wait_factor": r3(wait / path.max(0.001)),
                 "zero_windows": peer.zero_windows,
                 "retransmissions": d.retransmissions,
+                "latency": f.latency,
                 "first_ts_ns": f.first_ts_ns,
                 "last_ts_ns": f.last_ts_ns,
             }),

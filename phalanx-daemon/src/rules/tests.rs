@@ -450,6 +450,13 @@ fn congestion_needs_inflation_and_marks() {
             "inflation_factor": 5.0,
             "retransmissions": 0,
             "ce_packets": 3,
+            "latency": {
+                "client_network_ms": null,
+                "server_network_ms": 10.0,
+                "server_response_ms": null,
+                "client_think_ms": null,
+                "retransmission_delay_ms": 0.0,
+            },
             "first_ts_ns": f.first_ts_ns,
             "last_ts_ns": f.last_ts_ns,
         })
