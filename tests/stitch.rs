@@ -816,3 +816,84 @@ fn stitch_throughput() {
         );
     }
 }
+
+#[test]
+fn super_frames_in_a_file_stitch_as_their_wire_segments() {
+    // A: the client's host with TSO, whose capture holds 3000-byte
+    // super-frames; B: one router on, where the same bytes are three
+    // 1000-byte segments (the server's MSS), IP IDs counting up. None is
+    // lost on the link.
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut at = |m: PacketMeta, t: u64, forward: bool| {
+        let (first, second) = if forward {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        let mut x = m;
+        x.ts_ns = T0 + t;
+        x.ttl = 64;
+        first.push(x);
+        x.ts_ns += MS;
+        x.ttl = 63;
+        second.push(x);
+    };
+    let mut syn = tcp(true, 1, 0, 0, tcp_flags::SYN, 0, 1);
+    syn.tcp_opts |= tcp_opts::MSS;
+    syn.mss = 1460;
+    at(syn, 0, true);
+    let mut synack = tcp(false, 1, 0, 1, tcp_flags::SYN | tcp_flags::ACK, 0, 2);
+    synack.tcp_opts |= tcp_opts::MSS;
+    synack.mss = 1000;
+    at(synack, 2 * MS, false);
+    at(tcp(true, 2, 1, 1, tcp_flags::ACK, 0, 3), 4 * MS, true);
+    for i in 0..10u32 {
+        let t = 5 * MS + u64::from(i) * MS;
+        let frame = tcp(
+            true,
+            3 + 3 * i,
+            1 + 3000 * i,
+            1,
+            tcp_flags::ACK,
+            3000,
+            4 + i,
+        );
+        // A records the super-frame, B its segments.
+        let mut x = frame;
+        x.ts_ns = T0 + t;
+        x.ttl = 64;
+        a.push(x);
+        for k in 0..3 {
+            let mut s = frame;
+            s.seq = 1 + 3000 * i + 1000 * k;
+            s.ip_id = 3 + 3 * i + k;
+            s.payload_len = 1000;
+            s.ts_ns = x.ts_ns + MS + u64::from(k) * 1000;
+            s.ttl = 63;
+            b.push(s);
+        }
+    }
+    a.sort_by_key(|m| m.ts_ns);
+    b.sort_by_key(|m| m.ts_ns);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pa, pb) = (dir.path().join("a.pcapng"), dir.path().join("b.pcapng"));
+    write_capture(&pa, &a);
+    write_capture(&pb, &b);
+    let specs = vec![
+        HopSpec {
+            name: "A".into(),
+            file: pa,
+        },
+        HopSpec {
+            name: "B".into(),
+            file: pb,
+        },
+    ];
+    let r = stitch_files(&specs, OrderSource::Given).expect("stitch");
+    let l = link(&r, "A", "B");
+    assert_eq!(
+        (l.packets, l.delivered, l.lost, l.unmatched),
+        (2 + 30, 2 + 30, 0, 0),
+        "{l:?}"
+    );
+}

@@ -124,9 +124,10 @@ pub fn hop_list(args: &StitchArgs) -> anyhow::Result<(Vec<HopSpec>, OrderSource)
 fn read_hop(spec: &HopSpec) -> Result<HopCapture, FileError> {
     let reader = file::open(&spec.file)?;
     let mut obs = Vec::new();
+    let mut split = super::WireSegments::default();
     for item in reader {
         match item {
-            Ok(m) => obs.push(super::Sighting::from_meta(&m)),
+            Ok(m) => split.push(&m, &mut obs),
             Err(e) => {
                 tracing::warn!(file = %spec.file.display(), error = %e, "capture damaged; stitched up to the damage");
                 eprintln!("warning: {e} (stitched the packets before it)");

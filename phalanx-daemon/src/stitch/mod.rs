@@ -54,9 +54,69 @@ impl HopCapture {
         name: impl Into<String>,
         records: impl IntoIterator<Item = &'a phalanx_common::PacketMeta>,
     ) -> Self {
+        let mut split = WireSegments::default();
+        let mut observations = Vec::new();
+        for m in records {
+            split.push(m, &mut observations);
+        }
         Self {
             name: name.into(),
-            observations: records.into_iter().map(Sighting::from_meta).collect(),
+            observations,
+        }
+    }
+}
+
+/// Sightings of one point's records as the wire carries them: a TCP frame
+/// that stands for several segments (a GSO record, or a capture file's
+/// super-frame longer than the receiver's MSS, merged by TSO or GRO at the
+/// capture host) is seen as those segments, the way other points see them.
+/// Their payload hashes are dropped: the frame's covers other bytes.
+#[derive(Debug, Default)]
+pub struct WireSegments {
+    /// Each side's MSS option, from its SYN: what its peer sends it.
+    mss: HashMap<(FlowKey, usize), u32>,
+}
+
+impl WireSegments {
+    /// Appends the sightings of `m` to `out`.
+    pub fn push(&mut self, m: &phalanx_common::PacketMeta, out: &mut Vec<Sighting>) {
+        use phalanx_common::{tcp_flags, tcp_opts, RecordKind};
+        let Some((key, d, _)) = FlowKey::of(m).filter(|_| m.kind == RecordKind::Tcp as u8) else {
+            out.push(Sighting::from_meta(m));
+            return;
+        };
+        if m.tcp_flags & tcp_flags::SYN != 0 && m.tcp_opts & tcp_opts::MSS != 0 && m.mss > 0 {
+            self.mss.insert((key, d), u32::from(m.mss));
+        }
+        let receiver_mss = self.mss.get(&(key, d ^ 1)).copied();
+        let (segs, size) = if m.segs > 1 {
+            let size = if m.gso_size > 0 {
+                u32::from(m.gso_size)
+            } else {
+                crate::capture::gso::gso_segment_size(
+                    m.payload_len,
+                    u32::from(m.segs),
+                    receiver_mss,
+                )
+            };
+            (u32::from(m.segs), size)
+        } else {
+            match receiver_mss {
+                Some(mss) if m.payload_len > mss => (m.payload_len.div_ceil(mss), mss),
+                _ => {
+                    out.push(Sighting::from_meta(m));
+                    return;
+                }
+            }
+        };
+        let frame = phalanx_common::PacketMeta {
+            segs: u16::try_from(segs).unwrap_or(u16::MAX),
+            ..*m
+        };
+        for seg in crate::capture::gso::gso_segments(&frame, size) {
+            let mut o = Sighting::from_meta(&seg);
+            o.payload_hash = 0;
+            out.push(o);
         }
     }
 }
