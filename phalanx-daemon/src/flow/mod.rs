@@ -67,7 +67,9 @@
 //!   when the peer's application writes again, so its sample counts only
 //!   behind other data of the peer (the stream kept flowing) or within
 //!   twice the direction's minimum plus 1 ms; a FIN answered by the peer's
-//!   own FIN waited for the peer's application to close.
+//!   own FIN waited for the peer's application to close; data re-sent on a
+//!   timer (a retransmission timeout) echoes whatever the peer sent last
+//!   and ends no probe (a resend answering a partial ACK may).
 //! - **handshake**: `downstream_ms` = SYN -> SYN/ACK (vantage point to
 //!   server and back), `upstream_ms` = SYN/ACK -> ACK (vantage point to
 //!   client and back), `total_ms` their sum, the client-to-server RTT.

@@ -124,7 +124,7 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
     // long ago: idle time, not a round trip.
     let answers_timer = f.dir[seg.r].flags & F_PROBE_SENT != 0 && seg.len == 0;
     f.dir[seg.r].flags &= !F_PROBE_SENT;
-    if !answers_timer {
+    if !answers_timer && !resent_on_timer(f, &seg) {
         echo_peer_probe(f, &seg);
     }
     let bare_probe = seg.len == 0 && !seg.rst && is_probe(f, &seg);
@@ -195,6 +195,20 @@ fn note_options(f: &mut Flow, seg: &Segment) {
     } else if f.dir[r].flags & F_SYN == 0 {
         f.initiator = r as u8;
     }
+}
+
+/// Data sent again on a timer (retransmission timeout, tail-loss probe):
+/// it echoes whatever the peer sent last, however long the sender waited,
+/// so it ends no probe. A resend answering a partial ACK comes one round
+/// trip after it and may.
+#[inline(always)]
+fn resent_on_timer(f: &Flow, seg: &Segment) -> bool {
+    let own = &f.dir[seg.d];
+    seg.len > 0
+        && !seg.syn
+        && own.flags & F_SEQ != 0
+        && seq::lt(seg.rec.seq, own.snd_max)
+        && !prompted_by_partial_ack(f, seg.d, seg.rec.seq, seg.now)
 }
 
 /// This packet as the echo of the other direction's RTT probe.
@@ -1027,6 +1041,26 @@ mod tests {
         // tells.
         let f = hole_filled(MS / 2, 21, 140);
         assert_eq!((f.retransmissions, f.out_of_order), (1, 0));
+    }
+
+    #[test]
+    fn a_resend_on_timeout_is_no_rtt_sample() {
+        // The server acknowledges the client's first write at 4 ms; the
+        // second write is lost before the capture, and the client re-sends
+        // it on its retransmission timeout, 200 ms on, echoing that ACK.
+        let mut recs = ts_handshake(2 * MS);
+        recs.push(ts(data(3 * MS, 0), 3, 5));
+        let mut acked = ts(ack(4 * MS, 1, None), 7, 3);
+        acked.window = 1000;
+        recs.push(acked);
+        // Sent before that ACK reached the client: they echo the SYN/ACK.
+        recs.push(ts(data(5 * MS, 1), 5, 5));
+        recs.push(ts(data(6 * MS, 2), 6, 5));
+        recs.push(ts(data(206 * MS, 1), 206, 7));
+        let f = analyse(&recs);
+        assert_eq!(f.retransmissions, 1);
+        let max = f.dst_to_src.rtt.max_ms.unwrap_or(0.0);
+        assert!(max < 10.0, "the 202 ms timer wait is no RTT: {:?}", f.dst_to_src.rtt);
     }
 
     #[test]
