@@ -1060,7 +1060,11 @@ mod tests {
         let f = analyse(&recs);
         assert_eq!(f.retransmissions, 1);
         let max = f.dst_to_src.rtt.max_ms.unwrap_or(0.0);
-        assert!(max < 10.0, "the 202 ms timer wait is no RTT: {:?}", f.dst_to_src.rtt);
+        assert!(
+            max < 10.0,
+            "the 202 ms timer wait is no RTT: {:?}",
+            f.dst_to_src.rtt
+        );
     }
 
     #[test]
