@@ -7,8 +7,8 @@
 //! after a router. Counted as packets they are retransmissions and
 //! duplicate ACKs that never happened (tcptrace's "hardware dups").
 //!
-//! A copy carries every field no router changes (IP ID, sequence and
-//! acknowledgment numbers, flags, window, timestamps, payload) of a recent
+//! A copy carries the fields no router changes (IP ID, sequence and
+//! acknowledgment numbers, payload length, timestamps) of a recent
 //! packet of the same direction, and either a different TTL (a router
 //! between the two points) within [`WINDOW_NS`], or the same TTL and a set
 //! IP ID within [`SAME_TTL_WINDOW_NS`]. A re-sent segment or a repeated
@@ -22,7 +22,7 @@ use phalanx_common::PacketMeta;
 
 /// Packets remembered, table-wide: copies come microseconds apart, so
 /// the last thousand or so packets hold the original of nearly every copy
-/// at a fixed cost (no per-flow state; 24 KB).
+/// at a fixed cost (no per-flow state; 40 KB).
 const SLOTS: usize = 1024;
 /// How far apart two copies of one packet with different TTLs may be
 /// captured, ns.
@@ -30,15 +30,44 @@ pub const WINDOW_NS: u64 = 200_000_000;
 /// ... with the same TTL, ns.
 pub const SAME_TTL_WINDOW_NS: u64 = 1_000_000;
 
-/// One remembered packet: a fingerprint of the fields a copy shares with
-/// it, when it passed and its TTL.
+/// One remembered packet: the fields a copy shares with it, when it
+/// passed and its TTL.
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
-    fingerprint: u64,
+    key: Key,
     at_ns: u64,
     ttl: u8,
     /// 0 for an empty slot, else 1 + the copies seen.
     seen: u8,
+}
+
+/// The fields no router changes that tell packets of one flow direction
+/// apart, kept whole (a folded fingerprint let two segments of a bulk
+/// upload with the same payload collide): sequence and acknowledgment
+/// numbers, IP ID, payload length, TSval and TSecr, and the direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Key([u64; 3]);
+
+impl Key {
+    #[inline]
+    fn of(flow: u32, rec: &PacketMeta) -> Self {
+        Self([
+            u64::from(rec.seq) << 32 | u64::from(rec.ack),
+            u64::from(rec.ip_id as u16) << 48
+                | u64::from(rec.payload_len & 0xffff) << 32
+                | u64::from(rec.tsval),
+            u64::from(flow) << 32 | u64::from(rec.tsecr),
+        ])
+    }
+
+    /// Its slot.
+    #[inline]
+    fn slot(&self) -> usize {
+        let [a, b, c] = self.0;
+        ((a ^ b.rotate_left(21) ^ c.rotate_left(42)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54)
+            as usize
+            % SLOTS
+    }
 }
 
 /// Recent packets (direct-mapped: a newer packet takes an older one's
@@ -56,21 +85,6 @@ impl Default for CopyCache {
     }
 }
 
-/// The fields no router changes, with the flow direction's number, folded
-/// into 64 bits by shifts and exclusive ors: cheap enough for every packet,
-/// and two packets of one flow direction a few milliseconds apart that
-/// differ in any of them differ here.
-#[inline]
-fn fingerprint(flow: u32, rec: &PacketMeta) -> u64 {
-    (u64::from(rec.seq) << 32 | u64::from(rec.ack))
-        ^ (u64::from(rec.ip_id) << 40 | u64::from(rec.payload_len) << 8 | u64::from(rec.tcp_flags))
-        ^ u64::from(rec.tsval).rotate_left(20)
-        ^ u64::from(rec.tsecr).rotate_left(44)
-        ^ u64::from(rec.window) << 24
-        ^ u64::from(rec.payload_hash).rotate_left(52)
-        ^ u64::from(flow).rotate_left(4)
-}
-
 impl CopyCache {
     /// Whether `rec`, of the flow and direction numbered `flow` (at most
     /// one live flow direction has a number), is a copy of a recent packet:
@@ -78,9 +92,9 @@ impl CopyCache {
     /// first copy). Otherwise it is remembered.
     #[inline]
     pub fn copy_of_recent(&mut self, flow: u32, rec: &PacketMeta) -> Option<u8> {
-        let fp = fingerprint(flow, rec);
-        let slot = &mut self.slots[(fp.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54) as usize % SLOTS];
-        if slot.fingerprint == fp && slot.seen != 0 {
+        let key = Key::of(flow, rec);
+        let slot = &mut self.slots[key.slot()];
+        if slot.key == key && slot.seen != 0 {
             let gap = rec.ts_ns.saturating_sub(slot.at_ns);
             let apart = if rec.ttl != slot.ttl {
                 gap <= WINDOW_NS
@@ -93,7 +107,7 @@ impl CopyCache {
             }
         }
         *slot = Slot {
-            fingerprint: fp,
+            key,
             at_ns: rec.ts_ns,
             ttl: rec.ttl,
             seen: 1,
@@ -141,6 +155,20 @@ mod tests {
         let mut other = pkt(7, 1000, 63, 1181 * MS + 1);
         other.ip_id = 7;
         assert_eq!(c.copy_of_recent(43, &other), None, "another flow");
+    }
+
+    #[test]
+    fn segments_of_one_upload_are_never_copies_of_each_other() {
+        // A bulk upload of identical bytes: segments 1448 bytes apart with
+        // IP IDs counting up, the same TSval and TSecr within a millisecond.
+        let mut c = CopyCache::default();
+        for k in 0..200_000u32 {
+            let mut m = pkt(1000 + k, 1 + 1448 * k, 64, u64::from(k) * 1000);
+            m.payload_len = 1448;
+            m.tsval = 7 + k / 1000;
+            m.tsecr = 3;
+            assert_eq!(c.copy_of_recent(9, &m), None, "segment {k}");
+        }
     }
 
     #[test]
