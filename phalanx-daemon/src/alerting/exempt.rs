@@ -161,19 +161,14 @@ fn covers(e: &ExemptionConfig, groups: &MetricsConfig, f: &Finding) -> bool {
             .is_none_or(|g| group_of(groups, f) == Some(g))
 }
 
-/// The finding's flow group: the first `[[metrics.groups]]` whose ports
-/// hold the service (responder) port and whose networks hold either
-/// endpoint.
+/// The finding's flow group: the first `[[metrics.groups]]` that covers
+/// the service (responder) port with either endpoint as the remote one.
 fn group_of<'a>(groups: &'a MetricsConfig, f: &Finding) -> Option<&'a String> {
-    let addrs: Vec<IpAddr> = f.flow.src.into_iter().chain([f.flow.dst]).collect();
+    let addrs = f.flow.src.into_iter().chain([f.flow.dst]);
     groups
         .groups
         .iter()
-        .find(|g| {
-            (g.ports.is_empty() || g.ports.contains(&f.flow.dport))
-                && (g.remote.is_empty()
-                    || g.remote.iter().any(|n| addrs.iter().any(|a| n.contains(a))))
-        })
+        .find(|g| addrs.clone().any(|a| g.covers(f.flow.dport, &a)))
         .map(|g| &g.name)
 }
 

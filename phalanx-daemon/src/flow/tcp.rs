@@ -144,8 +144,9 @@ pub fn on_segment(f: &mut Flow, d: usize, rec: &PacketMeta, now: u64, now_us: u3
     } else {
         DataKind::Other
     };
-    let prompts = advanced && seg.rec.window != 0 && prompts_data(f, &seg, released);
-    start_probe(f, &seg, kind, advanced && seg.rec.window != 0, prompts);
+    let opens = advanced && seg.rec.window != 0;
+    let prompts = opens && prompts_data(f, &seg, released);
+    start_probe(f, &seg, kind, opens, prompts);
     advance_state(f, &seg);
     // After the data step, which weighs this packet's IP ID against the
     // run before it.

@@ -78,6 +78,15 @@ fn yes() -> bool {
     true
 }
 
+impl GroupConfig {
+    /// Whether a flow with this service port and remote address is in the
+    /// group (an empty list matches anything).
+    pub fn covers(&self, port: u16, remote: &std::net::IpAddr) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&port))
+            && (self.remote.is_empty() || self.remote.iter().any(|n| n.contains(remote)))
+    }
+}
+
 /// Largest `series_budget`: ids of label sets must fit the flow's tag.
 pub const MAX_SERIES: usize = (TAG_SERIES_MASK as usize) - 1;
 
@@ -238,10 +247,7 @@ impl Grouper {
         };
         let port = k.port[service_side];
         let proto = k.protocol();
-        let matched = self.groups.iter().find(|g| {
-            (g.ports.is_empty() || g.ports.contains(&port))
-                && (g.remote.is_empty() || g.remote.iter().any(|n| n.contains(&remote)))
-        });
+        let matched = self.groups.iter().find(|g| g.covers(port, &remote));
         let labels = match matched {
             None => SeriesLabels {
                 group: OTHER.to_string(),

@@ -58,48 +58,61 @@ impl RuleSettings for LatencySplitConfig {
     }
 }
 
-/// Who took the time.
-struct Part {
-    /// Evidence name.
-    name: &'static str,
-    ms: f64,
-    /// "the path" sentence part.
-    what: String,
-    verdict: &'static str,
+/// Who took the time: the path, the server or the client.
+#[derive(Clone, Copy)]
+enum Party {
+    Network,
+    Server,
+    Client,
 }
 
-fn parts(l: &LatencyReport) -> [Part; 3] {
-    let (c, s) = (
-        l.client_network_ms.unwrap_or(0.0),
-        l.server_network_ms.unwrap_or(0.0),
-    );
-    let response = l.server_response_ms.unwrap_or(0.0);
-    let think = l.client_think_ms.unwrap_or(0.0);
-    [
-        Part {
-            name: "network",
-            ms: c + s,
-            what: format!(
-                "the network round trip took {} (client side {}, server side {})",
-                Ms(c + s),
-                Ms(c),
-                Ms(s)
+impl Party {
+    /// Evidence name.
+    fn name(self) -> &'static str {
+        match self {
+            Party::Network => "network",
+            Party::Server => "server",
+            Party::Client => "client",
+        }
+    }
+
+    /// Its share of the exchange, ms.
+    fn ms(self, l: &LatencyReport) -> f64 {
+        match self {
+            Party::Network => {
+                l.client_network_ms.unwrap_or(0.0) + l.server_network_ms.unwrap_or(0.0)
+            }
+            Party::Server => l.server_response_ms.unwrap_or(0.0),
+            Party::Client => l.client_think_ms.unwrap_or(0.0),
+        }
+    }
+
+    /// What it did, and what that means, for the sentence (written only
+    /// for a finding: the rule looks at every flow at every evaluation).
+    fn sentence(self, l: &LatencyReport) -> (String, &'static str) {
+        match self {
+            Party::Network => (
+                format!(
+                    "the network round trip took {} (client side {}, server side {})",
+                    Ms(self.ms(l)),
+                    Ms(l.client_network_ms.unwrap_or(0.0)),
+                    Ms(l.server_network_ms.unwrap_or(0.0))
+                ),
+                "the path, not the server or the client",
             ),
-            verdict: "the path, not the server or the client",
-        },
-        Part {
-            name: "server",
-            ms: response,
-            what: format!("the server took {} to answer", Ms(response)),
-            verdict: "a slow server, not the network",
-        },
-        Part {
-            name: "client",
-            ms: think,
-            what: format!("the client paused {} before its first request", Ms(think)),
-            verdict: "a slow client, not the network",
-        },
-    ]
+            Party::Server => (
+                format!("the server took {} to answer", Ms(self.ms(l))),
+                "a slow server, not the network",
+            ),
+            Party::Client => (
+                format!(
+                    "the client paused {} before its first request",
+                    Ms(self.ms(l))
+                ),
+                "a slow client, not the network",
+            ),
+        }
+    }
 }
 
 pub(super) fn check(c: &LatencySplitConfig, f: &FlowSummary, _now_ns: u64, out: &mut Vec<Finding>) {
@@ -110,18 +123,22 @@ pub(super) fn check(c: &LatencySplitConfig, f: &FlowSummary, _now_ns: u64, out: 
     if l.server_response_ms.is_none() && l.client_think_ms.is_none() {
         return;
     }
-    let parts = parts(&l);
-    let total = parts.iter().map(|p| p.ms).sum::<f64>() + l.retransmission_delay_ms;
+    let parties = [Party::Network, Party::Server, Party::Client];
+    let total = parties.iter().map(|p| p.ms(&l)).sum::<f64>() + l.retransmission_delay_ms;
     if total < c.min_total_ms || total <= 0.0 {
         return;
     }
-    let Some(top) = parts.iter().max_by(|a, b| a.ms.total_cmp(&b.ms)) else {
+    let Some(top) = parties
+        .into_iter()
+        .max_by(|a, b| a.ms(&l).total_cmp(&b.ms(&l)))
+    else {
         return;
     };
-    let share = top.ms / total;
+    let share = top.ms(&l) / total;
     if share < c.min_share {
         return;
     }
+    let (what, verdict) = top.sentence(&l);
     out.push(Finding {
         activity_ns: None,
         rule: NAME.into(),
@@ -131,13 +148,13 @@ pub(super) fn check(c: &LatencySplitConfig, f: &FlowSummary, _now_ns: u64, out: 
             "Between {} and {}, {}: {:.0}% of a {} exchange, {}.",
             endpoint(f.src, f.sport),
             endpoint(f.dst, f.dport),
-            top.what,
+            what,
             share * 100.0,
             Ms(total),
-            top.verdict,
+            verdict,
         ),
         evidence: json!({
-            "dominant": top.name,
+            "dominant": top.name(),
             "share": r3(share),
             "total_ms": r3(total),
             "client_network_ms": l.client_network_ms,
