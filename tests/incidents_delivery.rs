@@ -257,6 +257,7 @@ fn observation(
 ) -> Observation {
     Observation {
         activity_ns: None,
+        client: None,
         rule: rule.into(),
         severity: Severity::Critical,
         group: group.into(),
@@ -268,7 +269,7 @@ fn observation(
 
 /// A running incident service with its channel and registry.
 struct Running {
-    tx: mpsc::Sender<Observation>,
+    tx: mpsc::Sender<Vec<Observation>>,
     task: JoinHandle<()>,
     registry: Arc<Registry>,
     view: IncidentsView,
@@ -402,7 +403,7 @@ async fn alertmanager_and_signed_webhook_get_fired_then_resolved_with_evidence()
     let deadline = Instant::now() + Duration::from_secs(20);
     let alert = loop {
         run.tx
-            .send(observation("pmtud_blackhole", group, Some(flow)))
+            .send(vec![observation("pmtud_blackhole", group, Some(flow))])
             .await
             .expect("send observation");
         let alerts = tokio::task::block_in_place(|| am.alerts());
@@ -593,7 +594,7 @@ async fn receiver_outage_and_restart_lose_nothing() {
     // 1. Receiver down: incident A is spooled and retried.
     let run1 = start(&cfg, service::history(cfg.history.evidence())).await;
     run1.tx
-        .send(observation("rst_storm", "a", None))
+        .send(vec![observation("rst_storm", "a", None)])
         .await
         .expect("send");
     wait_for("two failed attempts", Duration::from_secs(10), || {
@@ -627,7 +628,7 @@ async fn receiver_outage_and_restart_lose_nothing() {
     rx1.stop().await;
     let retried = deliveries(&run1.metrics(), "hook", "retried");
     run1.tx
-        .send(observation("rst_storm", "b", None))
+        .send(vec![observation("rst_storm", "b", None)])
         .await
         .expect("send");
     wait_for("B retried", Duration::from_secs(10), || {

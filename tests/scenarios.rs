@@ -18,14 +18,23 @@ const HOOK_PORT: u16 = 19761;
 const WITHIN: Duration = Duration::from_secs(15);
 /// `incidents.resolve_after_secs` of the runs.
 const RESOLVE_AFTER_SECS: u64 = 5;
+/// `incidents.update_secs` of the runs.
+const UPDATE_SECS: u64 = 2;
 /// Rules evaluation interval (`pipeline::RULES_INTERVAL`) plus the
 /// incident task's 1 s tick.
 const EVALUATION: Duration = Duration::from_secs(3);
 
 /// What a scenario run delivered, with the daemon's own view for failure messages.
 struct Run {
-    /// Alert names delivered within [`WITHIN`] of the traffic start.
+    /// Alert names delivered within [`WITHIN`] of the traffic start, one
+    /// per firing notification (an incident's updates repeat its name).
     names: Vec<String>,
+    /// Each firing notification's incident (its labels and start) and
+    /// summary, in delivery order.
+    firing: Vec<(String, String)>,
+    /// The rules of the findings delivered as evidence of those incidents
+    /// (their `related` annotation), not as incidents of their own.
+    related: Vec<String>,
     /// Alert names delivered as resolved after the traffic stopped, with
     /// the seconds since it stopped.
     resolved: Vec<(String, f64)>,
@@ -84,7 +93,7 @@ fn delivered(name: &str, linger: Duration) -> Run {
         &cfg,
         format!(
             "[http]\nlisten = \"{API}\"\n[incidents]\nevidence_dir = {:?}\nspool_dir = {:?}\n\
-             resolve_after_secs = {RESOLVE_AFTER_SECS}\n\
+             resolve_after_secs = {RESOLVE_AFTER_SECS}\nupdate_secs = {UPDATE_SECS}\n\
              [[webhooks]]\nurl = \"http://127.0.0.1:{HOOK_PORT}/hook\"\n",
             dir.path().join("evidence"),
             dir.path().join("spool")
@@ -122,6 +131,8 @@ fn delivered(name: &str, linger: Duration) -> Run {
     let traffic = std::thread::scope(|sc| {
         let t = sc.spawn(|| s.drive(WITHIN));
         let mut names = Vec::new();
+        let mut firing = Vec::new();
+        let mut related = Vec::new();
         while start.elapsed() < WITHIN {
             if let Ok(body) = rx.recv_timeout(Duration::from_millis(200)) {
                 let v: serde_json::Value = serde_json::from_str(&body).expect("webhook JSON");
@@ -130,6 +141,20 @@ fn delivered(name: &str, linger: Duration) -> Run {
                         let n = a["labels"]["alertname"].as_str().unwrap_or("?");
                         eprintln!("{name}: {n} at {:.1} s", start.elapsed().as_secs_f64());
                         names.push(n.to_string());
+                        firing.push((
+                            format!("{} {}", a["labels"], a["startsAt"]),
+                            a["annotations"]["summary"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_string(),
+                        ));
+                        // "rule (severity, count): sentence | ..."
+                        let also = a["annotations"]["related"].as_str().unwrap_or("");
+                        related.extend(
+                            also.split(" | ")
+                                .filter_map(|r| r.split_once(" ("))
+                                .map(|(r, _)| r.to_string()),
+                        );
                     }
                 }
             }
@@ -137,7 +162,13 @@ fn delivered(name: &str, linger: Duration) -> Run {
         let traffic = t.join().expect("traffic");
         let stopped = Instant::now();
         let mut resolved = Vec::new();
-        while stopped.elapsed() < linger && resolved.len() < names.len() {
+        let incidents = {
+            let mut v: Vec<&String> = firing.iter().map(|(i, _)| i).collect();
+            v.sort();
+            v.dedup();
+            v.len()
+        };
+        while stopped.elapsed() < linger && resolved.len() < incidents {
             if let Ok(body) = rx.recv_timeout(Duration::from_millis(200)) {
                 let v: serde_json::Value = serde_json::from_str(&body).expect("webhook JSON");
                 for a in v["alerts"].as_array().into_iter().flatten() {
@@ -150,7 +181,7 @@ fn delivered(name: &str, linger: Duration) -> Run {
                 }
             }
         }
-        (traffic, names, resolved)
+        (traffic, names, firing, related, resolved)
     });
     let view = daemon_view(watch.ns, api);
     drop(receiver);
@@ -162,11 +193,13 @@ fn delivered(name: &str, linger: Duration) -> Run {
         out.status.success(),
         "{name}: clean daemon exit\n--- log\n{log_tail}"
     );
-    let (traffic, names, resolved) = traffic;
+    let (traffic, names, firing, related, resolved) = traffic;
     let traffic = traffic.expect("traffic driver");
     eprintln!("{name}: traffic {traffic:?}; delivered {names:?}");
     Run {
         names,
+        firing,
+        related,
         resolved,
         report: format!("traffic {traffic:?}\n{view}--- log\n{log_tail}"),
     }
@@ -176,17 +209,19 @@ fn expect_fault(name: &str, rule: &str) {
     expect_fault_then(name, rule, Duration::ZERO);
 }
 
-/// The fault's rule fires within [`WITHIN`]; with a `linger`, every
-/// incident delivered also resolves within it once the traffic stops.
+/// The fault's rule is delivered within [`WITHIN`], as an incident or as
+/// the evidence of one; with a `linger`, every incident delivered also
+/// resolves within it once the traffic stops.
 fn expect_fault_then(name: &str, rule: &str, linger: Duration) -> Option<Run> {
     if !privileged(name) {
         return None;
     }
     let run = delivered(name, linger);
     assert!(
-        run.names.iter().any(|n| n == rule),
-        "{name}: {rule} delivered within 15 s, got {:?}\n{}",
+        run.names.iter().chain(&run.related).any(|n| n == rule),
+        "{name}: {rule} delivered within 15 s, got {:?} with related {:?}\n{}",
         run.names,
+        run.related,
         run.report
     );
     Some(run)
@@ -222,25 +257,39 @@ fn congestion_fires() {
 }
 
 #[test]
-fn lossy_link_fires_then_resolves_when_the_traffic_stops() {
+fn lossy_link_fires_one_incident_updated_then_resolved() {
     // The flows end with the traffic; re-reading their lifetime figures is
-    // no new evidence, so each incident resolves `resolve_after_secs`
-    // after the last packet, plus one evaluation (and slack for the
-    // connections' own closing packets and the delivery).
+    // no new evidence, so the incident resolves `resolve_after_secs` after
+    // the last packet, plus one evaluation (and slack for the connections'
+    // own closing packets and the delivery).
     let linger = Duration::from_secs(RESOLVE_AFTER_SECS) + EVALUATION + Duration::from_secs(2);
     let Some(run) = expect_fault_then("lossy-link", "retransmission_storm", linger) else {
         return;
     };
-    let mut fired: Vec<&String> = run.names.iter().collect();
-    fired.sort();
-    fired.dedup();
-    let mut resolved: Vec<&String> = run.resolved.iter().map(|(n, _)| n).collect();
-    resolved.sort();
-    resolved.dedup();
+    // One fault, one incident: every other finding on the service (resets
+    // of the stalled connections, the stall itself) is its evidence.
+    let mut incidents: Vec<&String> = run.firing.iter().map(|(i, _)| i).collect();
+    incidents.sort();
+    incidents.dedup();
     assert_eq!(
-        resolved, fired,
-        "every incident resolved within {linger:?} of the traffic's end: {:?}\n{}",
-        run.resolved, run.report
+        incidents.len(),
+        1,
+        "one incident for the lossy link: {incidents:?}\n{}",
+        run.report
+    );
+    // Its notification follows the figures as they grow.
+    let summaries: Vec<&String> = run.firing.iter().map(|(_, s)| s).collect();
+    assert!(
+        summaries.windows(2).any(|w| w[0] != w[1]),
+        "the incident was notified again with new figures: {summaries:?}"
+    );
+    let resolved: Vec<&String> = run.resolved.iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        resolved,
+        [&run.names[0]],
+        "the incident resolved within {linger:?} of the traffic's end: {:?}\n{}",
+        run.resolved,
+        run.report
     );
 }
 

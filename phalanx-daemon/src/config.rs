@@ -274,6 +274,7 @@ impl Config {
         let i = &self.incidents;
         let positive = [
             ("incidents.resolve_after_secs", i.resolve_after_secs),
+            ("incidents.update_secs", i.update_secs),
             ("incidents.max_open", i.max_open as u64),
             ("incidents.evidence_max_bytes", i.evidence_max_bytes),
             ("incidents.evidence_max_files", i.evidence_max_files as u64),

@@ -159,7 +159,7 @@ struct Tasks {
     consumer: ring::Consumer,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     rules: tokio::task::JoinHandle<()>,
-    observations: mpsc::Sender<Observation>,
+    observations: mpsc::Sender<Vec<Observation>>,
     incidents: tokio::task::JoinHandle<()>,
 }
 
@@ -178,7 +178,7 @@ impl Tasks {
         // Incidents: rules send observations here; the task owns the manager,
         // ticks every second and drives delivery.
         let (observations, observations_rx) =
-            mpsc::channel::<Observation>(incidents::OBSERVATION_QUEUE);
+            mpsc::channel::<Vec<Observation>>(incidents::OBSERVATION_QUEUE);
         let incidents = tokio::spawn(
             incident_service
                 .run(observations_rx)

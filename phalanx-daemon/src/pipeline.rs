@@ -37,7 +37,7 @@ pub const RULES_INTERVAL: Duration = Duration::from_secs(2);
 pub async fn rules_loop(
     flows: Arc<Mutex<FlowTable>>,
     mut diagnosis: Diagnosis,
-    observations: mpsc::Sender<Observation>,
+    observations: mpsc::Sender<Vec<Observation>>,
     clock: RecordClock,
 ) {
     let mut tick = tokio::time::interval(RULES_INTERVAL);
@@ -58,10 +58,11 @@ pub async fn rules_loop(
         diagnosis
             .exemptions
             .apply(&mut findings, crate::clock::wall_ns());
-        for finding in findings {
-            if observations.send(Observation::from(finding)).await.is_err() {
-                return;
-            }
+        // One batch per evaluation: the incident task sees together the
+        // findings that describe one fault.
+        let batch: Vec<Observation> = findings.into_iter().map(Observation::from).collect();
+        if !batch.is_empty() && observations.send(batch).await.is_err() {
+            return;
         }
     }
 }

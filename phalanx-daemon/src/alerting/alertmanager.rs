@@ -84,6 +84,7 @@ pub(crate) mod tests {
         m.observe(
             Observation {
                 activity_ns: None,
+                client: None,
                 rule: "pmtud_blackhole".into(),
                 severity: Severity::Critical,
                 group: "svc-443/10.0.0.0/8".into(),

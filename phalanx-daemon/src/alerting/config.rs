@@ -23,6 +23,9 @@ fn de_opt_url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 pub struct IncidentsConfig {
     /// Seconds without an observation after which an incident resolves.
     pub resolve_after_secs: u64,
+    /// Least seconds between two notifications of a firing incident whose
+    /// figures (sentences, affected flows and clients) changed.
+    pub update_secs: u64,
     /// Most incidents firing at once.
     pub max_open: usize,
     /// Resolved incidents kept for the API.
@@ -60,6 +63,7 @@ impl Default for IncidentsConfig {
     fn default() -> Self {
         Self {
             resolve_after_secs: 300,
+            update_secs: 60,
             max_open: 1000,
             keep_resolved: 200,
             host: String::new(),

@@ -1,24 +1,33 @@
 //! Incidents: the lifecycle of what the diagnosis rules observe.
 //!
 //! Rules report [`Observation`]s; the [`IncidentManager`] folds them into
-//! incidents deduplicated per (rule, group), each firing until it has not
-//! been observed for `resolve_after`, then resolved. The manager is pure and
-//! runs on the caller's clock (`now_ns`, nanoseconds since the Unix epoch),
-//! so its lifecycle is tested with virtual time. The task that runs it is
+//! one incident per fault: every report about one flow group (a service)
+//! while its incident fires joins it, the others' findings becoming its
+//! evidence rather than pages of their own. The incident is named after
+//! the report that best explains the fault ([`crate::rules::precedence`]),
+//! fires until it has not been observed for `resolve_after`, then resolves;
+//! a report more severe than the incident escalates it (a new incident, the
+//! old one resolved as superseded). The manager is pure and runs on the
+//! caller's clock (`now_ns`, nanoseconds since the Unix epoch), so its
+//! lifecycle is tested with virtual time. The task that runs it is
 //! [`super::service`]; evidence and delivery are its siblings.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
 use crate::flow::key::FlowKey;
-use crate::rules::Finding;
+use crate::rules::{plural, Finding};
 
 /// How urgent an incident is: the severity of the rule that reports it.
 pub use crate::rules::Severity;
+
+/// Annotation naming the incident that replaced an escalated one.
+pub const SUPERSEDED_BY_ANNOTATION: &str = "superseded_by";
 
 /// One report of a rule about a flow group, as the rules engine sees it now.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +40,8 @@ pub struct Observation {
     pub group: String,
     /// The flow behind the report, when there is one (evidence comes from it).
     pub flow: Option<FlowKey>,
+    /// The flow's initiator (the client), when the report is about one flow.
+    pub client: Option<IpAddr>,
     /// One plain sentence for the on-call engineer.
     pub summary: String,
     /// The numbers and timestamps behind the report.
@@ -47,7 +58,7 @@ pub struct Observation {
 pub enum Status {
     /// Observed within the last `resolve_after`.
     Firing,
-    /// Not observed for `resolve_after`; final.
+    /// Not observed for `resolve_after`, or superseded; final.
     Resolved,
 }
 
@@ -61,7 +72,22 @@ impl Status {
     }
 }
 
-/// An incident: one firing-to-resolved episode of a (rule, group).
+/// One rule's reports folded into an incident.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RuleReports {
+    /// The most severe of them.
+    pub severity: Severity,
+    /// How many.
+    pub count: u64,
+    /// The latest sentence.
+    pub summary: String,
+    /// The latest evidence.
+    pub evidence: serde_json::Value,
+    /// The flow of the latest report that named one.
+    pub flow: Option<FlowKey>,
+}
+
+/// An incident: one firing-to-resolved episode of a fault on a flow group.
 /// The JSON form round-trips (times to the millisecond), which is how open
 /// incidents survive a restart.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,10 +96,12 @@ pub struct Incident {
     pub id: String,
     /// Stable hash of rule and group, shared by every episode of the pair.
     pub fingerprint: String,
-    /// Rule name.
+    /// The rule it is named after: among its reports, the one that best
+    /// explains the fault.
     pub rule: String,
-    /// Severity of the observation that fired it (fixed: it is a label, and
-    /// changing a label would make Alertmanager see another alert).
+    /// The most severe report when it fired (fixed: it is a label, and
+    /// changing a label would make Alertmanager see another alert; a more
+    /// severe report escalates to a new incident).
     pub severity: Severity,
     /// Flow group label.
     pub group: String,
@@ -88,14 +116,24 @@ pub struct Incident {
     /// Last observation that brought new evidence (see [`Observation::activity_ns`]).
     #[serde(serialize_with = "ser_time", deserialize_with = "de_time")]
     pub last_seen: u64,
-    /// Observations folded into this incident.
+    /// Observations folded into this incident, every rule's.
     pub count: u64,
-    /// Flow of the latest observation that named one.
+    /// Flow of `rule`'s latest report that named one (else another rule's).
     pub flow: Option<FlowKey>,
-    /// Latest summary.
+    /// `rule`'s latest summary.
     pub summary: String,
-    /// Latest evidence.
+    /// `rule`'s latest evidence.
     pub evidence: serde_json::Value,
+    /// Every rule's reports, by rule (`rule`'s among them): the others are
+    /// the fault's further evidence.
+    #[serde(default)]
+    pub findings: BTreeMap<String, RuleReports>,
+    /// Distinct flows the reports named (counted up to 4096).
+    #[serde(default)]
+    pub flows: u64,
+    /// Distinct clients (flow initiators) of those flows (up to 4096).
+    #[serde(default)]
+    pub clients: u64,
     /// Alertmanager annotations (summary, evidence, pcapng, ...).
     pub annotations: BTreeMap<String, String>,
     /// Alertmanager labels (alertname, severity, group, host): the alert's identity.
@@ -107,10 +145,19 @@ pub struct Incident {
     /// The latest packet time each of its flows was reported with.
     #[serde(skip)]
     pub activity: HashMap<Option<FlowKey>, u64>,
+    /// The flows and clients behind `flows` and `clients`.
+    #[serde(skip)]
+    affected: Affected,
+    /// When it was last notified, and whether its figures changed since.
+    #[serde(skip)]
+    notice: Notice,
 }
 
 /// Flows whose activity an incident remembers; beyond, it starts afresh.
 const ACTIVITY_FLOWS: usize = 1024;
+
+/// Distinct flows, and clients, an incident counts.
+const AFFECTED_MAX: usize = 4096;
 
 /// Whether an observation brings new evidence, recording its activity: a
 /// report does when its flow (or, across flows, its service) had packets
@@ -127,12 +174,161 @@ fn grew(activity: &mut HashMap<Option<FlowKey>, u64>, obs: &Observation) -> bool
     activity.insert(obs.flow, at).is_none_or(|prev| at > prev)
 }
 
+/// The distinct flows and clients an incident's reports named.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Affected {
+    flows: HashSet<FlowKey>,
+    clients: HashSet<IpAddr>,
+}
+
+impl Affected {
+    /// Adds a report's flow and client; whether either was new.
+    fn add(&mut self, flow: Option<FlowKey>, client: Option<IpAddr>) -> bool {
+        fn put<T: std::hash::Hash + Eq>(set: &mut HashSet<T>, v: Option<T>) -> bool {
+            v.is_some_and(|v| set.len() < AFFECTED_MAX && set.insert(v))
+        }
+        // Both, not short-circuited.
+        put(&mut self.flows, flow) | put(&mut self.clients, client)
+    }
+}
+
+/// Notification state of a firing incident.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Notice {
+    /// When it was last notified (fired or updated).
+    at: u64,
+    /// Its sentences or counts changed since.
+    changed: bool,
+}
+
+impl Incident {
+    /// A new incident of `obs`'s group, at `now_ns`.
+    fn open(obs: Observation, now_ns: u64, host: &str) -> Self {
+        let mut inc = Incident {
+            id: String::new(),
+            fingerprint: String::new(),
+            rule: obs.rule.clone(),
+            severity: obs.severity,
+            group: obs.group.clone(),
+            status: Status::Firing,
+            starts_at: now_ns,
+            ends_at: None,
+            last_seen: now_ns,
+            count: 0,
+            flow: None,
+            summary: String::new(),
+            evidence: serde_json::Value::Null,
+            findings: BTreeMap::new(),
+            flows: 0,
+            clients: 0,
+            annotations: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            stitch: None,
+            activity: HashMap::new(),
+            affected: Affected::default(),
+            notice: Notice::default(),
+        };
+        inc.fold(obs, now_ns);
+        inc.identify(host);
+        inc
+    }
+
+    /// Folds a report of its group into it.
+    fn fold(&mut self, obs: Observation, now_ns: u64) {
+        self.count += 1;
+        if grew(&mut self.activity, &obs) {
+            self.last_seen = self.last_seen.max(now_ns);
+        }
+        if self.affected.add(obs.flow, obs.client) {
+            self.flows = self.flows.max(self.affected.flows.len() as u64);
+            self.clients = self.clients.max(self.affected.clients.len() as u64);
+            self.notice.changed = true;
+        }
+        self.severity = self.severity.max(obs.severity);
+        let r = self
+            .findings
+            .entry(obs.rule.clone())
+            .or_insert_with(|| RuleReports {
+                severity: obs.severity,
+                count: 0,
+                summary: String::new(),
+                evidence: serde_json::Value::Null,
+                flow: None,
+            });
+        r.severity = r.severity.max(obs.severity);
+        r.count += 1;
+        self.notice.changed |= r.summary != obs.summary;
+        r.summary = obs.summary;
+        r.evidence = obs.evidence;
+        r.flow = obs.flow.or(r.flow);
+        self.show_lead();
+    }
+
+    /// Names it after the report that best explains the fault: an
+    /// actionable (warning or worse) one before an informational one, then
+    /// by [`crate::rules::precedence`] (a diagnosis before its symptoms);
+    /// the current name wins a tie. Only before it is first notified, or
+    /// when it escalates: the name is a label.
+    fn choose_lead(&mut self) {
+        let best = self
+            .findings
+            .iter()
+            .max_by_key(|(rule, r)| {
+                (
+                    r.severity > Severity::Info,
+                    Reverse(crate::rules::precedence(rule)),
+                    **rule == self.rule,
+                )
+            })
+            .map(|(rule, _)| rule.clone());
+        if let Some(rule) = best {
+            self.rule = rule;
+            self.show_lead();
+        }
+    }
+
+    /// Takes the summary, evidence and flow of the rule it is named after.
+    fn show_lead(&mut self) {
+        if let Some(r) = self.findings.get(&self.rule) {
+            self.summary = r.summary.clone();
+            self.evidence = r.evidence.clone();
+            self.flow = r.flow;
+        }
+        if self.flow.is_none() {
+            self.flow = self.findings.values().find_map(|r| r.flow);
+        }
+        fill_annotations(self);
+    }
+
+    /// Sets the identity that follows from its name, group, severity and
+    /// start: fingerprint, id and labels.
+    fn identify(&mut self, host: &str) {
+        self.fingerprint = fingerprint(&self.rule, &self.group);
+        self.id = format!("{}-{:x}", self.fingerprint, self.starts_at);
+        self.labels = [
+            ("alertname", self.rule.clone()),
+            ("severity", self.severity.as_str().to_string()),
+            ("group", self.group.clone()),
+            ("host", host.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    }
+
+    /// Ends it at `now_ns`.
+    fn resolve(&mut self, now_ns: u64) {
+        self.status = Status::Resolved;
+        self.ends_at = Some(now_ns.max(self.starts_at));
+    }
+}
+
 /// A lifecycle change, carrying the incident as it is after the change.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transition {
     /// A new incident.
     Fired(Incident),
-    /// An incident that stopped being observed.
+    /// An incident that stopped being observed, or was superseded.
     Resolved(Incident),
 }
 
@@ -148,9 +344,10 @@ impl Transition {
 /// What [`IncidentManager::observe`] did with an observation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observed {
-    /// Opened a new incident (its `Fired` comes with the next tick).
+    /// Opened a new incident, or escalated one (its `Fired` comes with
+    /// the next tick).
     New(String),
-    /// Updated the open incident with this id.
+    /// Folded into the open incident with this id.
     Repeated(String),
     /// Dropped: `max_open` incidents are already firing.
     Suppressed,
@@ -161,9 +358,12 @@ pub enum Observed {
 pub struct ManagerSettings {
     /// Quiet time after which a firing incident resolves.
     pub resolve_after: Duration,
+    /// Least time between two notifications of a firing incident whose
+    /// figures changed.
+    pub update_after: Duration,
     /// Value of the `host` label.
     pub host: String,
-    /// Most incidents firing at once; further (rule, group) pairs are suppressed and counted.
+    /// Most incidents firing at once; reports of further groups are suppressed and counted.
     pub max_open: usize,
     /// Resolved incidents kept for the API.
     pub keep_resolved: usize,
@@ -173,6 +373,7 @@ impl Default for ManagerSettings {
     fn default() -> Self {
         Self {
             resolve_after: Duration::from_secs(300),
+            update_after: Duration::from_secs(60),
             host: String::new(),
             max_open: 1000,
             keep_resolved: 200,
@@ -180,14 +381,16 @@ impl Default for ManagerSettings {
     }
 }
 
-/// Deduplicates observations into incidents and drives their lifecycle.
+/// Folds observations into incidents and drives their lifecycle.
 #[derive(Debug)]
 pub struct IncidentManager {
     settings: ManagerSettings,
-    /// Firing incidents by fingerprint.
+    /// Firing incidents by group.
     open: HashMap<String, Incident>,
-    /// Fingerprints opened since the last tick.
+    /// Groups whose incident opened since the last tick (not yet notified).
     fired: Vec<String>,
+    /// Incidents ended by an escalation since the last tick.
+    superseded: Vec<Incident>,
     /// Most recent last.
     resolved: VecDeque<Incident>,
     suppressed: u64,
@@ -204,6 +407,10 @@ pub fn fingerprint(rule: &str, group: &str) -> String {
     d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl IncidentManager {
     /// An empty manager.
     pub fn new(settings: ManagerSettings) -> Self {
@@ -211,6 +418,7 @@ impl IncidentManager {
             settings,
             open: HashMap::new(),
             fired: Vec::new(),
+            superseded: Vec::new(),
             resolved: VecDeque::new(),
             suppressed: 0,
         }
@@ -223,89 +431,118 @@ impl IncidentManager {
 
     /// Folds an observation made at `now_ns` into the incidents.
     pub fn observe(&mut self, obs: Observation, now_ns: u64) -> Observed {
-        let fp = fingerprint(&obs.rule, &obs.group);
-        if let Some(inc) = self.open.get_mut(&fp) {
-            inc.count += 1;
-            if grew(&mut inc.activity, &obs) {
-                inc.last_seen = inc.last_seen.max(now_ns);
+        let notified = !self.fired.contains(&obs.group);
+        if let Some(inc) = self.open.get_mut(&obs.group) {
+            if notified && obs.severity > inc.severity {
+                return Observed::New(self.escalate(obs, now_ns));
             }
-            if obs.flow.is_some() {
-                inc.flow = obs.flow;
+            inc.fold(obs, now_ns);
+            if !notified {
+                inc.choose_lead();
+                inc.identify(&self.settings.host);
             }
-            inc.summary = obs.summary;
-            inc.evidence = obs.evidence;
-            fill_annotations(inc);
             return Observed::Repeated(inc.id.clone());
         }
         if self.open.len() >= self.settings.max_open {
             self.suppressed += 1;
             return Observed::Suppressed;
         }
-        let mut labels = BTreeMap::new();
-        labels.insert("alertname".to_string(), obs.rule.clone());
-        labels.insert("severity".to_string(), obs.severity.as_str().to_string());
-        labels.insert("group".to_string(), obs.group.clone());
-        labels.insert("host".to_string(), self.settings.host.clone());
-        let mut inc = Incident {
-            id: format!("{fp}-{now_ns:x}"),
-            fingerprint: fp.clone(),
-            rule: obs.rule,
-            severity: obs.severity,
-            group: obs.group,
-            status: Status::Firing,
-            starts_at: now_ns,
-            ends_at: None,
-            last_seen: now_ns,
-            count: 1,
-            flow: obs.flow,
-            summary: obs.summary,
-            evidence: obs.evidence,
-            annotations: BTreeMap::new(),
-            labels,
-            stitch: None,
-            activity: HashMap::new(),
-        };
-        if let Some(at) = obs.activity_ns {
-            inc.activity.insert(obs.flow, at);
-        }
-        fill_annotations(&mut inc);
+        let inc = Incident::open(obs, now_ns, &self.settings.host);
         let id = inc.id.clone();
-        self.open.insert(fp.clone(), inc);
-        self.fired.push(fp);
+        self.fired.push(inc.group.clone());
+        self.open.insert(inc.group.clone(), inc);
         Observed::New(id)
     }
 
-    /// Advances the clock: returns the incidents fired since the last tick,
-    /// then those that were not observed for `resolve_after` (resolved now).
+    /// Replaces the notified incident of `obs`'s group by a more severe
+    /// one that carries its reports; the old one resolves at the next tick,
+    /// annotated with the new one's id. Returns the new id.
+    fn escalate(&mut self, obs: Observation, now_ns: u64) -> String {
+        let Some(mut old) = self.open.remove(&obs.group) else {
+            return String::new();
+        };
+        let mut inc = old.clone();
+        inc.starts_at = now_ns;
+        inc.annotations.clear();
+        inc.stitch = None;
+        inc.fold(obs, now_ns);
+        inc.choose_lead();
+        inc.identify(&self.settings.host);
+        old.resolve(now_ns);
+        old.annotations
+            .insert(SUPERSEDED_BY_ANNOTATION.into(), inc.id.clone());
+        let id = inc.id.clone();
+        self.superseded.push(old);
+        self.fired.push(inc.group.clone());
+        self.open.insert(inc.group.clone(), inc);
+        id
+    }
+
+    /// Advances the clock: returns the incidents superseded since the last
+    /// tick (resolved), those fired since, then those that were not
+    /// observed for `resolve_after` (resolved now).
     pub fn tick(&mut self, now_ns: u64) -> Vec<Transition> {
         let mut out = Vec::new();
-        for fp in std::mem::take(&mut self.fired) {
-            if let Some(inc) = self.open.get(&fp) {
+        for inc in std::mem::take(&mut self.superseded) {
+            out.push(Transition::Resolved(inc.clone()));
+            self.keep(inc);
+        }
+        for group in std::mem::take(&mut self.fired) {
+            if let Some(inc) = self.open.get_mut(&group) {
+                inc.notice = Notice {
+                    at: now_ns,
+                    changed: false,
+                };
                 out.push(Transition::Fired(inc.clone()));
             }
         }
-        let after = u64::try_from(self.settings.resolve_after.as_nanos()).unwrap_or(u64::MAX);
+        let after = nanos(self.settings.resolve_after);
         let mut quiet: Vec<String> = self
             .open
             .iter()
             .filter(|(_, i)| now_ns.saturating_sub(i.last_seen) >= after)
-            .map(|(fp, _)| fp.clone())
+            .map(|(group, _)| group.clone())
             .collect();
         // Deterministic order: oldest first.
-        quiet.sort_by_key(|fp| self.open.get(fp).map(|i| (i.starts_at, i.id.clone())));
-        for fp in quiet {
-            let Some(mut inc) = self.open.remove(&fp) else {
+        quiet.sort_by_key(|g| self.open.get(g).map(|i| (i.starts_at, i.id.clone())));
+        for group in quiet {
+            let Some(mut inc) = self.open.remove(&group) else {
                 continue;
             };
-            inc.status = Status::Resolved;
-            inc.ends_at = Some(now_ns.max(inc.starts_at));
+            inc.resolve(now_ns);
             out.push(Transition::Resolved(inc.clone()));
-            self.resolved.push_back(inc);
-            while self.resolved.len() > self.settings.keep_resolved {
-                self.resolved.pop_front();
-            }
+            self.keep(inc);
         }
         out
+    }
+
+    /// Firing incidents whose sentences or counts changed since they were
+    /// last notified, at most once per `update_after` each; they count as
+    /// notified now.
+    pub fn updates(&mut self, now_ns: u64) -> Vec<Incident> {
+        let every = nanos(self.settings.update_after);
+        let mut out: Vec<Incident> = self
+            .open
+            .values_mut()
+            .filter(|i| i.notice.changed && now_ns.saturating_sub(i.notice.at) >= every)
+            .map(|i| {
+                i.notice = Notice {
+                    at: now_ns,
+                    changed: false,
+                };
+                i.clone()
+            })
+            .collect();
+        out.sort_by(|a, b| (a.starts_at, &a.id).cmp(&(b.starts_at, &b.id)));
+        out
+    }
+
+    /// Keeps a resolved incident for the API, within `keep_resolved`.
+    fn keep(&mut self, inc: Incident) {
+        self.resolved.push_back(inc);
+        while self.resolved.len() > self.settings.keep_resolved {
+            self.resolved.pop_front();
+        }
     }
 
     /// Sets an annotation on a firing incident; returns the updated incident.
@@ -364,19 +601,39 @@ impl IncidentManager {
     }
 
     /// Takes back firing incidents saved by [`Self::snapshot_open`]: they
-    /// keep their ids and resolve normally unless observed again. Returns
-    /// how many were taken (resolved or duplicate entries are skipped, and
-    /// `max_open` holds).
+    /// keep their ids and resolve normally unless observed again. A second
+    /// incident of one group (state written by a version that kept one per
+    /// rule) resolves at the next tick, superseded by the first. Returns
+    /// how many were taken (resolved entries are skipped, and `max_open`
+    /// holds).
     pub fn restore(&mut self, incidents: Vec<Incident>) -> usize {
         let mut n = 0;
-        for inc in incidents {
-            if inc.status != Status::Firing
-                || self.open.len() >= self.settings.max_open
-                || self.open.contains_key(&inc.fingerprint)
-            {
+        for mut inc in incidents {
+            if inc.status != Status::Firing || self.open.len() >= self.settings.max_open {
                 continue;
             }
-            self.open.insert(inc.fingerprint.clone(), inc);
+            if let Some(kept) = self.open.get(&inc.group) {
+                if kept.id != inc.id {
+                    inc.annotations
+                        .insert(SUPERSEDED_BY_ANNOTATION.into(), kept.id.clone());
+                    inc.resolve(inc.last_seen);
+                    self.superseded.push(inc);
+                }
+                continue;
+            }
+            if inc.findings.is_empty() {
+                inc.findings.insert(
+                    inc.rule.clone(),
+                    RuleReports {
+                        severity: inc.severity,
+                        count: inc.count,
+                        summary: inc.summary.clone(),
+                        evidence: inc.evidence.clone(),
+                        flow: inc.flow,
+                    },
+                );
+            }
+            self.open.insert(inc.group.clone(), inc);
             n += 1;
         }
         n
@@ -388,8 +645,8 @@ impl IncidentManager {
     }
 }
 
-/// Annotations derived from the latest observation (others, such as the
-/// evidence file, are added with [`IncidentManager::annotate`] and kept).
+/// Annotations derived from the reports (others, such as the evidence
+/// file, are added with [`IncidentManager::annotate`] and kept).
 fn fill_annotations(inc: &mut Incident) {
     inc.annotations
         .insert("summary".into(), inc.summary.clone());
@@ -397,6 +654,28 @@ fn fill_annotations(inc: &mut Incident) {
         .insert("evidence".into(), inc.evidence.to_string());
     if let Some(f) = &inc.flow {
         inc.annotations.insert("flow".into(), f.to_string());
+    }
+    if inc.flows > 0 {
+        inc.annotations.insert(
+            "affected".into(),
+            format!(
+                "{} from {}",
+                plural(inc.flows, "flow", "flows"),
+                plural(inc.clients, "client", "clients")
+            ),
+        );
+    }
+    let related: Vec<String> = inc
+        .findings
+        .iter()
+        .filter(|(rule, _)| **rule != inc.rule)
+        .map(|(rule, r)| format!("{rule} ({}, {}): {}", r.severity, r.count, r.summary))
+        .collect();
+    if related.is_empty() {
+        inc.annotations.remove("related");
+    } else {
+        inc.annotations
+            .insert("related".into(), related.join(" | "));
     }
 }
 
@@ -419,6 +698,7 @@ impl From<Finding> for Observation {
             _ => None,
         };
         Self {
+            client: ff.src,
             rule: f.rule,
             severity: f.severity,
             group,
@@ -465,6 +745,7 @@ mod tests {
     fn obs(rule: &str, group: &str, summary: &str) -> Observation {
         Observation {
             activity_ns: None,
+            client: None,
             rule: rule.into(),
             severity: Severity::Warning,
             group: group.into(),
@@ -477,6 +758,7 @@ mod tests {
     fn manager() -> IncidentManager {
         IncidentManager::new(ManagerSettings {
             resolve_after: Duration::from_secs(60),
+            update_after: Duration::from_secs(10),
             host: "h1".into(),
             max_open: 3,
             keep_resolved: 2,
@@ -579,30 +861,168 @@ mod tests {
     }
 
     #[test]
-    fn groups_and_rules_are_separate_incidents_and_capped() {
+    fn groups_are_separate_incidents_and_capped() {
         let mut m = manager();
-        assert!(matches!(
-            m.observe(obs("a", "g1", "x"), T0),
-            Observed::New(_)
-        ));
-        assert!(matches!(
-            m.observe(obs("a", "g2", "x"), T0),
-            Observed::New(_)
-        ));
-        assert!(matches!(
-            m.observe(obs("b", "g1", "x"), T0),
-            Observed::New(_)
-        ));
-        assert_eq!(m.observe(obs("c", "g1", "x"), T0), Observed::Suppressed);
+        for g in ["g1", "g2", "g3"] {
+            assert!(matches!(m.observe(obs("a", g, "x"), T0), Observed::New(_)));
+        }
+        assert!(
+            matches!(m.observe(obs("b", "g1", "x"), T0), Observed::Repeated(_)),
+            "another rule on a firing group joins its incident"
+        );
+        assert_eq!(m.observe(obs("c", "g4", "x"), T0), Observed::Suppressed);
         assert_eq!(m.suppressed(), 1);
         assert_eq!(m.tick(T0).len(), 3);
         // All resolve; only keep_resolved = 2 stay listed.
         assert_eq!(m.tick(T0 + 60 * S).len(), 3);
         assert_eq!(m.list().len(), 2);
         assert!(matches!(
-            m.observe(obs("c", "g1", "x"), T0 + 61 * S),
+            m.observe(obs("c", "g4", "x"), T0 + 61 * S),
             Observed::New(_)
         ));
+    }
+
+    /// A report of `rule` at `severity` about flow `port` of client `client`.
+    fn report(rule: &str, severity: Severity, client: u8, port: u16) -> Observation {
+        let src: SocketAddr = format!("10.0.0.{client}:{port}").parse().expect("addr");
+        let dst: SocketAddr = "10.0.9.9:443".parse().expect("addr");
+        let mut o = obs(rule, "10.0.9.9:443/tcp", &format!("{rule} on {port}"));
+        o.severity = severity;
+        o.flow = Some(FlowKey::between(crate::flow::key::Proto::TCP, src, dst).0);
+        o.client = Some(src.ip());
+        o
+    }
+
+    #[test]
+    fn one_fault_is_one_incident_named_after_its_diagnosis() {
+        let mut m = manager();
+        // One evaluation of a lossy, congested link: the symptoms come
+        // first in the batch, the diagnosis later, across three flows.
+        let batch = [
+            report("retransmission_storm", Severity::Critical, 1, 40001),
+            report("rst_storm", Severity::Warning, 2, 40002),
+            report("latency_split", Severity::Info, 2, 40002),
+            report("congestion", Severity::Warning, 3, 40003),
+            report("retransmission_storm", Severity::Warning, 3, 40003),
+        ];
+        for o in batch {
+            m.observe(o, T0);
+        }
+        let t = m.tick(T0);
+        let [Transition::Fired(inc)] = t.as_slice() else {
+            panic!("one incident for the fault: {t:?}")
+        };
+        assert_eq!(inc.rule, "congestion", "named after the diagnosis");
+        assert_eq!(inc.labels["alertname"], "congestion");
+        assert_eq!(
+            inc.severity,
+            Severity::Critical,
+            "as severe as its worst report"
+        );
+        assert_eq!(inc.summary, "congestion on 40003");
+        assert_eq!(inc.flow, report("x", Severity::Info, 3, 40003).flow);
+        assert_eq!((inc.flows, inc.clients, inc.count), (3, 3, 5));
+        assert_eq!(inc.findings["retransmission_storm"].count, 2);
+        assert_eq!(
+            inc.findings["retransmission_storm"].severity,
+            Severity::Critical
+        );
+        assert_eq!(inc.annotations["affected"], "3 flows from 3 clients");
+        let related = &inc.annotations["related"];
+        for rule in ["latency_split", "retransmission_storm", "rst_storm"] {
+            assert!(related.contains(rule), "{rule} in {related:?}");
+        }
+        assert!(!related.contains("congestion ("), "{related:?}");
+
+        // A later report of a less severe rule joins without a page.
+        m.observe(
+            report("retransmission_stall", Severity::Warning, 4, 40004),
+            T0 + 2 * S,
+        );
+        assert!(m.tick(T0 + 2 * S).is_empty());
+        let inc = &m.firing()[0];
+        assert_eq!(
+            (inc.rule.as_str(), inc.flows, inc.clients),
+            ("congestion", 4, 4)
+        );
+    }
+
+    #[test]
+    fn the_notification_is_updated_as_the_figures_grow() {
+        let mut m = manager(); // update_after 10 s
+        m.observe(
+            report("retransmission_storm", Severity::Warning, 1, 40001),
+            T0,
+        );
+        m.tick(T0);
+        assert!(m.updates(T0 + 30 * S).is_empty(), "nothing changed");
+        // Same sentence again: no update.
+        m.observe(
+            report("retransmission_storm", Severity::Warning, 1, 40001),
+            T0 + 2 * S,
+        );
+        assert!(m.updates(T0 + 30 * S).is_empty(), "the same figures");
+        // A second client's flow: one update, not before 10 s after the last.
+        m.observe(
+            report("retransmission_storm", Severity::Warning, 2, 40002),
+            T0 + 31 * S,
+        );
+        let u = m.updates(T0 + 31 * S);
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!((u[0].flows, u[0].clients), (2, 2));
+        assert_eq!(u[0].annotations["affected"], "2 flows from 2 clients");
+        m.observe(
+            report("retransmission_storm", Severity::Warning, 3, 40003),
+            T0 + 33 * S,
+        );
+        assert!(m.updates(T0 + 33 * S).is_empty(), "at most one per 10 s");
+        let u = m.updates(T0 + 41 * S);
+        assert_eq!(u.iter().map(|i| i.flows).collect::<Vec<_>>(), [3]);
+        assert!(m.updates(T0 + 60 * S).is_empty(), "notified");
+    }
+
+    #[test]
+    fn a_more_severe_report_escalates_to_a_new_incident() {
+        let mut m = manager();
+        let Observed::New(first) = m.observe(report("latency_split", Severity::Info, 1, 40001), T0)
+        else {
+            panic!("new")
+        };
+        m.tick(T0);
+        let Observed::New(second) = m.observe(
+            report("retransmission_storm", Severity::Warning, 1, 40001),
+            T0 + 2 * S,
+        ) else {
+            panic!("escalated")
+        };
+        let t = m.tick(T0 + 2 * S);
+        let [Transition::Resolved(old), Transition::Fired(new)] = t.as_slice() else {
+            panic!("the info incident resolves, the warning one fires: {t:?}")
+        };
+        assert_eq!(old.id, first);
+        assert_eq!(old.annotations[SUPERSEDED_BY_ANNOTATION], second);
+        assert_eq!(new.id, second);
+        assert_eq!(new.labels["alertname"], "retransmission_storm");
+        assert_eq!(new.labels["severity"], "warning");
+        assert_eq!(new.findings.len(), 2, "carries the earlier reports");
+        assert_eq!(m.firing().len(), 1);
+        assert_eq!(m.get(&first).map(|i| i.status), Some(Status::Resolved));
+    }
+
+    #[test]
+    fn restoring_two_incidents_of_one_group_keeps_one() {
+        let mut m = manager();
+        let mut a = Incident::open(obs("congestion", "g", "x"), T0, "h1");
+        let b = Incident::open(obs("rst_storm", "g", "y"), T0 + S, "h1");
+        a.findings.clear(); // as written by a version without `findings`
+        assert_eq!(m.restore(vec![a.clone(), b.clone()]), 1);
+        assert_eq!(m.firing()[0].findings["congestion"].summary, "x");
+        let t = m.tick(T0 + 2 * S);
+        let [Transition::Resolved(r)] = t.as_slice() else {
+            panic!("the second resolves, superseded: {t:?}")
+        };
+        assert_eq!(r.id, b.id);
+        assert_eq!(r.annotations[SUPERSEDED_BY_ANNOTATION], a.id);
     }
 
     #[test]
@@ -647,7 +1067,11 @@ mod tests {
         assert_eq!(inc.stitch, Some(serde_json::json!({"links": []})));
         let back: Incident =
             serde_json::from_value(serde_json::to_value(inc).expect("json")).expect("round trip");
-        assert_eq!(&back, inc, "the stitch report survives a restart");
+        assert_eq!(
+            serde_json::to_value(&back).expect("json"),
+            serde_json::to_value(inc).expect("json"),
+            "the stitch report survives a restart"
+        );
     }
 
     #[test]

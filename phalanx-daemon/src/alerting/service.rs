@@ -28,8 +28,9 @@ use crate::flow::history::{FlowHistory, HistoryBounds};
 use crate::stitch::live::{LiveReport, LiveStitch};
 use crate::stitch::peer::FlowQuery;
 
-/// Observations buffered between the rules and the incident task.
-pub const OBSERVATION_QUEUE: usize = 1024;
+/// Evaluations (each a batch of observations) buffered between the rules
+/// and the incident task.
+pub const OBSERVATION_QUEUE: usize = 64;
 /// Lifecycle tick.
 const TICK: Duration = Duration::from_secs(1);
 /// Stitches of incident flows running at once (each asks every peer).
@@ -223,6 +224,7 @@ impl IncidentService {
         };
         let manager = Arc::new(Mutex::new(IncidentManager::new(ManagerSettings {
             resolve_after: Duration::from_secs(ic.resolve_after_secs),
+            update_after: Duration::from_secs(ic.update_secs),
             host,
             max_open: ic.max_open,
             keep_resolved: ic.keep_resolved,
@@ -279,7 +281,7 @@ impl IncidentService {
 
     /// Runs until the observation channel closes, then stops delivery
     /// (pending deliveries stay spooled).
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Observation>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Vec<Observation>>) {
         let mut stitched = self.stitch.as_mut().and_then(|s| s.rx.take());
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -288,9 +290,9 @@ impl IncidentService {
         resend.tick().await; // the first tick is immediate: nothing fires yet
         loop {
             tokio::select! {
-                obs = rx.recv() => {
-                    let Some(obs) = obs else { break };
-                    self.observe(obs);
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    self.observe(batch);
                     // Fire without waiting for the tick.
                     self.tick().await;
                 }
@@ -312,22 +314,28 @@ impl IncidentService {
         self.dispatcher.shutdown().await;
     }
 
-    fn observe(&mut self, obs: Observation) {
+    /// Folds one evaluation's observations, all before the next tick, so
+    /// that an incident is named after the best of them.
+    fn observe(&mut self, batch: Vec<Observation>) {
         let Ok(mut m) = self.view.manager.lock() else {
-            warn!("incident manager poisoned; observation dropped");
+            warn!("incident manager poisoned; observations dropped");
             return;
         };
-        if let Observed::Suppressed = m.observe(obs, wall_ns()) {
-            self.metrics.suppressed.inc();
+        let now = wall_ns();
+        for obs in batch {
+            if let Observed::Suppressed = m.observe(obs, now) {
+                self.metrics.suppressed.inc();
+            }
         }
     }
 
     async fn tick(&mut self) {
-        let transitions = match self.view.manager.lock() {
-            Ok(mut m) => m.tick(wall_ns()),
+        let now = wall_ns();
+        let (transitions, updates) = match self.view.manager.lock() {
+            Ok(mut m) => (m.tick(now), m.updates(now)),
             Err(_) => return,
         };
-        let changed = !transitions.is_empty();
+        let changed = !transitions.is_empty() || !updates.is_empty();
         for mut t in transitions {
             if let Transition::Fired(inc) = &mut t {
                 if let Some(updated) = self.write_evidence(inc).await {
@@ -339,6 +347,11 @@ impl IncidentService {
             }
             self.metrics.on(&t);
             self.dispatcher.dispatch(&t).await;
+        }
+        // Same labels: receivers update the alert with the new figures.
+        for inc in updates {
+            debug!(incident = %inc.id, flows = inc.flows, clients = inc.clients, "incident updated");
+            self.dispatcher.dispatch(&Transition::Fired(inc)).await;
         }
         if changed {
             self.save_state().await;

@@ -354,6 +354,18 @@ const REGISTRY: &[Registered] = &[
     },
 ];
 
+/// Where a rule's findings stand when several describe one fault: the
+/// built-in rules in [`REGISTRY`] order (diagnoses before the symptoms
+/// they explain: `congestion` before `retransmission_storm`), then custom
+/// rules. An incident is named after the first (see
+/// `crate::alerting::incident`).
+pub fn precedence(rule: &str) -> usize {
+    REGISTRY
+        .iter()
+        .position(|r| r.name == rule || r.also.contains(&rule))
+        .unwrap_or(REGISTRY.len())
+}
+
 /// Names of the built-in rules (custom rules may not reuse them).
 pub const BUILTIN_RULES: &[&str] = &builtin_names::<{ count_builtin_names() }>();
 
