@@ -9,7 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use phalanx_lab::{http_get, privileged, scenario::Scenario, Proc, WebhookReceiver};
+use phalanx_lab::{
+    http_get, privileged,
+    scenario::{Scenario, HTTP_PORT, SLOW_PATH_ONE_WAY},
+    Proc, WebhookReceiver,
+};
 
 /// Scenarios run one at a time: each loads programs and drives real traffic.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -24,20 +28,31 @@ const UPDATE_SECS: u64 = 2;
 /// incident task's 1 s tick.
 const EVALUATION: Duration = Duration::from_secs(3);
 
+/// One firing notification.
+struct Notified {
+    /// The incident: its labels and start.
+    incident: String,
+    /// Its `severity` label.
+    severity: String,
+    /// Its summary annotation.
+    summary: String,
+}
+
 /// What a scenario run delivered, with the daemon's own view for failure messages.
 struct Run {
     /// Alert names delivered within [`WITHIN`] of the traffic start, one
     /// per firing notification (an incident's updates repeat its name).
     names: Vec<String>,
-    /// Each firing notification's incident (its labels and start) and
-    /// summary, in delivery order.
-    firing: Vec<(String, String)>,
+    /// Each firing notification, in delivery order.
+    firing: Vec<Notified>,
     /// The rules of the findings delivered as evidence of those incidents
     /// (their `related` annotation), not as incidents of their own.
     related: Vec<String>,
     /// Alert names delivered as resolved after the traffic stopped, with
     /// the seconds since it stopped.
     resolved: Vec<(String, f64)>,
+    /// The daemon's flows at the end (`/api/v1/flows`, most packets first).
+    flows: Vec<serde_json::Value>,
     /// Traffic, the daemon's counters, worst flows, incidents and log.
     report: String,
 }
@@ -141,13 +156,12 @@ fn delivered(name: &str, linger: Duration) -> Run {
                         let n = a["labels"]["alertname"].as_str().unwrap_or("?");
                         eprintln!("{name}: {n} at {:.1} s", start.elapsed().as_secs_f64());
                         names.push(n.to_string());
-                        firing.push((
-                            format!("{} {}", a["labels"], a["startsAt"]),
-                            a["annotations"]["summary"]
-                                .as_str()
-                                .unwrap_or("")
-                                .to_string(),
-                        ));
+                        let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+                        firing.push(Notified {
+                            incident: format!("{} {}", a["labels"], a["startsAt"]),
+                            severity: text(&a["labels"]["severity"]),
+                            summary: text(&a["annotations"]["summary"]),
+                        });
                         // "rule (severity, count): sentence | ..."
                         let also = a["annotations"]["related"].as_str().unwrap_or("");
                         related.extend(
@@ -163,7 +177,7 @@ fn delivered(name: &str, linger: Duration) -> Run {
         let stopped = Instant::now();
         let mut resolved = Vec::new();
         let incidents = {
-            let mut v: Vec<&String> = firing.iter().map(|(i, _)| i).collect();
+            let mut v: Vec<&String> = firing.iter().map(|n| &n.incident).collect();
             v.sort();
             v.dedup();
             v.len()
@@ -184,6 +198,14 @@ fn delivered(name: &str, linger: Duration) -> Run {
         (traffic, names, firing, related, resolved)
     });
     let view = daemon_view(watch.ns, api);
+    let flows = watch
+        .ns
+        .run(move || http_get(api, "/api/v1/flows?sort=packets&limit=100"))
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["flows"].as_array().cloned())
+        .unwrap_or_default();
     drop(receiver);
     let out = daemon.stop(Duration::from_secs(10)).expect("daemon output");
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -201,6 +223,7 @@ fn delivered(name: &str, linger: Duration) -> Run {
         firing,
         related,
         resolved,
+        flows,
         report: format!("traffic {traffic:?}\n{view}--- log\n{log_tail}"),
     }
 }
@@ -242,6 +265,51 @@ fn healthy_fires_nothing() {
 }
 
 #[test]
+fn slow_path_is_measured_and_pages_nothing() {
+    if !privileged("slow_path_is_measured_and_pages_nothing") {
+        return;
+    }
+    let run = delivered("slow-path", Duration::ZERO);
+    let actionable: Vec<&Notified> = run.firing.iter().filter(|n| n.severity != "info").collect();
+    assert!(
+        actionable.is_empty(),
+        "slow-path: nothing wrong but the distance: {:?}\n{}",
+        actionable.iter().map(|n| &n.summary).collect::<Vec<_>>(),
+        run.report
+    );
+    // Truth: the delay line's 2 x 50 ms (± 1 ms each way), plus the
+    // veths' and the delay line's own microseconds to milliseconds.
+    let truth = 2.0 * SLOW_PATH_ONE_WAY.as_secs_f64() * 1000.0;
+    let tcp: Vec<&serde_json::Value> = run
+        .flows
+        .iter()
+        // Completed downloads (the driver's deadline resets the last one).
+        .filter(|f| f["dport"] == HTTP_PORT && f["state"] == "closed")
+        .collect();
+    assert!(
+        tcp.len() >= 3,
+        "downloads measured: {}\n{}",
+        tcp.len(),
+        run.report
+    );
+    for f in tcp {
+        let ms = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+        let (p50, p99) = (ms(&f["rtt"]["p50_ms"]), ms(&f["rtt"]["p99_ms"]));
+        let server_net = ms(&f["latency"]["server_network_ms"]);
+        let client_net = ms(&f["latency"]["client_network_ms"]);
+        let ok = (truth - 2.0..truth + 10.0).contains(&p50)
+            && p99 < truth + 30.0
+            && (truth - 2.0..truth + 10.0).contains(&server_net)
+            && client_net < 2.0;
+        assert!(
+            ok,
+            "slow-path: the client's view of a {truth} ms path: rtt p50 {p50} ms, p99 {p99} ms, \
+             server-side network {server_net} ms, client-side network {client_net} ms\n{f}"
+        );
+    }
+}
+
+#[test]
 fn pmtud_blackhole_fires() {
     expect_fault("pmtud-blackhole", "pmtud_blackhole");
 }
@@ -268,7 +336,7 @@ fn lossy_link_fires_one_incident_updated_then_resolved() {
     };
     // One fault, one incident: every other finding on the service (resets
     // of the stalled connections, the stall itself) is its evidence.
-    let mut incidents: Vec<&String> = run.firing.iter().map(|(i, _)| i).collect();
+    let mut incidents: Vec<&String> = run.firing.iter().map(|n| &n.incident).collect();
     incidents.sort();
     incidents.dedup();
     assert_eq!(
@@ -278,7 +346,7 @@ fn lossy_link_fires_one_incident_updated_then_resolved() {
         run.report
     );
     // Its notification follows the figures as they grow.
-    let summaries: Vec<&String> = run.firing.iter().map(|(_, s)| s).collect();
+    let summaries: Vec<&String> = run.firing.iter().map(|n| &n.summary).collect();
     assert!(
         summaries.windows(2).any(|w| w[0] != w[1]),
         "the incident was notified again with new figures: {summaries:?}"

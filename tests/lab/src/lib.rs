@@ -2,6 +2,7 @@
 //! the fault scenarios. Everything created is removed on drop, also when a
 //! test panics; traffic only ever goes to the namespaces' own addresses.
 
+pub mod delay;
 pub mod scenario;
 
 use std::{
@@ -693,6 +694,18 @@ impl Routed {
             (&self.router, Self::ROUTER_SERVER_IF),
             (&self.server, Self::IF),
         ]
+    }
+
+    /// Delays every packet the router forwards, either way, by `one_way`
+    /// ± `jitter` ([`delay::DelayLine`]): the path's round trip becomes
+    /// twice `one_way`.
+    pub fn delay(&self, one_way: Duration, jitter: Duration) -> Result<delay::DelayLine, LabError> {
+        delay::DelayLine::start(
+            &self.router,
+            &[Self::IF, Self::ROUTER_SERVER_IF],
+            one_way,
+            jitter,
+        )
     }
 
     /// Turns segmentation and receive offloads off on every veth end, so

@@ -13,7 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{unique, LabError, Netns, Routed};
+use crate::{delay::DelayLine, unique, LabError, Netns, Routed};
+
+/// One-way delay of the `slow-path` scenario's router (± 1 ms).
+pub const SLOW_PATH_ONE_WAY: Duration = Duration::from_millis(50);
 
 /// Port of the scenario's HTTP server.
 pub const HTTP_PORT: u16 = 8080;
@@ -21,6 +24,10 @@ pub const HTTP_PORT: u16 = 8080;
 /// Every scenario: name and what it reproduces.
 pub const SCENARIOS: &[(&str, &str)] = &[
     ("healthy", "client - router - server, paced downloads with no fault"),
+    (
+        "slow-path",
+        "healthy, across a 100 ms round trip (a user-space delay line in the router, 50 ms each way)",
+    ),
     ("lossy-link", "the router drops 3% of server->client packets at random (nftables numgen)"),
     (
         "pmtud-blackhole",
@@ -43,6 +50,8 @@ pub struct Scenario {
     pub net: Routed,
     /// Second router of the asymmetric scenario (the return path).
     pub return_router: Option<Netns>,
+    /// The router's delay line, in the scenarios of a long path.
+    pub delay: Option<DelayLine>,
     /// Parallel downloads the traffic driver keeps going.
     pub parallel: usize,
     /// Body size of one download.
@@ -95,6 +104,7 @@ impl Scenario {
             name,
             net,
             return_router: None,
+            delay: None,
             parallel: 2,
             body_bytes: 2 << 20,
             pause: Duration::ZERO,
@@ -107,6 +117,12 @@ impl Scenario {
             // transfers on a loaded 2-core machine overflow veth backlogs
             // and cause real (correctly reported) retransmissions.
             "healthy" => {
+                s.parallel = 1;
+                s.body_bytes = 256 << 10;
+                s.pause = Duration::from_millis(50);
+            }
+            "slow-path" => {
+                s.delay = Some(s.net.delay(SLOW_PATH_ONE_WAY, Duration::from_millis(1))?);
                 s.parallel = 1;
                 s.body_bytes = 256 << 10;
                 s.pause = Duration::from_millis(50);
@@ -323,7 +339,9 @@ fn download(addr: SocketAddr, deadline: Instant) -> std::io::Result<usize> {
         .max(Duration::from_millis(100));
     let mut s = TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(5)))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    // One write: `write!` would send each piece as it comes, and on a
+    // long path Nagle holds the rest of the request for a round trip.
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut head = Vec::new();
     let mut body: Option<usize> = None;
@@ -369,6 +387,21 @@ fn set_congestion_control(listener: &TcpListener, name: &str) -> Result<(), LabE
     Ok(())
 }
 
+/// Reads a request's head, up to its blank line (at most 8 KiB): closing
+/// a socket with request bytes unread would reset the connection.
+fn read_request(s: &mut TcpStream) -> std::io::Result<()> {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 2048];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match s.read(&mut buf)? {
+            0 => break,
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(())
+}
+
 fn serve(listener: TcpListener, body_bytes: usize, stop: &AtomicBool) {
     let body = Arc::new(vec![b'x'; body_bytes]);
     let mut handlers = Vec::new();
@@ -379,8 +412,7 @@ fn serve(listener: TcpListener, body_bytes: usize, stop: &AtomicBool) {
                 handlers.push(std::thread::spawn(move || {
                     let _ = s.set_nonblocking(false);
                     let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-                    let mut req = [0u8; 2048];
-                    let _ = s.read(&mut req);
+                    let _ = read_request(&mut s);
                     let _ = write!(
                         s,
                         "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
