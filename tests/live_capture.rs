@@ -15,7 +15,7 @@ use phalanx_daemon::{
     capture::ebpf::Capture,
     config::{AttachMode, CaptureConfig, FilterRule, FlowSpec},
 };
-use phalanx_lab::{http_get, metric, privileged, sh, Netns, Proc, Routed, TwoHosts};
+use phalanx_lab::{http_get, metric, privileged, sh, upload, Netns, Proc, Routed, TwoHosts};
 
 /// Attach/detach and the interface counters must not interleave across tests.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -421,6 +421,106 @@ fn records_match_the_wire(mode: AttachMode) {
     assert!(
         syn.tcp_opts & phalanx_common::tcp_opts::TIMESTAMPS != 0,
         "Linux SYN carries timestamps"
+    );
+}
+
+/// The figures one definition must give whatever the source.
+fn flow_figures(r: &phalanx_daemon::analyze::Report, port: u16) -> [u64; 9] {
+    let f = r
+        .flows
+        .iter()
+        .find(|f| f.dport == port || f.sport == port)
+        .expect("the flow");
+    [
+        f.packets,
+        f.goodput_bytes,
+        f.retransmissions.into(),
+        f.retrans_fast.into(),
+        f.retrans_timeout.into(),
+        f.retrans_spurious.into(),
+        f.dup_acks.into(),
+        f.out_of_order.into(),
+        f.window_full.into(),
+    ]
+}
+
+/// A lossy upload over a 20 ms path, seen at the sender with segmentation
+/// offload on: the ring's GSO records and tcpdump's file of the same
+/// packets (super-frames with no segment count) give the same counts,
+/// and the re-sent segments cover the router's drops.
+#[test]
+fn lossy_gso_upload_counts_the_same_live_and_offline() {
+    if !privileged("lossy_gso_upload_counts_the_same_live_and_offline") {
+        return;
+    }
+    let _g = serial();
+    let lab = Routed::new("lg").expect("client-router-server lab");
+    let port = 9311u16;
+    let (client, server) = (lab.client_v4(), lab.server_v4());
+    // 2 % of the data segments at random, counted: as they come back
+    // from the delay line, one wire segment each (on the way in they are
+    // the sender's GSO super-packets).
+    lab.router
+        .drop_forwarded(&format!(
+            "iifname \"{}\" ip saddr {client} ip daddr {server} tcp dport {port} \
+             meta length > 200 numgen random mod 100 < 2",
+            phalanx_lab::delay::TUN
+        ))
+        .expect("drop rule");
+    let delay = lab
+        .delay(Duration::from_millis(10), Duration::ZERO)
+        .expect("delay line");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pcap = dir.path().join("sender.pcap");
+    let dump = lab
+        .client
+        .tcpdump(Routed::IF, &["tcp", "port", &port.to_string()], &pcap)
+        .expect("tcpdump");
+    let (cap, mut ring) = attach(&lab.client, Routed::IF, AttachMode::Tcx, Vec::new());
+    let addr = SocketAddr::new(server.into(), port);
+    let sent = upload(&lab.client, &lab.server, addr, 6 << 20, None).expect("upload");
+    std::thread::sleep(Duration::from_millis(300));
+    let recs = flow_records(&drain(&mut ring), port);
+    let counters = cap.counters().expect("counters");
+    drop(cap);
+    assert_eq!(
+        dump.stop().expect("tcpdump exit report"),
+        0,
+        "tcpdump lost nothing"
+    );
+    let drops = lab.router.dropped().expect("drop counter");
+    let delayed = delay.stop();
+    let cfg = phalanx_daemon::flow::FlowConfig::default();
+    let live = flow_figures(
+        &phalanx_daemon::analyze::analyze_records(recs.clone(), &cfg),
+        port,
+    );
+    let offline = flow_figures(
+        &phalanx_daemon::analyze::analyze_files(std::slice::from_ref(&pcap), &cfg)
+            .expect("analyze"),
+        port,
+    );
+    let gso = recs.iter().filter(|r| r.segs > 1).count();
+    eprintln!(
+        "upload {sent:?}; router drops {drops}; delay line {delayed:?}; records {} ({gso} GSO) \
+         | live [packets, goodput, retrans, fast, timeout, spurious, dup_acks, ooo, window_full] \
+         {live:?} | offline {offline:?}",
+        recs.len()
+    );
+    assert_eq!(
+        counters[Counter::RingFull as usize],
+        0,
+        "no ring-full drops"
+    );
+    assert!(gso > 0, "the sender's egress builds GSO super-packets");
+    assert!(drops >= 20, "the router dropped segments: {drops}");
+    assert_eq!(live, offline, "live vs offline figures of one lossy run");
+    // The sender re-sends every dropped segment, and a timeout's resend
+    // of a whole window may re-send more.
+    assert!(
+        live[2] >= drops,
+        "retransmissions {} cover the {drops} drops",
+        live[2]
     );
 }
 

@@ -24,8 +24,9 @@ use std::{
 
 use crate::{LabError, Netns};
 
-/// Name of the TUN device in the router namespace.
-const TUN: &str = "pxdelay";
+/// Name of the TUN device in the router namespace: packets come back
+/// from it one wire segment each (it has no segmentation offload).
+pub const TUN: &str = "pxdelay";
 /// First routing table of the policy rules (one per input interface).
 const TABLE: u32 = 7100;
 /// Packets held at once; beyond, packets are dropped and counted.
