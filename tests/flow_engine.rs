@@ -108,8 +108,9 @@ fn clean_upload_with_timestamps_gives_exact_rtt() {
         f.rtt
     );
     assert_eq!(f.jitter_ms, Some(0.0), "constant RTT has no jitter");
-    assert_eq!(f.mss.src, Some(1448));
-    assert_eq!(f.mss.dst, Some(1448));
+    // The option: 1448-byte segments plus 12 bytes of timestamps.
+    assert_eq!(f.mss.src, Some(1460));
+    assert_eq!(f.mss.dst, Some(1460));
     assert_eq!(f.wscale.src, Some(7));
     assert!(f.timestamps && f.sack_permitted);
     assert_eq!(f.src_to_dst.packets, t.sender_packets);
@@ -561,6 +562,42 @@ fn a_super_frame_in_a_file_counts_as_the_segments_the_ring_reports() {
         f.src_to_dst.retransmissions, 10,
         "the re-sent frame is 10 segments"
     );
+    assert_eq!(
+        serde_json::to_value(&from_file.flows).expect("json"),
+        serde_json::to_value(&from_ring.flows).expect("json"),
+        "a file and the ring give the same figures for the same packets"
+    );
+}
+
+#[test]
+fn a_super_frame_with_timestamps_is_cut_at_the_mss_less_the_options() {
+    // Linux with timestamps sends 1448-byte segments to an MSS of 1460
+    // (12 bytes of options in each): a 63,812-byte frame is 44 full
+    // segments and a 100-byte one, 45 where the ring says gso_segs = 45
+    // (dividing by the MSS option would say 44).
+    let t0 = 1_000_000_000_u64;
+    let stamped = |mut m: PacketMeta| {
+        m.tcp_opts |= tcp_opts::TIMESTAMPS;
+        (m.tsval, m.tsecr) = (7, 9);
+        m
+    };
+    let mut syn = stamped(tcp(t0, 1, 2, 40000, 80, tf::SYN));
+    (syn.seq, syn.mss) = (100, 1460);
+    syn.tcp_opts |= tcp_opts::MSS;
+    let mut synack = stamped(tcp(t0 + 1_000_000, 2, 1, 80, 40000, tf::SYN | tf::ACK));
+    (synack.seq, synack.ack, synack.mss) = (5000, 101, 1460);
+    synack.tcp_opts |= tcp_opts::MSS;
+    let mut ack = stamped(tcp(t0 + 2_000_000, 1, 2, 40000, 80, tf::ACK));
+    (ack.seq, ack.ack) = (101, 5001);
+    let payload = 44 * 1448 + 100;
+    let mut data = stamped(tcp(t0 + 3_000_000, 1, 2, 40000, 80, tf::ACK | tf::PSH));
+    (data.seq, data.ack, data.payload_len) = (101, 5001, payload);
+    let file = vec![syn, synack, ack, data];
+    let mut ring = file.clone();
+    (ring[3].segs, ring[3].gso_size) = (45, 1448);
+    let from_file = analyze_records(file, &FlowConfig::default());
+    let from_ring = analyze_records(ring, &FlowConfig::default());
+    assert_eq!(only_flow(&from_file).src_to_dst.packets, 2 + 45);
     assert_eq!(
         serde_json::to_value(&from_file.flows).expect("json"),
         serde_json::to_value(&from_ring.flows).expect("json"),

@@ -488,8 +488,8 @@ fn lossy_gso_upload_counts_the_same_live_and_offline() {
         0,
         "tcpdump lost nothing"
     );
-    let drops = lab.router.dropped().expect("drop counter");
     let delayed = delay.stop();
+    let drops = lab.router.dropped().expect("drop counter") + delayed.queue_drops;
     let cfg = phalanx_daemon::flow::FlowConfig::default();
     let live = flow_figures(
         &phalanx_daemon::analyze::analyze_records(recs.clone(), &cfg),
@@ -502,7 +502,7 @@ fn lossy_gso_upload_counts_the_same_live_and_offline() {
     );
     let gso = recs.iter().filter(|r| r.segs > 1).count();
     eprintln!(
-        "upload {sent:?}; router drops {drops}; delay line {delayed:?}; records {} ({gso} GSO) \
+        "upload {sent:?}; drops {drops}; delay line {delayed:?}; records {} ({gso} GSO) \
          | live [packets, goodput, retrans, fast, timeout, spurious, dup_acks, ooo, window_full] \
          {live:?} | offline {offline:?}",
         recs.len()

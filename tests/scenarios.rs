@@ -20,8 +20,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const API: &str = "127.0.0.1:19760";
 const HOOK_PORT: u16 = 19761;
 const WITHIN: Duration = Duration::from_secs(15);
-/// `incidents.resolve_after_secs` of the runs.
-const RESOLVE_AFTER_SECS: u64 = 5;
+/// `incidents.resolve_after_secs` of the runs: as long as the traffic, so
+/// a fault's incident cannot resolve while the fault lasts (a lossy link's
+/// evidence, flows over the storm ratio, comes in bursts seconds apart),
+/// and short enough to see it resolve once the traffic stops.
+const RESOLVE_AFTER_SECS: u64 = WITHIN.as_secs();
 /// `incidents.update_secs` of the runs.
 const UPDATE_SECS: u64 = 2;
 /// Rules evaluation interval (`pipeline::RULES_INTERVAL`) plus the

@@ -271,6 +271,26 @@ impl PacketMeta {
         self.sack_count == 0 && self.kind != RecordKind::IcmpError as u8
     }
 
+    /// The payload of a full wire segment this record's sender cuts it
+    /// into, given the receiver's MSS option: the MSS less the TCP options
+    /// each segment carries, as Linux lays them out (timestamps 12 bytes
+    /// with padding; SACK 4 plus 8 per block), the way its `mss_cache`
+    /// does. At least 1.
+    #[inline]
+    pub fn wire_segment_size(&self, receiver_mss: u32) -> u32 {
+        let ts = if self.tcp_opts & tcp_opts::TIMESTAMPS != 0 {
+            12
+        } else {
+            0
+        };
+        let sack = if self.tcp_opts & tcp_opts::SACK != 0 {
+            4 + 8 * u32::from(self.sack_count)
+        } else {
+            0
+        };
+        receiver_mss.saturating_sub(ts + sack).max(1)
+    }
+
     /// An all-zero record (every field valid as "absent").
     pub const fn zeroed() -> Self {
         Self {

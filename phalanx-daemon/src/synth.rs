@@ -392,7 +392,9 @@ fn syn_packet(b: &Builder<'_>, t: u64, s: &TcpEnd, r: &TcpEnd) -> PacketMeta {
     let mut m = b.packet(t, s, r);
     m.seq = s.isn;
     m.tcp_opts |= tcp_opts::MSS | tcp_opts::WSCALE | if sc.sack { tcp_opts::SACK_PERM } else { 0 };
-    m.mss = sc.mss;
+    // The option announces what fits with the options every segment
+    // carries: data segments of `mss` bytes plus the timestamps.
+    m.mss = sc.mss + if sc.timestamps { 12 } else { 0 };
     m.wscale = WSCALE;
     m.window = u16::MAX;
     m.tsval = s.tsval;

@@ -85,20 +85,22 @@ impl<'a> Segment<'a> {
     }
 }
 
-/// The wire segments of a TCP frame longer than the receiver's MSS that
-/// carries no segment count (a capture file taken on a host with TSO or
-/// GRO holds such super-frames): the count the kernel gives the same
-/// packet as a GSO record, so a file and the ring give the same figures.
-/// `None` when the frame fits one segment or the receiver's MSS is unknown.
+/// The wire segments of a TCP frame longer than one segment that carries
+/// no segment count (a capture file taken on a host with TSO or GRO holds
+/// such super-frames): the count the kernel gives the same packet as a
+/// GSO record (segments of the receiver's MSS less the options each
+/// carries, [`PacketMeta::wire_segment_size`]), so a file and the ring
+/// give the same figures. `None` when the frame fits one segment or the
+/// receiver's MSS is unknown.
 #[inline]
 pub fn inferred_segments(f: &Flow, d: usize, rec: &PacketMeta) -> Option<u16> {
     let peer = &f.dir[d ^ 1];
     if rec.segs > 1 || peer.flags & F_MSS == 0 || peer.mss == 0 {
         return None;
     }
-    let mss = u32::from(peer.mss);
-    (rec.payload_len > mss)
-        .then(|| u16::try_from(rec.payload_len.div_ceil(mss)).unwrap_or(u16::MAX))
+    let size = rec.wire_segment_size(u32::from(peer.mss));
+    (rec.payload_len > size)
+        .then(|| u16::try_from(rec.payload_len.div_ceil(size)).unwrap_or(u16::MAX))
 }
 
 /// Whether a SYN on an existing flow starts a new connection (port reuse

@@ -68,7 +68,8 @@ impl HopCapture {
 
 /// Sightings of one point's records as the wire carries them: a TCP frame
 /// that stands for several segments (a GSO record, or a capture file's
-/// super-frame longer than the receiver's MSS, merged by TSO or GRO at the
+/// super-frame longer than a segment of the receiver's MSS less its
+/// options, merged by TSO or GRO at the
 /// capture host) is seen as those segments, the way other points see them.
 /// Their payload hashes are dropped: the frame's covers other bytes.
 #[derive(Debug, Default)]
@@ -88,7 +89,10 @@ impl WireSegments {
         if m.tcp_flags & tcp_flags::SYN != 0 && m.tcp_opts & tcp_opts::MSS != 0 && m.mss > 0 {
             self.mss.insert((key, d), u32::from(m.mss));
         }
-        let receiver_mss = self.mss.get(&(key, d ^ 1)).copied();
+        let receiver_mss = self
+            .mss
+            .get(&(key, d ^ 1))
+            .map(|&mss| m.wire_segment_size(mss));
         let (segs, size) = if m.segs > 1 {
             let size = if m.gso_size > 0 {
                 u32::from(m.gso_size)

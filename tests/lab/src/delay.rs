@@ -31,6 +31,9 @@ pub const TUN: &str = "pxdelay";
 const TABLE: u32 = 7100;
 /// Packets held at once; beyond, packets are dropped and counted.
 const MAX_HELD: usize = 65_536;
+/// The TUN device's queue (the kernel's default, 500, overflows on an
+/// unpaced sender's bursts).
+const QUEUE: &str = "20000";
 /// Longest wait for a packet before the thread looks at its stop flag.
 const IDLE: Duration = Duration::from_millis(50);
 
@@ -41,6 +44,9 @@ pub struct DelayStats {
     pub forwarded: u64,
     /// Packets dropped because [`MAX_HELD`] were held.
     pub overflow: u64,
+    /// Packets the kernel dropped before the line read them (the TUN
+    /// device's queue, [`QUEUE`] packets, was full).
+    pub queue_drops: u64,
 }
 
 /// A running delay line; stopped, and its routes removed, on drop.
@@ -63,7 +69,7 @@ impl DelayLine {
         jitter: Duration,
     ) -> Result<Self, LabError> {
         let tun = router.run(open_tun)??;
-        router.ip(&["link", "set", TUN, "up"])?;
+        router.ip(&["link", "set", TUN, "txqueuelen", QUEUE, "up"])?;
         // Packets come back on the TUN device, not on the interface their
         // source routes through: no reverse-path filter.
         for key in ["all", TUN] {
@@ -100,11 +106,22 @@ impl DelayLine {
 
     fn halt(&mut self) -> DelayStats {
         self.stop.store(true, Ordering::Relaxed);
-        let stats = self
+        let mut stats = self
             .worker
             .take()
             .and_then(|w| w.join().ok())
             .unwrap_or_default();
+        stats.queue_drops = crate::sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.ns,
+            "cat",
+            &format!("/sys/class/net/{TUN}/statistics/tx_dropped"),
+        ])
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0);
         for (i, iface) in self.interfaces.drain(..).enumerate() {
             let table = (TABLE + i as u32).to_string();
             // The namespace may be gone already, taking the rules with it.
