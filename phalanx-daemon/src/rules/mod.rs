@@ -11,7 +11,7 @@
 //!
 //! | rule | severity | fires when |
 //! |---|---|---|
-//! | `pmtud_blackhole` | critical | full-size segments re-sent repeatedly, none that large ever acknowledged, smaller ones acknowledged, no ICMP "too big" for the direction |
+//! | `pmtud_blackhole` | critical | full-size segments re-sent repeatedly, none that large ever acknowledged, smaller ones acknowledged, no ICMP "too big" for the direction, and the capture not taken at their receiver (which they reached) |
 //! | `pmtud_reduced` | info | an ICMP "fragmentation needed" / "packet too big" quoted the flow (reports the MTU) |
 //! | `asymmetric_path` | warning / info | only one direction is seen although it proves the other exists; or a direction's TTL changes mid-flow by 2 hops or more (info) |
 //! | `handshake_answered_elsewhere` | info | a direction's SYN or SYN/ACK was sent with another initial TTL than its later packets: another device (SYN proxy, load balancer, middlebox) answered the handshake (settings of `asymmetric_path`) |

@@ -79,12 +79,22 @@ pub(super) fn check(c: &PmtudConfig, f: &FlowSummary, _now_ns: u64, out: &mut Ve
             .filter(|e| usize::from(e.quoted_dir) == i && e.is_too_big(ipv))
             .collect();
         if too_big.is_empty() {
-            out.extend(blackhole(c, f, &s));
+            if !receiver_is_here(f, i) {
+                out.extend(blackhole(c, f, &s));
+            }
         } else if c.report_reduced {
             // The sender was told: discovery at work, not a black hole.
             out.push(reduced(f, &s, &too_big));
         }
     }
+}
+
+/// Whether direction `i` (0: `src_to_dst`) ends at the host the capture
+/// was taken on (`local_side`): its full-size segments reached their
+/// receiver, so no hop dropped them; re-sends seen there have another
+/// cause (loss upstream in a queue, which other rules report).
+fn receiver_is_here(f: &FlowSummary, i: usize) -> bool {
+    f.local_side == Some(if i == 0 { "dst" } else { "src" })
 }
 
 /// `pmtud_reduced` for a direction that ICMP "too big" errors quoted.

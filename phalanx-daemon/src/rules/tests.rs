@@ -158,6 +158,29 @@ fn pmtud_blackhole_fires_and_supersedes_the_stall() {
 }
 
 #[test]
+fn full_size_resends_that_reached_their_receiver_are_no_blackhole() {
+    // The same packets captured on the client: its own packets carry the
+    // initial TTL, the server's arrive 7 hops down. The server's
+    // full-size re-sends were seen arriving here, so no hop dropped them
+    // (a full queue upstream did, or the first copies): a stall, not a
+    // black hole.
+    let mut v = blackhole_download();
+    for m in &mut v {
+        if m.sport == 80 {
+            m.ttl = 57;
+        }
+    }
+    let (flows, found) = run(&v, &RulesConfig::default());
+    assert_eq!(flows[0].local_side, Some("src"));
+    assert_eq!(flows[0].dst_to_src.full_size_retrans, 4);
+    assert_eq!(
+        rules(&found),
+        [("retransmission_stall", Severity::Critical)],
+        "{found:#?}"
+    );
+}
+
+#[test]
 fn pmtud_with_icmp_is_reduced_not_blackhole() {
     let mut v = blackhole_download();
     v.truncate(10); // up to the three full-size segments
