@@ -56,6 +56,8 @@ struct Run {
     resolved: Vec<(String, f64)>,
     /// The daemon's flows at the end (`/api/v1/flows`, most packets first).
     flows: Vec<serde_json::Value>,
+    /// Its `/metrics` at the end.
+    metrics: String,
     /// Traffic, the daemon's counters, worst flows, incidents and log.
     report: String,
 }
@@ -103,6 +105,11 @@ fn daemon_view(ns: &phalanx_lab::Netns, api: SocketAddr) -> String {
 /// Runs `name` and returns what was delivered within [`WITHIN`] of the
 /// traffic start, and what resolved within `linger` after it stopped.
 fn delivered(name: &str, linger: Duration) -> Run {
+    delivered_with(name, linger, "")
+}
+
+/// [`delivered`] with `extra` appended to the daemon's configuration.
+fn delivered_with(name: &str, linger: Duration, extra: &str) -> Run {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let s = Scenario::new(name).expect("scenario");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -112,7 +119,7 @@ fn delivered(name: &str, linger: Duration) -> Run {
         format!(
             "[http]\nlisten = \"{API}\"\n[incidents]\nevidence_dir = {:?}\nspool_dir = {:?}\n\
              resolve_after_secs = {RESOLVE_AFTER_SECS}\nupdate_secs = {UPDATE_SECS}\n\
-             [[webhooks]]\nurl = \"http://127.0.0.1:{HOOK_PORT}/hook\"\n",
+             [[webhooks]]\nurl = \"http://127.0.0.1:{HOOK_PORT}/hook\"\n{extra}",
             dir.path().join("evidence"),
             dir.path().join("spool")
         ),
@@ -201,6 +208,13 @@ fn delivered(name: &str, linger: Duration) -> Run {
         (traffic, names, firing, related, resolved)
     });
     let view = daemon_view(watch.ns, api);
+    let metrics = watch
+        .ns
+        .run(move || http_get(api, "/metrics"))
+        .ok()
+        .and_then(Result::ok)
+        .map(|(_, b)| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let flows = watch
         .ns
         .run(move || http_get(api, "/api/v1/flows?sort=packets&limit=100"))
@@ -227,6 +241,7 @@ fn delivered(name: &str, linger: Duration) -> Run {
         related,
         resolved,
         flows,
+        metrics,
         report: format!("traffic {traffic:?}\n{view}--- log\n{log_tail}"),
     }
 }
@@ -320,6 +335,38 @@ fn pmtud_blackhole_fires() {
 #[test]
 fn syn_blackhole_fires() {
     expect_fault("syn-blackhole", "syn_unanswered");
+}
+
+#[test]
+fn an_exempted_fault_is_counted_not_delivered() {
+    if !privileged("an_exempted_fault_is_counted_not_delivered") {
+        return;
+    }
+    // A known case silenced in config: the blackholed service's SYNs (the
+    // labs' addresses are 10.X.1.2 and 10.X.2.2).
+    let extra = format!(
+        "[[exemptions]]\nrule = \"syn_unanswered\"\ncidr = \"10.0.0.0/8\"\nport = {HTTP_PORT}\n\
+         reason = \"known: the test blackholes this service\"\n"
+    );
+    let run = delivered_with("syn-blackhole", Duration::ZERO, &extra);
+    assert!(
+        !run.names
+            .iter()
+            .chain(&run.related)
+            .any(|n| n == "syn_unanswered"),
+        "exempted, so not delivered: {:?}\n{}",
+        run.names,
+        run.report
+    );
+    let exempted = phalanx_lab::metric(
+        &run.metrics,
+        "phalanx_findings_exempted_total{rule=\"syn_unanswered\"}",
+    );
+    assert!(
+        exempted > 0,
+        "the exempted findings are counted\n{}",
+        run.report
+    );
 }
 
 #[test]
