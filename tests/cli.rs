@@ -62,6 +62,20 @@ fn missing_interface_is_reported() {
 }
 
 #[test]
+fn an_open_api_on_a_public_address_is_refused() {
+    // Before anything is loaded or attached: no root needed to see it.
+    let o = phalanx(&["run", "--iface", "lo", "--listen", "0.0.0.0:19799"]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("http.listen 0.0.0.0:19799 is not a loopback address")
+            && e.contains("http.token_file")
+            && e.contains("insecure_open"),
+        "{e}"
+    );
+}
+
+#[test]
 fn no_interface_is_reported() {
     let o = phalanx(&["run"]);
     assert!(!o.status.success());

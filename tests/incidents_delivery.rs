@@ -394,6 +394,7 @@ async fn alertmanager_and_signed_webhook_get_fired_then_resolved_with_evidence()
         flows: Arc::new(Mutex::new(FlowTable::new(FlowConfig::default()))),
         incidents: run.view.clone(),
         stitch: None,
+        auth: Arc::new(api::auth::Auth::open()),
     };
     let server = tokio::spawn(async move { axum::serve(api_listener, api::router(state)).await });
 

@@ -24,6 +24,8 @@ use phalanx_lab::{http_get, privileged, upload, Proc, Routed};
 
 const BYTES: usize = 4 * 1024 * 1024;
 const API: &str = "127.0.0.1:19770";
+/// The `read` token Prometheus scrapes with (`http.token_file`).
+const SCRAPE_TOKEN: &str = "prometheus-scrape-0123456789";
 const PROM: &str = "127.0.0.1:19771";
 
 /// Value of the sample `name{...}` carrying every label of `want`.
@@ -84,7 +86,10 @@ fn get(lab: &Routed, path: &str) -> (String, Vec<u8>) {
     let addr: SocketAddr = API.parse().expect("addr");
     let p = path.to_string();
     lab.server
-        .run(move || http_get(addr, &p))
+        .run(move || {
+            let auth = [("Authorization", format!("Bearer {SCRAPE_TOKEN}"))];
+            phalanx_lab::http_request(addr, "GET", &p, &auth, b"")
+        })
         .expect("namespace")
         .expect("daemon API")
 }
@@ -109,11 +114,14 @@ fn prometheus_scrapes_flow_kpis_that_match_the_capture() {
         "{}.0/24",
         client.to_string().rsplit_once('.').expect("dotted").0
     );
+    let (tokens, credentials) = (dir.path().join("tokens"), dir.path().join("credentials"));
+    std::fs::write(&tokens, format!("prometheus:read:{SCRAPE_TOKEN}\n")).expect("token file");
+    std::fs::write(&credentials, SCRAPE_TOKEN).expect("credentials file");
     let cfg = dir.path().join("phalanx.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[http]\nlisten = \"{API}\"\n[incidents]\nevidence_dir = {:?}\nspool_dir = {:?}\n\
+            "[http]\nlisten = \"{API}\"\ntoken_file = {tokens:?}\n[incidents]\nevidence_dir = {:?}\nspool_dir = {:?}\n\
              [[metrics.groups]]\nname = \"bulk\"\nports = [{port}]\nremote = [\"10.0.0.0/8\"]\n\
              remote_prefix_v4 = 24\n",
             dir.path().join("evidence"),
@@ -138,7 +146,8 @@ fn prometheus_scrapes_flow_kpis_that_match_the_capture() {
         &prom_cfg,
         format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\n\
-             scrape_configs:\n  - job_name: phalanx\n    static_configs:\n      - targets: [\"{API}\"]\n"
+             scrape_configs:\n  - job_name: phalanx\n    authorization:\n      type: Bearer\n      \
+             credentials_file: {credentials:?}\n    static_configs:\n      - targets: [\"{API}\"]\n"
         ),
     )
     .expect("prometheus config");

@@ -43,6 +43,9 @@ const DROP_PERCENT: u32 = 2;
 /// 200 Mbit/s: the transfer takes under a second.
 const PACING_BYTES_PER_SEC: u32 = 25_000_000;
 const SECRET: &str = "stitch-peers-test-key-0123456789";
+/// The `admin` bearer token of both daemons' `http.token_file`: they
+/// listen on non-loopback addresses, which needs authentication.
+const ADMIN_TOKEN: &str = "stitch-peers-admin-0123456789";
 const API_PORT: u16 = 9740;
 const HOOK_PORT: u16 = 19771;
 /// From the end of the transfer to the stitched notification.
@@ -59,7 +62,10 @@ fn http(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
-    let mut all = vec![("Content-Type", "application/json".to_string())];
+    let mut all = vec![
+        ("Content-Type", "application/json".to_string()),
+        ("Authorization", format!("Bearer {ADMIN_TOKEN}")),
+    ];
     all.extend(headers.iter().map(|(k, v)| (*k, v.clone())));
     let (status, body) = http_request(addr, method, path, &all, body)?;
     let code = status
@@ -68,6 +74,12 @@ fn http(
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     Ok((code, String::from_utf8_lossy(&body).to_string()))
+}
+
+/// `GET path` with the admin token: status line and body.
+fn api_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, Vec<u8>)> {
+    let auth = [("Authorization", format!("Bearer {ADMIN_TOKEN}"))];
+    http_request(addr, "GET", path, &auth, b"")
 }
 
 /// Starts `phalanx run` in `ns` on `eth0`, API on `me:9740`, `peer` as its
@@ -86,8 +98,10 @@ fn start_daemon(
     } else {
         String::new()
     };
+    let tokens = dir.join(format!("{hop}.tokens"));
+    std::fs::write(&tokens, format!("ops:admin:{ADMIN_TOKEN}\n")).expect("token file");
     let cfg = format!(
-        "[http]\nlisten = \"{me}:{API_PORT}\"\n\
+        "[http]\nlisten = \"{me}:{API_PORT}\"\ntoken_file = {tokens:?}\n\
          [incidents]\nhost = \"{hop}\"\nevidence_dir = {:?}\nspool_dir = {:?}\n\
          [rules.retransmission_storm]\nratio = 0.01\n\
          [stitch]\npeers = [\"http://{peer}:{API_PORT}\"]\nsecret = \"{SECRET}\"\nhop = \"{hop}\"\n\
@@ -219,7 +233,7 @@ fn peers_localize_router_drops_in_the_incident() {
     }
     let served = lab
         .client
-        .run(move || http_get(s_api, "/metrics"))
+        .run(move || api_get(s_api, "/metrics"))
         .expect("client namespace")
         .expect("server metrics");
     let served = String::from_utf8_lossy(&served.1).to_string();
@@ -309,7 +323,7 @@ fn peers_localize_router_drops_in_the_incident() {
     let path = format!("/api/v1/incidents/{id}");
     let (status, body) = lab
         .client
-        .run(move || http_get(c_api, &path))
+        .run(move || api_get(c_api, &path))
         .expect("client namespace")
         .expect("incident");
     assert!(status.contains("200"), "incident {id}: {status}");
@@ -361,13 +375,22 @@ fn peers_localize_router_drops_in_the_incident() {
         .expect("client namespace")
         .expect("stitch request");
     assert_eq!(code, 400, "a malformed stitch request: {text}");
+    let (status, _) = lab
+        .client
+        .run(move || http_request(c_api, "POST", "/api/v1/stitch", &[], b"{}"))
+        .expect("client namespace")
+        .expect("stitch request");
+    assert!(
+        status.contains("401"),
+        "a stitch request without a token: {status}"
+    );
 
     // Ground-truth conditions: no record lost by either daemon; the server
     // served the client's queries.
     for (who, api) in [("client", c_api), ("server", s_api)] {
         let (_, m) = lab
             .client
-            .run(move || http_get(api, "/metrics"))
+            .run(move || api_get(api, "/metrics"))
             .expect("client namespace")
             .expect("metrics");
         let m = String::from_utf8_lossy(&m).to_string();

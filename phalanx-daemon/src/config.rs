@@ -89,13 +89,48 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address of the metrics/API server.
     pub listen: SocketAddr,
+    /// Bearer tokens (`NAME:SCOPE:TOKEN` per line); "" = none: the API is open.
+    pub token_file: std::path::PathBuf,
+    /// Serve a non-loopback `listen` without a token file.
+    pub insecure_open: bool,
+    /// Lifetime of a browser session opened with a token, seconds.
+    pub session_ttl_secs: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 9740),
+            token_file: std::path::PathBuf::new(),
+            insecure_open: false,
+            session_ttl_secs: 43_200,
         }
+    }
+}
+
+impl HttpConfig {
+    /// A non-loopback address serves only with authentication, or when
+    /// `insecure_open` says so: anyone who reaches it would read every
+    /// flow and incident and make the daemon act.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.ip().is_loopback()
+            && self.token_file.as_os_str().is_empty()
+            && !self.insecure_open
+        {
+            return Err(ConfigError::Semantic(format!(
+                "http.listen {} is not a loopback address: set http.token_file \
+                 (bearer tokens), or http.insecure_open = true to serve it without \
+                 authentication",
+                self.listen
+            )));
+        }
+        if !(60..=30 * 86_400).contains(&self.session_ttl_secs) {
+            return Err(ConfigError::Semantic(format!(
+                "http.session_ttl_secs {} is out of range 60..=2592000",
+                self.session_ttl_secs
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -207,6 +242,7 @@ impl Config {
                 )));
             }
         }
+        self.http.validate()?;
         self.history.validate().map_err(ConfigError::Semantic)?;
         self.validate_incidents()?;
         self.metrics.validate().map_err(ConfigError::Semantic)?;
@@ -389,6 +425,31 @@ mod tests {
                 msg.contains(needle),
                 "{text:?}: expected {needle:?} in {msg}"
             );
+        }
+    }
+
+    #[test]
+    fn a_non_loopback_api_needs_authentication_or_says_it_is_open() {
+        assert_rejected(&[
+            (
+                "[http]\nlisten = \"0.0.0.0:9740\"\n",
+                "http.listen 0.0.0.0:9740 is not a loopback address: set http.token_file",
+            ),
+            (
+                "[http]\nlisten = \"[::]:9740\"\n",
+                "is not a loopback address",
+            ),
+            (
+                "[http]\nsession_ttl_secs = 10\n",
+                "http.session_ttl_secs 10 is out of range 60..=2592000",
+            ),
+        ]);
+        for ok in [
+            "[http]\nlisten = \"[::1]:9740\"\n",
+            "[http]\nlisten = \"0.0.0.0:9740\"\ntoken_file = \"/etc/phalanx/tokens\"\n",
+            "[http]\nlisten = \"0.0.0.0:9740\"\ninsecure_open = true\n",
+        ] {
+            Config::from_toml(ok, "t.toml").expect(ok);
         }
     }
 

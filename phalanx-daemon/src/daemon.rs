@@ -92,6 +92,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config> {
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(args: RunArgs) -> Result<()> {
     let cfg = effective_config(&args)?;
+    let auth = api::auth::Auth::from_config(&cfg.http)?;
     crate::capture::ebpf::preflight(&cfg.capture)?;
     let listener = api::bind(cfg.http.listen)
         .await
@@ -132,11 +133,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pipeline.metrics.clone(),
         pipeline.flows.clone(),
     );
+    auth.register(&mut registry);
     let state = api::ApiState {
         registry: Arc::new(registry),
         flows: pipeline.flows.clone(),
         incidents: incidents_view,
         stitch: Some(live),
+        auth: Arc::new(auth),
     };
     let mut tasks = Tasks::spawn(
         diagnosis,

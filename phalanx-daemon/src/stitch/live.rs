@@ -602,6 +602,7 @@ mod tests {
                 evidence: Arc::new(evidence),
             },
             stitch: Some(live),
+            auth: Arc::new(crate::api::auth::Auth::open()),
         };
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

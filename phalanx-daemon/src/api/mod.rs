@@ -1,5 +1,7 @@
 //! HTTP server: `/metrics`, `/healthz`, `/api/v1/...`.
 
+pub mod auth;
+
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -7,12 +9,15 @@ use std::{
 
 use axum::{
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{Path, Query, Request, State},
     http::{header, HeaderMap, StatusCode},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
+
+use auth::{Auth, Denied, Scope};
 use prometheus_client::{encoding::text::encode, registry::Registry};
 use tokio::net::TcpListener;
 
@@ -40,20 +45,102 @@ pub struct ApiState {
     pub incidents: IncidentsView,
     /// Live stitching (peer endpoint and `/api/v1/stitch`); `None` answers 404.
     pub stitch: Option<Arc<LiveStitch>>,
+    /// Who may call the API ([`auth`]).
+    pub auth: Arc<Auth>,
 }
 
-/// Builds the router.
+/// Builds the router: `/healthz` for anyone, the peer endpoint under its
+/// own HMAC signatures, `/api/v1/session` for a token, reads for `read`
+/// and actions for `admin` callers (everything, when the API is open).
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let read = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/v1/flows", get(flows))
         .route("/api/v1/incidents", get(incidents))
         .route("/api/v1/incidents/{id}", get(incident))
         .route("/api/v1/incidents/{id}/pcapng", get(incident_pcapng))
-        .route(peer::PEER_PATH, post(peer_observations))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
+    let admin = Router::new()
         .route("/api/v1/stitch", post(stitch_flow))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(peer::PEER_PATH, post(peer_observations))
+        .route("/api/v1/session", post(open_session).delete(close_session))
+        .merge(read)
+        .merge(admin)
         .with_state(state)
+}
+
+async fn require_read(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    admit(&s, req, next, Scope::Read).await
+}
+
+async fn require_admin(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    admit(&s, req, next, Scope::Admin).await
+}
+
+/// Lets the request in when its caller has `scope` (the caller goes into
+/// its extensions, for what records who acted), else answers 401 or 403.
+async fn admit(s: &ApiState, mut req: Request, next: Next, scope: Scope) -> Response {
+    match s.auth.admit(req.headers(), scope) {
+        Ok(caller) => {
+            if let Some(p) = caller {
+                req.extensions_mut().insert(p);
+            }
+            next.run(req).await
+        }
+        Err(d) => refused(d, scope),
+    }
+}
+
+fn refused(d: Denied, scope: Scope) -> Response {
+    let challenge = [(header::WWW_AUTHENTICATE, "Bearer realm=\"phalanx\"")];
+    match d {
+        Denied::Missing => (
+            StatusCode::UNAUTHORIZED,
+            challenge,
+            "authentication required: Authorization: Bearer TOKEN (http.token_file), or a session cookie from POST /api/v1/session\n",
+        )
+            .into_response(),
+        Denied::Invalid => (
+            StatusCode::UNAUTHORIZED,
+            challenge,
+            "unknown token or expired session\n",
+        )
+            .into_response(),
+        Denied::Forbidden => (
+            StatusCode::FORBIDDEN,
+            format!("this needs a token of scope {}\n", scope.as_str()),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /api/v1/session` with a bearer token: a browser session cookie
+/// (HttpOnly, SameSite=Strict) standing for the token; the body names
+/// the caller and its scope.
+async fn open_session(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    if !s.auth.required() {
+        return not_found("no http.token_file: the API is open and needs no session");
+    }
+    match s.auth.open_session(&headers, false) {
+        Ok((p, cookie)) => (
+            [(header::SET_COOKIE, cookie)],
+            Json(serde_json::json!({ "name": p.name, "scope": p.scope.as_str() })),
+        )
+            .into_response(),
+        Err(d) => refused(d, Scope::Read),
+    }
+}
+
+/// `DELETE /api/v1/session`: ends the request's session.
+async fn close_session(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, s.auth.close_session(&headers))],
+    )
+        .into_response()
 }
 
 /// Binds the listener; a bind failure is reported before anything runs.
@@ -295,4 +382,144 @@ async fn stitch_flow(State(s): State<ApiState>, body: Bytes) -> Response {
             .into_response();
     }
     Json(live.stitch_flow(key, q).await).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerting::{
+        evidence::{EvidenceStore, Retention},
+        IncidentManager, ManagerSettings,
+    };
+    use auth::Tokens;
+
+    const TOKENS: &str = "ops:admin:admin-token-0123456789\nprom:read:read-token-0123456789\n";
+
+    /// Serves the router with the tokens above; returns its base URL.
+    async fn serve(dir: &std::path::Path) -> String {
+        let evidence = EvidenceStore::open(
+            dir,
+            Retention {
+                max_bytes: 1 << 20,
+                max_files: 10,
+            },
+        )
+        .expect("evidence dir");
+        let tokens = Tokens::parse(TOKENS, std::path::Path::new("tokens")).expect("tokens");
+        let auth = Auth::new(Some(tokens), std::time::Duration::from_secs(600));
+        let mut registry = Registry::default();
+        auth.register(&mut registry);
+        let state = ApiState {
+            registry: Arc::new(registry),
+            flows: Arc::new(Mutex::new(FlowTable::new(
+                crate::flow::FlowConfig::default(),
+            ))),
+            incidents: IncidentsView {
+                manager: Arc::new(Mutex::new(IncidentManager::new(ManagerSettings::default()))),
+                evidence: Arc::new(evidence),
+            },
+            stitch: None,
+            auth: Arc::new(auth),
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l, router(state)).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn tokens_and_sessions_gate_the_api_by_scope() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = serve(dir.path()).await;
+        let c = reqwest::Client::new();
+        let get = |path: &str, token: Option<&str>| {
+            let mut r = c.get(format!("{base}{path}"));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send()
+        };
+        let status = |r: reqwest::Result<reqwest::Response>| r.expect("answer").status().as_u16();
+        assert_eq!(
+            status(get("/healthz", None).await),
+            200,
+            "health for anyone"
+        );
+        for path in ["/metrics", "/api/v1/flows", "/api/v1/incidents"] {
+            assert_eq!(status(get(path, None).await), 401, "{path} without a token");
+            assert_eq!(status(get(path, Some("wrong-token-0123456789")).await), 401);
+            assert_eq!(
+                status(get(path, Some("read-token-0123456789")).await),
+                200,
+                "{path}"
+            );
+        }
+        let stitch = |token: &'static str| {
+            c.post(format!("{base}/api/v1/stitch"))
+                .bearer_auth(token)
+                .body(r#"{"flow":"10.0.0.1:1 -> 10.0.0.2:2"}"#)
+                .send()
+        };
+        assert_eq!(
+            status(stitch("read-token-0123456789").await),
+            403,
+            "acting needs admin"
+        );
+        // Admitted: this test daemon has no live stitching.
+        assert_eq!(status(stitch("admin-token-0123456789").await), 404);
+
+        // A browser exchanges the token once for a cookie.
+        let r = c
+            .post(format!("{base}/api/v1/session"))
+            .bearer_auth("read-token-0123456789")
+            .send()
+            .await
+            .expect("session");
+        assert_eq!(r.status().as_u16(), 200);
+        let set = r
+            .headers()
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .expect("Set-Cookie")
+            .to_string();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().expect("name=value").to_string();
+        let with_cookie = |path: &str| {
+            c.get(format!("{base}{path}"))
+                .header(header::COOKIE, cookie.clone())
+                .send()
+        };
+        assert_eq!(status(with_cookie("/api/v1/incidents").await), 200);
+        let r = c
+            .delete(format!("{base}/api/v1/session"))
+            .header(header::COOKIE, cookie.clone())
+            .send()
+            .await
+            .expect("logout");
+        assert_eq!(r.status().as_u16(), 204);
+        assert_eq!(
+            status(with_cookie("/api/v1/incidents").await),
+            401,
+            "closed"
+        );
+
+        let metrics = get("/metrics", Some("read-token-0123456789"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        for (outcome, at_least) in [("ok", 5), ("missing", 3), ("invalid", 4), ("forbidden", 1)] {
+            let line = format!("phalanx_http_auth_total{{outcome=\"{outcome}\"}} ");
+            let n: u64 = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&line))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            assert!(n >= at_least, "{outcome}: {n} in\n{metrics}");
+        }
+    }
 }
