@@ -95,6 +95,12 @@ pub struct HttpConfig {
     pub insecure_open: bool,
     /// Lifetime of a browser session opened with a token, seconds.
     pub session_ttl_secs: u64,
+    /// Seconds a connection has to send a request's head (idle ones too).
+    pub header_timeout_secs: u64,
+    /// Seconds a request has to send its body.
+    pub body_timeout_secs: u64,
+    /// API connections served at once.
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -104,6 +110,9 @@ impl Default for HttpConfig {
             token_file: std::path::PathBuf::new(),
             insecure_open: false,
             session_ttl_secs: 43_200,
+            header_timeout_secs: 15,
+            body_timeout_secs: 15,
+            max_connections: 256,
         }
     }
 }
@@ -124,11 +133,19 @@ impl HttpConfig {
                 self.listen
             )));
         }
-        if !(60..=30 * 86_400).contains(&self.session_ttl_secs) {
-            return Err(ConfigError::Semantic(format!(
-                "http.session_ttl_secs {} is out of range 60..=2592000",
-                self.session_ttl_secs
-            )));
+        for (key, v, range) in [
+            ("session_ttl_secs", self.session_ttl_secs, 60..=30 * 86_400),
+            ("header_timeout_secs", self.header_timeout_secs, 1..=300),
+            ("body_timeout_secs", self.body_timeout_secs, 1..=300),
+            ("max_connections", self.max_connections as u64, 1..=65_535),
+        ] {
+            if !range.contains(&v) {
+                return Err(ConfigError::Semantic(format!(
+                    "http.{key} {v} is out of range {}..={}",
+                    range.start(),
+                    range.end()
+                )));
+            }
         }
         Ok(())
     }

@@ -93,6 +93,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config> {
 pub async fn run(args: RunArgs) -> Result<()> {
     let cfg = effective_config(&args)?;
     let auth = api::auth::Auth::from_config(&cfg.http)?;
+    api::serve::reserve_descriptors(cfg.http.max_connections)?;
     crate::capture::ebpf::preflight(&cfg.capture)?;
     let listener = api::bind(cfg.http.listen)
         .await
@@ -134,6 +135,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pipeline.flows.clone(),
     );
     auth.register(&mut registry);
+    let server = api::serve::Server {
+        listener,
+        limits: api::serve::Limits::from_config(&cfg.http),
+        metrics: api::serve::ServeMetrics::register(&mut registry),
+    };
     let state = api::ApiState {
         registry: Arc::new(registry),
         flows: pipeline.flows.clone(),
@@ -147,7 +153,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pipeline,
         ringbuf,
         ring_stats,
-        listener,
+        server,
         state,
     )?;
     let outcome = tasks.until_stopped(&args, &capture).await;
@@ -175,7 +181,7 @@ impl Tasks {
         pipeline: Pipeline,
         ringbuf: aya::maps::RingBuf<aya::maps::MapData>,
         ring_stats: Arc<RingStats>,
-        listener: tokio::net::TcpListener,
+        listener: api::serve::Server,
         state: api::ApiState,
     ) -> Result<Self> {
         // Incidents: rules send observations here; the task owns the manager,
@@ -196,7 +202,8 @@ impl Tasks {
                 .instrument(info_span!("rules")),
         );
         let server = tokio::spawn(
-            async move { axum::serve(listener, api::router(state)).await }
+            listener
+                .run(api::router(state))
                 .instrument(info_span!("http")),
         );
         Ok(Self {

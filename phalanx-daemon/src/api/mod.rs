@@ -1,6 +1,7 @@
 //! HTTP server: `/metrics`, `/healthz`, `/api/v1/...`.
 
 pub mod auth;
+pub mod serve;
 
 use std::{
     net::SocketAddr,
