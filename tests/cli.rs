@@ -83,7 +83,7 @@ fn no_interface_is_reported() {
 }
 
 #[test]
-fn not_root_is_reported() {
+fn missing_capabilities_are_named() {
     // As root, drop to nobody to see the message an unprivileged user gets.
     // SAFETY: geteuid has no preconditions.
     let o = if unsafe { libc::geteuid() } == 0 {
@@ -104,7 +104,12 @@ fn not_root_is_reported() {
         phalanx(&["run", "--iface", "lo"])
     };
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("needs root"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("capturing needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
+            && stderr(&o).contains("missing: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -201,4 +206,67 @@ fn analyze_applies_exemptions_and_counts_them() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_confined() {
+    // The example unit with this build as its binary: systemd-analyze
+    // checks it offline (systemd need not be PID 1) and rates its
+    // exposure, 0 (confined) to 10; 2.0 or less passes.
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/deploy/phalanx.service"
+    ))
+    .expect("examples/deploy/phalanx.service");
+    assert!(unit.contains("ExecStart=/usr/local/bin/phalanx run"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("phalanx.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/phalanx", env!("CARGO_BIN_EXE_phalanx")),
+    )
+    .expect("unit copy");
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian: systemd)");
+    assert!(verify.status.success(), "verify: {}", stderr(&verify));
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=20"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze security");
+    let report = String::from_utf8_lossy(&security.stdout);
+    assert!(
+        security.status.success(),
+        "exposure above 2.0:\n{}",
+        report.lines().last().unwrap_or("")
+    );
+    for line in [
+        "DynamicUser=yes",
+        "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON\n",
+        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON\n",
+        "NoNewPrivileges=yes",
+        "LimitNOFILE=",
+    ] {
+        assert!(unit.contains(line), "the unit sets {line}");
+    }
+}
+
+#[test]
+fn errors_are_one_line_without_backtrace_or_colour() {
+    let o = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["analyze", "/nonexistent/capture.pcap"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run phalanx");
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(
+        e.trim_end(),
+        "error: /nonexistent/capture.pcap: No such file or directory (os error 2)",
+        "one line, each cause once"
+    );
+    assert!(!e.contains("backtrace") && !e.contains('\u{1b}'), "{e:?}");
 }

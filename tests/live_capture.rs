@@ -1145,3 +1145,87 @@ fn sighup_reloads_filters_without_reload() {
     let out = daemon.stop(Duration::from_secs(10)).expect("daemon output");
     assert!(out.status.success(), "clean exit after reload");
 }
+
+#[test]
+fn daemon_captures_as_a_user_with_only_the_three_capabilities() {
+    if !privileged("daemon_captures_as_a_user_with_only_the_three_capabilities") {
+        return;
+    }
+    let _g = serial();
+    let ns = Netns::new(&phalanx_lab::unique("lcap")).expect("namespace");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The daemon, as nobody, creates its state directories here.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let cfg = dir.path().join("phalanx.toml");
+    std::fs::write(&cfg, state_dirs(dir.path())).expect("config");
+    let caps = "-all,+bpf,+net_admin,+perfmon";
+    let daemon = Proc::new(
+        ns.command("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                &format!("--inh-caps={caps}"),
+                &format!("--ambient-caps={caps}"),
+                &format!("--bounding-set={caps}"),
+                env!("CARGO_BIN_EXE_phalanx"),
+                "run",
+                "--iface",
+                "lo",
+                "--listen",
+                "127.0.0.1:19743",
+                "--config",
+            ])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn phalanx under setpriv"),
+    );
+    let addr: SocketAddr = "127.0.0.1:19743".parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ns
+        .run(move || http_get(addr, "/healthz").is_ok())
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "the daemon came up as nobody");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Traffic on the namespace's loopback: the daemon's own API.
+    for _ in 0..5 {
+        api_get(&ns, "127.0.0.1:19743", "/healthz");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let decoded = loop {
+        let m = api_get(&ns, "127.0.0.1:19743", "/metrics");
+        let n = metric(&m, "phalanx_capture_records_decoded_total");
+        if n >= 20 || Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap_or_default();
+    let out = daemon.stop(Duration::from_secs(10)).expect("daemon output");
+    assert!(
+        out.status.success(),
+        "clean exit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        decoded >= 20,
+        "records decoded as nobody: {decoded}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `daemon` is `ip netns exec`'s child chain; its uid shows in the
+    // evidence directory it created.
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = std::fs::metadata(dir.path().join("spool"))
+        .map(|m| m.uid())
+        .expect("spool directory");
+    assert_eq!(owner, 65534, "the daemon ran as nobody ({status})");
+}

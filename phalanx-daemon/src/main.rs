@@ -1,5 +1,8 @@
 //! The `phalanx` binary: parses the command line and hands over to the library.
 
+use std::io::IsTerminal as _;
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::Parser as _;
 use phalanx_daemon::{
@@ -8,13 +11,28 @@ use phalanx_daemon::{
 };
 use tracing_subscriber::EnvFilter;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colours only for a person at a terminal: journald and files get
+    // plain text.
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The causes on one line, never a backtrace (RUST_BACKTRACE
+            // is for developers, not for an operator's terminal).
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -29,4 +47,21 @@ fn main() -> Result<()> {
         }
         Command::Stitch(args) => phalanx_daemon::stitch::run(&args),
     }
+}
+
+/// The error and its causes, `: `-separated, leaving out a cause whose
+/// text the message already carries (many errors print their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

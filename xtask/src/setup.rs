@@ -26,6 +26,8 @@ const APT_PACKAGES: &[&str] = &[
     "time",
     "prometheus",
     "prometheus-alertmanager",
+    // systemd-analyze checks the example unit (systemd need not be PID 1).
+    "systemd",
 ];
 
 fn exec(cmd: &mut Command) -> Result<()> {

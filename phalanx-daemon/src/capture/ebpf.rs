@@ -26,12 +26,15 @@ pub enum CaptureError {
     /// The binary was built without kernel programs.
     #[error("this binary was built without the kernel programs (AYA_BUILD_SKIP); rebuild without it to capture live")]
     NoObject,
-    /// Not enough privilege.
-    #[error("loading eBPF programs needs root (or CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON); running as uid {0}")]
-    NotPrivileged(u32),
+    /// Capabilities are missing.
+    #[error(
+        "capturing needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (root has them); missing: {0} \
+         (e.g. AmbientCapabilities= in the systemd unit, or setpriv --ambient-caps)"
+    )]
+    NotPrivileged(String),
     /// The kernel lacks a feature we need.
     #[error(
-        "kernel lacks {0}; Phalanx needs a kernel with BTF and BPF ring buffers (Linux >= 5.8)"
+        "kernel lacks {0}; Phalanx needs a kernel with BTF, BPF ring buffers and bpf_loop (Linux >= 5.17)"
     )]
     KernelFeature(&'static str),
     /// An interface does not exist.
@@ -81,19 +84,54 @@ pub fn preflight(cfg: &CaptureConfig) -> Result<(), CaptureError> {
             return Err(CaptureError::NoInterface(iface.clone()));
         }
     }
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    if uid != 0 {
-        return Err(CaptureError::NotPrivileged(uid));
+    let missing = missing_capabilities(effective_capabilities());
+    if !missing.is_empty() {
+        return Err(CaptureError::NotPrivileged(missing.join(", ")));
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(CaptureError::KernelFeature("BTF (/sys/kernel/btf/vmlinux)"));
     }
     use aya::util::KernelVersion;
-    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 8, 0)) {
-        return Err(CaptureError::KernelFeature("BPF ring buffers"));
+    if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(5, 17, 0)) {
+        return Err(CaptureError::KernelFeature("bpf_loop (Linux 5.17)"));
     }
     Ok(())
+}
+
+/// Capability numbers (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The process's effective capability set (`CapEff` of
+/// /proc/self/status; empty when unreadable).
+fn effective_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The capabilities capture needs that `effective` lacks, by name: the
+/// kernel checks capabilities, not the user id, and takes CAP_SYS_ADMIN
+/// for CAP_BPF and CAP_PERFMON.
+fn missing_capabilities(effective: u64) -> Vec<&'static str> {
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    let sys_admin = has(CAP_SYS_ADMIN);
+    [
+        (CAP_BPF, "CAP_BPF", sys_admin),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN", false),
+        (CAP_PERFMON, "CAP_PERFMON", sys_admin),
+    ]
+    .into_iter()
+    .filter(|&(cap, _, instead)| !has(cap) && !instead)
+    .map(|(_, name, _)| name)
+    .collect()
 }
 
 /// Interface index of a name, `None` when it does not exist.
@@ -402,5 +440,29 @@ fn prefix_keys(proto: u8, rule: &FilterRule) -> Vec<Key<FilterPrefix>> {
                 FilterPrefix::endpoint(proto, port, version, &addr),
             )]
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_checked_not_the_user_id() {
+        let set = |caps: &[u32]| caps.iter().fold(0u64, |m, c| m | 1 << c);
+        assert!(missing_capabilities(u64::MAX).is_empty(), "root");
+        assert!(missing_capabilities(set(&[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON])).is_empty());
+        assert!(
+            missing_capabilities(set(&[CAP_SYS_ADMIN, CAP_NET_ADMIN])).is_empty(),
+            "CAP_SYS_ADMIN stands for CAP_BPF and CAP_PERFMON"
+        );
+        assert_eq!(
+            missing_capabilities(set(&[CAP_BPF, CAP_NET_ADMIN])),
+            ["CAP_PERFMON"]
+        );
+        assert_eq!(
+            missing_capabilities(0),
+            ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"]
+        );
     }
 }
