@@ -178,7 +178,10 @@ fn peers_localize_router_drops_in_the_incident() {
     );
 
     // Rejected peer requests, sent from the client namespace to the server's daemon.
-    let flow_body = format!(r#"{{"flow":"{client}:1 -> {server}:{port}"}}"#).into_bytes();
+    let flow_body = format!(
+        r#"{{"flow":"{client}:1 -> {server}:{port}","nonce":"0123456789abcdef0123456789abcdef"}}"#
+    )
+    .into_bytes();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -216,6 +219,12 @@ fn peers_localize_router_drops_in_the_incident() {
             flow_body.clone(),
             200,
         ),
+        (
+            "replayed",
+            signed(SECRET, now, &flow_body),
+            flow_body.clone(),
+            401,
+        ),
     ];
     for (what, headers, body, want) in cases {
         let (code, text) = lab
@@ -237,7 +246,12 @@ fn peers_localize_router_drops_in_the_incident() {
         .expect("client namespace")
         .expect("server metrics");
     let served = String::from_utf8_lossy(&served.1).to_string();
-    for (outcome, want) in [("unauthenticated", 2), ("stale", 1), ("malformed", 1)] {
+    for (outcome, want) in [
+        ("unauthenticated", 2),
+        ("stale", 1),
+        ("malformed", 1),
+        ("replayed", 1),
+    ] {
         let name = format!("phalanx_stitch_peer_requests_total{{outcome=\"{outcome}\"}}");
         assert_eq!(metric(&served, &name), want, "{name} in:\n{served}");
     }

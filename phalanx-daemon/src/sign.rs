@@ -36,6 +36,13 @@ pub fn verify(secret: &[u8], parts: &[&[u8]], header: &str) -> bool {
     decoded && mac(secret, parts).verify_slice(&tag).is_ok()
 }
 
+/// `bytes` bytes of the OS's randomness in hex: session ids and nonces.
+pub fn random_hex(bytes: usize) -> Result<String, getrandom::Error> {
+    let mut raw = vec![0u8; bytes];
+    getrandom::getrandom(&mut raw)?;
+    Ok(hex::encode(raw))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

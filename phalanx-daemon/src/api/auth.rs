@@ -195,9 +195,7 @@ struct Sessions {
 impl Sessions {
     /// A new session for `p`: its id (64 hex digits of OS randomness).
     fn open(&self, p: Principal) -> Result<String, getrandom::Error> {
-        let mut raw = [0u8; 32];
-        getrandom::getrandom(&mut raw)?;
-        let id = hex::encode(raw);
+        let id = crate::sign::random_hex(32)?;
         let now = Instant::now();
         if let Ok(mut m) = self.open.lock() {
             m.retain(|_, (_, until)| *until > now);

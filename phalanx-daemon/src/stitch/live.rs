@@ -190,6 +190,8 @@ pub struct LiveStitch {
     history: Option<Mutex<SightingHistory>>,
     client: reqwest::Client,
     metrics: StitchMetrics,
+    /// Peer requests' nonces seen within the replay window.
+    nonces: Mutex<peer::Nonces>,
 }
 
 impl LiveStitch {
@@ -221,6 +223,7 @@ impl LiveStitch {
             history,
             client,
             metrics: StitchMetrics::register(registry),
+            nonces: Mutex::new(peer::Nonces::default()),
         })
     }
 
@@ -298,6 +301,7 @@ impl LiveStitch {
             signature,
             body,
             now_secs,
+            &self.nonces,
             |key, q| self.local(key, q),
         );
         self.metrics.count_served(reply.outcome);
@@ -307,12 +311,17 @@ impl LiveStitch {
     /// Asks every peer (concurrently, each bounded by `stitch.timeout_ms`)
     /// for the flow's sightings, adds the local ones and stitches them.
     /// Never fails: what went wrong is in the report.
-    pub async fn stitch_flow(self: &Arc<Self>, key: FlowKey, query: FlowQuery) -> LiveReport {
+    pub async fn stitch_flow(self: &Arc<Self>, key: FlowKey, mut query: FlowQuery) -> LiveReport {
+        let nonce = match crate::sign::random_hex(16) {
+            Ok(n) => n,
+            Err(e) => return self.failed(&key, format!("no randomness for a nonce: {e}")),
+        };
+        query.nonce = Some(nonce.clone());
         let body = match serde_json::to_vec(&query) {
             Ok(b) => Arc::new(b),
             Err(e) => return self.failed(&key, format!("encoding the request: {e}")),
         };
-        let tasks = self.ask_all(body);
+        let tasks = self.ask_all(body, Arc::new(nonce));
         // Read while the peers answer.
         let local = self.local(&key, &query);
         let local_count = local.len() as u64;
@@ -338,14 +347,14 @@ impl LiveStitch {
     }
 
     /// Starts one query per peer, in the configured order.
-    fn ask_all(self: &Arc<Self>, body: Arc<Vec<u8>>) -> Vec<PeerTask> {
+    fn ask_all(self: &Arc<Self>, body: Arc<Vec<u8>>, nonce: Arc<String>) -> Vec<PeerTask> {
         self.peers
             .iter()
             .map(|p| {
                 let me = self.clone();
-                let (peer, body) = (p.clone(), body.clone());
+                let (peer, body, nonce) = (p.clone(), body.clone(), nonce.clone());
                 tokio::spawn(
-                    async move { me.ask(&peer, &body).await }
+                    async move { me.ask(&peer, &body, &nonce).await }
                         .instrument(tracing::info_span!("peer", peer = %p)),
                 )
             })
@@ -410,8 +419,14 @@ impl LiveStitch {
         }
     }
 
-    /// One signed request to one peer; the answer's signature is checked too.
-    async fn ask(&self, base: &reqwest::Url, body: &[u8]) -> Result<PeerAnswer, String> {
+    /// One signed request to one peer; the answer's signature is checked
+    /// too, and that it answers this request (its `nonce`).
+    async fn ask(
+        &self,
+        base: &reqwest::Url,
+        body: &[u8],
+        nonce: &str,
+    ) -> Result<PeerAnswer, String> {
         let Some(secret) = &self.secret else {
             return Err("no stitch.secret configured".into());
         };
@@ -451,7 +466,12 @@ impl LiveStitch {
             crate::clock::wall_secs(),
         )
         .map_err(|e| format!("answer rejected: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("malformed answer: {e}"))
+        let answer: PeerAnswer =
+            serde_json::from_slice(&bytes).map_err(|e| format!("malformed answer: {e}"))?;
+        if answer.nonce.as_deref() != Some(nonce) {
+            return Err("answer rejected: it answers another request (nonce)".into());
+        }
+        Ok(answer)
     }
 }
 
@@ -508,7 +528,7 @@ mod tests {
     fn peer_endpoint_answers_signed_and_counts_every_outcome() {
         let l = live(Some("0123456789abcdef"));
         l.record(&[seg(1, 10), seg(2, 20), seg(3, 30)]);
-        let body = br#"{"flow":"10.0.0.2:80 -> 10.0.0.1:40000","since_ns":15}"#;
+        let body = br#"{"flow":"10.0.0.2:80 -> 10.0.0.1:40000","since_ns":15,"nonce":"00112233445566778899aabbccddeeff"}"#;
         let (ts, sig) = signed_request(body);
         let r = l.answer(Some(&ts), Some(&sig), body, NOW);
         assert_eq!(
@@ -521,6 +541,23 @@ mod tests {
         assert!(verify(b"0123456789abcdef", Some(&rts), Some(&rsig), &r.body, NOW).is_ok());
         let a: PeerAnswer = serde_json::from_slice(&r.body).expect("answer JSON");
         assert_eq!(a.hop, "h1");
+        assert_eq!(
+            a.nonce.as_deref(),
+            Some("00112233445566778899aabbccddeeff"),
+            "the answer names its request"
+        );
+        // The same signed request again, within the window: a replay.
+        let again = l.answer(Some(&ts), Some(&sig), body, NOW + 1);
+        assert_eq!(
+            (again.outcome, again.outcome.status()),
+            (PeerOutcome::Replayed, 401)
+        );
+        // Signed, but without a nonce: refused before anything is read.
+        let bare = br#"{"flow":"10.0.0.2:80 -> 10.0.0.1:40000"}"#;
+        let (bts, bsig) = signed_request(bare);
+        let r = l.answer(Some(&bts), Some(&bsig), bare, NOW);
+        assert_eq!(r.outcome, PeerOutcome::Malformed);
+        assert!(String::from_utf8_lossy(&r.body).contains("needs a nonce"));
         assert_eq!(
             a.observations.iter().map(|o| o.ts_ns).collect::<Vec<_>>(),
             vec![20, 30],
@@ -559,9 +596,10 @@ mod tests {
                 m.served(PeerOutcome::Ok),
                 m.served(PeerOutcome::Unauthenticated),
                 m.served(PeerOutcome::Stale),
-                m.served(PeerOutcome::Malformed)
+                m.served(PeerOutcome::Malformed),
+                m.served(PeerOutcome::Replayed)
             ],
-            [1, 2, 1, 1]
+            [1, 2, 1, 2, 1]
         );
     }
 

@@ -6,8 +6,11 @@
 //! seconds) and `X-Phalanx-Signature: sha256=<hex>`, the HMAC-SHA256 with
 //! the shared key of the timestamp, a newline and the exact body. A missing
 //! or wrong signature is rejected (401); so is a timestamp more than
-//! [`REPLAY_WINDOW_SECS`] away from this host's clock (a captured request
-//! replays only within that window, and only ever reads).
+//! [`REPLAY_WINDOW_SECS`] away from this host's clock. A peer request's
+//! body carries a `nonce` (random hex) that the answering daemon keeps for
+//! the window and refuses to see twice ([`Nonces`]), so a captured request
+//! cannot be replayed at all; the answer echoes it, so an answer cannot be
+//! swapped for another request's.
 
 use std::fmt;
 
@@ -117,6 +120,10 @@ pub struct FlowQuery {
     /// Packets at or before this time only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until_ns: Option<u64>,
+    /// Random hex (16 to 64 digits), new for each peer request; required
+    /// there, ignored by `/api/v1/stitch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 impl FlowQuery {
@@ -127,6 +134,7 @@ impl FlowQuery {
             proto: key.protocol().to_string(),
             since_ns: None,
             until_ns: None,
+            nonce: None,
         }
     }
 
@@ -213,6 +221,9 @@ pub struct PeerAnswer {
     pub flow: String,
     /// Its recent packets there, oldest first.
     pub observations: Vec<WireSighting>,
+    /// The request's nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// Outcome of a request to the peer endpoint.
@@ -224,17 +235,20 @@ pub enum PeerOutcome {
     Unauthenticated,
     /// Signed outside the replay window.
     Stale,
-    /// Authenticated, but the body does not name a flow.
+    /// Authenticated, but the body does not name a flow or has no nonce.
     Malformed,
+    /// A nonce already seen within the replay window: a replayed request.
+    Replayed,
 }
 
 impl PeerOutcome {
     /// Every outcome, in label order.
-    pub const ALL: [PeerOutcome; 4] = [
+    pub const ALL: [PeerOutcome; 5] = [
         PeerOutcome::Ok,
         PeerOutcome::Unauthenticated,
         PeerOutcome::Stale,
         PeerOutcome::Malformed,
+        PeerOutcome::Replayed,
     ];
 
     /// Label value.
@@ -244,6 +258,7 @@ impl PeerOutcome {
             PeerOutcome::Unauthenticated => "unauthenticated",
             PeerOutcome::Stale => "stale",
             PeerOutcome::Malformed => "malformed",
+            PeerOutcome::Replayed => "replayed",
         }
     }
 
@@ -251,7 +266,7 @@ impl PeerOutcome {
     pub fn status(self) -> u16 {
         match self {
             PeerOutcome::Ok => 200,
-            PeerOutcome::Unauthenticated | PeerOutcome::Stale => 401,
+            PeerOutcome::Unauthenticated | PeerOutcome::Stale | PeerOutcome::Replayed => 401,
             PeerOutcome::Malformed => 400,
         }
     }
@@ -286,9 +301,50 @@ impl PeerReply {
     }
 }
 
+/// Nonces of peer requests seen within the replay window, oldest first.
+#[derive(Debug, Default)]
+pub struct Nonces {
+    seen: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<(u64, String)>,
+}
+
+/// Most nonces kept: beyond, the oldest is forgotten (a replay of it would
+/// need this many requests within the window first).
+const MAX_NONCES: usize = 1 << 16;
+
+impl Nonces {
+    /// Records a request's nonce signed at `ts`; false when it was seen
+    /// within the window. Nonces older than the window are forgotten: the
+    /// timestamp check refuses their requests anyway.
+    pub fn fresh(&mut self, nonce: &str, ts: u64, now_secs: u64) -> bool {
+        let horizon = now_secs.saturating_sub(2 * REPLAY_WINDOW_SECS);
+        while self
+            .order
+            .front()
+            .is_some_and(|(t, _)| *t < horizon || self.seen.len() >= MAX_NONCES)
+        {
+            if let Some((_, n)) = self.order.pop_front() {
+                self.seen.remove(&n);
+            }
+        }
+        if !self.seen.insert(nonce.to_string()) {
+            return false;
+        }
+        self.order.push_back((ts, nonce.to_string()));
+        true
+    }
+}
+
+/// Whether a nonce is 16 to 64 hex digits.
+fn nonce_ok(n: &str) -> bool {
+    (16..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Serves a peer request as hop `hop` with key `secret` (none: stitching
-/// is off here): checks the signature, parses the body and answers the
-/// sightings `local` returns for the named flow and query, signed.
+/// is off here): checks the signature, parses the body, refuses a nonce
+/// `nonces` has seen and answers the sightings `local` returns for the
+/// named flow and query, signed.
+#[allow(clippy::too_many_arguments)]
 pub fn answer(
     secret: Option<&[u8]>,
     hop: &str,
@@ -296,6 +352,7 @@ pub fn answer(
     signature: Option<&str>,
     body: &[u8],
     now_secs: u64,
+    nonces: &std::sync::Mutex<Nonces>,
     local: impl FnOnce(&FlowKey, &FlowQuery) -> Vec<Sighting>,
 ) -> PeerReply {
     let Some(secret) = secret else {
@@ -304,21 +361,37 @@ pub fn answer(
             "stitching is not enabled here (no stitch.secret)",
         );
     };
-    match verify(secret, ts, signature, body, now_secs) {
-        Ok(_) => {}
+    let signed_at = match verify(secret, ts, signature, body, now_secs) {
+        Ok(t) => t,
         Err(e @ AuthError::Stale { .. }) => {
             return PeerReply::reject(PeerOutcome::Stale, &e.to_string())
         }
         Err(e) => return PeerReply::reject(PeerOutcome::Unauthenticated, &e.to_string()),
-    }
+    };
     let (q, key) = match FlowQuery::parse(body) {
         Ok(v) => v,
         Err(e) => return PeerReply::reject(PeerOutcome::Malformed, &e.to_string()),
     };
+    let Some(nonce) = q.nonce.clone().filter(|n| nonce_ok(n)) else {
+        return PeerReply::reject(
+            PeerOutcome::Malformed,
+            "malformed request: a peer request needs a nonce of 16 to 64 hex digits",
+        );
+    };
+    let fresh = nonces
+        .lock()
+        .is_ok_and(|mut n| n.fresh(&nonce, signed_at, now_secs));
+    if !fresh {
+        return PeerReply::reject(
+            PeerOutcome::Replayed,
+            "this request's nonce was already used: a replayed request",
+        );
+    }
     let answer = PeerAnswer {
         hop: hop.to_string(),
         flow: q.flow.clone(),
         observations: local(&key, &q).iter().map(WireSighting::of).collect(),
+        nonce: Some(nonce),
     };
     let body = match serde_json::to_vec(&answer) {
         Ok(b) => b,
@@ -421,6 +494,18 @@ mod tests {
             verify(KEY, Some(&future.to_string()), Some(&sig), body, NOW),
             Err(AuthError::Stale { .. })
         ));
+    }
+
+    #[test]
+    fn a_nonce_is_fresh_once_within_the_window() {
+        let mut n = Nonces::default();
+        assert!(n.fresh("aa", NOW, NOW));
+        assert!(!n.fresh("aa", NOW, NOW + 5), "seen: a replay");
+        assert!(n.fresh("bb", NOW, NOW + 5));
+        // Long after the window, the timestamp check refuses the request;
+        // the nonce itself is forgotten.
+        assert!(n.fresh("aa", NOW + 200, NOW + 200 + REPLAY_WINDOW_SECS * 2));
+        assert_eq!(n.seen.len(), 1, "old nonces are not kept");
     }
 
     #[test]
