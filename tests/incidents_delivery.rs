@@ -4,6 +4,9 @@
 //! receiver that is down gets its deliveries once it comes up (retries),
 //! also across a restart of the incident service (spool replay and restored
 //! incidents); the evidence pcapng opens in tshark with the right count.
+//! One test needs root to mount a tiny tmpfs and fill it: failed evidence,
+//! spool and state writes are counted and degrade the daemon until writes
+//! succeed again.
 
 use std::{
     net::SocketAddr,
@@ -273,11 +276,13 @@ struct Running {
     task: JoinHandle<()>,
     registry: Arc<Registry>,
     view: IncidentsView,
+    health: phalanx_daemon::health::Health,
 }
 
 async fn start(cfg: &Config, history: SharedHistory) -> Running {
     let mut registry = Registry::default();
-    let (svc, view) = IncidentService::start(&cfg.alerting(), history, &mut registry)
+    let health = phalanx_daemon::health::Health::register(&mut registry);
+    let (svc, view) = IncidentService::start(&cfg.alerting(), history, &mut registry, &health)
         .await
         .expect("incident service starts");
     let (tx, rx) = mpsc::channel(64);
@@ -287,6 +292,7 @@ async fn start(cfg: &Config, history: SharedHistory) -> Running {
         task,
         registry: Arc::new(registry),
         view,
+        health,
     }
 }
 
@@ -395,6 +401,7 @@ async fn alertmanager_and_signed_webhook_get_fired_then_resolved_with_evidence()
         incidents: run.view.clone(),
         stitch: None,
         auth: Arc::new(api::auth::Auth::open()),
+        health: phalanx_daemon::health::Health::default(),
     };
     let server = tokio::spawn(async move { axum::serve(api_listener, api::router(state)).await });
 
@@ -708,4 +715,113 @@ async fn receiver_outage_and_restart_lose_nothing() {
     run2.stop().await;
     rx2.stop().await;
     assert_eq!(spool_files(&cfg.incidents.spool_dir), 0, "spool drained");
+}
+
+/// A tmpfs of `size` mounted on `dir`, unmounted on drop (also when the
+/// test fails).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mount a tmpfs on {}", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_counted_and_degrades_until_writes_succeed() {
+    if !phalanx_lab::privileged("a_full_disk_is_counted_and_degrades_until_writes_succeed") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = tmp.path().join("disk");
+    let _fs = Tmpfs::mount(&disk, "1m");
+    let mut cfg = config(&disk);
+    // Nobody listens there: every delivery waits in the spool.
+    cfg.webhooks = vec![webhook_cfg(free_port())];
+    let history = service::history(cfg.history.evidence());
+    let segs = segments(100);
+    let (flow, _, _) = FlowKey::of(&segs[0]).expect("flow key");
+    {
+        let mut h = history.lock().expect("history");
+        for s in &segs {
+            h.record(s);
+        }
+    }
+    let run = start(&cfg, history).await;
+    assert_eq!(run.health.status(), "ok");
+    // Fill the disk to the last block.
+    let filler = disk.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 2 << 20]);
+    run.tx
+        .send(vec![observation("pmtud_blackhole", "svc-a", Some(flow))])
+        .await
+        .expect("send");
+    let failures = |m: &str, what: &str| {
+        sample(
+            m,
+            &format!("phalanx_write_failures_total{{what=\"{what}\"}}"),
+        )
+    };
+    wait_for(
+        "evidence, spool and state failures counted",
+        Duration::from_secs(10),
+        || {
+            let m = run.metrics();
+            ["evidence_write", "spool_write", "state_write"]
+                .iter()
+                .all(|w| failures(&m, w) >= 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let m = run.metrics();
+    for reason in ["evidence_write", "spool_write", "state_write"] {
+        assert_eq!(
+            sample(&m, &format!("phalanx_degraded{{reason=\"{reason}\"}}")),
+            1.0,
+            "{reason} in\n{m}"
+        );
+    }
+    let status = run.health.status();
+    assert!(
+        status.starts_with("degraded: evidence_write (") && status.contains("spool_write ("),
+        "{status}"
+    );
+    // Space again: the next incident's writes succeed, and the daemon is
+    // no longer degraded.
+    std::fs::remove_file(&filler).expect("free the disk");
+    run.tx
+        .send(vec![observation("pmtud_blackhole", "svc-b", Some(flow))])
+        .await
+        .expect("send");
+    wait_for("healthy again", Duration::from_secs(10), || {
+        (run.health.status() == "ok").then_some(())
+    })
+    .await;
+    let m = run.metrics();
+    assert_eq!(
+        sample(&m, "phalanx_degraded{reason=\"spool_write\"}"),
+        0.0,
+        "{m}"
+    );
+    run.stop().await;
 }

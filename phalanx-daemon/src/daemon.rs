@@ -101,9 +101,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Incident directories and the spool are opened before the kernel is
     // touched, so a bad path fails without attaching anything.
     let mut registry = Registry::default();
+    let health = crate::health::Health::register(&mut registry);
     let history = incidents::history(cfg.history.evidence());
     let (incident_service, incidents_view) =
-        IncidentService::start(&cfg.alerting(), history.clone(), &mut registry)
+        IncidentService::start(&cfg.alerting(), history.clone(), &mut registry, &health)
             .await
             .context("starting incidents")?;
     let live = Arc::new(
@@ -146,6 +147,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         incidents: incidents_view,
         stitch: Some(live),
         auth: Arc::new(auth),
+        health,
     };
     let mut tasks = Tasks::spawn(
         diagnosis,

@@ -24,7 +24,7 @@
 //!   source: its time is the records' own.
 //! - [`rules`] evaluates the diagnosis rules over flow summaries and
 //!   produces findings.
-//! - [`alerting`] folds findings into incidents (one per rule and service),
+//! - [`alerting`] folds findings into incidents (one per fault on a service),
 //!   writes their evidence captures and delivers them.
 //! - [`metrics`] aggregates every record's changes into Prometheus
 //!   families by flow group, bounded by a series budget.
@@ -35,7 +35,8 @@
 //!   same engine and rules over files; [`api`] serves HTTP.
 //! - [`config`] aggregates each module's configuration section and
 //!   validates across them; [`clock`], [`sign`] and [`url`] are small
-//!   shared helpers at the bottom.
+//!   shared helpers at the bottom, with [`health`] (failed writes counted,
+//!   the daemon's degraded reasons).
 //!
 //! Modules import only downwards, in the order above from the bottom
 //! (`clock`/`sign`/`url`, `flow`, `capture`, `rules`, `metrics`/`stitch`,
@@ -52,6 +53,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod flow;
+pub mod health;
 pub mod metrics;
 pub mod pipeline;
 pub mod rules;

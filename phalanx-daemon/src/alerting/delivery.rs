@@ -25,6 +25,7 @@ use tracing::{debug, info, info_span, warn, Instrument as _};
 use super::spool::{Delivery, Spool, SpoolError};
 use super::{alertmanager, webhook};
 use crate::alerting::{Incident, Transition};
+use crate::health::{Health, Trouble};
 
 /// What a receiver speaks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,6 +200,8 @@ pub struct Dispatcher {
     spool: Arc<Spool>,
     metrics: DeliveryMetrics,
     settings: DeliverySettings,
+    /// Where a delivery that could not be spooled is counted.
+    health: Health,
 }
 
 /// Hands every spooled delivery to the worker of its receiver; those for
@@ -256,6 +259,7 @@ impl Dispatcher {
         settings: DeliverySettings,
         spool: Arc<Spool>,
         metrics: DeliveryMetrics,
+        health: Health,
     ) -> Result<Self, DeliveryError> {
         let client = reqwest::Client::builder()
             .timeout(settings.request_timeout)
@@ -295,6 +299,7 @@ impl Dispatcher {
             spool,
             metrics,
             settings,
+            health,
         })
     }
 
@@ -329,6 +334,7 @@ impl Dispatcher {
             let spool_name = match put {
                 Ok(Ok(name)) => {
                     self.metrics.inc(&w.receiver.name, Outcome::spooled);
+                    self.health.succeeded(Trouble::SpoolWrite);
                     Some(name)
                 }
                 // A full spool bounds memory too: the delivery is dropped.
@@ -336,16 +342,22 @@ impl Dispatcher {
                     warn!(receiver = %w.receiver.name, spool = %dir,
                         "spool full (incidents.spool_max_files); delivery dropped");
                     self.metrics.inc(&w.receiver.name, Outcome::failed);
+                    self.health.failed(
+                        Trouble::SpoolWrite,
+                        "spool full (incidents.spool_max_files): delivery dropped",
+                    );
                     continue;
                 }
                 // Otherwise still try to send it: losing the restart
                 // guarantee for one delivery beats not delivering it at all.
                 Ok(Err(e)) => {
                     warn!(receiver = %w.receiver.name, "not spooled, sending from memory only: {e}");
+                    self.health.failed(Trouble::SpoolWrite, &e);
                     None
                 }
                 Err(e) => {
                     warn!(receiver = %w.receiver.name, "not spooled: {e}");
+                    self.health.failed(Trouble::SpoolWrite, &e);
                     None
                 }
             };

@@ -25,6 +25,7 @@ use crate::alerting::delivery::{
 };
 use crate::alerting::spool::{Spool, SpoolError};
 use crate::flow::history::{FlowHistory, HistoryBounds};
+use crate::health::{Health, Trouble};
 use crate::stitch::live::{LiveReport, LiveStitch};
 use crate::stitch::peer::FlowQuery;
 
@@ -160,6 +161,8 @@ pub struct IncidentService {
     resend: Duration,
     state_path: PathBuf,
     stitch: Option<Stitching>,
+    /// Where failed writes are counted.
+    health: Health,
 }
 
 /// Stitching of incident flows with the peer daemons.
@@ -206,6 +209,7 @@ impl IncidentService {
         cfg: &AlertingConfig<'_>,
         history: SharedHistory,
         registry: &mut Registry,
+        health: &Health,
     ) -> Result<(Self, IncidentsView), ServiceError> {
         let ic = cfg.incidents;
         let evidence = Arc::new(EvidenceStore::open(
@@ -246,6 +250,7 @@ impl IncidentService {
             },
             spool,
             delivery_metrics,
+            health.clone(),
         )
         .await?;
         let view = IncidentsView { manager, evidence };
@@ -259,6 +264,7 @@ impl IncidentService {
                 resend: Duration::from_secs(cfg.alertmanager.resend_secs),
                 state_path,
                 stitch: None,
+                health: health.clone(),
             },
             view,
         ))
@@ -466,9 +472,15 @@ impl IncidentService {
         match tokio::task::spawn_blocking(move || super::evidence::write_atomic(&path, &bytes))
             .await
         {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!("saving incident state: {e}"),
-            Err(e) => warn!("saving incident state: {e}"),
+            Ok(Ok(())) => self.health.succeeded(Trouble::StateWrite),
+            Ok(Err(e)) => {
+                warn!("saving incident state: {e}");
+                self.health.failed(Trouble::StateWrite, e);
+            }
+            Err(e) => {
+                warn!("saving incident state: {e}");
+                self.health.failed(Trouble::StateWrite, e);
+            }
         }
     }
 
@@ -490,13 +502,16 @@ impl IncidentService {
             Ok(Ok(w)) => w,
             Ok(Err(e)) => {
                 warn!(incident = %inc.id, "writing evidence: {e}");
+                self.health.failed(Trouble::EvidenceWrite, e);
                 return None;
             }
             Err(e) => {
                 warn!(incident = %inc.id, "writing evidence: {e}");
+                self.health.failed(Trouble::EvidenceWrite, e);
                 return None;
             }
         };
+        self.health.succeeded(Trouble::EvidenceWrite);
         debug!(incident = %inc.id, file = %w.name, packets = w.packets, bytes = w.bytes, "evidence written");
         let url = format!("{}/api/v1/incidents/{}/pcapng", self.external_url, inc.id);
         let mut m = self.view.manager.lock().ok()?;

@@ -48,6 +48,8 @@ pub struct ApiState {
     pub stitch: Option<Arc<LiveStitch>>,
     /// Who may call the API ([`auth`]).
     pub auth: Arc<Auth>,
+    /// The daemon's health, for `/healthz`.
+    pub health: crate::health::Health,
 }
 
 /// Builds the router: `/healthz` for anyone, the peer endpoint under its
@@ -65,12 +67,18 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/stitch", post(stitch_flow))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route(peer::PEER_PATH, post(peer_observations))
         .route("/api/v1/session", post(open_session).delete(close_session))
         .merge(read)
         .merge(admin)
         .with_state(state)
+}
+
+/// `ok`, or `degraded: <reasons>` while the process works but has lost
+/// data it should have kept (200 either way: a restart would not help).
+async fn healthz(State(s): State<ApiState>) -> String {
+    format!("{}\n", s.health.status())
 }
 
 async fn require_read(State(s): State<ApiState>, req: Request, next: Next) -> Response {
@@ -421,6 +429,7 @@ mod tests {
             },
             stitch: None,
             auth: Arc::new(auth),
+            health: crate::health::Health::default(),
         };
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");

@@ -641,6 +641,7 @@ mod tests {
             },
             stitch: Some(live),
             auth: Arc::new(crate::api::auth::Auth::open()),
+            health: crate::health::Health::default(),
         };
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
