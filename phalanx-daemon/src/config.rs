@@ -9,6 +9,8 @@ use std::{
     path::Path,
 };
 
+use std::ops::RangeInclusive;
+
 use serde::Deserialize;
 
 pub use crate::alerting::config::{
@@ -133,20 +135,6 @@ impl HttpConfig {
                 self.listen
             )));
         }
-        for (key, v, range) in [
-            ("session_ttl_secs", self.session_ttl_secs, 60..=30 * 86_400),
-            ("header_timeout_secs", self.header_timeout_secs, 1..=300),
-            ("body_timeout_secs", self.body_timeout_secs, 1..=300),
-            ("max_connections", self.max_connections as u64, 1..=65_535),
-        ] {
-            if !range.contains(&v) {
-                return Err(ConfigError::Semantic(format!(
-                    "http.{key} {v} is out of range {}..={}",
-                    range.start(),
-                    range.end()
-                )));
-            }
-        }
         Ok(())
     }
 }
@@ -260,7 +248,7 @@ impl Config {
             }
         }
         self.http.validate()?;
-        self.history.validate().map_err(ConfigError::Semantic)?;
+        self.validate_ranges()?;
         self.validate_incidents()?;
         self.metrics.validate().map_err(ConfigError::Semantic)?;
         self.validate_stitch()?;
@@ -306,7 +294,11 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Line of `key = ...` inside the `[rules.<rule>]` table, if written so.
 fn threshold_line(text: &str, rule: &str, key: &str) -> Option<usize> {
-    let header = format!("[rules.{rule}]");
+    key_line(text, &format!("[rules.{rule}]"), key)
+}
+
+/// Line (1-based) of `key = ...` inside the table `header` (`[flows]`).
+fn key_line(text: &str, header: &str, key: &str) -> Option<usize> {
     let mut inside = false;
     for (i, l) in text.lines().enumerate() {
         let t = l.trim();
@@ -322,25 +314,125 @@ fn threshold_line(text: &str, rule: &str, key: &str) -> Option<usize> {
     None
 }
 
+/// `key`'s value `v` within `range`, or an error naming both.
+fn in_range(key: &str, v: u64, range: &RangeInclusive<u64>) -> Result<(), ConfigError> {
+    if range.contains(&v) {
+        Ok(())
+    } else {
+        Err(ConfigError::Semantic(format!(
+            "{key} {v} is out of range {}..={}",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
+const DAY: u64 = 86_400;
+
 impl Config {
+    /// Every numeric setting with its range: wide enough for any real
+    /// deployment, narrow enough that no value makes the daemon useless
+    /// (a 0 timeout) or eats the host (a billion flows). The ranges are
+    /// documented beside each key in `config/phalanx.toml`.
+    fn ranges(&self) -> Vec<(&'static str, u64, RangeInclusive<u64>)> {
+        let (f, h, i, w) = (&self.flows, &self.history, &self.incidents, &self.http);
+        vec![
+            ("http.session_ttl_secs", w.session_ttl_secs, 60..=30 * DAY),
+            ("http.header_timeout_secs", w.header_timeout_secs, 1..=300),
+            ("http.body_timeout_secs", w.body_timeout_secs, 1..=300),
+            ("http.max_connections", w.max_connections as u64, 1..=65_535),
+            ("flows.max_flows", f.max_flows as u64, 1..=4_194_304),
+            ("flows.syn_timeout_secs", f.syn_timeout_secs, 1..=3_600),
+            (
+                "flows.syn_retry_timeout_secs",
+                f.syn_retry_timeout_secs,
+                1..=3_600,
+            ),
+            (
+                "flows.established_timeout_secs",
+                f.established_timeout_secs,
+                1..=7 * DAY,
+            ),
+            (
+                "flows.closed_timeout_secs",
+                f.closed_timeout_secs,
+                1..=3_600,
+            ),
+            ("flows.udp_timeout_secs", f.udp_timeout_secs, 1..=DAY),
+            (
+                "history.evidence_packets",
+                h.evidence_packets as u64,
+                1..=65_536,
+            ),
+            (
+                "history.evidence_flows",
+                h.evidence_flows as u64,
+                1..=1_048_576,
+            ),
+            ("history.peer_packets", h.peer_packets as u64, 1..=1_048_576),
+            ("history.peer_flows", h.peer_flows as u64, 1..=65_536),
+            (
+                "incidents.resolve_after_secs",
+                i.resolve_after_secs,
+                1..=DAY,
+            ),
+            ("incidents.update_secs", i.update_secs, 1..=DAY),
+            ("incidents.max_open", i.max_open as u64, 1..=100_000),
+            (
+                "incidents.keep_resolved",
+                i.keep_resolved as u64,
+                0..=100_000,
+            ),
+            (
+                "incidents.evidence_max_bytes",
+                i.evidence_max_bytes,
+                1..=1 << 40,
+            ),
+            (
+                "incidents.evidence_max_files",
+                i.evidence_max_files as u64,
+                1..=1_000_000,
+            ),
+            (
+                "incidents.spool_max_files",
+                i.spool_max_files as u64,
+                1..=1_000_000,
+            ),
+            (
+                "incidents.retry_initial_ms",
+                i.retry_initial_ms,
+                1..=3_600_000,
+            ),
+            ("incidents.retry_max_ms", i.retry_max_ms, 1..=DAY * 1000),
+            (
+                "incidents.retry_give_up_secs",
+                i.retry_give_up_secs,
+                1..=30 * DAY,
+            ),
+            (
+                "incidents.request_timeout_ms",
+                i.request_timeout_ms,
+                1..=600_000,
+            ),
+            (
+                "alertmanager.resend_secs",
+                self.alertmanager.resend_secs,
+                1..=3_600,
+            ),
+            ("stitch.timeout_ms", self.stitch.timeout_ms, 1..=600_000),
+            ("stitch.refresh_secs", self.stitch.refresh_secs, 1..=DAY),
+        ]
+    }
+
+    fn validate_ranges(&self) -> Result<(), ConfigError> {
+        for (key, v, range) in self.ranges() {
+            in_range(key, v, &range)?;
+        }
+        Ok(())
+    }
+
     fn validate_incidents(&self) -> Result<(), ConfigError> {
         let i = &self.incidents;
-        let positive = [
-            ("incidents.resolve_after_secs", i.resolve_after_secs),
-            ("incidents.update_secs", i.update_secs),
-            ("incidents.max_open", i.max_open as u64),
-            ("incidents.evidence_max_bytes", i.evidence_max_bytes),
-            ("incidents.evidence_max_files", i.evidence_max_files as u64),
-            ("incidents.spool_max_files", i.spool_max_files as u64),
-            ("incidents.retry_initial_ms", i.retry_initial_ms),
-            ("incidents.request_timeout_ms", i.request_timeout_ms),
-            ("alertmanager.resend_secs", self.alertmanager.resend_secs),
-        ];
-        for (key, v) in positive {
-            if v == 0 {
-                return Err(ConfigError::Semantic(format!("{key} must be at least 1")));
-            }
-        }
         if i.retry_max_ms < i.retry_initial_ms {
             return Err(ConfigError::Semantic(
                 "incidents.retry_max_ms must not be below incidents.retry_initial_ms".into(),
@@ -402,14 +494,6 @@ impl Config {
                 return Err(ConfigError::Semantic(format!(
                     "stitch.peers: {p} is listed twice"
                 )));
-            }
-        }
-        for (key, v) in [
-            ("stitch.timeout_ms", s.timeout_ms),
-            ("stitch.refresh_secs", s.refresh_secs),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::Semantic(format!("{key} must be at least 1")));
             }
         }
         Ok(())
@@ -517,9 +601,70 @@ mod tests {
             .expect_err("zero history")
             .to_string();
         assert!(
-            zero.contains("history.evidence_packets must be at least 1"),
+            zero.contains("history.evidence_packets 0 is out of range 1..=65536"),
             "{zero}"
         );
+    }
+
+    #[test]
+    fn numbers_outside_their_range_are_errors_naming_key_and_range() {
+        assert_rejected(&[
+            (
+                "[flows]\nmax_flows = 0\n",
+                "flows.max_flows 0 is out of range 1..=4194304",
+            ),
+            (
+                "[flows]\nmax_flows = 1000000000000\n",
+                "flows.max_flows 1000000000000 is out of range",
+            ),
+            (
+                "[flows]\nudp_timeout_secs = 18446744073709551615\n",
+                "flows.udp_timeout_secs 18446744073709551615 is out of range 1..=86400",
+            ),
+            (
+                "[flows]\nclosed_timeout_secs = 0\n",
+                "flows.closed_timeout_secs 0",
+            ),
+            (
+                "[history]\nevidence_packets = 1000000000\n",
+                "history.evidence_packets 1000000000 is out of range 1..=65536",
+            ),
+            (
+                "[history]\npeer_flows = 1000000000\n",
+                "history.peer_flows 1000000000 is out of range",
+            ),
+            (
+                "[incidents]\nresolve_after_secs = 0\n",
+                "incidents.resolve_after_secs 0",
+            ),
+            (
+                "[stitch]\ntimeout_ms = 0\n",
+                "stitch.timeout_ms 0 is out of range",
+            ),
+            (
+                "[http]\nmax_connections = 0\n",
+                "http.max_connections 0 is out of range",
+            ),
+        ]);
+        // Every default sits inside its range, and every range is
+        // documented beside its key.
+        let d = Config::default();
+        for (key, v, range) in d.ranges() {
+            assert!(range.contains(&v), "default {key} = {v} outside {range:?}");
+            let (section, leaf) = key.split_once('.').expect("section.key");
+            let at = key_line(DOCUMENTED_DEFAULTS, &format!("[{section}]"), leaf)
+                .expect("documented key");
+            let lines: Vec<&str> = DOCUMENTED_DEFAULTS.lines().collect();
+            let comments = lines[..at - 1]
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with('#'))
+                .any(|l| l.contains(&format!("Range: {} to {}.", range.start(), range.end())));
+            assert!(
+                comments,
+                "config/phalanx.toml documents {key}'s range above it"
+            );
+        }
     }
 
     #[test]

@@ -43,20 +43,6 @@ impl Default for HistoryConfig {
 }
 
 impl HistoryConfig {
-    /// Every size at least 1; the error names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        let keys = [
-            ("history.evidence_packets", self.evidence_packets),
-            ("history.evidence_flows", self.evidence_flows),
-            ("history.peer_packets", self.peer_packets),
-            ("history.peer_flows", self.peer_flows),
-        ];
-        match keys.into_iter().find(|&(_, v)| v == 0) {
-            Some((key, _)) => Err(format!("{key} must be at least 1")),
-            None => Ok(()),
-        }
-    }
-
     /// Bounds of the evidence history.
     pub fn evidence(&self) -> HistoryBounds {
         HistoryBounds {
