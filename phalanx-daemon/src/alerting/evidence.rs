@@ -9,6 +9,8 @@ use std::time::SystemTime;
 
 use phalanx_common::PacketMeta;
 
+use super::owned_dir::{self, OwnedDirError};
+
 use crate::capture::frame::{PayloadMode, PcapngWriter, WriteError};
 
 /// Suffix of evidence files.
@@ -33,6 +35,9 @@ pub enum EvidenceError {
     /// The name is not one of ours (path traversal, other suffix).
     #[error("not an evidence file name: {0:?}")]
     BadName(String),
+    /// The directory is not the daemon's to use.
+    #[error(transparent)]
+    Dir(#[from] OwnedDirError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvidenceError + '_ {
@@ -70,9 +75,12 @@ pub struct EvidenceStore {
 }
 
 impl EvidenceStore {
-    /// Opens (creating it if needed) the evidence directory.
+    /// Opens the evidence directory, claiming it ([`owned_dir::claim`]:
+    /// created, adopted when empty, refused when it holds other files).
     pub fn open(dir: &Path, retention: Retention) -> Result<Self, EvidenceError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        owned_dir::claim(dir, "incidents.evidence_dir", |n| {
+            is_evidence_name(n) || owned_dir::is_our_temporary(n, is_evidence_name)
+        })?;
         Ok(Self {
             dir: dir.to_path_buf(),
             retention,
@@ -140,7 +148,7 @@ impl EvidenceStore {
         for e in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
             let e = e.map_err(io(&self.dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if !name.ends_with(SUFFIX) || name.starts_with('.') {
+            if !is_evidence_name(&name) {
                 continue;
             }
             let Ok(meta) = e.metadata() else { continue };
@@ -172,13 +180,18 @@ impl EvidenceStore {
     }
 }
 
+/// Whether `name` is an evidence file the daemon writes: an incident id
+/// (16 hex digits of fingerprint, `-`, the start time in hex) and
+/// [`SUFFIX`]. Rotation deletes nothing else.
+pub fn is_evidence_name(name: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    name.strip_suffix(SUFFIX)
+        .and_then(|id| id.split_once('-'))
+        .is_some_and(|(fp, start)| fp.len() == 16 && hex(fp) && hex(start) && start.len() <= 16)
+}
+
 fn check_name(name: &str) -> Result<(), EvidenceError> {
-    let ok = name.ends_with(SUFFIX)
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
+    if is_evidence_name(name) {
         Ok(())
     } else {
         Err(EvidenceError::BadName(name.to_string()))
@@ -196,7 +209,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".tmp-{}-{name}", std::process::id()));
     let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut f = owned_dir::create_private(&tmp).map_err(io(&tmp))?;
         f.write_all(bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
         fs::rename(&tmp, path).map_err(io(path))?;
@@ -263,8 +276,10 @@ mod tests {
     fn writes_a_readable_pcapng() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let s = store(tmp.path(), 1 << 20, 10);
-        let w = s.write("abc-1", "summary", &records(20)).expect("write");
-        assert_eq!(w.name, "abc-1.pcapng.zst");
+        let w = s
+            .write("0123456789abcdef-1", "summary", &records(20))
+            .expect("write");
+        assert_eq!(w.name, "0123456789abcdef-1.pcapng.zst");
         assert_eq!(w.packets, 20);
         let plain = s.read_pcapng(&w.name).expect("read back");
         // Section header block magic, then the records come back parsed.
@@ -277,7 +292,7 @@ mod tests {
         assert!(back.iter().all(|r| r.dport == 80 && r.seq >= 1000));
         assert_eq!(
             listing(tmp.path()),
-            vec!["abc-1.pcapng.zst"],
+            vec![".phalanx", "0123456789abcdef-1.pcapng.zst"],
             "no temp file left"
         );
     }
@@ -287,14 +302,19 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tempdir");
         let s = store(tmp.path(), 1 << 30, 3);
         for i in 0..5 {
-            s.write(&format!("inc-{i}"), "x", &records(5))
+            s.write(&format!("0123456789abcdef-{i}"), "x", &records(5))
                 .expect("write");
             // Distinct mtimes on coarse file systems.
             std::thread::sleep(std::time::Duration::from_millis(15));
         }
         assert_eq!(
             listing(tmp.path()),
-            vec!["inc-2.pcapng.zst", "inc-3.pcapng.zst", "inc-4.pcapng.zst"],
+            vec![
+                ".phalanx",
+                "0123456789abcdef-2.pcapng.zst",
+                "0123456789abcdef-3.pcapng.zst",
+                "0123456789abcdef-4.pcapng.zst"
+            ],
             "the 3 newest are kept"
         );
     }
@@ -303,19 +323,26 @@ mod tests {
     fn rotation_by_size() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let probe = store(tmp.path(), 1 << 30, 100)
-            .write("probe", "x", &records(50))
+            .write("0123456789abcdef-ff", "x", &records(50))
             .expect("write");
         fs::remove_file(tmp.path().join(&probe.name)).expect("rm");
         // Room for two files of this size, not three.
         let s = store(tmp.path(), probe.bytes * 2 + probe.bytes / 2, 100);
         for i in 0..4 {
-            s.write(&format!("inc-{i}"), "x", &records(50))
+            s.write(&format!("0123456789abcdef-{i}"), "x", &records(50))
                 .expect("write");
             std::thread::sleep(std::time::Duration::from_millis(15));
         }
         let left = listing(tmp.path());
-        assert_eq!(left, vec!["inc-2.pcapng.zst", "inc-3.pcapng.zst"]);
-        let total: u64 = left
+        assert_eq!(
+            left,
+            vec![
+                ".phalanx",
+                "0123456789abcdef-2.pcapng.zst",
+                "0123456789abcdef-3.pcapng.zst"
+            ]
+        );
+        let total: u64 = left[1..]
             .iter()
             .map(|n| fs::metadata(tmp.path().join(n)).expect("meta").len())
             .sum();
@@ -325,8 +352,12 @@ mod tests {
         );
         // A single file over the limit is still kept: it is the newest evidence.
         let tiny = store(tmp.path(), 1, 100);
-        tiny.write("big", "x", &records(50)).expect("write");
-        assert_eq!(listing(tmp.path()), vec!["big.pcapng.zst"]);
+        tiny.write("0123456789abcdef-b19", "x", &records(50))
+            .expect("write");
+        assert_eq!(
+            listing(tmp.path()),
+            vec![".phalanx", "0123456789abcdef-b19.pcapng.zst"]
+        );
     }
 
     #[test]
@@ -338,6 +369,7 @@ mod tests {
             "a/b.pcapng.zst",
             ".tmp-x.pcapng.zst",
             "x.txt",
+            "holiday.pcapng.zst",
         ] {
             assert!(
                 matches!(s.path_of(bad), Err(EvidenceError::BadName(_))),

@@ -219,7 +219,11 @@ impl IncidentService {
                 max_files: ic.evidence_max_files,
             },
         )?);
-        let spool = Arc::new(Spool::open(&ic.spool_dir, ic.spool_max_files)?);
+        let spool = Arc::new(Spool::open(
+            &ic.spool_dir,
+            ic.spool_max_files,
+            &[STATE_FILE],
+        )?);
         let external_url = cfg.external_url();
         let host = if ic.host.is_empty() {
             system_host()

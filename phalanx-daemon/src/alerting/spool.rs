@@ -9,9 +9,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 use crate::alerting::evidence::{write_atomic, EvidenceError};
+use crate::alerting::owned_dir::{self, OwnedDirError};
 
 /// Suffix of spool files.
 const SUFFIX: &str = ".json";
+/// Suffix a damaged spool file is renamed with.
+const BAD: &str = ".bad";
+
+/// Whether `name` is a spool file: `<created ns, 20 digits>-<pid, 10
+/// digits>-<sequence, 8 digits>.json`, as [`Spool::put`] names them.
+/// Loading, renaming and removal touch nothing else.
+pub fn is_spool_name(name: &str) -> bool {
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let Some(stem) = name.strip_suffix(SUFFIX) else {
+        return false;
+    };
+    let parts: Vec<&str> = stem.split('-').collect();
+    matches!(parts.as_slice(), [t, pid, seq] if digits(t, 20) && digits(pid, 10) && digits(seq, 8))
+}
 
 /// Errors of the spool.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +45,9 @@ pub enum SpoolError {
     /// A delivery could not be encoded.
     #[error("spool encoding: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The directory is not the daemon's to use.
+    #[error(transparent)]
+    Dir(#[from] OwnedDirError),
 }
 
 impl From<EvidenceError> for SpoolError {
@@ -81,9 +99,16 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 }
 
 impl Spool {
-    /// Opens (creating it if needed) the spool directory.
-    pub fn open(dir: &Path, max_files: usize) -> Result<Self, SpoolError> {
-        fs::create_dir_all(dir).map_err(io(dir))?;
+    /// Opens the spool directory, claiming it ([`owned_dir::claim`]:
+    /// created, adopted when empty, refused when it holds other files).
+    /// `also` names the other files the daemon keeps there.
+    pub fn open(dir: &Path, max_files: usize, also: &[&str]) -> Result<Self, SpoolError> {
+        let ours = |n: &str| is_spool_name(n) || also.contains(&n);
+        owned_dir::claim(dir, "incidents.spool_dir", |n| {
+            ours(n)
+                || n.strip_suffix(BAD).is_some_and(is_spool_name)
+                || owned_dir::is_our_temporary(n, ours)
+        })?;
         Ok(Self {
             dir: dir.to_path_buf(),
             max_files,
@@ -132,7 +157,7 @@ impl Spool {
         for e in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
             let e = e.map_err(io(&self.dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-") {
+            if owned_dir::is_our_temporary(&name, is_spool_name) {
                 let _ = fs::remove_file(e.path());
             }
         }
@@ -145,7 +170,7 @@ impl Spool {
                 Ok(delivery) => out.push(Spooled { name, delivery }),
                 Err(why) => {
                     tracing::warn!(file = %p.display(), %why, "unreadable spool file set aside");
-                    let _ = fs::rename(&p, self.dir.join(format!("{name}.bad")));
+                    let _ = fs::rename(&p, self.dir.join(format!("{name}{BAD}")));
                     bad.push(name);
                 }
             }
@@ -159,7 +184,7 @@ impl Spool {
         for e in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
             let e = e.map_err(io(&self.dir))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(SUFFIX) && !name.starts_with('.') {
+            if is_spool_name(&name) {
                 v.push(name);
             }
         }
@@ -193,26 +218,25 @@ mod tests {
     #[test]
     fn write_replay_remove() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let s = Spool::open(tmp.path(), 100).expect("open");
+        let s = Spool::open(tmp.path(), 100, &[]).expect("open");
         let a = s.put(&d("am", 2)).expect("put");
         let b = s.put(&d("hook", 1)).expect("put");
         let c = s.put(&d("hook", 3)).expect("put");
         // An interrupted write and a damaged file.
-        fs::write(tmp.path().join(".tmp-1-x.json"), b"{").expect("write");
-        fs::write(tmp.path().join("00000000000000000005-x.json"), b"{not json").expect("write");
+        let damaged = "00000000000000000005-0000000001-00000000.json";
+        let interrupted = format!(".tmp-1-{damaged}");
+        fs::write(tmp.path().join(&interrupted), b"{").expect("write");
+        fs::write(tmp.path().join(damaged), b"{not json").expect("write");
 
         // A fresh handle (as after a restart) sees the same deliveries, oldest first.
-        let s2 = Spool::open(tmp.path(), 100).expect("reopen");
+        let s2 = Spool::open(tmp.path(), 100, &[]).expect("reopen");
         let (loaded, bad) = s2.load().expect("load");
         let names: Vec<&str> = loaded.iter().map(|x| x.name.as_str()).collect();
         assert_eq!(names, vec![b.as_str(), a.as_str(), c.as_str()]);
         assert_eq!(loaded[1].delivery, d("am", 2), "content round-trips");
         assert_eq!(bad.len(), 1, "damaged file reported");
-        assert!(
-            !tmp.path().join(".tmp-1-x.json").exists(),
-            "temp file cleaned"
-        );
-        assert!(tmp.path().join("00000000000000000005-x.json.bad").exists());
+        assert!(!tmp.path().join(&interrupted).exists(), "temp file cleaned");
+        assert!(tmp.path().join(format!("{damaged}.bad")).exists());
 
         s2.remove(&a).expect("remove");
         s2.remove(&a).expect("removing twice is fine");
@@ -220,9 +244,31 @@ mod tests {
     }
 
     #[test]
+    fn other_programs_files_are_refused_never_touched() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for f in ["report.json", ".tmp-7-draft"] {
+            fs::write(tmp.path().join(f), b"theirs").expect("write");
+        }
+        let e = Spool::open(tmp.path(), 10, &[]).expect_err("a shared folder");
+        assert!(e.to_string().contains("incidents.spool_dir"), "{e}");
+        for f in ["report.json", ".tmp-7-draft"] {
+            assert!(tmp.path().join(f).exists(), "{f} untouched");
+        }
+        // Once claimed, a file dropped there later is still left alone.
+        let own = tempfile::tempdir().expect("tempdir");
+        let s = Spool::open(own.path(), 10, &["open-incidents.state"]).expect("open");
+        fs::write(own.path().join("report.json"), b"theirs").expect("write");
+        fs::write(own.path().join("open-incidents.state"), b"[]").expect("write");
+        let (loaded, bad) = s.load().expect("load");
+        assert!(loaded.is_empty() && bad.is_empty());
+        assert!(own.path().join("report.json").exists());
+        Spool::open(own.path(), 10, &["open-incidents.state"]).expect("its own again");
+    }
+
+    #[test]
     fn bounded() {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let s = Spool::open(tmp.path(), 2).expect("open");
+        let s = Spool::open(tmp.path(), 2, &[]).expect("open");
         s.put(&d("x", 1)).expect("1");
         s.put(&d("x", 2)).expect("2");
         assert!(matches!(s.put(&d("x", 3)), Err(SpoolError::Full(_))));
