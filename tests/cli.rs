@@ -270,3 +270,78 @@ fn errors_are_one_line_without_backtrace_or_colour() {
     );
     assert!(!e.contains("backtrace") && !e.contains('\u{1b}'), "{e:?}");
 }
+
+/// A vendored capture of one clean TCP connection.
+const GOOD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/data/pcaps/lab/keepalive_idle.pcap"
+);
+
+#[test]
+fn a_bad_input_keeps_the_good_ones_and_exits_3() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty.pcap");
+    std::fs::write(&empty, b"").expect("empty file");
+    let truncated = dir.path().join("truncated.pcap");
+    let bytes = std::fs::read(GOOD).expect("vendored capture");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 30]).expect("truncated copy");
+    let empty_s = empty.display().to_string();
+    let o = phalanx(&["analyze", "--json", GOOD, &empty_s]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the report");
+    assert_eq!(
+        v["flows"].as_array().map(Vec::len),
+        Some(1),
+        "the good file's flow"
+    );
+    assert_eq!(v["inputs"][0]["error"], serde_json::Value::Null);
+    assert!(
+        v["inputs"][1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("empty file")),
+        "{}",
+        v["inputs"][1]
+    );
+    assert!(
+        stderr(&o).contains("error: 1 of 2 inputs damaged or unreadable"),
+        "{}",
+        stderr(&o)
+    );
+    // One damaged file alone: what it held, then status 3.
+    let o = phalanx(&["analyze", "--json", &truncated.display().to_string()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the report");
+    assert!(
+        v["inputs"][0]["records"].as_u64() > Some(20),
+        "{}",
+        v["inputs"][0]
+    );
+}
+
+#[test]
+fn a_dash_reads_standard_input() {
+    use std::io::Write as _;
+    let by_path = phalanx(&["analyze", "--json", GOOD]);
+    assert!(by_path.status.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["analyze", "--json", "-"])
+        .env("PHALANX_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run phalanx");
+    let bytes = std::fs::read(GOOD).expect("vendored capture");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&bytes)
+        .expect("feed stdin");
+    let by_stdin = child.wait_with_output().expect("output");
+    assert!(by_stdin.status.success());
+    let flows = |o: &Output| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        v["flows"].clone()
+    };
+    assert_eq!(flows(&by_stdin), flows(&by_path), "the same figures");
+}

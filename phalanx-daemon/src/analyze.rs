@@ -27,7 +27,9 @@ use crate::rules::{Finding, RuleEngine};
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct AnalyzeArgs {
     /// Capture files (pcap or pcapng, optionally zstd-compressed), read in
-    /// this order as one stream.
+    /// this order as one stream; `-` reads standard input. A file that
+    /// cannot be opened or is damaged is reported and the others are still
+    /// analysed; the exit status is then 3 (2: usage, 1: nothing analysed).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Print one JSON document (`flows`, `findings`) instead of a table.
@@ -157,9 +159,27 @@ pub fn analyze_files_with(
     let mut table = FlowTable::new(cfg.clone());
     table.keep_finished(true);
     let mut inputs = Vec::with_capacity(files.len());
+    let mut first_error = None;
     for path in files {
         let name = path.display().to_string();
-        let reader = file::open(path)?;
+        let opened = if path.as_os_str() == "-" {
+            CaptureReader::from_reader_named(std::io::stdin(), "<stdin>")
+        } else {
+            file::open(path)
+        };
+        let reader = match opened {
+            Ok(r) => r,
+            // The other inputs still count; the caller reports this one.
+            Err(e) => {
+                inputs.push(InputReport {
+                    file: name,
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                });
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
         let size = std::fs::metadata(path).map_or(0, |m| m.len());
         let bar = progress_bar(&name, size, reader.is_compressed());
         let mut input = InputReport {
@@ -199,6 +219,10 @@ pub fn analyze_files_with(
         input.capture_duplicates = table.stats().capture_duplicates - dups_before;
         input.capture_points = u32::from(table.take_copies_peak()) + u32::from(input.records > 0);
         inputs.push(input);
+    }
+    // Nothing opened: there is nothing to report but the error.
+    if let Some(e) = first_error.filter(|_| inputs.iter().all(|i| i.error.is_some())) {
+        return Err(e.into());
     }
     Ok(finish(table, inputs, rules))
 }
@@ -298,7 +322,7 @@ pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
     }
     for i in &report.inputs {
         if let Some(e) = &i.error {
-            eprintln!("warning: {e} (analysed the records before it)");
+            eprintln!("warning: {e} (the report covers what was read)");
         }
         if i.capture_points > 1 {
             eprintln!(
@@ -318,7 +342,31 @@ pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
     write_report(&report, args.json, &mut out)?;
     out.flush()?;
     drop(stdout);
+    let damaged = report.inputs.iter().filter(|i| i.error.is_some()).count();
+    if damaged > 0 {
+        return Err(InputsDamaged {
+            damaged,
+            inputs: report.inputs.len(),
+        }
+        .into());
+    }
     Ok(())
+}
+
+/// Some inputs could not be read whole: the report covers the rest, and
+/// the exit status says so ([`InputsDamaged::EXIT_CODE`]).
+#[derive(Debug, Error)]
+#[error("{damaged} of {inputs} inputs damaged or unreadable; the report covers what was read")]
+pub struct InputsDamaged {
+    /// Inputs with an error.
+    pub damaged: usize,
+    /// Inputs given.
+    pub inputs: usize,
+}
+
+impl InputsDamaged {
+    /// Exit status of `phalanx analyze` when some input was damaged.
+    pub const EXIT_CODE: u8 = 3;
 }
 
 /// Pipe capacity asked for when stdout is a pipe (Linux's default limit

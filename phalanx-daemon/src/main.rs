@@ -26,7 +26,10 @@ fn main() -> ExitCode {
             // The causes on one line, never a backtrace (RUST_BACKTRACE
             // is for developers, not for an operator's terminal).
             eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            match e.downcast_ref::<phalanx_daemon::analyze::InputsDamaged>() {
+                Some(_) => ExitCode::from(phalanx_daemon::analyze::InputsDamaged::EXIT_CODE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -81,7 +81,7 @@ pub enum FileError {
         source: io::Error,
     },
     /// The input is neither pcap nor pcapng (nor zstd-compressed either).
-    #[error("{name}: not a pcap or pcapng file (starts with {magic:02x?})")]
+    #[error("{name}: {}", unknown_format(magic))]
     UnknownFormat {
         /// File name.
         name: String,
@@ -948,6 +948,15 @@ impl Iterator for CaptureReader {
 }
 
 impl std::iter::FusedIterator for CaptureReader {}
+
+/// Why input starting with `magic` is not a capture.
+fn unknown_format(magic: &[u8]) -> String {
+    if magic.is_empty() {
+        "empty file, not a pcap or pcapng capture".into()
+    } else {
+        format!("not a pcap or pcapng file (starts with {magic:02x?})")
+    }
+}
 
 #[cfg(test)]
 mod tests {
