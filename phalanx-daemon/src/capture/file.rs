@@ -739,6 +739,17 @@ fn read_other_block(
                 INTERFACE_DESCRIPTION_BLOCK => {
                     if let Some(idb) = parser.interfaces().last() {
                         let iface = Interface::from_idb(idb);
+                        // A resolution so fine that 64 bits of ticks span
+                        // under a second would read every time as 0.
+                        if pcapng_ticks_to_ns(u64::MAX, iface.tsresol) < 1_000_000_000 {
+                            return Err(input.corrupt(
+                                "pcapng interface description",
+                                format!(
+                                    "if_tsresol {:#04x} cannot express even one second in 64-bit timestamps",
+                                    iface.tsresol
+                                ),
+                            ));
+                        }
                         debug!(file = %input.name, linktype = iface.raw_link,
                             tsresol = iface.tsresol, "pcapng interface");
                         interfaces.push(iface);
@@ -1053,6 +1064,38 @@ mod tests {
         assert_eq!(pcapng_ticks_to_ns(1024, 0x80 | 10), 1_000_000_000);
         assert_eq!(pcapng_ticks_to_ns(u64::MAX, 0), u64::MAX, "saturates");
         assert_eq!(pcapng_ticks_to_ns(5, 127), 0);
+    }
+
+    #[test]
+    fn an_unusable_timestamp_resolution_is_an_error_not_zero_times() {
+        use crate::capture::frame::{PayloadMode, PcapngWriter};
+        let mut rec = PacketMeta::zeroed();
+        rec.kind = phalanx_common::RecordKind::Tcp as u8;
+        rec.ip_version = 4;
+        rec.l4_proto = phalanx_common::ipproto::TCP;
+        rec.ts_ns = 1_700_000_000_000_000_000;
+        let mut w = PcapngWriter::new(Vec::new()).expect("writer");
+        let iface = w.add_interface("x").expect("interface");
+        w.write_record(iface, &rec, PayloadMode::HeadersOnly, None)
+            .expect("record");
+        let good = w.into_inner();
+        // if_tsresol (option 9, length 1) = 9: nanoseconds.
+        let at = good
+            .windows(5)
+            .position(|b| b == [9, 0, 1, 0, 9])
+            .expect("if_tsresol option");
+        for (resol, ok) in [(9u8, true), (12, true), (0x7f, false), (0xff, false)] {
+            let mut bytes = good.clone();
+            bytes[at + 4] = resol;
+            let (n, err) = drain(from_reader(std::io::Cursor::new(bytes)).expect("opens"));
+            if ok {
+                assert!(err.is_none() && n == 1, "{resol:#x}: {err:?}");
+            } else {
+                let e = err.expect("refused").to_string();
+                assert!(e.contains(&format!("if_tsresol {resol:#04x}")), "{e}");
+                assert_eq!(n, 0, "no record with a zero time");
+            }
+        }
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl FromStr for RankBy {
             .iter()
             .find(|(n, _)| *n == s)
             .map(|&(_, k)| k)
-            .ok_or_else(|| UnknownRankKey(s.to_string()))
+            // Echo a bounded prefix: the key comes from a request.
+            .ok_or_else(|| UnknownRankKey(s.chars().take(32).collect()))
     }
 }
 
@@ -136,5 +137,8 @@ mod tests {
         assert!(e
             .to_string()
             .contains("retransmissions, retransmission_rate"));
+        // A request's 50 KB key is not echoed back whole.
+        let e = "x".repeat(50_000).parse::<RankBy>().expect_err("unknown");
+        assert!(e.to_string().len() < 400, "{} bytes", e.to_string().len());
     }
 }
