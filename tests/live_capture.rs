@@ -1229,3 +1229,34 @@ fn daemon_captures_as_a_user_with_only_the_three_capabilities() {
         .expect("spool directory");
     assert_eq!(owner, 65534, "the daemon ran as nobody ({status})");
 }
+
+#[test]
+fn a_second_capture_on_one_interface_is_refused() {
+    if !privileged("a_second_capture_on_one_interface_is_refused") {
+        return;
+    }
+    let _g = serial();
+    let hosts = TwoHosts::new("l2").expect("lab");
+    let (first, _ring) = attach(&hosts.a, &hosts.a_if, AttachMode::Tcx, Vec::new());
+    for mode in [AttachMode::Tcx, AttachMode::Xdp] {
+        let iface = hosts.a_if.clone();
+        let second = hosts
+            .a
+            .run(move || {
+                let (mut c, _ring) =
+                    Capture::load(&CaptureConfig::default()).expect("load kernel programs");
+                c.attach(&iface, mode).map(|_| ())
+            })
+            .expect("enter namespace");
+        let e = second.expect_err("a second capture on the interface");
+        assert!(
+            e.to_string()
+                .contains("is already captured by another Phalanx"),
+            "{mode}: {e}"
+        );
+    }
+    // Once the first is gone, the interface is free again.
+    drop(first);
+    let (again, _ring) = attach(&hosts.a, &hosts.a_if, AttachMode::Tcx, Vec::new());
+    drop(again);
+}

@@ -23,6 +23,17 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Errors loading, attaching or talking to the kernel programs.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// Another Phalanx captures on the interface already.
+    #[error(
+        "interface {iface:?} is already captured by another Phalanx (its tcx program id {id}); \
+         stop that daemon first: two would count every packet twice"
+    )]
+    AlreadyCapturing {
+        /// The interface.
+        iface: String,
+        /// The other daemon's egress program.
+        id: u32,
+    },
     /// The binary was built without kernel programs.
     #[error("this binary was built without the kernel programs (AYA_BUILD_SKIP); rebuild without it to capture live")]
     NoObject,
@@ -132,6 +143,18 @@ fn missing_capabilities(effective: u64) -> Vec<&'static str> {
     .filter(|&(cap, _, instead)| !has(cap) && !instead)
     .map(|(_, name, _)| name)
     .collect()
+}
+
+/// The id of a Phalanx tcx egress program already attached to `iface`
+/// (the kernel keeps 15 characters of a program's name). `None` when
+/// there is none, or the kernel cannot tell (no tcx query).
+fn our_program_on(iface: &str) -> Option<u32> {
+    let prefix = &PROG_TC_EGRESS[..PROG_TC_EGRESS.len().min(15)];
+    let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress).ok()?;
+    programs
+        .iter()
+        .find(|p| p.name_as_str().is_some_and(|n| n.starts_with(prefix)))
+        .map(|p| p.id())
 }
 
 /// Interface index of a name, `None` when it does not exist.
@@ -264,6 +287,14 @@ impl Capture {
 
     /// Attaches to one interface: ingress per `mode`, egress always tcx.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), CaptureError> {
+        // Both modes attach the tcx egress program: one of ours there
+        // means another daemon (tcx links allow several programs).
+        if let Some(id) = our_program_on(iface) {
+            return Err(CaptureError::AlreadyCapturing {
+                iface: iface.to_string(),
+                id,
+            });
+        }
         match mode {
             AttachMode::Xdp => {
                 self.xdp()?
