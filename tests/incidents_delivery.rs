@@ -253,6 +253,21 @@ fn segments(n: usize) -> Vec<PacketMeta> {
         .collect()
 }
 
+/// The flow loop's evidence history after `n` segments of one flow (the
+/// last `history.evidence_packets` kept), and that flow.
+fn recorded(cfg: &Config, n: usize) -> (SharedHistory, FlowKey) {
+    let history = service::history(cfg.history.evidence());
+    let segs = segments(n);
+    let (flow, _, _) = FlowKey::of(&segs[0]).expect("flow key");
+    {
+        let mut h = history.lock().expect("history");
+        for s in &segs {
+            h.record(s);
+        }
+    }
+    (history, flow)
+}
+
 fn observation(
     rule: &str,
     group: &str,
@@ -379,15 +394,7 @@ async fn alertmanager_and_signed_webhook_get_fired_then_resolved_with_evidence()
     let am_name = cfg.alerting().receivers()[0].name.clone();
 
     // The flow loop's history: 100 segments seen, the last 64 kept.
-    let history = service::history(cfg.history.evidence());
-    let segs = segments(100);
-    let (flow, _, _) = FlowKey::of(&segs[0]).expect("flow key");
-    {
-        let mut h = history.lock().expect("history");
-        for s in &segs {
-            h.record(s);
-        }
-    }
+    let (history, flow) = recorded(&cfg, 100);
     let run = start(&cfg, history).await;
 
     // The HTTP API over the same view.
@@ -757,15 +764,7 @@ async fn a_full_disk_is_counted_and_degrades_until_writes_succeed() {
     let mut cfg = config(&disk);
     // Nobody listens there: every delivery waits in the spool.
     cfg.webhooks = vec![webhook_cfg(free_port())];
-    let history = service::history(cfg.history.evidence());
-    let segs = segments(100);
-    let (flow, _, _) = FlowKey::of(&segs[0]).expect("flow key");
-    {
-        let mut h = history.lock().expect("history");
-        for s in &segs {
-            h.record(s);
-        }
-    }
+    let (history, flow) = recorded(&cfg, 100);
     let run = start(&cfg, history).await;
     assert_eq!(run.health.status(), "ok");
     // Fill the disk to the last block.

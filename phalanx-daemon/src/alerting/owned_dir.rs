@@ -95,8 +95,13 @@ pub fn create_private(path: &Path) -> std::io::Result<fs::File> {
         .open(path)
 }
 
-/// Whether `name` is a temporary file of [`super::evidence::write_atomic`]
-/// for a file `ours` accepts: `.tmp-<pid>-<name>`.
+/// The temporary name [`super::evidence::write_atomic`] writes `name`
+/// under before renaming it: `.tmp-<pid>-<name>`.
+pub fn temporary_name(name: &str) -> String {
+    format!(".tmp-{}-{name}", std::process::id())
+}
+
+/// Whether `name` is a [`temporary_name`] of a file `ours` accepts.
 pub fn is_our_temporary(name: &str, ours: impl Fn(&str) -> bool) -> bool {
     name.strip_prefix(".tmp-")
         .and_then(|rest| rest.split_once('-'))

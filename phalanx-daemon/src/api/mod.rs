@@ -393,48 +393,60 @@ async fn stitch_flow(State(s): State<ApiState>, body: Bytes) -> Response {
     Json(live.stitch_flow(key, q).await).into_response()
 }
 
+/// Serves the daemon's router on 127.0.0.1 over an empty flow table and
+/// incident list (evidence in `dir`), for tests; returns its base URL.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) async fn serve_for_test(
+    dir: &std::path::Path,
+    registry: Registry,
+    auth: Auth,
+    stitch: Option<Arc<LiveStitch>>,
+) -> String {
     use crate::alerting::{
         evidence::{EvidenceStore, Retention},
         IncidentManager, ManagerSettings,
     };
+    let evidence = EvidenceStore::open(
+        dir,
+        Retention {
+            max_bytes: 1 << 20,
+            max_files: 10,
+        },
+    )
+    .expect("evidence dir");
+    let state = ApiState {
+        registry: Arc::new(registry),
+        flows: Arc::new(Mutex::new(FlowTable::new(
+            crate::flow::FlowConfig::default(),
+        ))),
+        incidents: IncidentsView {
+            manager: Arc::new(Mutex::new(IncidentManager::new(ManagerSettings::default()))),
+            evidence: Arc::new(evidence),
+        },
+        stitch,
+        auth: Arc::new(auth),
+        health: crate::health::Health::default(),
+    };
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, router(state)).await });
+    format!("http://{addr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
     use auth::Tokens;
 
     const TOKENS: &str = "ops:admin:admin-token-0123456789\nprom:read:read-token-0123456789\n";
 
     /// Serves the router with the tokens above; returns its base URL.
     async fn serve(dir: &std::path::Path) -> String {
-        let evidence = EvidenceStore::open(
-            dir,
-            Retention {
-                max_bytes: 1 << 20,
-                max_files: 10,
-            },
-        )
-        .expect("evidence dir");
         let tokens = Tokens::parse(TOKENS, std::path::Path::new("tokens")).expect("tokens");
         let auth = Auth::new(Some(tokens), std::time::Duration::from_secs(600));
         let mut registry = Registry::default();
         auth.register(&mut registry);
-        let state = ApiState {
-            registry: Arc::new(registry),
-            flows: Arc::new(Mutex::new(FlowTable::new(
-                crate::flow::FlowConfig::default(),
-            ))),
-            incidents: IncidentsView {
-                manager: Arc::new(Mutex::new(IncidentManager::new(ManagerSettings::default()))),
-                evidence: Arc::new(evidence),
-            },
-            stitch: None,
-            auth: Arc::new(auth),
-            health: crate::health::Health::default(),
-        };
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(l, router(state)).await });
-        format!("http://{addr}")
+        serve_for_test(dir, registry, auth, None).await
     }
 
     #[tokio::test]

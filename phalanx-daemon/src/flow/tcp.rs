@@ -98,13 +98,7 @@ pub fn inferred_segments(f: &Flow, d: usize, rec: &PacketMeta) -> Option<u16> {
     if rec.segs > 1 || peer.flags & F_MSS == 0 || peer.mss == 0 {
         return None;
     }
-    let mss = u32::from(peer.mss);
-    // Most frames are one segment: without SACK blocks, no options take
-    // more than the timestamps' 12 bytes.
-    if rec.tcp_opts & phalanx_common::tcp_opts::SACK == 0 && rec.payload_len + 12 <= mss {
-        return None;
-    }
-    let size = rec.wire_segment_size(mss);
+    let size = rec.wire_segment_size(u32::from(peer.mss));
     (rec.payload_len > size)
         .then(|| u16::try_from(rec.payload_len.div_ceil(size)).unwrap_or(u16::MAX))
 }

@@ -617,38 +617,13 @@ mod tests {
 
     /// Serves `live` on 127.0.0.1 with the daemon's router; returns its base URL.
     async fn serve(live: Arc<LiveStitch>, dir: &std::path::Path) -> String {
-        use crate::alerting::{
-            evidence::{EvidenceStore, Retention},
-            service::IncidentsView,
-            IncidentManager, ManagerSettings,
-        };
-        let evidence = EvidenceStore::open(
+        crate::api::serve_for_test(
             dir,
-            Retention {
-                max_bytes: 1 << 20,
-                max_files: 10,
-            },
+            Registry::default(),
+            crate::api::auth::Auth::open(),
+            Some(live),
         )
-        .expect("evidence dir");
-        let state = crate::api::ApiState {
-            registry: Arc::new(Registry::default()),
-            flows: Arc::new(Mutex::new(crate::flow::FlowTable::new(
-                crate::flow::FlowConfig::default(),
-            ))),
-            incidents: IncidentsView {
-                manager: Arc::new(Mutex::new(IncidentManager::new(ManagerSettings::default()))),
-                evidence: Arc::new(evidence),
-            },
-            stitch: Some(live),
-            auth: Arc::new(crate::api::auth::Auth::open()),
-            health: crate::health::Health::default(),
-        };
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = l.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(l, crate::api::router(state)).await });
-        format!("http://{addr}")
+        .await
     }
 
     #[tokio::test]
