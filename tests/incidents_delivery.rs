@@ -26,7 +26,7 @@ use phalanx_daemon::{
     api,
     config::{Config, HttpUrl, WebhookConfig},
     flow::FlowKey,
-    flow::{FlowConfig, FlowTable},
+    flow::{FlowConfig, FlowTable, SharedTable},
 };
 use phalanx_lab::{http_get, Proc};
 use prometheus_client::registry::Registry;
@@ -404,7 +404,7 @@ async fn alertmanager_and_signed_webhook_get_fired_then_resolved_with_evidence()
     let api_addr = api_listener.local_addr().expect("api addr");
     let state = api::ApiState {
         registry: run.registry.clone(),
-        flows: Arc::new(Mutex::new(FlowTable::new(FlowConfig::default()))),
+        flows: Arc::new(SharedTable::new(FlowTable::new(FlowConfig::default()))),
         incidents: run.view.clone(),
         stitch: None,
         auth: Arc::new(api::auth::Auth::open()),

@@ -1187,14 +1187,7 @@ fn daemon_captures_as_a_user_with_only_the_three_capabilities() {
             .expect("spawn phalanx under setpriv"),
     );
     let addr: SocketAddr = "127.0.0.1:19743".parse().expect("addr");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ns
-        .run(move || http_get(addr, "/healthz").is_ok())
-        .unwrap_or(false)
-    {
-        assert!(Instant::now() < deadline, "the daemon came up as nobody");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_healthy(&ns, addr, Duration::from_secs(30));
     // Traffic on the namespace's loopback: the daemon's own API.
     for _ in 0..5 {
         api_get(&ns, "127.0.0.1:19743", "/healthz");
@@ -1259,4 +1252,156 @@ fn a_second_capture_on_one_interface_is_refused() {
     drop(first);
     let (again, _ring) = attach(&hosts.a, &hosts.a_if, AttachMode::Tcx, Vec::new());
     drop(again);
+}
+
+/// Waits until the daemon at `addr` in `ns` answers `/healthz`.
+fn wait_healthy(ns: &Netns, addr: SocketAddr, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !ns
+        .run(move || http_get(addr, "/healthz").is_ok())
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "the daemon came up at {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SYNs per second of the sweep, and for how long: a new connection
+/// attempt from each of `SWEEP_SOURCES` addresses on each of
+/// `SWEEP_PORTS` ports (a table of 250,000 flows), then their re-sends.
+const SWEEP_RATE: f64 = 80_000.0;
+const SWEEP_SECS: u64 = 6;
+const SWEEP_PORTS: u16 = 50_000;
+const SWEEP_SOURCES: u8 = 5;
+
+#[test]
+fn a_syn_sweep_under_an_api_flood_loses_no_record() {
+    if !privileged("a_syn_sweep_under_an_api_flood_loses_no_record") {
+        return;
+    }
+    let _g = serial();
+    let hosts = TwoHosts::new("lf").expect("lab");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("phalanx.toml");
+    std::fs::write(
+        &cfg,
+        format!("{}\n[flows]\nmax_flows = 262144\n", state_dirs(dir.path())),
+    )
+    .expect("config");
+    let listen = "127.0.0.1:19744";
+    let daemon = Proc::new(
+        hosts
+            .a
+            .command(env!("CARGO_BIN_EXE_phalanx"))
+            .args([
+                "run",
+                "--iface",
+                &hosts.a_if,
+                "--listen",
+                listen,
+                "--config",
+            ])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn phalanx"),
+    );
+    let addr: SocketAddr = listen.parse().expect("addr");
+    wait_healthy(&hosts.a, addr, Duration::from_secs(30));
+
+    let load = phalanx_lab::flood::Load {
+        iface: hosts.b_if.clone(),
+        src: hosts.v4(2).octets(),
+        dst: hosts.v4(1).octets(),
+        flows: SWEEP_PORTS,
+        sources: SWEEP_SOURCES,
+        first_port: 10_000,
+        rate: SWEEP_RATE,
+        max_frames: (SWEEP_RATE as u64) * SWEEP_SECS,
+        max_time: Duration::from_secs(SWEEP_SECS + 2),
+        flags: phalanx_lab::flood::SYN,
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (sent, requests) = std::thread::scope(|s| {
+        // Readers of every kind, as fast as the daemon answers: the whole
+        // table sorted, its largest pages, the metrics.
+        let readers: Vec<_> = [
+            "/api/v1/flows?sort=rtt&limit=1",
+            "/api/v1/flows?sort=packets&limit=10000",
+            "/api/v1/flows?limit=10000",
+            "/metrics",
+        ]
+        .into_iter()
+        .map(|path| {
+            let (ns, done) = (&hosts.a, &done);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let ok = ns.run(move || http_get(addr, path)).expect("namespace");
+                    assert!(ok.is_ok_and(|(status, _)| status.contains("200")), "{path}");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+        let sent = hosts
+            .b
+            .run(move || phalanx_lab::flood::send(&load))
+            .expect("namespace")
+            .expect("sweep");
+        // The rules' next evaluation sees the whole sweep under the flood.
+        std::thread::sleep(pipeline_period());
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let requests: Vec<u64> = readers
+            .into_iter()
+            .map(|r| r.join().expect("reader"))
+            .collect();
+        (sent, requests)
+    });
+    let m = api_get(&hosts.a, listen, "/metrics");
+    let page = api_get(&hosts.a, listen, "/api/v1/flows?limit=1");
+    let out = daemon.stop(Duration::from_secs(10)).expect("daemon output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "sweep: {} SYNs in {:.1} s; requests per reader: {requests:?}",
+        sent.frames,
+        sent.elapsed.as_secs_f64()
+    );
+    let submitted = metric(&m, "phalanx_kernel_records_submitted_total");
+    let decoded = metric(&m, "phalanx_capture_records_decoded_total");
+    assert!(
+        submitted >= sent.frames,
+        "every SYN reached the programs: {submitted} of {}",
+        sent.frames
+    );
+    assert_eq!(
+        metric(&m, "phalanx_kernel_ring_full_drops_total"),
+        0,
+        "{stderr}"
+    );
+    assert_eq!(decoded, submitted, "every record decoded");
+    assert_eq!(
+        metric(&m, "phalanx_capture_backlog_dropped_total"),
+        0,
+        "no record lost to a reader: {stderr}"
+    );
+    assert!(
+        requests.iter().all(|&n| n >= 3),
+        "each reader ran: {requests:?}"
+    );
+    let total: u64 = serde_json::from_str::<serde_json::Value>(&page)
+        .ok()
+        .and_then(|v| v["total"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        total >= u64::from(SWEEP_PORTS) * u64::from(SWEEP_SOURCES),
+        "the sweep's flows are in the table: {total}"
+    );
+}
+
+/// Longer than the rules' period, so an evaluation runs.
+fn pipeline_period() -> Duration {
+    phalanx_daemon::pipeline::RULES_INTERVAL + Duration::from_millis(500)
 }

@@ -480,7 +480,7 @@ fn write_json<W: Write>(report: &Report, out: &mut W) -> Result<(), AnalyzeError
 fn sort_flows(report: &mut Report, key: RankBy) {
     let flows = std::mem::take(&mut report.flows);
     let n = flows.len();
-    report.flows = crate::flow::rank::top(flows, key, n);
+    report.flows = crate::flow::rank::top(&flows, key, n);
 }
 
 /// What an engineer reads first: flows with findings, then by

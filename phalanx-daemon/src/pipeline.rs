@@ -20,7 +20,8 @@ use crate::alerting::Observation;
 use crate::capture::ring::{self, RecordClock};
 use crate::config::{Config, ConfigError, Exemptions};
 use crate::flow::history::FlowHistory;
-use crate::flow::FlowTable;
+use crate::flow::shared::Poisoned;
+use crate::flow::{FlowTable, SharedTable};
 use crate::metrics::kpi::FlowMetrics;
 use crate::rules::RuleEngine;
 use crate::stitch::live::LiveStitch;
@@ -35,7 +36,7 @@ pub const RULES_INTERVAL: Duration = Duration::from_secs(2);
 /// latest packet, so lifetime figures re-read from a quiet flow do not
 /// keep its incident open.
 pub async fn rules_loop(
-    flows: Arc<Mutex<FlowTable>>,
+    flows: Arc<SharedTable>,
     mut diagnosis: Diagnosis,
     observations: mpsc::Sender<Vec<Observation>>,
     clock: RecordClock,
@@ -44,23 +45,24 @@ pub async fn rules_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let (summaries, now) = match flows.lock() {
-            Ok(mut t) => {
-                t.advance(clock.now_ns());
-                (t.snapshot(), t.now())
+        let flows = flows.clone();
+        // A blocking thread: the scan stands back for capture between chunks.
+        let job = tokio::task::spawn_blocking(move || {
+            let batch = diagnosis.observe(&flows, &clock);
+            (diagnosis, batch)
+        });
+        let batch = match job.await {
+            Ok((d, Ok(batch))) => {
+                diagnosis = d;
+                batch
             }
-            Err(_) => {
+            Ok((_, Err(Poisoned))) | Err(_) => {
                 error!("flow table poisoned; stopping the rules task");
                 return;
             }
         };
-        let mut findings = diagnosis.engine.evaluate(&summaries, now);
-        diagnosis
-            .exemptions
-            .apply(&mut findings, crate::clock::wall_ns());
         // One batch per evaluation: the incident task sees together the
         // findings that describe one fault.
-        let batch: Vec<Observation> = findings.into_iter().map(Observation::from).collect();
         if !batch.is_empty() && observations.send(batch).await.is_err() {
             return;
         }
@@ -77,6 +79,29 @@ pub struct Diagnosis {
 }
 
 impl Diagnosis {
+    /// One evaluation of the live table: its clock moved on to `clock`'s
+    /// record time, the rules fed a chunk of flows at a time, the
+    /// exemptions applied.
+    fn observe(
+        &mut self,
+        flows: &SharedTable,
+        clock: &RecordClock,
+    ) -> Result<Vec<Observation>, Poisoned> {
+        let now = flows.write(|t| {
+            t.advance(clock.now_ns());
+            t.now()
+        })?;
+        let mut evaluation = self.engine.begin(now);
+        flows.scan(0, |_, f| {
+            evaluation.flow(f);
+            std::ops::ControlFlow::Continue(())
+        })?;
+        let mut findings = evaluation.finish();
+        self.exemptions
+            .apply(&mut findings, crate::clock::wall_ns());
+        Ok(findings.into_iter().map(Observation::from).collect())
+    }
+
     /// The rules and exemptions of `cfg`; the exemption counter goes into
     /// `registry`.
     pub fn new(cfg: &Config, registry: &mut Registry) -> Result<Self, ConfigError> {
@@ -95,7 +120,7 @@ impl Diagnosis {
 #[derive(Clone)]
 pub struct Pipeline {
     /// Tracked flows.
-    pub flows: Arc<Mutex<FlowTable>>,
+    pub flows: Arc<SharedTable>,
     /// Per-group KPI figures.
     pub metrics: Arc<Mutex<FlowMetrics>>,
     /// Recent packets per flow, for incident evidence.
@@ -104,17 +129,12 @@ pub struct Pipeline {
     pub live: Arc<LiveStitch>,
 }
 
-/// A lock of the flow state was poisoned by a panic elsewhere.
-#[derive(Debug, thiserror::Error)]
-#[error("flow state poisoned")]
-pub struct Poisoned;
-
 impl Pipeline {
     /// A new flow table and KPI figures from `cfg`, with the histories the
     /// incident service and the stitch peers read.
     pub fn new(cfg: &Config, history: SharedHistory, live: Arc<LiveStitch>) -> Self {
         Self {
-            flows: Arc::new(Mutex::new(FlowTable::new(cfg.flows.clone()))),
+            flows: Arc::new(SharedTable::new(FlowTable::new(cfg.flows.clone()))),
             metrics: Arc::new(Mutex::new(FlowMetrics::new(&cfg.metrics))),
             history,
             live,
@@ -126,11 +146,9 @@ impl Pipeline {
     pub fn ingest(&self, batch: &[PacketMeta]) -> Result<(), Poisoned> {
         self.live.record(batch);
         let mut history = self.history.lock().map_err(|_| Poisoned)?;
-        let (Ok(mut table), Ok(mut metrics)) = (self.flows.lock(), self.metrics.lock()) else {
-            return Err(Poisoned);
-        };
-        apply(batch, &mut history, &mut table, &mut metrics);
-        Ok(())
+        let mut metrics = self.metrics.lock().map_err(|_| Poisoned)?;
+        self.flows
+            .write(|table| apply(batch, &mut history, table, &mut metrics))
     }
 }
 
@@ -164,7 +182,7 @@ impl ring::Sink for Pipeline {
         };
         let locks = (
             self.history.try_lock(),
-            self.flows.try_lock(),
+            self.flows.try_write(),
             self.metrics.try_lock(),
         );
         match locks {

@@ -1,12 +1,10 @@
 //! HTTP server: `/metrics`, `/healthz`, `/api/v1/...`.
 
 pub mod auth;
+pub mod lists;
 pub mod serve;
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     body::Bytes,
@@ -24,10 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     alerting::service::IncidentsView,
-    flow::{
-        rank::{self, RankBy},
-        FlowTable,
-    },
+    flow::SharedTable,
     metrics::text,
     stitch::{
         live::LiveStitch,
@@ -41,7 +36,7 @@ pub struct ApiState {
     /// Metrics registry, encoded on each scrape.
     pub registry: Arc<Registry>,
     /// Live flow table.
-    pub flows: Arc<Mutex<FlowTable>>,
+    pub flows: Arc<SharedTable>,
     /// Incidents and their evidence.
     pub incidents: IncidentsView,
     /// Live stitching (peer endpoint and `/api/v1/stitch`); `None` answers 404.
@@ -58,8 +53,8 @@ pub struct ApiState {
 pub fn router(state: ApiState) -> Router {
     let read = Router::new()
         .route("/metrics", get(metrics))
-        .route("/api/v1/flows", get(flows))
-        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/flows", get(lists::flows))
+        .route("/api/v1/incidents", get(lists::incidents))
         .route("/api/v1/incidents/{id}", get(incident))
         .route("/api/v1/incidents/{id}/pcapng", get(incident_pcapng))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
@@ -179,70 +174,11 @@ async fn metrics(State(s): State<ApiState>, headers: axum::http::HeaderMap) -> R
     }
 }
 
-/// Body of `/api/v1/flows`.
-#[derive(serde::Serialize)]
-struct FlowsResponse {
-    /// Flows tracked in all.
-    total: usize,
-    /// Sort key, when one was asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sort: Option<String>,
-    flows: Vec<crate::flow::FlowSummary>,
-}
-
-/// `/api/v1/flows?sort=KEY&limit=N`: the `limit` worst flows by `KEY`
-/// (largest first); without `sort`, every flow (up to `limit`) in table order.
-#[derive(serde::Deserialize)]
-struct FlowsQuery {
-    sort: Option<String>,
-    limit: Option<usize>,
-}
-
-fn bad_request(msg: impl std::fmt::Display) -> Response {
+pub(crate) fn bad_request(msg: impl std::fmt::Display) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }
 
-async fn flows(
-    State(s): State<ApiState>,
-    q: Result<Query<FlowsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(q)) = q else {
-        return bad_request("bad query: expected sort=KEY and limit=N (a positive integer)");
-    };
-    let by = match q.sort.as_deref().map(str::parse::<RankBy>).transpose() {
-        Ok(by) => by,
-        Err(e) => return bad_request(e),
-    };
-    if q.limit == Some(0) {
-        return bad_request("limit must be at least 1");
-    }
-    let snapshot = match s.flows.lock() {
-        Ok(t) => t.snapshot(),
-        Err(_) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "flow table poisoned\n").into_response()
-        }
-    };
-    let total = snapshot.len();
-    let limit = q.limit.unwrap_or(usize::MAX);
-    let flows = match by {
-        Some(by) => rank::top(snapshot, by, limit),
-        None => snapshot.into_iter().take(limit).collect(),
-    };
-    Json(FlowsResponse {
-        total,
-        sort: by.map(|b| b.to_string()),
-        flows,
-    })
-    .into_response()
-}
-
-/// Body of `/api/v1/incidents`: firing (oldest first), then resolved (newest first).
-#[derive(serde::Serialize)]
-struct IncidentsResponse {
-    incidents: Vec<crate::alerting::Incident>,
-}
-
-fn poisoned() -> Response {
+pub(crate) fn poisoned() -> Response {
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         "incident state poisoned\n",
@@ -252,16 +188,6 @@ fn poisoned() -> Response {
 
 fn not_found(what: &str) -> Response {
     (StatusCode::NOT_FOUND, format!("{what}\n")).into_response()
-}
-
-async fn incidents(State(s): State<ApiState>) -> Response {
-    match s.incidents.manager.lock() {
-        Ok(m) => Json(IncidentsResponse {
-            incidents: m.list().into_iter().cloned().collect(),
-        })
-        .into_response(),
-        Err(_) => poisoned(),
-    }
 }
 
 async fn incident(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
@@ -416,11 +342,13 @@ pub(crate) async fn serve_for_test(
     .expect("evidence dir");
     let state = ApiState {
         registry: Arc::new(registry),
-        flows: Arc::new(Mutex::new(FlowTable::new(
+        flows: Arc::new(SharedTable::new(crate::flow::FlowTable::new(
             crate::flow::FlowConfig::default(),
         ))),
         incidents: IncidentsView {
-            manager: Arc::new(Mutex::new(IncidentManager::new(ManagerSettings::default()))),
+            manager: Arc::new(std::sync::Mutex::new(IncidentManager::new(
+                ManagerSettings::default(),
+            ))),
             evidence: Arc::new(evidence),
         },
         stitch,

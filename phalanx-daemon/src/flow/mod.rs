@@ -222,6 +222,7 @@ pub mod rank;
 pub mod report;
 pub mod rtt;
 pub mod seq;
+pub mod shared;
 pub mod state;
 pub mod stats;
 pub mod table;
@@ -235,5 +236,23 @@ pub use report::{
     DirReport, FlowSummary, HandshakeReport, LatencyReport, PerSide, RttReport, StallReport,
     TtlReport,
 };
+pub use shared::SharedTable;
 pub use state::Flow;
 pub use table::{FlowReport, FlowTable, TableStats};
+
+/// A one-packet UDP record from 10.0.0.1:`sport` to 10.0.0.2:80 at `ts_ns`.
+#[cfg(test)]
+pub(crate) fn udp_record(sport: u16, ts_ns: u64) -> phalanx_common::PacketMeta {
+    use phalanx_common::{ipproto, PacketMeta, RecordKind};
+    let mut m = PacketMeta::zeroed();
+    m.ts_ns = ts_ns;
+    m.kind = RecordKind::Udp as u8;
+    m.ip_version = 4;
+    m.l4_proto = ipproto::UDP;
+    m.src_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+    m.dst_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+    m.sport = sport;
+    m.dport = 80;
+    m.wire_len = 60;
+    m
+}

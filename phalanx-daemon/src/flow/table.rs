@@ -536,6 +536,29 @@ impl FlowTable {
         self.iter().map(FlowSummary::of).collect()
     }
 
+    /// Appends to `out` the summaries of up to `n` live flows in slots
+    /// `from..`, each with its slot; returns the slot to go on from, or
+    /// `None` when no slot is left. Slots are stable while a flow lives,
+    /// so a scan taken in pieces visits each slot once.
+    pub fn summaries_from(
+        &self,
+        from: u32,
+        n: usize,
+        out: &mut Vec<(u32, FlowSummary)>,
+    ) -> Option<u32> {
+        let mut taken = 0;
+        for (i, f) in self.flows.iter().enumerate().skip(from as usize) {
+            if taken == n {
+                return Some(i as u32);
+            }
+            if f.class != VACANT {
+                out.push((i as u32, FlowSummary::of(f)));
+                taken += 1;
+            }
+        }
+        None
+    }
+
     /// Summaries of flows that left the table since the last call (only
     /// collected after [`Self::keep_finished`]).
     pub fn take_finished(&mut self) -> Vec<FlowSummary> {

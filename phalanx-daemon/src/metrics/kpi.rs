@@ -44,7 +44,7 @@ use prometheus_client::{
 };
 
 use super::groups::{effective_groups, Grouper, MetricsConfig, SeriesLabels};
-use crate::flow::{Delta, Flow, FlowObserver, FlowTable, TableStats};
+use crate::flow::{Delta, Flow, FlowObserver, SharedTable, TableStats};
 
 /// Upper bounds of the RTT histogram, seconds (100 us to 10 s).
 pub const RTT_BUCKETS: [f64; 16] = [
@@ -175,7 +175,7 @@ impl FlowObserver for FlowMetrics {
 /// Scrape-time collector over [`FlowMetrics`] and the flow table.
 pub struct KpiCollector {
     metrics: Arc<Mutex<FlowMetrics>>,
-    flows: Arc<Mutex<FlowTable>>,
+    flows: Arc<SharedTable>,
 }
 
 impl std::fmt::Debug for KpiCollector {
@@ -189,7 +189,7 @@ impl KpiCollector {
     pub fn register(
         registry: &mut Registry,
         metrics: Arc<Mutex<FlowMetrics>>,
-        flows: Arc<Mutex<FlowTable>>,
+        flows: Arc<SharedTable>,
     ) {
         registry.register_collector(Box::new(KpiCollector { metrics, flows }));
     }
@@ -300,7 +300,7 @@ impl Collector for KpiCollector {
             ),
             Err(_) => return Ok(()),
         };
-        let table = self.flows.lock().ok().map(|t| (t.len(), t.stats().clone()));
+        let table = self.flows.read(|t| (t.len(), t.stats().clone())).ok();
         let rows: Vec<(&SeriesLabels, &Series)> = labels_.iter().zip(series.iter()).collect();
         encode_kpis(&mut enc, &rows)?;
         encode_series_budget(&mut enc, labels_.len() as u64, overflowed)?;
@@ -473,9 +473,9 @@ mod tests {
         }
     }
 
-    fn run(records: &[PacketMeta], cfg: &MetricsConfig) -> (FlowMetrics, FlowTable) {
+    fn run(records: &[PacketMeta], cfg: &MetricsConfig) -> (FlowMetrics, crate::flow::FlowTable) {
         let mut m = FlowMetrics::new(cfg);
-        let mut t = FlowTable::new(FlowConfig::default());
+        let mut t = crate::flow::FlowTable::new(FlowConfig::default());
         t.keep_finished(true);
         for r in records {
             t.ingest_observed(r, &mut m);

@@ -188,8 +188,19 @@ pub enum RuleError {
 enum Check<C> {
     /// One flow at a time, with the evaluation's record time (`now_ns`).
     PerFlow(fn(&C, &FlowSummary, u64, &mut Vec<Finding>)),
-    /// The whole flow set at once, after every flow's own findings.
-    AcrossFlows(fn(&C, &[FlowSummary], &mut Vec<Finding>)),
+    /// Across flows: each flow is noted in the evaluation's [`Across`],
+    /// which is checked once after every flow's own findings.
+    AcrossFlows {
+        note: fn(&C, &FlowSummary, &mut Across),
+        check: fn(&C, &mut Across, &mut Vec<Finding>),
+    },
+}
+
+/// What the cross-flow rules keep of an evaluation's flows: bounded by
+/// their windows, not by the number of flows.
+#[derive(Debug, Default)]
+pub struct Across {
+    resets: rst_storm::Resets,
 }
 
 /// A built-in rule with the type of its settings.
@@ -210,8 +221,10 @@ trait AnyRule {
     fn validate(&self, cfg: &RulesConfig) -> Result<(), RuleError>;
     /// Appends the findings of a per-flow rule, if enabled, for `f`.
     fn per_flow(&self, cfg: &RulesConfig, f: &FlowSummary, now_ns: u64, out: &mut Vec<Finding>);
+    /// Notes `f` for a cross-flow rule, if enabled.
+    fn note(&self, cfg: &RulesConfig, f: &FlowSummary, across: &mut Across);
     /// Appends the findings of a cross-flow rule, if enabled.
-    fn across_flows(&self, cfg: &RulesConfig, flows: &[FlowSummary], out: &mut Vec<Finding>);
+    fn across_flows(&self, cfg: &RulesConfig, across: &mut Across, out: &mut Vec<Finding>);
 }
 
 impl<C: RuleSettings> AnyRule for Rule<C> {
@@ -233,11 +246,20 @@ impl<C: RuleSettings> AnyRule for Rule<C> {
         }
     }
 
-    fn across_flows(&self, cfg: &RulesConfig, flows: &[FlowSummary], out: &mut Vec<Finding>) {
-        if let Check::AcrossFlows(check) = self.check {
+    fn note(&self, cfg: &RulesConfig, f: &FlowSummary, across: &mut Across) {
+        if let Check::AcrossFlows { note, .. } = self.check {
             let c = (self.config)(cfg);
             if c.enabled() {
-                check(c, flows, out);
+                note(c, f, across);
+            }
+        }
+    }
+
+    fn across_flows(&self, cfg: &RulesConfig, across: &mut Across, out: &mut Vec<Finding>) {
+        if let Check::AcrossFlows { check, .. } = self.check {
+            let c = (self.config)(cfg);
+            if c.enabled() {
+                check(c, across, out);
             }
         }
     }
@@ -348,7 +370,10 @@ const REGISTRY: &[Registered] = &[
         also: &[],
         rule: &Rule {
             config: |r| &r.rst_storm,
-            check: Check::AcrossFlows(rst_storm::check),
+            check: Check::AcrossFlows {
+                note: rst_storm::note,
+                check: rst_storm::check,
+            },
         },
         supersedes: &[],
     },
@@ -459,18 +484,22 @@ impl RuleEngine {
     /// time (the flow table's clock; for a capture file, its last packet),
     /// used by rules that wait for an answer (`syn_unanswered`).
     pub fn evaluate(&self, flows: &[FlowSummary], now_ns: u64) -> Vec<Finding> {
-        let mut out = Vec::new();
+        let mut e = self.begin(now_ns);
         for f in flows {
-            let start = out.len();
-            self.evaluate_flow(f, now_ns, &mut out);
-            for finding in &mut out[start..] {
-                finding.activity_ns = Some(f.last_ts_ns);
-            }
+            e.flow(f);
         }
-        for r in REGISTRY {
-            r.rule.across_flows(&self.cfg, flows, &mut out);
+        e.finish()
+    }
+
+    /// An evaluation fed one flow at a time ([`Evaluation::flow`]), so no
+    /// caller holds every flow at once: what [`Self::evaluate`] does.
+    pub fn begin(&self, now_ns: u64) -> Evaluation<'_> {
+        Evaluation {
+            engine: self,
+            now_ns,
+            out: Vec::new(),
+            across: Across::default(),
         }
-        out
     }
 
     /// Evaluates the per-flow rules for one flow, appending to `out`.
@@ -489,6 +518,45 @@ impl RuleEngine {
                 }
             }
         }
+    }
+}
+
+/// One evaluation of the rules, fed a flow at a time.
+pub struct Evaluation<'e> {
+    engine: &'e RuleEngine,
+    now_ns: u64,
+    out: Vec<Finding>,
+    across: Across,
+}
+
+impl Evaluation<'_> {
+    /// Evaluates the per-flow rules on `f` and notes it for the
+    /// cross-flow ones.
+    pub fn flow(&mut self, f: &FlowSummary) {
+        let start = self.out.len();
+        self.engine.evaluate_flow(f, self.now_ns, &mut self.out);
+        for finding in &mut self.out[start..] {
+            finding.activity_ns = Some(f.last_ts_ns);
+        }
+        for r in REGISTRY {
+            r.rule.note(&self.engine.cfg, f, &mut self.across);
+        }
+    }
+
+    /// The findings so far, taken out (a streaming caller writes them
+    /// beside the flows they are about); the cross-flow ones come at
+    /// [`Self::finish`].
+    pub fn take_findings(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Every finding not yet taken: the cross-flow rules' last.
+    pub fn finish(mut self) -> Vec<Finding> {
+        for r in REGISTRY {
+            r.rule
+                .across_flows(&self.engine.cfg, &mut self.across, &mut self.out);
+        }
+        self.out
     }
 }
 

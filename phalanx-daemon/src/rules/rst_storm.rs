@@ -60,40 +60,93 @@ impl RuleSettings for RstStormConfig {
     }
 }
 
-pub(super) fn check(c: &RstStormConfig, flows: &[FlowSummary], out: &mut Vec<Finding>) {
-    let window_ns = (c.window_secs * 1e9) as u64;
-    for ((dst, dport), mut v) in resets_by_service(flows) {
-        if v.len() < c.min_resets {
-            continue;
-        }
-        v.sort_by_key(|x| x.0);
-        let w = densest(&v, window_ns);
-        if w.len() < c.min_resets {
-            continue;
-        }
-        let mut found = finding(c, dst, dport, w);
-        // New resets of the service, in its densest window or not.
-        found.activity_ns = v.last().map(|x| x.0);
-        out.push(found);
+/// The reset TCP connections of each service (responder address and
+/// port), kept to a bounded window behind each service's newest reset.
+#[derive(Debug, Default)]
+pub(super) struct Resets {
+    by_service: BTreeMap<(IpAddr, u16), Service>,
+}
+
+/// One service's resets: those in the window behind its newest, and the
+/// densest window already passed.
+#[derive(Debug, Default)]
+struct Service {
+    recent: Vec<Reset>,
+    best: Vec<Reset>,
+    /// Every reset noted, in or out of the kept windows.
+    newest_ns: u64,
+}
+
+/// Resets kept per service before the ones outside the window behind the
+/// newest are dropped (the densest window so far is kept aside).
+const KEPT_PER_SERVICE: usize = 4096;
+/// Services kept; resets of further services are not noted.
+const SERVICES: usize = 65_536;
+
+pub(super) fn note(c: &RstStormConfig, f: &FlowSummary, across: &mut super::Across) {
+    if f.proto != Proto::TCP {
+        return;
+    }
+    let t = match (f.src_to_dst.rst_ns, f.dst_to_src.rst_ns) {
+        (Some(a), Some(b)) => (a.min(b), b <= a),
+        (None, Some(b)) => (b, true),
+        (Some(a), None) => (a, false),
+        (None, None) => return,
+    };
+    let resets = &mut across.resets.by_service;
+    if resets.len() >= SERVICES && !resets.contains_key(&(f.dst, f.dport)) {
+        return;
+    }
+    let s = resets.entry((f.dst, f.dport)).or_default();
+    s.recent.push((t.0, t.1, f.src));
+    s.newest_ns = s.newest_ns.max(t.0);
+    if s.recent.len() >= KEPT_PER_SERVICE {
+        s.prune(window_ns(c));
     }
 }
 
-/// The reset TCP connections of each service (responder address and port).
-fn resets_by_service(flows: &[FlowSummary]) -> BTreeMap<(IpAddr, u16), Vec<Reset>> {
-    let mut by_service: BTreeMap<(IpAddr, u16), Vec<Reset>> = BTreeMap::new();
-    for f in flows.iter().filter(|f| f.proto == Proto::TCP) {
-        let t = match (f.src_to_dst.rst_ns, f.dst_to_src.rst_ns) {
-            (Some(a), Some(b)) => (a.min(b), b <= a),
-            (None, Some(b)) => (b, true),
-            (Some(a), None) => (a, false),
-            (None, None) => continue,
-        };
-        by_service
-            .entry((f.dst, f.dport))
-            .or_default()
-            .push((t.0, t.1, f.src));
+impl Service {
+    /// Keeps the densest window seen aside and drops resets older than
+    /// the window behind the newest: no later window can hold them.
+    fn prune(&mut self, window_ns: u64) {
+        self.recent.sort_by_key(|x| x.0);
+        let w = densest(&self.recent, window_ns);
+        if w.len() > self.best.len() {
+            self.best = w.to_vec();
+        }
+        let from = self.newest_ns.saturating_sub(window_ns);
+        self.recent.retain(|x| x.0 >= from);
     }
-    by_service
+
+    /// The densest window of all the resets noted, and the newest reset.
+    fn densest(mut self, window_ns: u64) -> (Vec<Reset>, u64) {
+        self.recent.sort_by_key(|x| x.0);
+        let w = densest(&self.recent, window_ns);
+        let w = if w.len() > self.best.len() {
+            w.to_vec()
+        } else {
+            self.best
+        };
+        (w, self.newest_ns)
+    }
+}
+
+fn window_ns(c: &RstStormConfig) -> u64 {
+    (c.window_secs * 1e9) as u64
+}
+
+pub(super) fn check(c: &RstStormConfig, across: &mut super::Across, out: &mut Vec<Finding>) {
+    let window_ns = window_ns(c);
+    for ((dst, dport), s) in std::mem::take(&mut across.resets.by_service) {
+        let (w, newest) = s.densest(window_ns);
+        if w.len() < c.min_resets {
+            continue;
+        }
+        let mut found = finding(c, dst, dport, &w);
+        // New resets of the service, in its densest window or not.
+        found.activity_ns = Some(newest);
+        out.push(found);
+    }
 }
 
 /// The densest window of resets sorted by time: the most within

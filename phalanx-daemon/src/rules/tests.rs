@@ -642,9 +642,14 @@ fn retransmission_stall_open_and_recovered() {
 }
 
 fn refused(n: u16, spacing_ms: f64) -> Vec<PacketMeta> {
+    refused_from(0, n, 0.0, spacing_ms)
+}
+
+/// `n` refused connections from port 40000 + `first`, from `start_ms` on.
+fn refused_from(first: u16, n: u16, start_ms: f64, spacing_ms: f64) -> Vec<PacketMeta> {
     let mut v = Vec::new();
-    for i in 0..n {
-        let t = f64::from(i) * spacing_ms;
+    for i in first..first + n {
+        let t = start_ms + f64::from(i - first) * spacing_ms;
         v.push(pkt(t, true, 40000 + i, tf::SYN, C0, 0, 0));
         v.push(pkt(
             t + 0.5,
@@ -685,6 +690,22 @@ fn rst_storm_across_flows() {
     );
     // The same resets 5 s apart: at most 3 in any 10 s window.
     assert_eq!(run(&refused(12, 5000.0), &RulesConfig::default()).1, []);
+}
+
+#[test]
+fn rst_storm_keeps_an_early_storm_through_many_later_resets() {
+    // Enough sparse resets after the storm that the rule drops the old
+    // ones from memory: the storm's window is kept aside.
+    let mut recs = refused(12, 100.0);
+    recs.extend(refused_from(12, 5_000, 20_000.0, 6_000.0));
+    let (_, found) = run(&recs, &RulesConfig::default());
+    let storms: Vec<_> = found.iter().filter(|f| f.rule == "rst_storm").collect();
+    assert_eq!(storms.len(), 1);
+    assert_eq!(storms[0].evidence["resets"], 12);
+    assert_eq!(
+        storms[0].activity_ns,
+        Some(at(20_000.0 + 4_999.0 * 6_000.0 + 0.5))
+    );
 }
 
 #[test]

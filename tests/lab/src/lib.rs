@@ -3,6 +3,7 @@
 //! test panics; traffic only ever goes to the namespaces' own addresses.
 
 pub mod delay;
+pub mod flood;
 pub mod scenario;
 
 use std::{

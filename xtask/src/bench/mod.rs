@@ -23,7 +23,6 @@ mod live;
 mod offline;
 mod profile;
 mod ring;
-mod sender;
 mod stitch;
 
 const API: &str = "127.0.0.1:19750";

@@ -15,12 +15,12 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use phalanx_lab::{metric, sh, TwoHosts};
+use phalanx_lab::{flood as sender, metric, sh, TwoHosts};
 
 use super::{
     kernel::{prog_id, tcp_frame, TestRun, OPT_TS},
     live::Layout,
-    sender, start_daemon, Row,
+    start_daemon, Row,
 };
 
 /// Sender threads: one alone cannot keep a core's receive path busy, since
@@ -109,15 +109,17 @@ fn blast(
                     src: lab.v4(2).octets(),
                     dst: lab.v4(1).octets(),
                     flows: 256,
+                    sources: 1,
                     first_port: 10_000 + 256 * t,
                     rate: per,
                     // Bounded even when unpaced: at most 4 M frames per second of step.
                     max_frames: (if per.is_finite() { per } else { 4e6 } * secs) as u64,
                     max_time: Duration::from_secs_f64(secs),
+                    flags: sender::DATA,
                 };
                 s.spawn(move || -> Result<sender::Sent> {
                     layout.pin_load_thread()?;
-                    lab.b.run(move || sender::send(&load))?
+                    Ok(lab.b.run(move || sender::send(&load))??)
                 })
             })
             .collect();

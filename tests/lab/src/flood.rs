@@ -1,6 +1,7 @@
 //! A small-frame load generator: minimum-size Ethernet/IPv4/TCP frames sent
 //! with `sendmmsg` on an AF_PACKET socket bound to one interface, paced to a
-//! target rate and bounded in count and time.
+//! target rate and bounded in count and time: data segments for the ring
+//! benchmark, SYNs for a sweep of new flows.
 //!
 //! The frames carry a destination MAC that is not the peer's, so the peer's
 //! stack drops them as "other host" right after XDP and tc ingress have run:
@@ -9,7 +10,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use crate::LabError;
+
+type Result<T> = std::result::Result<T, LabError>;
+
+fn failed(what: String) -> LabError {
+    LabError::Io(what, std::io::Error::last_os_error())
+}
 
 /// Frames per `sendmmsg` call.
 const BATCH: usize = 64;
@@ -25,8 +32,11 @@ pub struct Load {
     /// IPv4 source and destination.
     pub src: [u8; 4],
     pub dst: [u8; 4],
-    /// Distinct TCP conversations (source ports from `first_port`) the frames cycle through.
+    /// Source ports (from `first_port`) the frames cycle through ...
     pub flows: u16,
+    /// ... from this many source addresses (`src`, then the next ones
+    /// in its last byte): `flows * sources` conversations.
+    pub sources: u8,
     pub first_port: u16,
     /// Frames per second; infinite: as fast as the socket takes them.
     pub rate: f64,
@@ -34,7 +44,15 @@ pub struct Load {
     pub max_frames: u64,
     /// Upper bound on time.
     pub max_time: Duration,
+    /// TCP flags: [`DATA`] segments, or [`SYN`]s (no payload: each port
+    /// is one connection attempt, its SYN re-sent).
+    pub flags: u8,
 }
+
+/// ACK|PSH data segments of 6 bytes.
+pub const DATA: u8 = 0x18;
+/// SYNs.
+pub const SYN: u8 = 0x02;
 
 /// What was sent.
 pub struct Sent {
@@ -52,6 +70,27 @@ impl Drop for Fd {
     }
 }
 
+/// Writes the checksum of an IPv4 header without options.
+fn set_ip_checksum(ip: &mut [u8]) {
+    ip[10..12].fill(0);
+    let sum = ip[..20]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// Payload bytes of a `load` segment.
+fn payload(load: &Load) -> u32 {
+    if load.flags & SYN != 0 {
+        0
+    } else {
+        PAYLOAD
+    }
+}
+
 /// The frame template; each send patches the source port and sequence number.
 fn frame(load: &Load) -> [u8; FRAME] {
     let mut f = [0u8; FRAME];
@@ -59,45 +98,42 @@ fn frame(load: &Load) -> [u8; FRAME] {
     f[..6].copy_from_slice(&[0x02, 0xfe, 0, 0, 0, 1]);
     f[6..12].copy_from_slice(&[0x02, 0xfe, 0, 0, 0, 2]);
     f[12..14].copy_from_slice(&[0x08, 0x00]);
-    // IPv4, total length 46, TTL 64, TCP.
+    // IPv4, TTL 64, TCP; a SYN's frame is padded, not its segment.
     let ip = &mut f[14..34];
     ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((FRAME - 14) as u16).to_be_bytes());
+    ip[2..4].copy_from_slice(&(40 + payload(load) as u16).to_be_bytes());
     ip[6] = 0x40;
     ip[8] = 64;
     ip[9] = 6;
     ip[12..16].copy_from_slice(&load.src);
     ip[16..20].copy_from_slice(&load.dst);
-    let sum = ip
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
-        .sum::<u32>();
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
-    ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    // TCP: ACK|PSH data segment of PAYLOAD bytes (checksum is not checked by the parser).
+    set_ip_checksum(ip);
+    // TCP (checksum is not checked by the parser).
     let tcp = &mut f[34..54];
     tcp[2..4].copy_from_slice(&5001u16.to_be_bytes());
-    tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+    if load.flags & SYN == 0 {
+        tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+    }
     tcp[12] = 0x50;
-    tcp[13] = 0x18;
+    tcp[13] = load.flags;
     tcp[14..16].copy_from_slice(&0xffffu16.to_be_bytes());
     f
 }
 
 /// Sends `load` from the calling thread; returns the frames the socket took.
 pub fn send(load: &Load) -> Result<Sent> {
-    let name = std::ffi::CString::new(load.iface.as_str())?;
+    let name = std::ffi::CString::new(load.iface.as_str())
+        .map_err(|_| failed(format!("interface name {:?}", load.iface)))?;
     // SAFETY: a valid NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if ifindex == 0 {
-        bail!("no interface {}", load.iface);
+        return Err(failed(format!("no interface {}", load.iface)));
     }
     // Protocol 0: this socket only sends, it never receives a copy of traffic.
     // SAFETY: plain socket call.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
     if fd < 0 {
-        bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+        return Err(failed("AF_PACKET socket".into()));
     }
     let fd = Fd(fd);
     // Skip the sender's own qdisc: its cost is not what is measured.
@@ -126,15 +162,14 @@ pub fn send(load: &Load) -> Result<Sent> {
         )
     };
     if rc != 0 {
-        bail!(
-            "bind to {}: {}",
-            load.iface,
-            std::io::Error::last_os_error()
-        );
+        return Err(failed(format!("bind to {}", load.iface)));
     }
 
     let flows = load.flows.max(1);
-    let mut seqs = vec![1u32; usize::from(flows)];
+    let step = payload(load);
+    let sources = load.sources.max(1);
+    let mut seqs = vec![1u32; usize::from(flows) * usize::from(sources)];
+    let mut source = 0u8;
     let mut frames = vec![frame(load); BATCH];
     let mut iov: Vec<libc::iovec> = frames
         .iter_mut()
@@ -155,11 +190,18 @@ pub fn send(load: &Load) -> Result<Sent> {
     let mut next_port = 0u16;
     while sent < load.max_frames && start.elapsed() < load.max_time {
         for f in frames.iter_mut() {
-            let i = usize::from(next_port);
+            let i = usize::from(source) * usize::from(flows) + usize::from(next_port);
+            if sources > 1 {
+                f[29] = load.src[3].wrapping_add(source);
+                set_ip_checksum(&mut f[14..34]);
+            }
             f[34..36].copy_from_slice(&(load.first_port + next_port).to_be_bytes());
             f[38..42].copy_from_slice(&seqs[i].to_be_bytes());
-            seqs[i] = seqs[i].wrapping_add(PAYLOAD);
+            seqs[i] = seqs[i].wrapping_add(step);
             next_port = (next_port + 1) % flows;
+            if next_port == 0 {
+                source = (source + 1) % sources;
+            }
         }
         let want = (load.max_frames - sent).min(BATCH as u64) as u32;
         // SAFETY: msgs points at BATCH valid headers whose iovecs point at live frames.
@@ -171,7 +213,7 @@ pub fn send(load: &Load) -> Result<Sent> {
                 std::thread::yield_now();
                 continue;
             }
-            bail!("sendmmsg on {}: {e}", load.iface);
+            return Err(LabError::Io(format!("sendmmsg on {}", load.iface), e));
         }
         sent += n as u64;
         if load.rate.is_finite() {
