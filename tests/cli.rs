@@ -163,6 +163,19 @@ fn analyze_table_aligns_columns_and_sorts() {
     let out = table(&["analyze", "--sort", "rtt", espn]);
     let first = out.lines().nth(1).expect("a flow");
     assert!(first.contains("68.71.208.11:80"), "{first}");
+    // The worst five, said so; --all every flow as it ends.
+    let out = table(&["analyze", "--top", "5", espn]);
+    let rows: Vec<&str> = out.lines().take_while(|l| !l.is_empty()).collect();
+    assert_eq!(rows.len(), 1 + 5 + 1, "{out}");
+    assert!(rows[6].starts_with("39 flows (5 shown: "), "{}", rows[6]);
+    let out = table(&["analyze", "--all", espn]);
+    let rows: Vec<&str> = out.lines().take_while(|l| !l.is_empty()).collect();
+    assert_eq!(rows.len(), 1 + 39 + 1, "{out}");
+    assert!(rows[40].starts_with("39 flows, "), "{}", rows[40]);
+    assert_eq!(
+        phalanx(&["analyze", "--top", "0", espn]).status.code(),
+        Some(2)
+    );
     let o = phalanx(&["analyze", "--sort", "retrans", espn]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("valid keys: retransmissions, retransmission_rate"));
@@ -344,4 +357,74 @@ fn a_dash_reads_standard_input() {
         v["flows"].clone()
     };
     assert_eq!(flows(&by_stdin), flows(&by_path), "the same figures");
+}
+
+/// Writes `n` one-packet UDP flows as a zstd-compressed pcapng: each from
+/// its own address and port, 1,000 a second of capture time, so about a
+/// minute's worth (the UDP idle timeout) are open at once.
+fn one_packet_flows(path: &std::path::Path, n: u32) {
+    use phalanx_common::{ipproto, PacketMeta, RecordKind};
+    use phalanx_daemon::capture::frame::{PayloadMode, PcapngWriter};
+    let file = std::fs::File::create(path).expect("create capture");
+    let z = zstd::Encoder::new(file, 1).expect("zstd").auto_finish();
+    let mut w = PcapngWriter::new(std::io::BufWriter::new(z)).expect("pcapng");
+    let ifc = w.add_interface("synth0").expect("interface");
+    for i in 0..n {
+        let mut m = PacketMeta::zeroed();
+        m.ts_ns = 1_700_000_000_000_000_000 + u64::from(i) * 1_000_000;
+        m.kind = RecordKind::Udp as u8;
+        m.ip_version = 4;
+        m.l4_proto = ipproto::UDP;
+        m.ttl = 64;
+        let [a, b, c, d] = i.to_be_bytes();
+        m.src_addr[..4].copy_from_slice(&[10, a.wrapping_add(1), b, c]);
+        m.dst_addr[..4].copy_from_slice(&[192, 0, 2, 1]);
+        m.sport = 1024 + u16::from(d);
+        m.dport = 53;
+        m.ip_len = 28 + 32;
+        m.payload_len = 32;
+        m.wire_len = 14 + 28 + 32;
+        w.write_record(ifc, &m, PayloadMode::Zeroed, None)
+            .expect("record");
+    }
+}
+
+/// Runs `phalanx analyze --json FILE` into /dev/null; its peak RSS in MiB.
+// `wait4` reaps the child, with the figures of that child alone.
+#[allow(clippy::zombie_processes)]
+fn analyze_peak_rss_mib(file: &std::path::Path) -> u64 {
+    let child = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["analyze", "--json"])
+        .arg(file)
+        .env("PHALANX_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run phalanx");
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for this child only.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: the pid is our unwaited child; the pointers are valid.
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32, "wait4");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "analyze failed: {status}"
+    );
+    (usage.ru_maxrss as u64) / 1024
+}
+
+#[test]
+fn analyze_json_memory_follows_open_flows_not_all_flows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (small, large) = (
+        dir.path().join("small.pcapng.zst"),
+        dir.path().join("large.pcapng.zst"),
+    );
+    // 100,000 and 400,000 flows; some 60,000 open at once in both.
+    one_packet_flows(&small, 100_000);
+    one_packet_flows(&large, 400_000);
+    let (a, b) = (analyze_peak_rss_mib(&small), analyze_peak_rss_mib(&large));
+    eprintln!("analyze --json peak RSS: {a} MiB for 100,000 flows, {b} MiB for 400,000");
+    // Holding every flow would take some 2 kB more per flow: +600 MiB.
+    assert!(b < a + 64, "{a} MiB for 100,000 flows, {b} MiB for 400,000");
 }

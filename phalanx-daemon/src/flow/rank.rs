@@ -107,6 +107,8 @@ impl RankBy {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Position {
     value: Option<f64>,
+    /// A second key, larger first (see [`TopK::then_by`]); 0 without.
+    then: u64,
     last_ts_ns: u64,
     slot: u32,
 }
@@ -116,6 +118,7 @@ impl Position {
     pub fn of(by: RankBy, slot: u32, f: &FlowSummary) -> Self {
         Self {
             value: by.value(f),
+            then: 0,
             last_ts_ns: f.last_ts_ns,
             slot,
         }
@@ -130,6 +133,7 @@ impl Position {
             (None, Some(_)) => Ordering::Greater,
             (None, None) => Ordering::Equal,
         }
+        .then(other.then.cmp(&self.then))
         .then(other.last_ts_ns.cmp(&self.last_ts_ns))
         .then(self.slot.cmp(&other.slot))
     }
@@ -192,6 +196,7 @@ impl FromStr for Cursor {
             key.parse().map_err(|_| BadCursor)?,
             Position {
                 value,
+                then: 0,
                 last_ts_ns: ts.parse().map_err(|_| BadCursor)?,
                 slot: slot.parse().map_err(|_| BadCursor)?,
             },
@@ -224,6 +229,7 @@ impl Ord for Kept {
 /// offered.
 pub struct TopK {
     by: RankBy,
+    then: fn(&FlowSummary) -> u64,
     limit: usize,
     after: Option<Position>,
     kept: BinaryHeap<Kept>,
@@ -234,15 +240,24 @@ impl TopK {
     pub fn new(by: RankBy, limit: usize, after: Option<Position>) -> Self {
         Self {
             by,
+            then: |_| 0,
             limit,
             after,
             kept: BinaryHeap::with_capacity(limit.min(1 << 16) + 1),
         }
     }
 
+    /// Flows equal by the key are ranked by `then`, largest first, before
+    /// their last activity.
+    pub fn then_by(mut self, then: fn(&FlowSummary) -> u64) -> Self {
+        self.then = then;
+        self
+    }
+
     /// Offers the flow in `slot`; copied only when it ranks among the kept.
     pub fn offer(&mut self, slot: u32, f: &FlowSummary) {
-        let p = Position::of(self.by, slot, f);
+        let mut p = Position::of(self.by, slot, f);
+        p.then = (self.then)(f);
         if self.after.is_some_and(|a| p.rank(&a) != Ordering::Greater) {
             return;
         }

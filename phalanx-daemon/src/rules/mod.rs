@@ -530,6 +530,12 @@ pub struct Evaluation<'e> {
 }
 
 impl Evaluation<'_> {
+    /// Moves the record time on: a streaming caller evaluates each flow
+    /// as it leaves the table, at the time it left.
+    pub fn advance(&mut self, now_ns: u64) {
+        self.now_ns = self.now_ns.max(now_ns);
+    }
+
     /// Evaluates the per-flow rules on `f` and notes it for the
     /// cross-flow ones.
     pub fn flow(&mut self, f: &FlowSummary) {

@@ -3,10 +3,13 @@
 //! The files are read in the order given and fed, as one record stream, to
 //! the same [`FlowTable`] the daemon runs (so rotated pieces of one capture
 //! analyse as one). Every flow that was seen is reported, including flows
-//! the table evicted on the way.
+//! the table evicted on the way. The output is written as flows leave the
+//! table ([`output`]): memory grows with the flows open at once, not with
+//! the flows of the input.
+
+mod output;
 
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::mpsc;
 
@@ -18,10 +21,11 @@ use thiserror::Error;
 
 use crate::capture::file::{self, CaptureReader, FileError, ReaderStats};
 use crate::config::Config;
-use crate::flow::json::WriteJson;
+use crate::config::Exemptions;
 use crate::flow::rank::RankBy;
 use crate::flow::{FlowConfig, FlowSummary, FlowTable, TableStats};
-use crate::rules::{Finding, RuleEngine};
+use crate::rules::{Evaluation, Finding, RuleEngine};
+use output::{AllRows, JsonStream, Order, Ranked, Sink};
 
 /// Arguments of `phalanx analyze`.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -32,16 +36,25 @@ pub struct AnalyzeArgs {
     /// analysed; the exit status is then 3 (2: usage, 1: nothing analysed).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Print one JSON document (`flows`, `findings`) instead of a table.
+    /// Print one JSON document (`flows`, `findings`, `stats`, `inputs`,
+    /// `exempted`) instead of a table. It lists every flow, written as it
+    /// ends: the flows that ended in the order they ended, then those still
+    /// open at the end of the input in order of first packet.
     #[arg(long)]
     pub json: bool,
-    /// Order the flows by KEY, largest first, as `/api/v1/flows?sort=KEY`
-    /// (retransmissions, retransmission_rate, rtt, srtt, jitter, dup_acks,
-    /// out_of_order, zero_windows, packets, bytes, duration, last_seen).
-    /// Default: the table lists flows with findings first, then by
-    /// retransmission rate; the JSON keeps the order of first packets.
+    /// List the TOP flows with the largest KEY, largest first, as
+    /// `/api/v1/flows?sort=KEY` (retransmissions, retransmission_rate, rtt,
+    /// srtt, jitter, dup_acks, out_of_order, zero_windows, packets, bytes,
+    /// duration, last_seen), in the table or the JSON. Without it the table
+    /// lists the TOP flows with findings first, then by retransmission rate.
     #[arg(long, value_name = "KEY")]
     pub sort: Option<RankBy>,
+    /// How many flows a ranked list keeps (the table, or `--json --sort`).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TOP, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub top: u64,
+    /// The table lists every flow, as each ends, instead of the TOP.
+    #[arg(long, conflicts_with_all = ["sort", "json"])]
+    pub all: bool,
     /// Configuration file (its `[flows]` table sets the flow table, its
     /// `[rules.*]` tables the diagnosis rules).
     #[arg(long, value_name = "FILE")]
@@ -89,6 +102,22 @@ pub struct Report {
     pub exempted: std::collections::BTreeMap<String, u64>,
 }
 
+/// Flows a ranked list keeps unless `--top` says otherwise.
+pub const DEFAULT_TOP: u64 = 1000;
+
+/// What follows the flows of an analysis.
+#[derive(Debug, Default)]
+pub(crate) struct Tail {
+    /// The cross-flow findings (the per-flow ones go with their flows).
+    findings: Vec<Finding>,
+    /// Flow table counters.
+    stats: TableStats,
+    /// Per-input reading figures.
+    inputs: Vec<InputReport>,
+    /// Findings `[[exemptions]]` silenced, by rule.
+    exempted: std::collections::BTreeMap<String, u64>,
+}
+
 /// Errors of the analysis.
 #[derive(Debug, Error)]
 pub enum AnalyzeError {
@@ -115,27 +144,120 @@ pub fn analyze_records_with(
     cfg: &FlowConfig,
     rules: &RuleEngine,
 ) -> Report {
-    let mut table = FlowTable::new(cfg.clone());
-    table.keep_finished(true);
+    let mut collect = Collect::default();
+    let mut s = Streamer::new(cfg, rules, None);
     for r in records {
-        table.ingest(&r);
+        s.table.ingest(&r);
     }
-    finish(table, Vec::new(), rules)
+    let ended = s.finish(&mut |f, x| collect.flow(f, x));
+    // Collecting cannot fail.
+    let (findings, stats) = ended.unwrap_or_default();
+    collect.into_report(Tail {
+        findings,
+        stats,
+        ..Tail::default()
+    })
 }
 
-fn finish(mut table: FlowTable, inputs: Vec<InputReport>, rules: &RuleEngine) -> Report {
-    // The capture's own clock: its last record.
-    let now = table.now();
-    let rep = table.report_all();
-    // Freeing every flow's state is not on the way to the output.
-    std::thread::spawn(move || drop(table));
-    let findings = rules.evaluate(&rep.flows, now);
-    Report {
-        flows: rep.flows,
-        findings,
-        stats: rep.stats,
-        inputs,
-        exempted: Default::default(),
+/// The flow table and the rules, fed records in order. Each flow, as it
+/// leaves the table (or, for those still open, at the end), is evaluated
+/// by the per-flow rules at the record time it left and handed on with
+/// its findings, so memory holds the flows open at once, not every flow
+/// of the input.
+struct Streamer<'r, 'x> {
+    table: FlowTable,
+    evaluation: Evaluation<'r>,
+    exemptions: Option<&'x mut Exemptions>,
+}
+
+/// Where a [`Streamer`] hands each flow and its findings.
+type FlowOut<'o> = dyn FnMut(FlowSummary, Vec<Finding>) -> Result<(), AnalyzeError> + 'o;
+
+impl<'r, 'x> Streamer<'r, 'x> {
+    fn new(
+        cfg: &FlowConfig,
+        rules: &'r RuleEngine,
+        exemptions: Option<&'x mut Exemptions>,
+    ) -> Self {
+        let mut table = FlowTable::new(cfg.clone());
+        table.keep_finished(true);
+        Self {
+            table,
+            evaluation: rules.begin(0),
+            exemptions,
+        }
+    }
+
+    /// Hands on the flows that left the table.
+    fn pass_finished(&mut self, out: &mut FlowOut<'_>) -> Result<(), AnalyzeError> {
+        let left = self.table.take_finished();
+        if left.is_empty() {
+            return Ok(());
+        }
+        self.evaluation.advance(self.table.now());
+        for f in left {
+            self.pass(f, out)?;
+        }
+        Ok(())
+    }
+
+    fn pass(&mut self, f: FlowSummary, out: &mut FlowOut<'_>) -> Result<(), AnalyzeError> {
+        self.evaluation.flow(&f);
+        let mut findings = self.evaluation.take_findings();
+        if let Some(e) = self.exemptions.as_deref_mut() {
+            e.apply(&mut findings, crate::clock::wall_ns());
+        }
+        out(f, findings)
+    }
+
+    /// Hands on the flows still in the table, in order of first packet, at
+    /// the input's last record time; returns the cross-flow findings and
+    /// the table's counters.
+    fn finish(mut self, out: &mut FlowOut<'_>) -> Result<(Vec<Finding>, TableStats), AnalyzeError> {
+        self.pass_finished(out)?;
+        self.evaluation.advance(self.table.now());
+        let mut open: Vec<FlowSummary> = self.table.iter().map(FlowSummary::of).collect();
+        open.sort_by_key(|f| f.first_ts_ns);
+        let stats = self.table.stats().clone();
+        // Freeing every flow's state is not on the way to the output.
+        let table = std::mem::replace(&mut self.table, FlowTable::new(FlowConfig::default()));
+        std::thread::spawn(move || drop(table));
+        for f in open {
+            self.pass(f, out)?;
+        }
+        let mut across = self.evaluation.finish();
+        if let Some(e) = self.exemptions {
+            e.apply(&mut across, crate::clock::wall_ns());
+        }
+        Ok((across, stats))
+    }
+}
+
+/// Every flow and finding, for a [`Report`].
+#[derive(Default)]
+struct Collect {
+    flows: Vec<FlowSummary>,
+    findings: Vec<Finding>,
+}
+
+impl Collect {
+    fn flow(&mut self, f: FlowSummary, findings: Vec<Finding>) -> Result<(), AnalyzeError> {
+        self.flows.push(f);
+        self.findings.extend(findings);
+        Ok(())
+    }
+
+    /// The report, its flows in order of first packet.
+    fn into_report(mut self, tail: Tail) -> Report {
+        self.flows.sort_by_key(|f| f.first_ts_ns);
+        self.findings.extend(tail.findings);
+        Report {
+            flows: self.flows,
+            findings: self.findings,
+            stats: tail.stats,
+            inputs: tail.inputs,
+            exempted: tail.exempted,
+        }
     }
 }
 
@@ -143,9 +265,6 @@ fn finish(mut table: FlowTable, inputs: Vec<InputReport>, rules: &RuleEngine) ->
 /// thresholds. A file that cannot be opened is an error; damage inside a
 /// file ends that file early and is reported in its
 /// [`InputReport::error`] (and logged), the records before it still count.
-///
-/// Reading and parsing run on a second thread that hands batches of
-/// records to the flow table, so the two halves of the work overlap.
 pub fn analyze_files(files: &[PathBuf], cfg: &FlowConfig) -> Result<Report, AnalyzeError> {
     analyze_files_with(files, cfg, &RuleEngine::default())
 }
@@ -156,8 +275,23 @@ pub fn analyze_files_with(
     cfg: &FlowConfig,
     rules: &RuleEngine,
 ) -> Result<Report, AnalyzeError> {
-    let mut table = FlowTable::new(cfg.clone());
-    table.keep_finished(true);
+    let mut collect = Collect::default();
+    let tail = stream_files(files, Streamer::new(cfg, rules, None), &mut |f, x| {
+        collect.flow(f, x)
+    })?;
+    Ok(collect.into_report(tail))
+}
+
+/// Reads `files` in order as one record stream through `s`, handing each
+/// flow to `out` as it leaves; returns what follows the flows.
+///
+/// Reading and parsing run on a second thread that hands batches of
+/// records to the flow table, so the two halves of the work overlap.
+fn stream_files(
+    files: &[PathBuf],
+    mut s: Streamer<'_, '_>,
+    out: &mut FlowOut<'_>,
+) -> Result<Tail, AnalyzeError> {
     let mut inputs = Vec::with_capacity(files.len());
     let mut first_error = None;
     for path in files {
@@ -186,24 +320,33 @@ pub fn analyze_files_with(
             file: name.clone(),
             ..Default::default()
         };
-        let dups_before = table.stats().capture_duplicates;
-        table.take_copies_peak();
+        let dups_before = s.table.stats().capture_duplicates;
+        s.table.take_copies_peak();
         let (full_tx, full_rx) = mpsc::sync_channel::<Vec<PacketMeta>>(BATCHES_IN_FLIGHT);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<PacketMeta>>();
-        let (stats, error) = std::thread::scope(|s| {
+        let (stats, error, passed) = std::thread::scope(|sc| {
             let bar = bar.clone();
-            let producer = s.spawn(move || read_batches(reader, &full_tx, &empty_rx, bar.as_ref()));
+            let producer =
+                sc.spawn(move || read_batches(reader, &full_tx, &empty_rx, bar.as_ref()));
+            let mut passed = Ok(());
             for batch in full_rx {
                 for rec in &batch {
-                    table.ingest(rec);
+                    s.table.ingest(rec);
+                }
+                passed = s.pass_finished(out);
+                if passed.is_err() {
+                    // Dropping the channel stops the reader.
+                    break;
                 }
                 // The reader may have finished; a lost batch is only a lost reuse.
                 let _ = empty_tx.send(batch);
             }
-            producer
+            let (stats, error) = producer
                 .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (stats, error, passed)
         });
+        passed?;
         if let Some(e) = error {
             tracing::warn!(file = %name, error = %e, "capture damaged; analysed up to the damage");
             input.error = Some(e.to_string());
@@ -216,15 +359,21 @@ pub fn analyze_files_with(
         input.not_ip = stats.not_ip;
         input.malformed = stats.malformed;
         input.unsupported_link = stats.unsupported_link;
-        input.capture_duplicates = table.stats().capture_duplicates - dups_before;
-        input.capture_points = u32::from(table.take_copies_peak()) + u32::from(input.records > 0);
+        input.capture_duplicates = s.table.stats().capture_duplicates - dups_before;
+        input.capture_points = u32::from(s.table.take_copies_peak()) + u32::from(input.records > 0);
         inputs.push(input);
     }
     // Nothing opened: there is nothing to report but the error.
     if let Some(e) = first_error.filter(|_| inputs.iter().all(|i| i.error.is_some())) {
         return Err(e.into());
     }
-    Ok(finish(table, inputs, rules))
+    let (findings, stats) = s.finish(out)?;
+    Ok(Tail {
+        findings,
+        stats,
+        inputs,
+        exempted: Default::default(),
+    })
 }
 
 /// Records per batch handed from the reading thread to the flow table.
@@ -308,19 +457,55 @@ fn progress_bar(name: &str, size: u64, compressed: bool) -> Option<ProgressBar> 
 }
 
 /// Runs `phalanx analyze` with the configuration already loaded (its
-/// `[flows]` and `[rules.*]` tables), printing to stdout.
+/// `[flows]` and `[rules.*]` tables), printing to stdout as the flows
+/// leave the table.
 pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
     let rules = RuleEngine::new(&cfg.rules)?;
-    let mut exemptions = cfg.exemptions()?;
-    let mut report = analyze_files_with(&args.files, &cfg.flows, &rules)?;
-    exemptions.apply(&mut report.findings, crate::clock::wall_ns());
-    report.exempted = exemptions.silenced;
-    match args.sort {
-        Some(key) => sort_flows(&mut report, key),
-        None if !args.json => sort_for_table(&mut report),
-        None => {}
+    // Straight to the file descriptor: `Stdout` is line-buffered, and
+    // would search every large write for its last newline.
+    let stdout = std::io::stdout().lock();
+    let fd = std::os::fd::AsFd::as_fd(&stdout).try_clone_to_owned()?;
+    if args.json {
+        widen_pipe(&fd);
     }
-    for i in &report.inputs {
+    let out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::from(fd));
+    let inputs = match (args.json, args.sort, args.all) {
+        (true, None, _) => emit(args, cfg, &rules, JsonStream::new(out)?)?,
+        (false, _, true) => emit(args, cfg, &rules, AllRows::new(out)?)?,
+        (json, sort, _) => {
+            let order = sort.map_or(Order::Table, Order::By);
+            emit(
+                args,
+                cfg,
+                &rules,
+                Ranked::new(order, args.top as usize, json, out)?,
+            )?
+        }
+    };
+    drop(stdout);
+    report_inputs(&inputs)
+}
+
+/// Streams the inputs into `sink` and finishes it; returns the inputs'
+/// figures.
+fn emit<S: Sink>(
+    args: &AnalyzeArgs,
+    cfg: &Config,
+    rules: &RuleEngine,
+    mut sink: S,
+) -> anyhow::Result<Vec<InputReport>> {
+    let mut exemptions = cfg.exemptions()?;
+    let streamer = Streamer::new(&cfg.flows, rules, Some(&mut exemptions));
+    let mut tail = stream_files(&args.files, streamer, &mut |f, x| sink.flow(f, &x))?;
+    tail.exempted = std::mem::take(&mut exemptions.silenced);
+    sink.finish(&tail)?.flush()?;
+    Ok(tail.inputs)
+}
+
+/// Warns of damaged inputs and of captures holding several capture
+/// points; the damaged ones make the exit status [`InputsDamaged::EXIT_CODE`].
+fn report_inputs(inputs: &[InputReport]) -> anyhow::Result<()> {
+    for i in inputs {
         if let Some(e) = &i.error {
             eprintln!("warning: {e} (the report covers what was read)");
         }
@@ -331,22 +516,11 @@ pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
             );
         }
     }
-    // Straight to the file descriptor: `Stdout` is line-buffered, and
-    // would search every large write for its last newline.
-    let stdout = std::io::stdout().lock();
-    let fd = std::os::fd::AsFd::as_fd(&stdout).try_clone_to_owned()?;
-    if args.json {
-        widen_pipe(&fd);
-    }
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::from(fd));
-    write_report(&report, args.json, &mut out)?;
-    out.flush()?;
-    drop(stdout);
-    let damaged = report.inputs.iter().filter(|i| i.error.is_some()).count();
+    let damaged = inputs.iter().filter(|i| i.error.is_some()).count();
     if damaged > 0 {
         return Err(InputsDamaged {
             damaged,
-            inputs: report.inputs.len(),
+            inputs: inputs.len(),
         }
         .into());
     }
@@ -388,246 +562,67 @@ fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
     }
 }
 
-/// Writes the report as JSON (one compact document and a newline) or as
-/// the human table. Generic over the writer so that the serializer's many
-/// small writes go straight into a buffer (a `dyn Write` call per token
-/// cost more than the analysis itself on large captures).
-pub fn write_report<W: Write>(
-    report: &Report,
-    json: bool,
-    out: &mut W,
-) -> Result<(), AnalyzeError> {
-    if json {
-        return write_json(report, out);
-    }
-    write_table(report, out)?;
-    Ok(())
-}
-
-/// Flows encoded per block: a second thread encodes every other block
-/// while this one encodes and writes the rest, in order.
-const JSON_BLOCK: usize = 512;
-
-/// Room reserved per flow in a block's buffer (a TCP flow's JSON takes
-/// about 2.8 kB).
-const FLOW_JSON_BYTES: usize = 3 << 10;
-
-/// The report as serde_json encodes it, with the flows (nearly all of the
-/// text) encoded directly by [`WriteJson`], on two threads.
-fn write_json<W: Write>(report: &Report, out: &mut W) -> Result<(), AnalyzeError> {
-    let Report {
-        flows,
-        findings,
-        stats,
-        inputs,
-        exempted,
-    } = report;
-    out.write_all(b"{\"flows\":[")?;
-    // Every flow is encoded with a leading comma; the first one's is dropped.
-    let encode = |flows: &[FlowSummary], mut buf: Vec<u8>| {
-        buf.clear();
-        // Sized once for the block, so it is not copied as it grows.
-        buf.reserve(flows.len() * FLOW_JSON_BYTES);
-        for f in flows {
-            buf.push(b',');
-            f.write_json(&mut buf);
-        }
-        buf
-    };
-    let blocks = flows.chunks(JSON_BLOCK);
-    if blocks.len() < 2 {
-        let buf = encode(flows, Vec::new());
-        out.write_all(buf.get(1..).unwrap_or_default())?;
-    } else {
-        std::thread::scope(|s| -> Result<(), AnalyzeError> {
-            let (odd_tx, odd_rx) = mpsc::sync_channel::<Vec<u8>>(2);
-            let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
-            s.spawn(move || {
-                for block in flows.chunks(JSON_BLOCK).skip(1).step_by(2) {
-                    let buf = encode(block, spare_rx.try_recv().unwrap_or_default());
-                    if odd_tx.send(buf).is_err() {
-                        // The writer failed and stopped.
-                        return;
-                    }
-                }
-            });
-            let mut buf = Vec::new();
-            for (i, block) in flows.chunks(JSON_BLOCK).step_by(2).enumerate() {
-                buf = encode(block, buf);
-                out.write_all(buf.get(usize::from(i == 0)..).unwrap_or_default())?;
-                if let Ok(odd) = odd_rx.recv() {
-                    out.write_all(&odd)?;
-                    let _ = spare_tx.send(odd);
-                }
-            }
-            Ok(())
-        })?;
-    }
-    out.write_all(b"],\"findings\":")?;
-    serde_json::to_writer(&mut *out, findings)?;
-    out.write_all(b",\"stats\":")?;
-    serde_json::to_writer(&mut *out, stats)?;
-    out.write_all(b",\"inputs\":")?;
-    serde_json::to_writer(&mut *out, inputs)?;
-    out.write_all(b",\"exempted\":")?;
-    serde_json::to_writer(&mut *out, exempted)?;
-    out.write_all(b"}\n")?;
-    Ok(())
-}
-
-/// Flows by `key`, largest first (ties: most recently active first), as
-/// the API orders them.
-fn sort_flows(report: &mut Report, key: RankBy) {
-    let flows = std::mem::take(&mut report.flows);
-    let n = flows.len();
-    report.flows = crate::flow::rank::top(&flows, key, n);
-}
-
-/// What an engineer reads first: flows with findings, then by
-/// retransmission rate, then by packets.
-fn sort_for_table(report: &mut Report) {
-    let flagged: std::collections::HashSet<(std::net::IpAddr, u16, std::net::IpAddr, u16)> = report
-        .findings
-        .iter()
-        .filter_map(|x| Some((x.flow.src?, x.flow.sport?, x.flow.dst, x.flow.dport)))
-        .collect();
-    let rate = |f: &FlowSummary| RankBy::RetransmissionRate.value(f).unwrap_or(0.0);
-    report.flows.sort_by(|a, b| {
-        let fa = flagged.contains(&(a.src, a.sport, a.dst, a.dport));
-        let fb = flagged.contains(&(b.src, b.sport, b.dst, b.dport));
-        fb.cmp(&fa)
-            .then(rate(b).total_cmp(&rate(a)))
-            .then(b.packets.cmp(&a.packets))
-    });
-}
-
-/// One flow's cells of the table.
-fn table_row(f: &FlowSummary) -> [String; 13] {
-    [
-        SocketAddr::new(f.src, f.sport).to_string(),
-        SocketAddr::new(f.dst, f.dport).to_string(),
-        f.proto.to_string(),
-        f.state.to_string(),
-        f.packets.to_string(),
-        f.bytes.to_string(),
-        opt_ms(f.rtt.p50_ms),
-        opt_ms(f.rtt.p99_ms),
-        format!(
-            "{}/{}/{}",
-            f.retrans_fast, f.retrans_timeout, f.retrans_spurious
-        ),
-        f.out_of_order.to_string(),
-        f.dup_acks.to_string(),
-        f.zero_windows.to_string(),
-        opt_ms(f.jitter_ms),
-    ]
-}
-
-fn opt_ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"))
-}
-
-fn write_table(report: &Report, out: &mut dyn Write) -> std::io::Result<()> {
-    const HEAD: [&str; 13] = [
-        "SRC",
-        "DST",
-        "PROTO",
-        "STATE",
-        "PKTS",
-        "BYTES",
-        "RTT p50",
-        "RTT p99",
-        "RETX f/t/s",
-        "OOO",
-        "DUPACK",
-        "ZWIN",
-        "JITTER",
-    ];
-    // Text columns align left, numbers right; every column as wide as its
-    // widest cell, whatever the numbers.
-    const LEFT: usize = 4;
-    let rows: Vec<[String; 13]> = report.flows.iter().map(table_row).collect();
-    let mut width = HEAD.map(str::len);
-    for r in &rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: &[String; 13], extra: &str| {
-        let mut l = String::new();
-        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
-            if i > 0 {
-                l.push(' ');
-            }
-            if i < LEFT {
-                l.push_str(&format!("{c:<w$}"));
-            } else {
-                l.push_str(&format!("{c:>w$}"));
-            }
-        }
-        l.push_str(extra);
-        l.trim_end().to_string()
-    };
-    writeln!(out, "{}", line(&HEAD.map(String::from), ""))?;
-    for (f, r) in report.flows.iter().zip(&rows) {
-        let vlan = if f.vlan != [0, 0] {
-            format!(" vlan {}/{}", f.vlan[0], f.vlan[1])
-        } else {
-            String::new()
-        };
-        writeln!(out, "{}", line(r, &vlan))?;
-    }
-    let s = &report.stats;
-    writeln!(
-        out,
-        "{} flows, {} records ({} expired, {} evicted when full); RTT in ms; RETX = fast/timeout/spurious",
-        report.flows.len(),
-        s.records,
-        s.flows_expired,
-        s.flows_evicted_full
-    )?;
-    if !report.findings.is_empty() {
-        writeln!(out)?;
-        writeln!(out, "{} findings:", report.findings.len())?;
-        for x in &report.findings {
-            writeln!(out, "{:<8} {:<22} {}", x.severity, x.rule, x.summary)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::synth::{self, ManyFlows};
 
-    /// The direct encoding is serde_json's, across several flow blocks.
+    /// The report's flows streamed as JSON; its findings go with the first
+    /// flow (spilled) or after the flows (the tail).
+    fn streamed(report: &Report, spill: bool) -> Vec<u8> {
+        let mut sink = JsonStream::new(Vec::new()).expect("spill file");
+        let (with_flow, after) = if spill {
+            (report.findings.clone(), Vec::new())
+        } else {
+            (Vec::new(), report.findings.clone())
+        };
+        for (i, f) in report.flows.iter().enumerate() {
+            let x: &[Finding] = if i == 0 { &with_flow } else { &[] };
+            sink.flow(f.clone(), x).expect("flow");
+        }
+        let tail = Tail {
+            findings: after,
+            stats: report.stats.clone(),
+            inputs: report.inputs.clone(),
+            exempted: report.exempted.clone(),
+        };
+        sink.finish(&tail).expect("encoding")
+    }
+
+    /// The streamed encoding is serde_json's, across several flow blocks.
     #[test]
-    fn json_report_is_serde_json() {
+    fn json_stream_is_serde_json() {
         let g = synth::many_flows(&ManyFlows {
             packets: 60_000,
-            flows: 5 * JSON_BLOCK as u32 + 300,
+            flows: 5 * 512 + 300,
             loss: 0.01,
             timestamps: true,
             ..ManyFlows::default()
         });
-        let mut report = analyze_records(g.records, &FlowConfig::default());
+        // A finding on every flow.
+        let mut rules = crate::rules::RulesConfig::default();
+        rules.custom.push(crate::rules::CustomRuleConfig::new(
+            "every",
+            "packets > 0",
+            crate::rules::Severity::Info,
+            "{packets} packets",
+        ));
+        let engine = RuleEngine::new(&rules).expect("rules");
+        let mut report = analyze_records_with(g.records, &FlowConfig::default(), &engine);
         report.inputs.push(InputReport {
             file: "a \"quoted\" name".into(),
             error: Some("damaged".into()),
             ..Default::default()
         });
-        assert!(report.flows.len() > 5 * JSON_BLOCK);
-        let mut ours = Vec::new();
-        write_report(&report, true, &mut ours).expect("encoding");
+        assert!(report.flows.len() > 5 * 512);
+        assert!(report.findings.len() > 1, "{}", report.findings.len());
         let mut theirs = serde_json::to_vec(&report).expect("serde_json");
         theirs.push(b'\n');
-        assert!(ours == theirs, "encodings differ");
+        assert!(streamed(&report, true) == theirs, "spilled findings differ");
+        assert!(streamed(&report, false) == theirs, "tail findings differ");
         let empty = analyze_records(Vec::new(), &FlowConfig::default());
-        let mut ours = Vec::new();
-        write_report(&empty, true, &mut ours).expect("encoding");
         let mut theirs = serde_json::to_vec(&empty).expect("serde_json");
         theirs.push(b'\n');
-        assert_eq!(ours, theirs);
+        assert_eq!(streamed(&empty, false), theirs);
     }
 }
