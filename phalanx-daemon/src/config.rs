@@ -103,6 +103,13 @@ pub struct HttpConfig {
     pub body_timeout_secs: u64,
     /// API connections served at once.
     pub max_connections: usize,
+    /// PEM certificate chain to serve HTTPS with; "" = plain HTTP.
+    pub tls_cert: std::path::PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: std::path::PathBuf,
+    /// PEM CA certificates a client's certificate must chain to (mutual
+    /// TLS); "" = no client certificate asked for.
+    pub client_ca: std::path::PathBuf,
 }
 
 impl Default for HttpConfig {
@@ -115,23 +122,49 @@ impl Default for HttpConfig {
             header_timeout_secs: 15,
             body_timeout_secs: 15,
             max_connections: 256,
+            tls_cert: std::path::PathBuf::new(),
+            tls_key: std::path::PathBuf::new(),
+            client_ca: std::path::PathBuf::new(),
         }
     }
 }
 
 impl HttpConfig {
+    /// Whether the server speaks TLS.
+    pub fn tls(&self) -> bool {
+        !self.tls_cert.as_os_str().is_empty()
+    }
+
+    /// Whether clients must present a certificate from `client_ca`.
+    pub fn mutual_tls(&self) -> bool {
+        !self.client_ca.as_os_str().is_empty()
+    }
+
     /// A non-loopback address serves only with authentication, or when
     /// `insecure_open` says so: anyone who reaches it would read every
     /// flow and incident and make the daemon act.
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls() == self.tls_key.as_os_str().is_empty() {
+            return Err(ConfigError::Semantic(
+                "http.tls_cert and http.tls_key go together: set both (HTTPS) or neither".into(),
+            ));
+        }
+        if self.mutual_tls() && !self.tls() {
+            return Err(ConfigError::Semantic(
+                "http.client_ca asks clients for certificates over TLS: set http.tls_cert and \
+                 http.tls_key too"
+                    .into(),
+            ));
+        }
         if !self.listen.ip().is_loopback()
             && self.token_file.as_os_str().is_empty()
+            && !self.mutual_tls()
             && !self.insecure_open
         {
             return Err(ConfigError::Semantic(format!(
                 "http.listen {} is not a loopback address: set http.token_file \
-                 (bearer tokens), or http.insecure_open = true to serve it without \
-                 authentication",
+                 (bearer tokens) or http.client_ca (client certificates), or \
+                 http.insecure_open = true to serve it without authentication",
                 self.listen
             )));
         }
@@ -544,9 +577,18 @@ mod tests {
                 "[http]\nsession_ttl_secs = 10\n",
                 "http.session_ttl_secs 10 is out of range 60..=2592000",
             ),
+            (
+                "[http]\ntls_cert = \"c.pem\"\n",
+                "http.tls_cert and http.tls_key go together",
+            ),
+            (
+                "[http]\nclient_ca = \"ca.pem\"\n",
+                "http.client_ca asks clients for certificates over TLS",
+            ),
         ]);
         for ok in [
             "[http]\nlisten = \"[::1]:9740\"\n",
+            "[http]\nlisten = \"0.0.0.0:9740\"\ntls_cert = \"c\"\ntls_key = \"k\"\nclient_ca = \"ca\"\n",
             "[http]\nlisten = \"0.0.0.0:9740\"\ntoken_file = \"/etc/phalanx/tokens\"\n",
             "[http]\nlisten = \"0.0.0.0:9740\"\ninsecure_open = true\n",
         ] {

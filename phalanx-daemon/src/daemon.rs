@@ -93,6 +93,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config> {
 pub async fn run(args: RunArgs) -> Result<()> {
     let cfg = effective_config(&args)?;
     let auth = api::auth::Auth::from_config(&cfg.http)?;
+    let tls = api::serve::Tls::from_config(&cfg.http)?;
     api::serve::reserve_descriptors(cfg.http.max_connections)?;
     crate::capture::ebpf::preflight(&cfg.capture)?;
     let listener = api::bind(cfg.http.listen)
@@ -140,6 +141,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         listener,
         limits: api::serve::Limits::from_config(&cfg.http),
         metrics: api::serve::ServeMetrics::register(&mut registry),
+        tls,
     };
     let state = api::ApiState {
         registry: Arc::new(registry),

@@ -28,6 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     // systemd-analyze checks the example unit (systemd need not be PID 1).
     "systemd",
+    // Test certificates for the API's TLS.
+    "openssl",
 ];
 
 fn exec(cmd: &mut Command) -> Result<()> {

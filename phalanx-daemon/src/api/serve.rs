@@ -7,7 +7,8 @@
 //! `Content-Length` is answered 413 before any wait); at most
 //! `max_connections` are served at once, and beyond that a new connection
 //! is closed at once and counted, so the daemon's file descriptors never
-//! run out.
+//! run out. With `[http] tls_cert` the server speaks TLS ([`Tls`]); its
+//! handshake must end within `header_timeout` too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,20 @@ use prometheus_client::{
     metrics::{counter::Counter, gauge::Gauge},
     registry::Registry,
 };
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+    task::JoinSet,
+};
+use tokio_rustls::{
+    rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+        server::WebPkiClientVerifier,
+    },
+    TlsAcceptor,
+};
 use tower_http::{limit::RequestBodyLimitLayer, timeout::RequestBodyTimeoutLayer};
 use tracing::{debug, warn};
 
@@ -103,6 +117,87 @@ impl Limits {
     }
 }
 
+/// The TLS settings could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing of the kind.
+    #[error("http.{key} {path}: {message}")]
+    File {
+        /// The setting.
+        key: &'static str,
+        /// Its file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the certificate, key or CA.
+    #[error("http TLS settings: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client CAs could not make a verifier.
+    #[error("http.client_ca: {0}")]
+    ClientCa(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// The server side of TLS (`[http] tls_cert`, `tls_key`, `client_ca`).
+#[derive(Clone)]
+pub struct Tls(TlsAcceptor);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    /// The TLS `[http]` sets up, or `None` for plain HTTP; the files are
+    /// read now, and any trouble names the setting and its file.
+    pub fn from_config(http: &crate::config::HttpConfig) -> Result<Option<Self>, TlsError> {
+        if !http.tls() {
+            return Ok(None);
+        }
+        let certs = pem_all::<CertificateDer>("tls_cert", &http.tls_cert)?;
+        let key = PrivateKeyDer::from_pem_file(&http.tls_key).map_err(|e| TlsError::File {
+            key: "tls_key",
+            path: http.tls_key.display().to_string(),
+            message: format!("no usable PEM private key ({e})"),
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = if http.mutual_tls() {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in pem_all::<CertificateDer>("client_ca", &http.client_ca)? {
+                roots.add(ca)?;
+            }
+            builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?,
+            )
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(Self(TlsAcceptor::from(Arc::new(config)))))
+    }
+}
+
+/// Every PEM object of kind `T` in the file of setting `key`; at least one.
+fn pem_all<T: PemObject>(key: &'static str, path: &std::path::Path) -> Result<Vec<T>, TlsError> {
+    let err = |message: String| TlsError::File {
+        key,
+        path: path.display().to_string(),
+        message,
+    };
+    let all = T::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<T>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if all.is_empty() {
+        return Err(err("no PEM certificate in it".into()));
+    }
+    Ok(all)
+}
+
 /// Connection metrics.
 #[derive(Clone, Debug, Default)]
 pub struct ServeMetrics {
@@ -137,6 +232,8 @@ pub struct Server {
     pub limits: Limits,
     /// Its connection metrics.
     pub metrics: ServeMetrics,
+    /// TLS, or plain HTTP.
+    pub tls: Option<Tls>,
 }
 
 impl Server {
@@ -148,6 +245,7 @@ impl Server {
             listener,
             limits,
             metrics,
+            tls,
         } = self;
         let app = app
             .layer(RequestBodyTimeoutLayer::new(limits.body_timeout))
@@ -172,13 +270,22 @@ impl Server {
             };
             let service = hyper_util::service::TowerToHyperService::new(app.clone());
             let open = metrics.open.clone();
+            let tls = tls.clone();
             connections.spawn(async move {
                 open.inc();
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_timeout)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let served = match tls {
+                    None => serve(stream, service, limits).await,
+                    Some(Tls(acceptor)) => {
+                        // The handshake counts as the first request's head.
+                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => serve(stream, service, limits).await,
+                            Ok(Err(e)) => Err(format!("TLS handshake: {e}")),
+                            Err(_) => Err("TLS handshake timed out".into()),
+                        }
+                    }
+                };
                 if let Err(e) = served {
                     debug!("API connection: {e}");
                 }
@@ -187,6 +294,23 @@ impl Server {
             });
         }
     }
+}
+
+/// Serves one connection's requests within the header timeout.
+async fn serve<IO>(
+    io: IO,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    limits: Limits,
+) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -199,6 +323,10 @@ mod tests {
 
     /// A server of `POST /echo` (answers the body's length) within `limits`.
     async fn start(limits: Limits) -> (std::net::SocketAddr, ServeMetrics) {
+        start_with(limits, None).await
+    }
+
+    async fn start_with(limits: Limits, tls: Option<Tls>) -> (std::net::SocketAddr, ServeMetrics) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let metrics = ServeMetrics::default();
@@ -207,9 +335,221 @@ mod tests {
             listener,
             limits,
             metrics: metrics.clone(),
+            tls,
         };
         tokio::spawn(server.run(app));
         (addr, metrics)
+    }
+
+    /// Runs openssl in `dir`.
+    fn openssl(dir: &std::path::Path, args: &[&str]) {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (Debian package openssl)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A CA `NAME-ca.pem`, and `NAME-server.pem`/`.key` (127.0.0.1) and
+    /// `NAME-client.pem`/`.key` signed by it, in `dir`.
+    fn certificates(dir: &std::path::Path, name: &str) {
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let ca = format!("{name}-ca");
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &format!("{ca}.key"),
+                    "-out",
+                    &format!("{ca}.pem"),
+                    "-days",
+                    "1",
+                    "-subj",
+                    &format!("/CN={ca}"),
+                ],
+            ]
+            .concat(),
+        );
+        for (who, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let base = format!("{name}-{who}");
+            std::fs::write(dir.join(format!("{base}.ext")), ext).expect("ext file");
+            openssl(
+                dir,
+                &[
+                    &["req"][..],
+                    &ec,
+                    &[
+                        "-keyout",
+                        &format!("{base}.key"),
+                        "-out",
+                        &format!("{base}.csr"),
+                        "-subj",
+                        &format!("/CN={base}"),
+                    ],
+                ]
+                .concat(),
+            );
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{base}.csr"),
+                    "-CA",
+                    &format!("{ca}.pem"),
+                    "-CAkey",
+                    &format!("{ca}.key"),
+                    "-CAcreateserial",
+                    "-days",
+                    "1",
+                    "-out",
+                    &format!("{base}.pem"),
+                    "-extfile",
+                    &format!("{base}.ext"),
+                ],
+            );
+        }
+    }
+
+    /// `[http]` serving `NAME-server` in `dir`, asking for clients of `NAME-ca` if `mutual`.
+    fn tls_config(dir: &std::path::Path, name: &str, mutual: bool) -> crate::config::HttpConfig {
+        crate::config::HttpConfig {
+            tls_cert: dir.join(format!("{name}-server.pem")),
+            tls_key: dir.join(format!("{name}-server.key")),
+            client_ca: if mutual {
+                dir.join(format!("{name}-ca.pem"))
+            } else {
+                Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// POSTs to `/echo` over HTTPS trusting `NAME-ca`, as `client` if given.
+    async fn echo_https(
+        dir: &std::path::Path,
+        addr: std::net::SocketAddr,
+        ca: &str,
+        client: Option<&str>,
+    ) -> reqwest::Result<String> {
+        let pem = std::fs::read(dir.join(format!("{ca}-ca.pem"))).expect("ca");
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        if let Some(c) = client {
+            let mut id = std::fs::read(dir.join(format!("{c}-client.pem"))).expect("cert");
+            id.extend(std::fs::read(dir.join(format!("{c}-client.key"))).expect("key"));
+            b = b.identity(reqwest::Identity::from_pem(&id)?);
+        }
+        b.build()?
+            .post(format!("https://{addr}/echo"))
+            .body("four")
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    }
+
+    #[tokio::test]
+    async fn https_and_mutual_tls_admit_only_what_they_should() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certificates(dir.path(), "ours");
+        certificates(dir.path(), "other");
+        let (d, sec) = (dir.path(), Duration::from_secs(1));
+        let tls = Tls::from_config(&tls_config(d, "ours", false))
+            .expect("tls")
+            .expect("on");
+        let (addr, _) = start_with(LIMITS, Some(tls)).await;
+        assert_eq!(echo_https(d, addr, "ours", None).await.expect("https"), "4");
+        assert!(
+            echo_https(d, addr, "other", None).await.is_err(),
+            "a server the client does not trust"
+        );
+        let plain = reqwest::Client::new()
+            .post(format!("http://{addr}/echo"))
+            .body("x")
+            .send()
+            .await;
+        assert!(
+            plain.is_err() || plain.is_ok_and(|r| !r.status().is_success()),
+            "plain HTTP on the TLS port"
+        );
+        // A client that never starts the handshake is closed like a slow one.
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        assert!(
+            closed_after(&mut idle, 3 * sec).await.is_some(),
+            "handshake timeout"
+        );
+
+        let tls = Tls::from_config(&tls_config(d, "ours", true))
+            .expect("tls")
+            .expect("on");
+        let (addr, _) = start_with(LIMITS, Some(tls)).await;
+        assert_eq!(
+            echo_https(d, addr, "ours", Some("ours"))
+                .await
+                .expect("mTLS"),
+            "4"
+        );
+        assert!(
+            echo_https(d, addr, "ours", None).await.is_err(),
+            "no client certificate"
+        );
+        assert!(
+            echo_https(d, addr, "ours", Some("other")).await.is_err(),
+            "a client of another CA"
+        );
+    }
+
+    #[test]
+    fn unusable_tls_files_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        certificates(dir.path(), "ours");
+        let mut cfg = tls_config(dir.path(), "ours", true);
+        cfg.tls_key = dir.path().join("ours-server.pem");
+        let e = Tls::from_config(&cfg)
+            .expect_err("a certificate is no key")
+            .to_string();
+        assert!(
+            e.starts_with("http.tls_key ") && e.contains("ours-server.pem"),
+            "{e}"
+        );
+        let mut cfg = tls_config(dir.path(), "ours", true);
+        cfg.client_ca = dir.path().join("ours-server.key");
+        let e = Tls::from_config(&cfg)
+            .expect_err("a key is no CA")
+            .to_string();
+        assert!(e.starts_with("http.client_ca "), "{e}");
+        let mut cfg = tls_config(dir.path(), "ours", false);
+        cfg.tls_cert = dir.path().join("missing.pem");
+        let e = Tls::from_config(&cfg).expect_err("missing").to_string();
+        assert!(
+            e.starts_with("http.tls_cert ") && e.contains("missing.pem"),
+            "{e}"
+        );
     }
 
     /// Seconds until the server closes `s` (reads to the end), at most `within`.
