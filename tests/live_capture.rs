@@ -1405,3 +1405,130 @@ fn a_syn_sweep_under_an_api_flood_loses_no_record() {
 fn pipeline_period() -> Duration {
     phalanx_daemon::pipeline::RULES_INTERVAL + Duration::from_millis(500)
 }
+
+/// Polls `path` of the daemon in `ns` until `done` holds for its body,
+/// at most `within`; the last body.
+fn api_until(
+    ns: &Netns,
+    addr: &'static str,
+    path: &'static str,
+    within: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let body = api_get(ns, addr, path);
+        if done(&body) || Instant::now() > deadline {
+            return body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_removed_interface_degrades_and_is_captured_again_when_back() {
+    if !privileged("a_removed_interface_degrades_and_is_captured_again_when_back") {
+        return;
+    }
+    let _g = serial();
+    let hosts = TwoHosts::new("lr").expect("lab");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("phalanx.toml");
+    std::fs::write(&cfg, state_dirs(dir.path())).expect("config");
+    let listen = "127.0.0.1:19745";
+    // Five refused connections from b to a: a SYN in and a RST out each.
+    let target: SocketAddr = (hosts.v4(1), 9).into();
+    let ping = || {
+        hosts
+            .b
+            .run(move || {
+                for _ in 0..5 {
+                    let refused = TcpStream::connect_timeout(&target, Duration::from_secs(1));
+                    assert!(refused.is_err(), "nothing listens on port 9");
+                }
+            })
+            .expect("namespace");
+    };
+    let decoded = || {
+        metric(
+            &api_get(&hosts.a, listen, "/metrics"),
+            "phalanx_capture_records_decoded_total",
+        )
+    };
+    let changed = |change: &str| {
+        let m = api_get(&hosts.a, listen, "/metrics");
+        metric(
+            &m,
+            &format!(
+                "phalanx_capture_interface_changes_total{{iface=\"eth0\",change=\"{change}\"}}"
+            ),
+        )
+    };
+    for mode in ["tcx", "xdp"] {
+        let daemon = Proc::new(
+            hosts
+                .a
+                .command(env!("CARGO_BIN_EXE_phalanx"))
+                .args([
+                    "run",
+                    "--iface",
+                    &hosts.a_if,
+                    "--mode",
+                    mode,
+                    "--listen",
+                    listen,
+                    "--config",
+                ])
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn phalanx"),
+        );
+        wait_healthy(
+            &hosts.a,
+            listen.parse().expect("addr"),
+            Duration::from_secs(30),
+        );
+        ping();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while decoded() < 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(decoded() >= 5, "{mode}: captured before");
+
+        hosts
+            .a
+            .ip(&["link", "del", &hosts.a_if])
+            .expect("delete the veth pair");
+        let health = api_until(&hosts.a, listen, "/healthz", Duration::from_secs(10), |b| {
+            b.starts_with("degraded")
+        });
+        assert_eq!(
+            health.trim(),
+            "degraded: interface_gone (not capturing on eth0)",
+            "{mode}"
+        );
+        assert_eq!(changed("removed"), 1, "{mode}");
+
+        hosts.link().expect("the pair again");
+        let health = api_until(&hosts.a, listen, "/healthz", Duration::from_secs(10), |b| {
+            b.trim() == "ok"
+        });
+        assert_eq!(health.trim(), "ok", "{mode}: recovered");
+        assert_eq!(changed("reattached"), 1, "{mode}");
+        let before = decoded();
+        ping();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while decoded() < before + 5 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(decoded() >= before + 5, "{mode}: captured again");
+        let out = daemon.stop(Duration::from_secs(10)).expect("daemon output");
+        assert!(
+            out.status.success(),
+            "{mode}: clean exit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

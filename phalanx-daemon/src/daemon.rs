@@ -137,6 +137,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pipeline.flows.clone(),
     );
     auth.register(&mut registry);
+    let interface_changes = crate::capture::links::InterfaceChanges::register(&mut registry);
+    let link_health = health.clone();
     let server = api::serve::Server {
         listener,
         limits: api::serve::Limits::from_config(&cfg.http),
@@ -160,6 +162,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
         server,
         state,
     )?;
+    tasks.links = Some(tokio::spawn(
+        crate::capture::links::watch(
+            capture.clone(),
+            cfg.capture.interfaces.clone(),
+            cfg.capture.mode,
+            link_health,
+            interface_changes,
+        )
+        .instrument(info_span!("links")),
+    ));
     let outcome = tasks.until_stopped(&args, &capture).await;
     tasks.stop().await;
     detach(capture);
@@ -174,6 +186,8 @@ struct Tasks {
     rules: tokio::task::JoinHandle<()>,
     observations: mpsc::Sender<Vec<Observation>>,
     incidents: tokio::task::JoinHandle<()>,
+    /// Re-attaches interfaces that come back; it holds the capture.
+    links: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Tasks {
@@ -216,6 +230,7 @@ impl Tasks {
             rules,
             observations,
             incidents,
+            links: None,
         })
     }
 
@@ -246,6 +261,10 @@ impl Tasks {
         // Wait for the aborted server to drop its state (the metrics registry
         // holds a handle on the capture), so the detach after this is the last one.
         let _ = self.server.await;
+        if let Some(links) = self.links {
+            links.abort();
+            let _ = links.await;
+        }
         // Closing the channel stops the incident task; undelivered
         // notifications stay in the spool for the next start.
         self.rules.abort();

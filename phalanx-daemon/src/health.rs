@@ -26,11 +26,22 @@ pub enum Trouble {
     SpoolWrite,
     /// The firing incidents could not be saved for a restart.
     StateWrite,
+    /// A configured interface is gone (removed, or not yet back): its
+    /// traffic is not captured.
+    InterfaceGone,
 }
 
 impl Trouble {
     /// Every kind, in label order.
-    pub const ALL: [Trouble; 3] = [
+    pub const ALL: [Trouble; 4] = [
+        Trouble::EvidenceWrite,
+        Trouble::SpoolWrite,
+        Trouble::StateWrite,
+        Trouble::InterfaceGone,
+    ];
+
+    /// The kinds that are failed writes.
+    pub const WRITES: [Trouble; 3] = [
         Trouble::EvidenceWrite,
         Trouble::SpoolWrite,
         Trouble::StateWrite,
@@ -42,6 +53,7 @@ impl Trouble {
             Trouble::EvidenceWrite => "evidence_write",
             Trouble::SpoolWrite => "spool_write",
             Trouble::StateWrite => "state_write",
+            Trouble::InterfaceGone => "interface_gone",
         }
     }
 }
@@ -72,10 +84,12 @@ impl Health {
     /// present, at 0).
     pub fn register(registry: &mut Registry) -> Self {
         let h = Self::default();
-        for t in Trouble::ALL {
+        for t in Trouble::WRITES {
             h.failures
                 .get_or_create(&WhatLabels { what: t.as_str() })
                 .inc_by(0);
+        }
+        for t in Trouble::ALL {
             h.flags
                 .get_or_create(&ReasonLabels { reason: t.as_str() })
                 .set(0);
@@ -87,7 +101,7 @@ impl Health {
         );
         registry.register(
             "phalanx_degraded",
-            "1 while the daemon is degraded for this reason (the last such write failed)",
+            "1 while the daemon is degraded for this reason (the last such write failed, or a captured interface is gone)",
             h.flags.clone(),
         );
         h
@@ -100,6 +114,11 @@ impl Health {
                 what: what.as_str(),
             })
             .inc();
+        self.degrade(what, error);
+    }
+
+    /// Degraded for `what`, as `error` says, until it [`Self::succeeded`].
+    pub fn degrade(&self, what: Trouble, error: impl std::fmt::Display) {
         self.flags
             .get_or_create(&ReasonLabels {
                 reason: what.as_str(),

@@ -4,7 +4,10 @@ use std::net::IpAddr;
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        tc::SchedClassifierLinkId, xdp::XdpLinkId, SchedClassifier, TcAttachType, TestRun as _,
+        TestRunOptions, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use phalanx_common::{
@@ -179,13 +182,31 @@ pub enum TestProgram {
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Capture {
     ebpf: Ebpf,
-    attached: Vec<String>,
+    attached: Vec<Attached>,
+}
+
+/// The programs' links on one interface.
+#[derive(Debug)]
+struct Attached {
+    iface: String,
+    /// The interface's index when attached: a new interface of the same
+    /// name has another.
+    index: u32,
+    ingress: Ingress,
+    egress: SchedClassifierLinkId,
+}
+
+/// The ingress link, by mode.
+#[derive(Debug)]
+enum Ingress {
+    Tcx(SchedClassifierLinkId),
+    Xdp(XdpLinkId),
 }
 
 impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Capture")
-            .field("interfaces", &self.attached)
+            .field("interfaces", &self.interfaces())
             .finish_non_exhaustive()
     }
 }
@@ -295,41 +316,84 @@ impl Capture {
                 id,
             });
         }
-        match mode {
-            AttachMode::Xdp => {
+        let index = ifindex(iface).ok_or_else(|| CaptureError::NoInterface(iface.to_string()))?;
+        let ingress = match mode {
+            AttachMode::Xdp => Ingress::Xdp(
                 self.xdp()?
                     .attach(iface, XdpMode::default())
-                    .map_err(prog_err(format!("attaching XDP to {iface}")))?;
-            }
-            AttachMode::Tcx => {
+                    .map_err(prog_err(format!("attaching XDP to {iface}")))?,
+            ),
+            AttachMode::Tcx => Ingress::Tcx(
                 self.classifier(PROG_TC_INGRESS)?
                     .attach(iface, TcAttachType::Ingress)
-                    .map_err(prog_err(format!("attaching tcx ingress to {iface}")))?;
-            }
-        }
-        self.classifier(PROG_TC_EGRESS)?
+                    .map_err(prog_err(format!("attaching tcx ingress to {iface}")))?,
+            ),
+        };
+        let egress = self
+            .classifier(PROG_TC_EGRESS)?
             .attach(iface, TcAttachType::Egress)
             .map_err(prog_err(format!("attaching tcx egress to {iface}")))?;
-        let index = ifindex(iface).ok_or_else(|| CaptureError::NoInterface(iface.to_string()))?;
-        {
-            let mut watched: HashMap<_, u32, u8> = HashMap::try_from(
-                self.ebpf
-                    .map_mut(MAP_WATCHED)
-                    .ok_or(CaptureError::Missing("watched interfaces map"))?,
-            )
-            .map_err(map_err("watched interfaces map"))?;
-            watched
-                .insert(index, 1, 0)
-                .map_err(map_err("recording a watched interface"))?;
-        }
+        self.watched()?
+            .insert(index, 1, 0)
+            .map_err(map_err("recording a watched interface"))?;
         info!(iface, %mode, "attached");
-        self.attached.push(iface.to_string());
+        self.attached.push(Attached {
+            iface: iface.to_string(),
+            index,
+            ingress,
+            egress,
+        });
         Ok(())
     }
 
+    fn watched(&mut self) -> Result<HashMap<&mut MapData, u32, u8>, CaptureError> {
+        HashMap::try_from(
+            self.ebpf
+                .map_mut(MAP_WATCHED)
+                .ok_or(CaptureError::Missing("watched interfaces map"))?,
+        )
+        .map_err(map_err("watched interfaces map"))
+    }
+
     /// Interfaces the programs are attached to.
-    pub fn interfaces(&self) -> &[String] {
-        &self.attached
+    pub fn interfaces(&self) -> Vec<&str> {
+        self.attached.iter().map(|a| a.iface.as_str()).collect()
+    }
+
+    /// Releases the attachments whose interface is gone, or is now another
+    /// interface of the same name (the kernel dropped the links with the
+    /// old one); returns their names.
+    pub fn release_vanished(&mut self) -> Vec<String> {
+        let (gone, kept): (Vec<Attached>, Vec<Attached>) = std::mem::take(&mut self.attached)
+            .into_iter()
+            .partition(|a| ifindex(&a.iface) != Some(a.index));
+        self.attached = kept;
+        gone.into_iter().map(|a| self.release(a)).collect()
+    }
+
+    /// Frees one attachment's links and unwatches its index; a link the
+    /// kernel already dropped has nothing left to detach.
+    fn release(&mut self, a: Attached) -> String {
+        let ingress = match a.ingress {
+            Ingress::Tcx(id) => self
+                .classifier(PROG_TC_INGRESS)
+                .and_then(|p| p.detach(id).map_err(prog_err("detaching tcx ingress"))),
+            Ingress::Xdp(id) => self
+                .xdp()
+                .and_then(|p| p.detach(id).map_err(prog_err("detaching XDP"))),
+        };
+        let egress = self
+            .classifier(PROG_TC_EGRESS)
+            .and_then(|p| p.detach(a.egress).map_err(prog_err("detaching tcx egress")));
+        let unwatched = self
+            .watched()
+            .and_then(|mut w| w.remove(&a.index).map_err(map_err("unwatching")));
+        for r in [ingress, egress, unwatched] {
+            if let Err(e) = r {
+                debug!(iface = %a.iface, "releasing a vanished interface: {e}");
+            }
+        }
+        a.iface
     }
 
     /// Replaces the scope filters atomically enough for a passive tool:

@@ -6,5 +6,6 @@ pub mod ebpf;
 pub mod file;
 pub mod frame;
 pub mod gso;
+pub mod links;
 pub mod parse;
 pub mod ring;

@@ -454,8 +454,16 @@ impl TwoHosts {
             b_if: "eth0".to_string(),
             subnet,
         };
-        hosts.a.link_to(&hosts.a_if, &hosts.b, &hosts.b_if)?;
-        for (ns, ifn, host) in [(&hosts.a, &hosts.a_if, 1), (&hosts.b, &hosts.b_if, 2)] {
+        hosts.link()?;
+        Ok(hosts)
+    }
+
+    /// Creates the veth pair between the hosts, with its addresses, up:
+    /// again after it was deleted, as a new device of the same names.
+    pub fn link(&self) -> Result<(), LabError> {
+        let subnet = self.subnet;
+        self.a.link_to(&self.a_if, &self.b, &self.b_if)?;
+        for (ns, ifn, host) in [(&self.a, &self.a_if, 1), (&self.b, &self.b_if, 2)] {
             ns.ip(&[
                 "addr",
                 "add",
@@ -473,7 +481,7 @@ impl TwoHosts {
             ])?;
             ns.ip(&["link", "set", ifn, "up"])?;
         }
-        Ok(hosts)
+        Ok(())
     }
 
     /// IPv4 address of `a` (host 1) or `b` (host 2).
