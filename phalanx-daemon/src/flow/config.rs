@@ -9,7 +9,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct FlowConfig {
     /// Maximum number of flows tracked at once; when full, the flow idle for
-    /// the longest time is evicted to make room. Default: 262144.
+    /// the longest time is evicted to make room. Default: 200000 (README, Memory).
     pub max_flows: usize,
     /// Idle timeout in seconds for TCP flows still in the handshake (SYN
     /// sent, SYN/ACK not yet acknowledged). Default: 30.
@@ -34,7 +34,7 @@ pub struct FlowConfig {
 impl Default for FlowConfig {
     fn default() -> Self {
         Self {
-            max_flows: 262_144,
+            max_flows: 200_000,
             syn_timeout_secs: 30,
             syn_retry_timeout_secs: 130,
             established_timeout_secs: 600,

@@ -279,6 +279,79 @@ fn run(
     });
 
     prog_run_steps(lab, phalanx, layout, quick, rows, notes)?;
+    memory_per_flow(lab, phalanx, quick, rows, notes)
+}
+
+/// Resident memory of process `pid`, KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS in /proc/PID/status")
+}
+
+/// The daemon's memory per tracked flow as deployed: the default
+/// configuration, its table filled by a sweep (one flow per source
+/// address and port) of SYNs, or of four data segments per flow (sequence
+/// and RTT state), RSS before and after.
+fn memory_per_flow(
+    lab: &TwoHosts,
+    phalanx: &Path,
+    quick: bool,
+    rows: &mut Vec<Row>,
+    notes: &mut String,
+) -> Result<()> {
+    let sources: u8 = if quick { 1 } else { 5 };
+    // The goals are the per-flow figures the documented memory budget uses.
+    let sweeps = [
+        ("SYN", sender::SYN, 1u64, 512u64),
+        ("data", sender::DATA, 4, 1536),
+    ];
+    for (what, flags, per_flow, goal) in sweeps {
+        let daemon = start_daemon(lab, phalanx, "tcx", None)?;
+        std::thread::sleep(Duration::from_secs(1));
+        let idle = rss_kib(daemon.pid())?;
+        let load = sender::Load {
+            iface: lab.b_if.clone(),
+            src: lab.v4(2).octets(),
+            dst: lab.v4(1).octets(),
+            flows: 50_000,
+            sources,
+            first_port: 10_000,
+            rate: 100_000.0,
+            max_frames: 50_000 * u64::from(sources) * per_flow,
+            max_time: Duration::from_secs(20),
+            flags,
+        };
+        lab.b.run(move || sender::send(&load))??;
+        // The consumer's drain and a rules evaluation.
+        std::thread::sleep(Duration::from_millis(2500));
+        let flows = metric(&daemon.text("/metrics")?, "phalanx_flows_active");
+        let full = rss_kib(daemon.pid())?;
+        daemon.stop();
+        let bytes = (full.saturating_sub(idle) * 1024) / flows.max(1);
+        writeln!(
+            notes,
+            "- daemon memory, {what} sweep: RSS {} MiB idle, {} MiB with {flows} flows (default config): {bytes} bytes per flow",
+            idle / 1024,
+            full / 1024
+        )?;
+        rows.push(Row {
+            figure: format!("daemon memory per tracked flow ({what} sweep, default config)"),
+            phalanx: format!(
+                "{bytes} B ({flows} flows, RSS {} → {} MiB)",
+                idle / 1024,
+                full / 1024
+            ),
+            peer: "-".into(),
+            ratio: "-".into(),
+            goal: format!("≤ {goal} B"),
+            pass: Some(bytes <= goal),
+            verdict: None,
+        });
+    }
     Ok(())
 }
 
