@@ -36,11 +36,21 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(phalanx_daemon::daemon::run(args)),
+        Command::Run(args) => {
+            // Two malloc arenas, not eight per core: threads that build API
+            // pages would each keep their own arena's freed memory.
+            // SAFETY: mallopt only sets an allocator parameter.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                // Blocking work (API pages, rule scans, evidence and state
+                // writes) eight at a time: the rest queue, so the pages in
+                // flight, and the allocator arenas of their threads, are bounded.
+                .max_blocking_threads(8)
+                .enable_all()
+                .build()?
+                .block_on(phalanx_daemon::daemon::run(args))
+        }
         Command::Analyze(args) => {
             let cfg = match &args.config {
                 Some(p) => Config::load(p)?,

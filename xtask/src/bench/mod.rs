@@ -23,6 +23,7 @@ mod live;
 mod offline;
 mod profile;
 mod ring;
+mod soak;
 mod stitch;
 
 const API: &str = "127.0.0.1:19750";
@@ -106,7 +107,7 @@ fn machine() -> String {
 pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
     let started = Instant::now();
     type Section = fn(&Path, bool, &mut Vec<Row>, &mut String) -> Result<()>;
-    let sections: [(&str, Section); 8] = [
+    let sections: [(&str, Section); 9] = [
         ("live", live::live),
         ("profile", profile::profile),
         ("kernel", kernel::kernel),
@@ -117,6 +118,7 @@ pub fn run(quick: bool, only: &[String], root: &Path) -> Result<()> {
         }),
         ("stitch", |_, _, rows, notes| stitch::stitch(rows, notes)),
         ("accuracy", accuracy::accuracy),
+        ("soak", soak::soak),
     ];
     if let Some(bad) = only.iter().find(|o| !sections.iter().any(|(n, _)| n == o)) {
         anyhow::bail!(

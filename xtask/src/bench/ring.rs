@@ -282,16 +282,6 @@ fn run(
     memory_per_flow(lab, phalanx, quick, rows, notes)
 }
 
-/// Resident memory of process `pid`, KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS in /proc/PID/status")
-}
-
 /// The daemon's memory per tracked flow as deployed: the default
 /// configuration, its table filled by a sweep (one flow per source
 /// address and port) of SYNs, or of four data segments per flow (sequence
@@ -312,7 +302,7 @@ fn memory_per_flow(
     for (what, flags, per_flow, goal) in sweeps {
         let daemon = start_daemon(lab, phalanx, "tcx", None)?;
         std::thread::sleep(Duration::from_secs(1));
-        let idle = rss_kib(daemon.pid())?;
+        let idle = super::soak::rss_kib(daemon.pid())?;
         let load = sender::Load {
             iface: lab.b_if.clone(),
             src: lab.v4(2).octets(),
@@ -329,7 +319,7 @@ fn memory_per_flow(
         // The consumer's drain and a rules evaluation.
         std::thread::sleep(Duration::from_millis(2500));
         let flows = metric(&daemon.text("/metrics")?, "phalanx_flows_active");
-        let full = rss_kib(daemon.pid())?;
+        let full = super::soak::rss_kib(daemon.pid())?;
         daemon.stop();
         let bytes = (full.saturating_sub(idle) * 1024) / flows.max(1);
         writeln!(
