@@ -594,17 +594,6 @@ async fn receiver_outage_and_restart_lose_nothing() {
     let mut cfg = config(tmp.path());
     cfg.incidents.resolve_after_secs = 3;
     cfg.webhooks = vec![webhook_cfg(port)];
-    let spool_files = |dir: &Path| {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter(|e| {
-                    e.as_ref()
-                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                })
-                .count()
-            })
-            .unwrap_or(0)
-    };
 
     // 1. Receiver down: incident A is spooled and retried.
     let run1 = start(&cfg, service::history(cfg.history.evidence())).await;
@@ -724,6 +713,19 @@ async fn receiver_outage_and_restart_lose_nothing() {
     assert_eq!(spool_files(&cfg.incidents.spool_dir), 0, "spool drained");
 }
 
+/// Deliveries waiting in the spool directory `dir`.
+fn spool_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
 /// A tmpfs of `size` mounted on `dir`, unmounted on drop (also when the
 /// test fails).
 struct Tmpfs(PathBuf);
@@ -823,4 +825,77 @@ async fn a_full_disk_is_counted_and_degrades_until_writes_succeed() {
         "{m}"
     );
     run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_deliveries_and_state_across_a_restart() {
+    if !phalanx_lab::privileged("a_full_disk_keeps_deliveries_and_state_across_a_restart") {
+        return;
+    }
+    const INCIDENTS: usize = 20;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = tmp.path().join("disk");
+    let _fs = Tmpfs::mount(&disk, "16m");
+    let mut cfg = config(&disk);
+    // Nobody listens there yet: every delivery waits in the spool.
+    let port = free_port();
+    cfg.webhooks = vec![webhook_cfg(port)];
+    let (history, flow) = recorded(&cfg, 100);
+    let run = start(&cfg, history).await;
+    let reserve = cfg
+        .incidents
+        .spool_dir
+        .join(phalanx_daemon::alerting::spool::RESERVE_FILE);
+    assert!(reserve.exists(), "the spool reserves its space");
+    // Fill the disk to the last block.
+    let filler = disk.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 32 << 20]);
+    for i in 0..INCIDENTS {
+        run.tx
+            .send(vec![observation(
+                "pmtud_blackhole",
+                &format!("svc-{i}"),
+                Some(flow),
+            )])
+            .await
+            .expect("send");
+    }
+    let spool = cfg.incidents.spool_dir.clone();
+    wait_for("every delivery spooled", Duration::from_secs(20), || {
+        (spool_files(&spool) == INCIDENTS).then_some(())
+    })
+    .await;
+    let m = run.metrics();
+    let failures = |what: &str| {
+        sample(
+            &m,
+            &format!("phalanx_write_failures_total{{what=\"{what}\"}}"),
+        )
+    };
+    assert_eq!(failures("spool_write"), 0.0, "{m}");
+    assert_eq!(failures("state_write"), 0.0, "{m}");
+    assert!(
+        failures("evidence_write") >= 1.0,
+        "evidence gives way first:\n{m}"
+    );
+    assert!(!reserve.exists(), "the reserve was given up");
+    run.stop().await;
+
+    // A restart after the disk was freed: nothing was lost.
+    std::fs::remove_file(&filler).expect("free the disk");
+    let (history, _) = recorded(&cfg, 100);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let rx = Receiver::start(port, got.clone()).await;
+    let run = start(&cfg, history).await;
+    let firing = run.view.manager.lock().expect("manager").firing().len();
+    assert_eq!(firing, INCIDENTS, "every incident's state survived");
+    wait_for(
+        "every spooled delivery sent",
+        Duration::from_secs(20),
+        || (received(&got).len() >= INCIDENTS).then_some(()),
+    )
+    .await;
+    assert!(reserve.exists(), "the reserve is back once there is room");
+    run.stop().await;
+    rx.stop().await;
 }

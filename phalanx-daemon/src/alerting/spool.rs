@@ -1,6 +1,13 @@
 //! On-disk spool of pending deliveries: one JSON file per delivery, written
 //! atomically before the first attempt and removed once the delivery is
 //! settled, so neither a receiver outage nor a restart loses one.
+//!
+//! When the disk fills, deliveries and the incident state are the last
+//! writes to fail: the spool keeps [`RESERVE_BYTES`] allocated in
+//! [`RESERVE_FILE`] and gives them up to a write that found the disk full
+//! ([`write_reserved`]); the reserve is allocated again once there is room.
+//! Evidence, which can be rebuilt from nothing, is not written into the
+//! last free space at all (see the evidence store).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +22,57 @@ use crate::alerting::owned_dir::{self, OwnedDirError};
 const SUFFIX: &str = ".json";
 /// Suffix a damaged spool file is renamed with.
 const BAD: &str = ".bad";
+
+/// The file holding the spool's reserve of disk space.
+pub const RESERVE_FILE: &str = "space.reserve";
+/// The reserve: room for hundreds of deliveries and the incident state.
+pub const RESERVE_BYTES: u64 = 4 << 20;
+
+/// Whether an error is a full disk (or quota).
+fn disk_full(e: &EvidenceError) -> bool {
+    matches!(e, EvidenceError::Io { source, .. }
+        if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+}
+
+/// Writes `bytes` to `path`, a file of the spool directory, atomically;
+/// on a full disk the directory's reserve is given up and the write tried
+/// again. After a write that succeeds, a missing reserve is allocated
+/// again if the room is there.
+pub fn write_reserved(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let written = match write_atomic(path, bytes) {
+        Err(e) if disk_full(&e) && fs::remove_file(dir.join(RESERVE_FILE)).is_ok() => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "disk full: the spool's reserve is given up for deliveries and incident state"
+            );
+            write_atomic(path, bytes)
+        }
+        r => r,
+    };
+    if written.is_ok() {
+        refill(dir);
+    }
+    written
+}
+
+/// Allocates the reserve in `dir` if it is missing and the room is there
+/// (really allocated: a sparse file would reserve nothing).
+fn refill(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(RESERVE_FILE);
+    if path.exists() {
+        return;
+    }
+    let tmp = dir.join(owned_dir::temporary_name(RESERVE_FILE));
+    let allocated = owned_dir::create_private(&tmp).is_ok_and(|f| {
+        // SAFETY: a valid descriptor of a file we just created.
+        unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, RESERVE_BYTES as libc::off_t) == 0 }
+    });
+    if !allocated || fs::rename(&tmp, &path).is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+}
 
 /// Whether `name` is a spool file: `<created ns, 20 digits>-<pid, 10
 /// digits>-<sequence, 8 digits>.json`, as [`Spool::put`] names them.
@@ -103,12 +161,13 @@ impl Spool {
     /// created, adopted when empty, refused when it holds other files).
     /// `also` names the other files the daemon keeps there.
     pub fn open(dir: &Path, max_files: usize, also: &[&str]) -> Result<Self, SpoolError> {
-        let ours = |n: &str| is_spool_name(n) || also.contains(&n);
+        let ours = |n: &str| is_spool_name(n) || n == RESERVE_FILE || also.contains(&n);
         owned_dir::claim(dir, "incidents.spool_dir", |n| {
             ours(n)
                 || n.strip_suffix(BAD).is_some_and(is_spool_name)
                 || owned_dir::is_our_temporary(n, ours)
         })?;
+        refill(dir);
         Ok(Self {
             dir: dir.to_path_buf(),
             max_files,
@@ -134,7 +193,7 @@ impl Spool {
             seq
         );
         let body = serde_json::to_vec(d)?;
-        write_atomic(&self.dir.join(&name), &body)?;
+        write_reserved(&self.dir.join(&name), &body)?;
         Ok(name)
     }
 
