@@ -15,7 +15,9 @@ use phalanx_daemon::{
     capture::ebpf::Capture,
     config::{AttachMode, CaptureConfig, FilterRule, FlowSpec},
 };
-use phalanx_lab::{http_get, metric, privileged, sh, upload, Netns, Proc, Routed, TwoHosts};
+use phalanx_lab::{
+    http_get, http_get_within, metric, privileged, sh, upload, Netns, Proc, Routed, TwoHosts,
+};
 
 /// Attach/detach and the interface counters must not interleave across tests.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -978,26 +980,7 @@ fn daemon_detaches_everything_on_sigterm() {
     std::fs::write(&cfg, state_dirs(dir.path())).expect("config");
     for mode in ["tcx", "xdp"] {
         let before = links_of_ours();
-        let daemon = Proc::new(
-            hosts
-                .a
-                .command(env!("CARGO_BIN_EXE_phalanx"))
-                .args([
-                    "run",
-                    "--iface",
-                    &hosts.a_if,
-                    "--mode",
-                    mode,
-                    "--listen",
-                    "127.0.0.1:19741",
-                    "--config",
-                ])
-                .arg(&cfg)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn phalanx"),
-        );
+        let daemon = spawn_daemon(&hosts.a, &hosts.a_if, mode, "127.0.0.1:19741", &cfg);
         let deadline = Instant::now() + Duration::from_secs(30);
         let healthy = loop {
             let ok = hosts
@@ -1056,6 +1039,21 @@ fn daemon_detaches_everything_on_sigterm() {
             "{mode}: no tcx link of ours left (bpftool link show)"
         );
     }
+}
+
+/// `phalanx run` on `iface` in `ns` in `mode`, its API on `listen`.
+fn spawn_daemon(ns: &Netns, iface: &str, mode: &str, listen: &str, cfg: &std::path::Path) -> Proc {
+    Proc::new(
+        ns.command(env!("CARGO_BIN_EXE_phalanx"))
+            .args([
+                "run", "--iface", iface, "--mode", mode, "--listen", listen, "--config",
+            ])
+            .arg(cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn phalanx"),
+    )
 }
 
 /// Config lines keeping the daemon's evidence and spool under `dir`, so a
@@ -1289,24 +1287,7 @@ fn a_syn_sweep_under_an_api_flood_loses_no_record() {
     )
     .expect("config");
     let listen = "127.0.0.1:19744";
-    let daemon = Proc::new(
-        hosts
-            .a
-            .command(env!("CARGO_BIN_EXE_phalanx"))
-            .args([
-                "run",
-                "--iface",
-                &hosts.a_if,
-                "--listen",
-                listen,
-                "--config",
-            ])
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn phalanx"),
-    );
+    let daemon = spawn_daemon(&hosts.a, &hosts.a_if, "tcx", listen, &cfg);
     let addr: SocketAddr = listen.parse().expect("addr");
     wait_healthy(&hosts.a, addr, Duration::from_secs(30));
 
@@ -1338,8 +1319,15 @@ fn a_syn_sweep_under_an_api_flood_loses_no_record() {
             s.spawn(move || {
                 let mut n = 0u64;
                 while !done.load(std::sync::atomic::Ordering::Acquire) {
-                    let ok = ns.run(move || http_get(addr, path)).expect("namespace");
-                    assert!(ok.is_ok_and(|(status, _)| status.contains("200")), "{path}");
+                    let t = Instant::now();
+                    // Capture goes first: a scan of the whole table may wait.
+                    let got = ns
+                        .run(move || http_get_within(addr, path, Duration::from_secs(120)))
+                        .expect("namespace");
+                    match got {
+                        Ok((status, _)) => assert!(status.contains("200"), "{path}: {status}"),
+                        Err(e) => panic!("{path}: {e} after {:?}", t.elapsed()),
+                    }
                     n += 1;
                 }
                 n
@@ -1465,26 +1453,7 @@ fn a_removed_interface_degrades_and_is_captured_again_when_back() {
         )
     };
     for mode in ["tcx", "xdp"] {
-        let daemon = Proc::new(
-            hosts
-                .a
-                .command(env!("CARGO_BIN_EXE_phalanx"))
-                .args([
-                    "run",
-                    "--iface",
-                    &hosts.a_if,
-                    "--mode",
-                    mode,
-                    "--listen",
-                    listen,
-                    "--config",
-                ])
-                .arg(&cfg)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .expect("spawn phalanx"),
-        );
+        let daemon = spawn_daemon(&hosts.a, &hosts.a_if, mode, listen, &cfg);
         wait_healthy(
             &hosts.a,
             listen.parse().expect("addr"),

@@ -10,7 +10,7 @@
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, TryLockResult};
+use std::sync::{Mutex, MutexGuard, TryLockError, TryLockResult};
 use std::time::{Duration, Instant};
 
 use super::{FlowSummary, FlowTable};
@@ -74,9 +74,8 @@ impl SharedTable {
         let mut chunk = Vec::with_capacity(SCAN_CHUNK);
         let mut next = Some(from);
         while let Some(at) = next {
-            self.stand_back();
             chunk.clear();
-            next = self.read(|t| t.summaries_from(at, SCAN_CHUNK, &mut chunk))?;
+            next = self.politely()?.summaries_from(at, SCAN_CHUNK, &mut chunk);
             for (slot, f) in &chunk {
                 if visit(*slot, f).is_break() {
                     return Ok(Some(*slot));
@@ -86,11 +85,23 @@ impl SharedTable {
         Ok(None)
     }
 
-    /// Waits, a bounded time, while the writer is waiting for the lock.
-    fn stand_back(&self) {
+    /// The lock for a scan's chunk, taken only while the writer is not
+    /// waiting for it (up to [`WRITER_FIRST_MAX`]): a scanner never queues
+    /// in the lock, where it would take the lock before the writer, which
+    /// only tries it.
+    fn politely(&self) -> Result<MutexGuard<'_, FlowTable>, Poisoned> {
         let deadline = Instant::now() + WRITER_FIRST_MAX;
-        while self.writer_waiting.load(Ordering::Acquire) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(200));
+        loop {
+            let writer_first =
+                self.writer_waiting.load(Ordering::Acquire) && Instant::now() < deadline;
+            if !writer_first {
+                match self.table.try_lock() {
+                    Ok(t) => return Ok(t),
+                    Err(TryLockError::Poisoned(_)) => return Err(Poisoned),
+                    Err(TryLockError::WouldBlock) => {}
+                }
+            }
+            std::thread::sleep(Duration::from_micros(100));
         }
     }
 }

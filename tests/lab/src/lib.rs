@@ -382,6 +382,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, Vec<u8
     http_request(addr, "GET", path, &[], &[])
 }
 
+/// [`http_get`] waiting up to `within` for the answer (instead of 15 s).
+pub fn http_get_within(
+    addr: SocketAddr,
+    path: &str,
+    within: Duration,
+) -> std::io::Result<(String, Vec<u8>)> {
+    exchange(addr, "GET", path, &[], &[], within)
+}
+
 /// One HTTP/1.0 request with extra `headers` and a `body` (with its
 /// Content-Length, except on a GET without one); returns the status line
 /// and the body.
@@ -392,8 +401,19 @@ pub fn http_request(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> std::io::Result<(String, Vec<u8>)> {
+    exchange(addr, method, path, headers, body, Duration::from_secs(15))
+}
+
+fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+    within: Duration,
+) -> std::io::Result<(String, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.set_read_timeout(Some(within))?;
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
     if method != "GET" || !body.is_empty() {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));

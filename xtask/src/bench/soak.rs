@@ -51,26 +51,24 @@ pub(crate) fn soak(
     notes: &mut String,
 ) -> Result<()> {
     let lab = TwoHosts::new("bs").context("lab")?;
-    let dir = std::env::temp_dir().join(format!("phalanx-bench-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = run(&lab, phalanx, &dir, quick, rows, notes);
-    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = std::env::temp_dir().join(format!("phalanx-bench-soak-{}.toml", std::process::id()));
+    std::fs::write(&cfg, "[flows]\nsyn_timeout_secs = 5\n")?;
+    let result = run(&lab, phalanx, &cfg, quick, rows, notes);
+    let _ = std::fs::remove_file(&cfg);
     result
 }
 
 fn run(
     lab: &TwoHosts,
     phalanx: &Path,
-    dir: &Path,
+    cfg: &Path,
     quick: bool,
     rows: &mut Vec<Row>,
     notes: &mut String,
 ) -> Result<()> {
     let duration = Duration::from_secs(if quick { 40 } else { 3600 });
     let every = Duration::from_secs(if quick { 2 } else { 30 });
-    let cfg = dir.join("soak.toml");
-    std::fs::write(&cfg, "[flows]\nsyn_timeout_secs = 5\n")?;
-    let daemon = start_daemon(lab, phalanx, "tcx", Some(&cfg))?;
+    let daemon = start_daemon(lab, phalanx, "tcx", Some(cfg))?;
     let pid = daemon.pid();
     let stop = AtomicBool::new(false);
     let started = Instant::now();
