@@ -428,3 +428,165 @@ fn analyze_json_memory_follows_open_flows_not_all_flows() {
     // Holding every flow would take some 2 kB more per flow: +600 MiB.
     assert!(b < a + 64, "{a} MiB for 100,000 flows, {b} MiB for 400,000");
 }
+
+#[test]
+fn analyze_anonymize_key_rewrites_every_address_consistently() {
+    use phalanx_daemon::anonymize::Anonymizer;
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("anon.key");
+    let hex: String = (0..32u8)
+        .map(|b| format!("{:02x}", b.wrapping_mul(37)))
+        .collect();
+    std::fs::write(&key, format!("{hex}\n")).expect("key file");
+    let key = key.to_str().expect("utf-8 path");
+    let mut map = Anonymizer::from_key_file(std::path::Path::new(key)).expect("key");
+    // An address as a whole token of the output (not inside a longer number).
+    let mentions = |out: &str, ip: &str| {
+        let part = |c: char| c.is_ascii_hexdigit() || c == '.' || c == ':';
+        out.match_indices(ip)
+            .any(|(i, _)| !out[..i].ends_with(part) && !out[i + ip.len()..].starts_with(part))
+    };
+    // Every value of a report that is an address (flows, ICMP senders, findings).
+    fn addresses(v: &Value, out: &mut BTreeSet<IpAddr>) {
+        match v {
+            Value::String(s) => out.extend(s.parse::<IpAddr>()),
+            Value::Array(a) => a.iter().for_each(|v| addresses(v, out)),
+            Value::Object(o) => o.values().for_each(|v| addresses(v, out)),
+            _ => {}
+        }
+    }
+    let addresses = |v: &Value| {
+        let mut out = BTreeSet::new();
+        addresses(v, &mut out);
+        out
+    };
+    // ICMP errors quoting a flow; IPv6; a /24 of two hosts; 39 flows of 15 hosts.
+    for name in [
+        "sv_bug-3616-smtp_pmtud.pcap",
+        "sv_http-body-hook-01_ipv6.pcap",
+        "internet/cs_inconsistent_printer.pcapng",
+        "internet/cs_http_espn.pcapng",
+    ] {
+        let file = phalanx_lab::data::pcaps().join(name);
+        let file = file.to_str().expect("utf-8 path");
+        let run = |extra: &[&str]| {
+            let o = phalanx(&[&["analyze", "--json"], extra, &[file]].concat());
+            assert!(o.status.success(), "{name}: {}", stderr(&o));
+            let text = String::from_utf8(o.stdout).expect("utf-8");
+            let v: Value = serde_json::from_str(&text).expect("JSON");
+            (text, v)
+        };
+        let (plain_text, plain) = run(&[]);
+        let (anon_text, anon) = run(&["--anonymize-key", key]);
+        let (pf, af) = (
+            plain["flows"].as_array().expect("flows"),
+            anon["flows"].as_array().expect("flows"),
+        );
+        assert_eq!(pf.len(), af.len(), "{name}: flows");
+        assert_eq!(
+            plain["findings"].as_array().map(Vec::len),
+            anon["findings"].as_array().map(Vec::len),
+            "{name}: findings"
+        );
+        // Each flow is found under its anonymised addresses with the same
+        // figures.
+        let originals = addresses(&plain);
+        assert!(originals.len() >= 2, "{name}: {originals:?}");
+        for f in pf {
+            let ip = |k: &str| -> IpAddr {
+                f[k].as_str().and_then(|a| a.parse().ok()).expect("address")
+            };
+            let (src, dst) = (map.ip(ip("src")).to_string(), map.ip(ip("dst")).to_string());
+            let g = af
+                .iter()
+                .find(|g| {
+                    (&g["src"], &g["sport"], &g["dst"], &g["dport"], &g["proto"])
+                        == (
+                            &Value::from(src.clone()),
+                            &f["sport"],
+                            &Value::from(dst.clone()),
+                            &f["dport"],
+                            &f["proto"],
+                        )
+                })
+                .unwrap_or_else(|| panic!("{name}: no flow {src} -> {dst} for {f}"));
+            for k in [
+                "packets",
+                "bytes",
+                "retransmissions",
+                "src_to_dst",
+                "dst_to_src",
+                "rtt",
+            ] {
+                assert_eq!(f[k], g[k], "{name}: {k} of {src} -> {dst}");
+            }
+        }
+        let expected: Value = serde_json::from_str(&map.text(&plain_text)).expect("JSON");
+        // Nothing else changes: the whole report is the plain one with the
+        // addresses mapped, wherever they are (ICMP senders, summaries).
+        assert_eq!(expected, anon, "{name}: the report");
+        for ip in &originals {
+            let ip = ip.to_string();
+            assert!(
+                mentions(&plain_text, &ip),
+                "{name}: the check would see {ip}"
+            );
+            assert!(
+                !mentions(&anon_text, &ip),
+                "{name}: {ip} left in the output"
+            );
+        }
+        // Prefix preservation: any two addresses share as many leading bits
+        // after as before (two hosts of one /24 stay in one /24).
+        let bits = |a: &IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(a) => (u128::from(u32::from(*a)) << 96, 32),
+                IpAddr::V6(a) => (u128::from(*a), 128),
+            }
+        };
+        let common = |a: &IpAddr, b: &IpAddr| {
+            let ((x, n), (y, _)) = (bits(a), bits(b));
+            (x ^ y).leading_zeros().min(n)
+        };
+        let mapped: Vec<(IpAddr, IpAddr)> = originals.iter().map(|a| (*a, map.ip(*a))).collect();
+        assert_eq!(
+            addresses(&anon),
+            mapped.iter().map(|m| m.1).collect(),
+            "{name}"
+        );
+        for (a, x) in &mapped {
+            for (b, y) in &mapped {
+                if a.is_ipv4() == b.is_ipv4() {
+                    assert_eq!(common(a, b), common(x, y), "{name}: {a} {b} -> {x} {y}");
+                }
+            }
+        }
+        if name.contains("printer") {
+            let [(_, x), (_, y)] = mapped[..] else {
+                panic!("{mapped:?}")
+            };
+            assert!(common(&x, &y) >= 24, "one /24 stays one /24: {x} {y}");
+        }
+    }
+    // A bad key is refused before any output, naming the file.
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "0123").expect("key file");
+    let o = phalanx(&[
+        "analyze",
+        "--json",
+        "--anonymize-key",
+        short.to_str().expect("utf-8"),
+        "/nonexistent.pcap",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    let e = stderr(&o);
+    assert!(
+        e.contains("short.key") && e.contains("64 hex digits"),
+        "{e}"
+    );
+}

@@ -46,6 +46,7 @@
 
 pub mod alerting;
 pub mod analyze;
+pub mod anonymize;
 pub mod api;
 pub mod capture;
 pub mod cli;

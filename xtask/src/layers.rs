@@ -26,7 +26,7 @@ use anyhow::{bail, Context as _, Result};
 /// filter specs) and the engine never imports a packet source, so it
 /// cannot know whether its records came from the ring or from a file.
 pub const LAYERS: &[&[&str]] = &[
-    &["clock", "sign", "url", "health"],
+    &["clock", "sign", "url", "health", "anonymize"],
     &["flow"],
     &["capture"],
     &["rules"],

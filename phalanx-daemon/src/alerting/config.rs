@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Deserializer};
 
 use super::delivery::{Receiver, ReceiverKind};
+use crate::anonymize::{AnonymizeError, Anonymizer};
 use crate::url::HttpUrl;
 
 /// An optional [`HttpUrl`] where `""` means "not set".
@@ -45,6 +46,9 @@ pub struct IncidentsConfig {
     pub evidence_max_bytes: u64,
     /// Evidence files kept.
     pub evidence_max_files: usize,
+    /// Key file that anonymises the addresses of evidence files
+    /// ([`crate::anonymize`]); empty: not anonymised.
+    pub anonymize_key: std::path::PathBuf,
     /// Directory of pending deliveries.
     pub spool_dir: std::path::PathBuf,
     /// Most pending deliveries on disk.
@@ -73,6 +77,7 @@ impl Default for IncidentsConfig {
             evidence_dir: "/var/lib/phalanx/evidence".into(),
             evidence_max_bytes: 256 << 20,
             evidence_max_files: 1000,
+            anonymize_key: std::path::PathBuf::new(),
             spool_dir: "/var/lib/phalanx/spool".into(),
             spool_max_files: 10_000,
             retry_initial_ms: 1000,
@@ -80,6 +85,16 @@ impl Default for IncidentsConfig {
             retry_give_up_secs: 86_400,
             request_timeout_ms: 10_000,
         }
+    }
+}
+
+impl IncidentsConfig {
+    /// The anonymiser of `anonymize_key`, read now; `None` when it is not set.
+    pub fn anonymizer(&self) -> Result<Option<Anonymizer>, AnonymizeError> {
+        if self.anonymize_key.as_os_str().is_empty() {
+            return Ok(None);
+        }
+        Anonymizer::from_key_file(&self.anonymize_key).map(Some)
     }
 }
 
@@ -157,5 +172,38 @@ impl AlertingConfig<'_> {
         } else {
             url.trim_end_matches('/').to_string()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymize_key_is_read_at_start_and_a_bad_one_named() {
+        let mut ic = IncidentsConfig::default();
+        assert!(ic.anonymizer().expect("off").is_none(), "\"\" is off");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("evidence.key");
+        std::fs::write(&key, [7u8; 32]).expect("key file");
+        ic.anonymize_key = key.clone();
+        let mut a = ic.anonymizer().expect("readable").expect("on");
+        let ip: std::net::IpAddr = "10.0.0.1".parse().expect("address");
+        assert_ne!(a.ip(ip), ip);
+        std::fs::write(&key, "not a key\n").expect("key file");
+        let e = ic.anonymizer().expect_err("bad key");
+        let msg = super::super::service::ServiceError::from(e).to_string();
+        assert!(
+            msg.starts_with("incidents.anonymize_key: ")
+                && msg.contains(&key.display().to_string())
+                && msg.contains("10 bytes"),
+            "{msg}"
+        );
+        let parsed: IncidentsConfig =
+            toml::from_str("anonymize_key = \"/etc/phalanx/evidence.key\"").expect("parses");
+        assert_eq!(
+            parsed.anonymize_key,
+            std::path::Path::new("/etc/phalanx/evidence.key")
+        );
     }
 }

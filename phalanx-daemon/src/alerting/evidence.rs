@@ -2,15 +2,18 @@
 //! zstd-compressed pcapng (`<id>.pcapng.zst`), with the directory kept under
 //! a total size and a file count by deleting the oldest files.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use phalanx_common::PacketMeta;
 
 use super::owned_dir::{self, OwnedDirError};
 
+use crate::anonymize::Anonymizer;
 use crate::capture::frame::{PayloadMode, PcapngWriter, WriteError};
 
 /// Suffix of evidence files.
@@ -72,6 +75,9 @@ pub struct Written {
 pub struct EvidenceStore {
     dir: PathBuf,
     retention: Retention,
+    /// Anonymises what is written (`incidents.anonymize_key`); shared by
+    /// the writes, which run on blocking threads.
+    anon: Option<Arc<Mutex<Anonymizer>>>,
 }
 
 impl EvidenceStore {
@@ -84,7 +90,15 @@ impl EvidenceStore {
         Ok(Self {
             dir: dir.to_path_buf(),
             retention,
+            anon: None,
         })
+    }
+
+    /// Anonymises the addresses of every file written from now on: the
+    /// records', and those in the comment.
+    pub fn with_anonymizer(mut self, anon: Anonymizer) -> Self {
+        self.anon = Some(Arc::new(Mutex::new(anon)));
+        self
     }
 
     /// The directory.
@@ -94,6 +108,8 @@ impl EvidenceStore {
 
     /// Writes `records` (oldest first) for incident `id`, atomically, then
     /// enforces the retention limits (the new file is never the one deleted).
+    /// With an anonymiser, the records and the addresses in `comment` are
+    /// written anonymised.
     pub fn write(
         &self,
         id: &str,
@@ -102,6 +118,18 @@ impl EvidenceStore {
     ) -> Result<Written, EvidenceError> {
         let name = format!("{id}{SUFFIX}");
         check_name(&name)?;
+        let (records, comment) = match &self.anon {
+            None => (Cow::Borrowed(records), Cow::Borrowed(comment)),
+            Some(anon) => {
+                // A panic elsewhere cannot leave the mapping wrong, only
+                // its cache short.
+                let mut a = anon.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut rs = records.to_vec();
+                rs.iter_mut().for_each(|r| a.packet(r));
+                (Cow::Owned(rs), Cow::Owned(a.text(comment)))
+            }
+        };
+        let (records, comment) = (records.as_ref(), comment.as_ref());
         let mut pcapng = PcapngWriter::new(Vec::new())?;
         let iface = pcapng.add_interface("phalanx")?;
         for (i, r) in records.iter().enumerate() {
@@ -295,6 +323,68 @@ mod tests {
             vec![".phalanx", "0123456789abcdef-1.pcapng.zst"],
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn anonymised_evidence_holds_no_original_address() {
+        let key = [7u8; 32];
+        let comment =
+            "syn_unanswered: 10.0.0.1:40000 sent 3 SYNs to 10.0.0.2:80 and got no answer in 3.0 s.";
+        let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        let (plain_dir, anon_dir) = (
+            tempfile::tempdir().expect("tempdir"),
+            tempfile::tempdir().expect("tempdir"),
+        );
+        let plain = store(plain_dir.path(), 1 << 20, 10);
+        let anon = store(anon_dir.path(), 1 << 20, 10).with_anonymizer(Anonymizer::new(&key));
+        let id = "0123456789abcdef-1";
+        let p = plain.write(id, comment, &records(20)).expect("write");
+        let a = anon.write(id, comment, &records(20)).expect("write");
+        let (p, a) = (
+            plain.read_pcapng(&p.name).expect("read back"),
+            anon.read_pcapng(&a.name).expect("read back"),
+        );
+        // The check sees the addresses where they are, in binary and text.
+        let originals: [&[u8]; 4] = [&[10, 0, 0, 1], &[10, 0, 0, 2], b"10.0.0.1", b"10.0.0.2"];
+        assert!(
+            originals.iter().all(|o| has(&p, o)),
+            "the plain file has them"
+        );
+        for o in originals {
+            assert!(
+                !has(&a, o),
+                "{:?} left in the anonymised file",
+                String::from_utf8_lossy(o)
+            );
+        }
+        // The records carry the mapping of the key; the comment the same addresses.
+        let mut m = Anonymizer::new(&key);
+        let (src, dst) = (
+            m.ipv4(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+            m.ipv4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+        );
+        let back: Vec<PacketMeta> =
+            crate::capture::file::open(&anon_dir.path().join(format!("{id}{SUFFIX}")))
+                .expect("our own reader opens it")
+                .collect::<Result<_, _>>()
+                .expect("records");
+        assert_eq!(back.len(), 20);
+        for r in &back {
+            assert_eq!(
+                (&r.src_addr[..4], &r.dst_addr[..4]),
+                (&src.octets()[..], &dst.octets()[..])
+            );
+            assert_eq!((r.sport, r.dport), (40000, 80), "only addresses change");
+        }
+        assert_eq!(
+            src.octets()[..3],
+            dst.octets()[..3],
+            "one /24 stays one /24"
+        );
+        let want = format!(
+            "syn_unanswered: {src}:40000 sent 3 SYNs to {dst}:80 and got no answer in 3.0 s."
+        );
+        assert!(has(&a, want.as_bytes()), "comment {want:?}");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum ServiceError {
     /// Evidence directory.
     #[error("incidents.evidence_dir: {0}")]
     Evidence(#[from] EvidenceError),
+    /// Evidence anonymisation key.
+    #[error("incidents.anonymize_key: {0}")]
+    AnonymizeKey(#[from] crate::anonymize::AnonymizeError),
     /// Spool directory.
     #[error("incidents.spool_dir: {0}")]
     Spool(#[from] SpoolError),
@@ -212,13 +215,19 @@ impl IncidentService {
         health: &Health,
     ) -> Result<(Self, IncidentsView), ServiceError> {
         let ic = cfg.incidents;
-        let evidence = Arc::new(EvidenceStore::open(
+        let anon = ic.anonymizer()?;
+        let mut evidence = EvidenceStore::open(
             &ic.evidence_dir,
             Retention {
                 max_bytes: ic.evidence_max_bytes,
                 max_files: ic.evidence_max_files,
             },
-        )?);
+        )?;
+        if let Some(a) = anon {
+            info!(key = %ic.anonymize_key.display(), "evidence files are anonymised");
+            evidence = evidence.with_anonymizer(a);
+        }
+        let evidence = Arc::new(evidence);
         let spool = Arc::new(Spool::open(
             &ic.spool_dir,
             ic.spool_max_files,

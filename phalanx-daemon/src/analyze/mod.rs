@@ -19,6 +19,7 @@ use phalanx_common::PacketMeta;
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::anonymize::Anonymizer;
 use crate::capture::file::{self, CaptureReader, FileError, ReaderStats};
 use crate::config::Config;
 use crate::config::Exemptions;
@@ -59,6 +60,16 @@ pub struct AnalyzeArgs {
     /// `[rules.*]` tables the diagnosis rules).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Anonymise every IP address with this key (Crypto-PAn, prefix
+    /// preserving: addresses of one subnet stay in one subnet). The records
+    /// are rewritten as they are read, so every output shows only the
+    /// anonymised addresses: flows, findings and their summaries. The file
+    /// holds 32 random bytes, raw or as 64 hex digits (e.g. from `openssl
+    /// rand -hex 32`); the same key gives the same addresses in every run,
+    /// and as `phalanx stitch --anonymize-key` and `incidents.anonymize_key`.
+    /// Exemption CIDRs are compared with the anonymised addresses.
+    #[arg(long, value_name = "FILE")]
+    pub anonymize_key: Option<PathBuf>,
 }
 
 /// What was read from one input file.
@@ -276,20 +287,22 @@ pub fn analyze_files_with(
     rules: &RuleEngine,
 ) -> Result<Report, AnalyzeError> {
     let mut collect = Collect::default();
-    let tail = stream_files(files, Streamer::new(cfg, rules, None), &mut |f, x| {
+    let tail = stream_files(files, Streamer::new(cfg, rules, None), None, &mut |f, x| {
         collect.flow(f, x)
     })?;
     Ok(collect.into_report(tail))
 }
 
 /// Reads `files` in order as one record stream through `s`, handing each
-/// flow to `out` as it leaves; returns what follows the flows.
+/// flow to `out` as it leaves; returns what follows the flows. With `anon`,
+/// each record's addresses are anonymised before the flow table sees it.
 ///
 /// Reading and parsing run on a second thread that hands batches of
 /// records to the flow table, so the two halves of the work overlap.
 fn stream_files(
     files: &[PathBuf],
     mut s: Streamer<'_, '_>,
+    mut anon: Option<&mut Anonymizer>,
     out: &mut FlowOut<'_>,
 ) -> Result<Tail, AnalyzeError> {
     let mut inputs = Vec::with_capacity(files.len());
@@ -326,8 +339,9 @@ fn stream_files(
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<PacketMeta>>();
         let (stats, error, passed) = std::thread::scope(|sc| {
             let bar = bar.clone();
+            let anon = anon.as_deref_mut();
             let producer =
-                sc.spawn(move || read_batches(reader, &full_tx, &empty_rx, bar.as_ref()));
+                sc.spawn(move || read_batches(reader, &full_tx, &empty_rx, bar.as_ref(), anon));
             let mut passed = Ok(());
             for batch in full_rx {
                 for rec in &batch {
@@ -383,14 +397,22 @@ const BATCHES_IN_FLIGHT: usize = 4;
 /// Files at least this large get a progress bar (when stderr is a terminal).
 const PROGRESS_MIN_BYTES: u64 = 32 << 20;
 
-/// Reads every record into batches; returns the reader's counters and the
-/// damage that ended the file early, if any.
+/// Reads every record into batches, anonymising each with `anon` (here,
+/// beside the flow table's thread rather than on it); returns the reader's
+/// counters and the damage that ended the file early, if any.
 fn read_batches(
     mut reader: CaptureReader,
     full: &mpsc::SyncSender<Vec<PacketMeta>>,
     empty: &mpsc::Receiver<Vec<PacketMeta>>,
     bar: Option<&ProgressBar>,
+    mut anon: Option<&mut Anonymizer>,
 ) -> (ReaderStats, Option<FileError>) {
+    let mut send = |mut batch: Vec<PacketMeta>| {
+        if let Some(a) = anon.as_deref_mut() {
+            batch.iter_mut().for_each(|r| a.packet(r));
+        }
+        full.send(batch)
+    };
     let mut error = None;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -412,7 +434,7 @@ fn read_batches(
                     v
                 })
                 .unwrap_or_else(|_| Vec::with_capacity(BATCH));
-            if full.send(std::mem::replace(&mut batch, next)).is_err() {
+            if send(std::mem::replace(&mut batch, next)).is_err() {
                 break;
             }
             if let Some(bar) = bar {
@@ -421,7 +443,7 @@ fn read_batches(
         }
     }
     if !batch.is_empty() {
-        let _ = full.send(batch);
+        let _ = send(batch);
     }
     (reader.stats(), error)
 }
@@ -461,6 +483,12 @@ fn progress_bar(name: &str, size: u64, compressed: bool) -> Option<ProgressBar> 
 /// leave the table.
 pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
     let rules = RuleEngine::new(&cfg.rules)?;
+    // Before any output: a bad key must not leave a half-written report.
+    let mut anon = match &args.anonymize_key {
+        Some(p) => Some(Anonymizer::from_key_file(p)?),
+        None => None,
+    };
+    let anon = anon.as_mut();
     // Straight to the file descriptor: `Stdout` is line-buffered, and
     // would search every large write for its last newline.
     let stdout = std::io::stdout().lock();
@@ -470,14 +498,15 @@ pub fn run(args: &AnalyzeArgs, cfg: &Config) -> anyhow::Result<()> {
     }
     let out = std::io::BufWriter::with_capacity(1 << 16, std::fs::File::from(fd));
     let inputs = match (args.json, args.sort, args.all) {
-        (true, None, _) => emit(args, cfg, &rules, JsonStream::new(out)?)?,
-        (false, _, true) => emit(args, cfg, &rules, AllRows::new(out)?)?,
+        (true, None, _) => emit(args, cfg, &rules, anon, JsonStream::new(out)?)?,
+        (false, _, true) => emit(args, cfg, &rules, anon, AllRows::new(out)?)?,
         (json, sort, _) => {
             let order = sort.map_or(Order::Table, Order::By);
             emit(
                 args,
                 cfg,
                 &rules,
+                anon,
                 Ranked::new(order, args.top as usize, json, out)?,
             )?
         }
@@ -492,11 +521,12 @@ fn emit<S: Sink>(
     args: &AnalyzeArgs,
     cfg: &Config,
     rules: &RuleEngine,
+    anon: Option<&mut Anonymizer>,
     mut sink: S,
 ) -> anyhow::Result<Vec<InputReport>> {
     let mut exemptions = cfg.exemptions()?;
     let streamer = Streamer::new(&cfg.flows, rules, Some(&mut exemptions));
-    let mut tail = stream_files(&args.files, streamer, &mut |f, x| sink.flow(f, &x))?;
+    let mut tail = stream_files(&args.files, streamer, anon, &mut |f, x| sink.flow(f, &x))?;
     tail.exempted = std::mem::take(&mut exemptions.silenced);
     sink.finish(&tail)?.flush()?;
     Ok(tail.inputs)

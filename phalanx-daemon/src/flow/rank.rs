@@ -173,7 +173,8 @@ impl fmt::Display for Cursor {
 impl FromStr for Cursor {
     type Err = BadCursor;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if let Some(slot) = s.strip_prefix('s') {
+        // A ranked cursor has dots, and `srtt.…` starts with `s` too.
+        if let Some(slot) = s.strip_prefix('s').filter(|r| !r.contains('.')) {
             return slot.parse().map(Cursor::Slot).map_err(|_| BadCursor);
         }
         let mut parts = s.split('.');
@@ -365,5 +366,10 @@ mod tests {
             assert!(bad.parse::<Cursor>().is_err(), "{bad}");
         }
         assert_eq!("s42".parse::<Cursor>().ok(), Some(Cursor::Slot(42)));
+        // `srtt` starts like a slot cursor.
+        assert!(matches!(
+            "srtt.n.7.3".parse::<Cursor>(),
+            Ok(Cursor::After(RankBy::Srtt, _))
+        ));
     }
 }

@@ -12,6 +12,7 @@ use phalanx_common::PacketMeta;
 use thiserror::Error;
 
 use super::{stitch, stitch_in_order, HopCapture, OrderSource, StitchReport};
+use crate::anonymize::Anonymizer;
 use crate::capture::file::{self, CaptureReader, FileError};
 use crate::capture::frame::{PayloadMode, PcapngWriter, WriteError};
 
@@ -65,6 +66,14 @@ pub struct StitchArgs {
     /// order after clock correction, each packet commented with its hop.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Anonymise every IP address with this key (Crypto-PAn, prefix
+    /// preserving: addresses of one subnet stay in one subnet), in every
+    /// output: the flows of the report and the packets of `--out`. The file
+    /// holds 32 random bytes, raw or as 64 hex digits (e.g. from `openssl
+    /// rand -hex 32`); the same key gives the same addresses as `phalanx
+    /// analyze --anonymize-key` and `incidents.anonymize_key`.
+    #[arg(long, value_name = "FILE")]
+    pub anonymize_key: Option<PathBuf>,
 }
 
 /// The hops to read: names and files, and whether their order is given
@@ -120,14 +129,20 @@ pub fn hop_list(args: &StitchArgs) -> anyhow::Result<(Vec<HopSpec>, OrderSource)
     Ok((specs, order))
 }
 
-/// Reads one capture; damage inside the file ends it early with a warning.
-fn read_hop(spec: &HopSpec) -> Result<HopCapture, FileError> {
+/// Reads one capture, its addresses anonymised with `anon`; damage inside
+/// the file ends it early with a warning.
+fn read_hop(spec: &HopSpec, mut anon: Option<&mut Anonymizer>) -> Result<HopCapture, FileError> {
     let reader = file::open(&spec.file)?;
     let mut obs = Vec::new();
     let mut split = super::WireSegments::default();
     for item in reader {
         match item {
-            Ok(m) => split.push(&m, &mut obs),
+            Ok(mut m) => {
+                if let Some(a) = anon.as_deref_mut() {
+                    a.packet(&mut m);
+                }
+                split.push(&m, &mut obs);
+            }
             Err(e) => {
                 tracing::warn!(file = %spec.file.display(), error = %e, "capture damaged; stitched up to the damage");
                 eprintln!("warning: {e} (stitched the packets before it)");
@@ -142,10 +157,19 @@ fn read_hop(spec: &HopSpec) -> Result<HopCapture, FileError> {
 
 /// Reads the captures and stitches them, in the order given or inferring it.
 pub fn stitch_files(specs: &[HopSpec], order: OrderSource) -> anyhow::Result<StitchReport> {
+    stitch_files_with(specs, order, None)
+}
+
+/// [`stitch_files`] with every address anonymised as it is read.
+pub fn stitch_files_with(
+    specs: &[HopSpec],
+    order: OrderSource,
+    mut anon: Option<&mut Anonymizer>,
+) -> anyhow::Result<StitchReport> {
     let mut hops = Vec::with_capacity(specs.len());
     for s in specs {
-        let hop =
-            read_hop(s).with_context(|| format!("cannot read capture of hop {:?}", s.name))?;
+        let hop = read_hop(s, anon.as_deref_mut())
+            .with_context(|| format!("cannot read capture of hop {:?}", s.name))?;
         if hop.observations.is_empty() {
             bail!("{}: no IP packets in this capture", s.file.display());
         }
@@ -161,9 +185,13 @@ pub fn stitch_files(specs: &[HopSpec], order: OrderSource) -> anyhow::Result<Sti
 /// Runs `phalanx stitch`, printing to stdout.
 pub fn run(args: &StitchArgs) -> anyhow::Result<()> {
     let (specs, given) = hop_list(args)?;
-    let report = stitch_files(&specs, given)?;
+    let mut anon = match &args.anonymize_key {
+        Some(p) => Some(Anonymizer::from_key_file(p)?),
+        None => None,
+    };
+    let report = stitch_files_with(&specs, given, anon.as_mut())?;
     if let Some(out) = &args.out {
-        let n = write_unified(&specs, &report, out)
+        let n = write_unified_with(&specs, &report, out, anon.as_mut())
             .with_context(|| format!("writing {}", out.display()))?;
         tracing::info!(file = %out.display(), packets = n, "unified capture written");
     }
@@ -268,6 +296,18 @@ pub fn write_unified(
     report: &StitchReport,
     out: &Path,
 ) -> Result<u64, UnifiedError> {
+    write_unified_with(specs, report, out, None)
+}
+
+/// [`write_unified`] with every packet's addresses anonymised (the files
+/// are read again: the report keeps no records). The comments name hops,
+/// not addresses.
+pub fn write_unified_with(
+    specs: &[HopSpec],
+    report: &StitchReport,
+    out: &Path,
+    mut anon: Option<&mut Anonymizer>,
+) -> Result<u64, UnifiedError> {
     let mut w = PcapngWriter::new(BufWriter::new(File::create(out)?))?;
     struct Input {
         reader: CaptureReader,
@@ -306,9 +346,12 @@ pub fn write_unified(
         .collect();
     let mut n = 0;
     while let Some(Reverse((_, i))) = heap.pop() {
-        let (Some(m), Some(inp)) = (pending[i].take(), inputs.get_mut(i)) else {
+        let (Some(mut m), Some(inp)) = (pending[i].take(), inputs.get_mut(i)) else {
             continue;
         };
+        if let Some(a) = anon.as_deref_mut() {
+            a.packet(&mut m);
+        }
         w.write_record(inp.iface, &m, PayloadMode::HeadersOnly, Some(&inp.comment))?;
         n += 1;
         pending[i] = next(inp);
@@ -335,6 +378,54 @@ mod tests {
         assert_eq!(h.file, PathBuf::from("x=y.pcap"));
         for bad in ["r1", "=a.pcap", "r1=", ""] {
             assert!(bad.parse::<HopSpec>().is_err(), "{bad:?} must be rejected");
+        }
+    }
+
+    /// With a key, the report and the unified capture carry the mapped
+    /// addresses only, and everything else is as without.
+    #[test]
+    fn anonymised_stitch_and_unified_capture() {
+        let pcaps = phalanx_lab::data::pcaps();
+        let specs: Vec<HopSpec> = ["cs_mail_sender_client_1", "cs_mail_sender_server_2"]
+            .iter()
+            .map(|n| HopSpec {
+                name: n.to_string(),
+                file: pcaps.join(format!("{n}.pcapng")),
+            })
+            .collect();
+        let key = [9u8; 32];
+        let plain = stitch_files(&specs, OrderSource::Inferred).expect("stitch");
+        let anon = stitch_files_with(
+            &specs,
+            OrderSource::Inferred,
+            Some(&mut Anonymizer::new(&key)),
+        )
+        .expect("stitch");
+        let mut map = Anonymizer::new(&key);
+        let mut expected = plain.clone();
+        for f in &mut expected.flows {
+            (f.src, f.dst) = (map.ip(f.src), map.ip(f.dst));
+        }
+        assert!(!plain.flows.is_empty());
+        assert_eq!(anon, expected);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (p, a) = (dir.path().join("p.pcapng"), dir.path().join("a.pcapng"));
+        let n = write_unified(&specs, &plain, &p).expect("unified");
+        let m = write_unified_with(&specs, &anon, &a, Some(&mut Anonymizer::new(&key)))
+            .expect("unified");
+        assert_eq!(n, m);
+        let read = |f: &Path| -> Vec<PacketMeta> {
+            file::open(f)
+                .expect("open")
+                .collect::<Result<_, _>>()
+                .expect("records")
+        };
+        let (p, a) = (read(&p), read(&a));
+        assert_eq!(p.len(), a.len());
+        for (mut p, a) in p.into_iter().zip(a) {
+            map.packet(&mut p);
+            assert_eq!(p, a, "the same packet, its addresses mapped");
         }
     }
 
