@@ -762,16 +762,21 @@ async fn a_full_disk_is_counted_and_degrades_until_writes_succeed() {
     }
     let tmp = tempfile::tempdir().expect("tempdir");
     let disk = tmp.path().join("disk");
-    let _fs = Tmpfs::mount(&disk, "1m");
+    let _fs = Tmpfs::mount(&disk, "16m");
     let mut cfg = config(&disk);
     // Nobody listens there: every delivery waits in the spool.
     cfg.webhooks = vec![webhook_cfg(free_port())];
     let (history, flow) = recorded(&cfg, 100);
     let run = start(&cfg, history).await;
     assert_eq!(run.health.status(), "ok");
-    // Fill the disk to the last block.
+    // Fill the disk to the last block, the spool's reserve spent too.
+    let reserve = cfg
+        .incidents
+        .spool_dir
+        .join(phalanx_daemon::alerting::spool::RESERVE_FILE);
+    std::fs::remove_file(&reserve).expect("the reserve");
     let filler = disk.join("filler");
-    let _ = std::fs::write(&filler, vec![0u8; 2 << 20]);
+    let _ = std::fs::write(&filler, vec![0u8; 32 << 20]);
     run.tx
         .send(vec![observation("pmtud_blackhole", "svc-a", Some(flow))])
         .await

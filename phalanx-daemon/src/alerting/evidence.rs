@@ -141,6 +141,7 @@ impl EvidenceStore {
         let plain = pcapng.into_inner();
         let compressed = zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(io(&self.dir))?;
         let path = self.dir.join(&name);
+        self.leave_room(compressed.len() as u64)?;
         write_atomic(&path, &compressed)?;
         self.rotate(&name)?;
         Ok(Written {
@@ -148,6 +149,24 @@ impl EvidenceStore {
             bytes: compressed.len() as u64,
             packets: records.len(),
         })
+    }
+
+    /// Refuses a write that would leave less than [`KEEP_FREE_BYTES`] on
+    /// the file system: evidence gives way to deliveries and the incident
+    /// state, which a restart must find.
+    fn leave_room(&self, bytes: u64) -> Result<(), EvidenceError> {
+        let Some(free) = free_bytes(&self.dir) else {
+            return Ok(());
+        };
+        if free < bytes.saturating_add(KEEP_FREE_BYTES) {
+            return Err(io(&self.dir)(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "{free} bytes free: the last {KEEP_FREE_BYTES} are kept for deliveries and incident state"
+                ),
+            )));
+        }
+        Ok(())
     }
 
     /// Path of an evidence file named by an incident annotation.
@@ -224,6 +243,22 @@ fn check_name(name: &str) -> Result<(), EvidenceError> {
     } else {
         Err(EvidenceError::BadName(name.to_string()))
     }
+}
+
+/// Free space evidence never writes into: twice the spool's reserve.
+pub const KEEP_FREE_BYTES: u64 = 2 * crate::alerting::spool::RESERVE_BYTES;
+
+/// Bytes available to the daemon on the file system of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; zero is a valid start.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Writes `bytes` to `path` so that a reader sees either nothing or the
