@@ -41,7 +41,7 @@ pub const LAYERS: &[&[&str]] = &[
 
 /// Modules that exist for tests only (compiled with the `synth` feature):
 /// anything may use them from test code, nothing from production code.
-const TEST_SUPPORT: &[&str] = &["synth"];
+const TEST_SUPPORT: &[&str] = &["synth", "fuzz"];
 
 /// One source file: its module path (`flow::tcp`; `""` for the crate root).
 struct Source {

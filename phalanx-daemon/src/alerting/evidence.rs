@@ -245,8 +245,9 @@ fn check_name(name: &str) -> Result<(), EvidenceError> {
     }
 }
 
-/// Free space evidence never writes into: twice the spool's reserve.
-pub const KEEP_FREE_BYTES: u64 = 2 * crate::alerting::spool::RESERVE_BYTES;
+/// Free space evidence never writes into: twice the spool's reserve
+/// ([`super::spool::RESERVE_BYTES`]), for deliveries and incident state.
+pub const KEEP_FREE_BYTES: u64 = 8 << 20;
 
 /// Bytes available to the daemon on the file system of `dir`.
 fn free_bytes(dir: &Path) -> Option<u64> {

@@ -25,8 +25,9 @@ const BAD: &str = ".bad";
 
 /// The file holding the spool's reserve of disk space.
 pub const RESERVE_FILE: &str = "space.reserve";
-/// The reserve: room for hundreds of deliveries and the incident state.
-pub const RESERVE_BYTES: u64 = 4 << 20;
+/// The reserve: room for hundreds of deliveries and the incident state;
+/// evidence leaves twice as much free.
+pub const RESERVE_BYTES: u64 = crate::alerting::evidence::KEEP_FREE_BYTES / 2;
 
 /// Whether an error is a full disk (or quota).
 fn disk_full(e: &EvidenceError) -> bool {
