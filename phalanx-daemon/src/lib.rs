@@ -54,6 +54,9 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod flow;
+/// Fuzz target bodies, shared by `fuzz/` and the corpus replay test.
+#[cfg(feature = "synth")]
+pub mod fuzz;
 pub mod health;
 pub mod metrics;
 pub mod pipeline;

@@ -482,8 +482,7 @@ impl IncidentService {
             }
         };
         let path = self.state_path.clone();
-        match tokio::task::spawn_blocking(move || super::spool::write_reserved(&path, &bytes))
-            .await
+        match tokio::task::spawn_blocking(move || super::spool::write_reserved(&path, &bytes)).await
         {
             Ok(Ok(())) => self.health.succeeded(Trouble::StateWrite),
             Ok(Err(e)) => {
