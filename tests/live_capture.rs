@@ -1267,8 +1267,8 @@ fn wait_healthy(ns: &Netns, addr: SocketAddr, within: Duration) {
 /// SYNs per second of the sweep, and for how long: a new connection
 /// attempt from each of `SWEEP_SOURCES` addresses on each of
 /// `SWEEP_PORTS` ports (a table of 250,000 flows), then their re-sends.
-const SWEEP_RATE: f64 = 80_000.0;
-const SWEEP_SECS: u64 = 6;
+const SWEEP_RATE: f64 = 40_000.0;
+const SWEEP_SECS: u64 = 7;
 const SWEEP_PORTS: u16 = 50_000;
 const SWEEP_SOURCES: u8 = 5;
 
