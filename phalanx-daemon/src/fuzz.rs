@@ -24,7 +24,7 @@ use crate::api::lists::{PAGE_DEFAULT, PAGE_MAX};
 use crate::capture::file;
 use crate::config::{Config, ConfigError, HistoryConfig, StitchConfig};
 use crate::flow::history::{FlowHistory, HistoryBounds};
-use crate::flow::rank::{Cursor, Position, RankBy, TopK};
+use crate::flow::rank::{Cursor, RankBy};
 use crate::flow::{FlowConfig, FlowKey, FlowSummary, FlowTable, SharedTable};
 use crate::metrics::kpi::{FlowMetrics, KpiCollector};
 use crate::pipeline::Pipeline;
@@ -458,7 +458,7 @@ fn identity(f: &FlowSummary) -> String {
     )
 }
 
-/// One page as `flow_page` in api/lists.rs takes it; `None` for a cursor
+/// One page as the endpoint makes it (`api::lists`); `None` for a cursor
 /// of another list (the endpoint's 400).
 fn flow_page(
     table: &SharedTable,
@@ -466,44 +466,11 @@ fn flow_page(
     cursor: Option<Cursor>,
     limit: usize,
 ) -> Option<(Vec<FlowSummary>, Option<Cursor>)> {
-    let Some(by) = by else {
-        let from = match cursor {
-            None => 0,
-            Some(Cursor::Slot(s)) => s,
-            Some(Cursor::After(..)) => return None,
-        };
-        let mut page = Vec::new();
-        let stop = table
-            .scan(from, |_, f| {
-                if page.len() == limit {
-                    return ControlFlow::Break(());
-                }
-                page.push(f.clone());
-                ControlFlow::Continue(())
-            })
-            .expect("table lock");
-        return Some((page, stop.map(Cursor::Slot)));
-    };
-    let after: Option<Position> = match cursor {
-        None => None,
-        Some(Cursor::After(k, p)) if k == by => Some(p),
-        Some(_) => return None,
-    };
-    let mut top = TopK::new(by, limit + 1, after);
-    table
-        .scan(0, |slot, f| {
-            top.offer(slot, f);
-            ControlFlow::Continue(())
-        })
-        .expect("table lock");
-    let mut ranked = top.into_sorted();
-    let more = ranked.len() > limit;
-    ranked.truncate(limit);
-    let next = ranked
-        .last()
-        .filter(|_| more)
-        .map(|(p, _)| Cursor::After(by, *p));
-    Some((ranked.into_iter().map(|(_, f)| f).collect(), next))
+    let page = crate::api::lists::flow_page(table, by, cursor, limit).ok()?;
+    let next = page
+        .next_cursor
+        .map(|c| c.parse().expect("a cursor the API gave out parses"));
+    Some((page.flows, next))
 }
 
 /// Arbitrary bytes (UTF-8, invalid sequences replaced) as `phalanx.toml`:

@@ -61,7 +61,7 @@ const BAD_QUERY: &str = "bad query: expected limit=N (1 to 10000) and cursor=C";
 
 /// Body of `/api/v1/flows`.
 #[derive(serde::Serialize)]
-struct FlowsPage {
+pub(crate) struct FlowsPage {
     /// Flows tracked in all.
     total: usize,
     /// Sort key, when one was asked for.
@@ -69,8 +69,9 @@ struct FlowsPage {
     sort: Option<String>,
     /// Where the next page starts; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
-    next_cursor: Option<String>,
-    flows: Vec<FlowSummary>,
+    pub(crate) next_cursor: Option<String>,
+    /// The page.
+    pub(crate) flows: Vec<FlowSummary>,
 }
 
 /// `/api/v1/flows`: flows in table order, or the worst by `sort`
@@ -110,8 +111,9 @@ pub(super) async fn flows(
     }
 }
 
+/// A page that cannot be made.
 #[derive(Debug, thiserror::Error)]
-enum PageError {
+pub(crate) enum PageError {
     #[error(transparent)]
     Cursor(#[from] BadCursor),
     #[error(transparent)]
@@ -120,7 +122,7 @@ enum PageError {
 
 /// One page of the live table: from the cursor's slot in table order, or
 /// the first `limit` ranked after the cursor's position.
-fn flow_page(
+pub(crate) fn flow_page(
     table: &SharedTable,
     by: Option<RankBy>,
     cursor: Option<Cursor>,
