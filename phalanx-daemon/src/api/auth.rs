@@ -138,10 +138,12 @@ impl Tokens {
             let scope = match scope.trim() {
                 "read" => Scope::Read,
                 "admin" => Scope::Admin,
-                other => {
+                // Not echoed: with its fields swapped, a line has its
+                // token here, and errors reach logs.
+                _ => {
                     return Err(err(
                         i + 1,
-                        format!("scope {other:?}: expected \"read\" or \"admin\""),
+                        "the second field is the scope: \"read\" or \"admin\"".to_string(),
                     ))
                 }
             };
@@ -473,7 +475,10 @@ mod tests {
         let p = Path::new("t");
         for (text, want) in [
             ("alice:admin\n", "line 1: expected NAME:SCOPE:TOKEN"),
-            ("alice:root:0123456789abcdef\n", "line 1: scope \"root\""),
+            (
+                "alice:root:0123456789abcdef\n",
+                "line 1: the second field is the scope",
+            ),
             (
                 "alice:read:short\n",
                 "line 1: the token of \"alice\" must be 16",
